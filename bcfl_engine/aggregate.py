@@ -1,0 +1,112 @@
+"""``aggregate``: one call from any form of client updates to their aggregate."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import rules
+from .errors import InvalidArgument
+from .updates import ParamSpec, UpdateBatch
+
+PreStep = str | tuple[str, dict[str, Any]]
+
+
+def as_matrix(
+    updates: Any, weights: Any = None
+) -> tuple[torch.Tensor, torch.Tensor | None, ParamSpec | None, bool]:
+    """``(x [n, d], weights or None, spec to unflatten with or None, validated)`` of ``updates``.
+
+    ``validated`` is True when every row was already checked finite on the way in.
+    """
+    if isinstance(updates, UpdateBatch):
+        if len(updates) == 0:
+            raise InvalidArgument("the batch is empty")
+        w = updates.weights if weights is None else weights
+        return updates.data, w, updates.spec, not updates.allow_nonfinite
+    if isinstance(updates, np.ndarray):
+        if updates.ndim != 2:
+            raise InvalidArgument(f"an array of updates must be 2-D [n, d]; got {updates.shape}")
+        return torch.from_numpy(np.ascontiguousarray(updates)), weights, None, False
+    if isinstance(updates, torch.Tensor):
+        if updates.dim() != 2:
+            raise InvalidArgument(f"a tensor of updates must be 2-D [n, d]; got {tuple(updates.shape)}")
+        return updates, weights, None, False
+    if isinstance(updates, Sequence) and not isinstance(updates, (str, bytes)):
+        if len(updates) == 0:
+            raise InvalidArgument("no updates to aggregate")
+        spec = ParamSpec.infer(updates[0])
+        batch = UpdateBatch(spec, len(updates))
+        for i, u in enumerate(updates):
+            batch.add(str(i), u)
+        return batch.data, weights, spec, True
+    raise InvalidArgument(
+        "updates must be a [n, d] tensor or array, an UpdateBatch, or a list of state dicts / "
+        f"arrays lists; got {type(updates).__name__}"
+    )
+
+
+def aggregate(
+    updates: Any,
+    rule: str = "mean",
+    f: int = 0,
+    weights: Any = None,
+    backend: str | None = None,
+    pre: Sequence[PreStep] = (),
+    **params: Any,
+) -> Any:
+    """Aggregate client updates with a rule.
+
+    Parameters
+    ----------
+    updates : ``[n, d]`` tensor or ndarray, an :class:`UpdateBatch`, or a list of state dicts /
+        lists of numpy arrays (Flower's NDArrays).
+    rule : a name from :data:`bcfl_engine.rules.RULES` of kind "aggregate".
+    f : the number of Byzantine clients to tolerate (the rule states its precondition).
+    weights : ``[n]`` positive client weights, for weighted rules (mean, geometric_median). An
+        UpdateBatch brings its own; unweighted rules ignore a batch's weights but reject
+        explicit ones.
+    backend : "torch", "native", "triton" or None (automatic; ``BCFL_BACKEND`` overrides).
+    pre : pre-aggregation steps applied in order, each a name ("nnm") or ``(name, params)``
+        (``("clip", {"max_norm": 1.0})``); ``f`` and ``backend`` are passed on where they apply.
+    **params : extra parameters of the rule (``m`` for multi_krum, ``tau`` for
+        centered_clipping, ...).
+
+    Returns
+    -------
+    The aggregate in the structure of one update: a ``[d]`` float32 tensor for a tensor input,
+    a ``[d]`` ndarray for an ndarray, a state dict or array list for lists of those.
+    """
+    info = rules.get(rule)
+    if info.kind != "aggregate":
+        raise InvalidArgument(f"{rule!r} is a pre-aggregation step; pass it as pre=[{rule!r}]")
+    explicit_weights = weights is not None
+    x, w, spec, validated = as_matrix(updates, weights)
+    if not info.weighted and explicit_weights:
+        raise InvalidArgument(f"rule {rule!r} does not take client weights")
+    if not info.takes_f and f:
+        raise InvalidArgument(f"rule {rule!r} does not take f")
+    for step in pre:
+        name, step_params = (step, {}) if isinstance(step, str) else step
+        pinfo = rules.get(name)
+        if pinfo.kind != "pre":
+            raise InvalidArgument(f"{name!r} is not a pre-aggregation step")
+        kw = dict(step_params)
+        if pinfo.takes_f:
+            kw.setdefault("f", f)
+        x = pinfo.fn(x, backend=backend, check=not validated, **kw)
+        validated = True
+    kw = dict(params)
+    if info.weighted and w is not None:
+        kw["weights"] = w
+    if info.takes_f:
+        kw["f"] = f
+    out = info.fn(x, backend=backend, check=not validated, **kw)
+    if spec is not None:
+        return spec.unflatten(out)
+    if isinstance(updates, np.ndarray):
+        return out.cpu().numpy()
+    return out

@@ -1,0 +1,1 @@
+"""On-chain round proofs: Merkle trees, the ledger client, the embedded chain."""

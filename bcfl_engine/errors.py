@@ -1,0 +1,63 @@
+"""Every error bcfl_engine raises on bad input, in one place.
+
+All derive from :class:`BcflError`, so callers can catch the engine's errors apart from bugs.
+Each also derives from the builtin it refines (``ValueError``, ``KeyError``, ...), so code
+written against plain Python exceptions keeps working.
+"""
+
+from __future__ import annotations
+
+
+class BcflError(Exception):
+    """Base of every error raised by bcfl_engine on bad input or an unavailable resource."""
+
+
+class InvalidArgument(BcflError, ValueError):
+    """An argument has the wrong value (message says what was expected and what came)."""
+
+
+class ShapeMismatch(BcflError, ValueError):
+    """An update does not have the length or structure the batch expects."""
+
+
+class NonFiniteUpdate(BcflError, ValueError):
+    """An update holds NaN or infinity (or overflows the storage dtype)."""
+
+
+class InvalidWeight(BcflError, ValueError):
+    """A client weight is not a positive finite number."""
+
+
+class DuplicateClient(BcflError, KeyError):
+    """A client id was already added to this batch or round."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0]) if self.args else ""
+
+
+class BatchFull(BcflError, IndexError):
+    """The preallocated batch has no free row left."""
+
+
+class PreconditionError(BcflError, ValueError):
+    """An aggregation rule's precondition from its paper does not hold (e.g. n > 2f)."""
+
+
+class BackendUnavailable(BcflError, RuntimeError):
+    """A forced backend cannot run this call; the message lists its reasons."""
+
+
+class MissingDependency(BcflError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""
+
+
+class PayloadError(BcflError, ValueError):
+    """A client payload (ciphertext or signed update) is malformed, forged or mismatched."""
+
+
+class ChainError(BcflError, RuntimeError):
+    """The ledger refused or failed an operation (a revert, a conflicting commit, ...)."""
+
+
+class AuditError(BcflError):
+    """An audit found that a committed round does not match its stored payloads."""

@@ -1,0 +1,1 @@
+"""CKKS secure aggregation through TenSEAL: keys, client encryption, the SEAL wire format, the homomorphic weighted sum."""

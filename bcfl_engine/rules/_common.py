@@ -1,0 +1,61 @@
+"""Validation and small helpers shared by the rules (not part of the public API)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import InvalidArgument, NonFiniteUpdate, PreconditionError
+from ..updates import STORAGE_DTYPES
+
+# Codes of the storage dtypes in the native kernels (csrc/common.h).
+DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+
+# Column block of the streaming rules: 64K floats keeps an [n=64, block] float32 tile in L2.
+BLOCK = 1 << 16
+
+
+def check_updates(x: object, rule: str, *, min_n: int = 1) -> torch.Tensor:
+    """``x`` must be a 2-D ``[n, d]`` float tensor of a storage dtype with ``n >= min_n``."""
+    if not isinstance(x, torch.Tensor):
+        raise InvalidArgument(f"{rule}: updates must be a torch.Tensor [n, d]; got {type(x).__name__}")
+    if x.dim() != 2:
+        raise InvalidArgument(f"{rule}: updates must be 2-D [n, d]; got shape {tuple(x.shape)}")
+    if x.dtype not in STORAGE_DTYPES:
+        raise InvalidArgument(f"{rule}: dtype must be one of {STORAGE_DTYPES}; got {x.dtype}")
+    n, d = x.shape
+    if n < min_n or d == 0:
+        raise InvalidArgument(f"{rule}: needs at least {min_n} updates of d >= 1; got [{n}, {d}]")
+    return x
+
+
+def check_finite(x: torch.Tensor, rule: str) -> None:
+    """Reject NaN/inf: one non-finite value poisons an aggregate."""
+    if not bool(torch.isfinite(x).all()):
+        row = int((~torch.isfinite(x)).any(dim=1).nonzero()[0, 0])
+        raise NonFiniteUpdate(f"{rule}: update {row} holds NaN or infinity")
+
+
+def check_f(f: object, n: int, rule: str, need: str, ok: bool) -> int:
+    """``f`` must be an int >= 0 and satisfy the rule's precondition ``need`` (``ok``)."""
+    if not isinstance(f, int) or isinstance(f, bool) or f < 0:
+        raise InvalidArgument(f"{rule}: f must be an int >= 0; got {f!r}")
+    if not ok:
+        raise PreconditionError(f"{rule} requires {need}; got n={n}, f={f}")
+    return f
+
+
+def check_weights(weights: object, n: int, rule: str) -> torch.Tensor | None:
+    """None, or ``[n]`` positive finite weights (returned as float64)."""
+    if weights is None:
+        return None
+    w = torch.as_tensor(weights, dtype=torch.float64).detach().cpu()
+    if w.dim() != 1 or w.numel() != n:
+        raise InvalidArgument(f"{rule}: weights must be [n={n}]; got shape {tuple(w.shape)}")
+    if not bool(torch.isfinite(w).all()) or bool((w <= 0).any()):
+        raise InvalidArgument(f"{rule}: weights must be positive and finite; got {w.tolist()[:8]}")
+    return w
+
+
+def contiguous(x: torch.Tensor) -> torch.Tensor:
+    """Kernels index rows with stride d: give them a contiguous buffer (no copy if it is)."""
+    return x if x.is_contiguous() else x.contiguous()

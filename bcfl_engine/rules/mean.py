@@ -1,0 +1,76 @@
+"""Weighted mean (FedAvg): the baseline aggregate, with no Byzantine tolerance.
+
+McMahan et al., "Communication-Efficient Learning of Deep Networks from Decentralized Data",
+AISTATS 2017: ``out = sum_i w_i x_i / sum_i w_i`` over ``[n_clients, dim]`` updates. One
+client can move it arbitrarily far, so ``f`` must be 0.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..backends import Kernel, dispatch, native
+from ._common import DTYPE_CODE, check_finite, check_updates, check_weights, contiguous
+
+
+def mean_reference(x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Pure-torch weighted mean of the rows of ``x`` ``[n, d]``; float32 ``[d]``."""
+    n = x.shape[0]
+    w = torch.ones(n, dtype=torch.float64) if weights is None else weights.to(torch.float64)
+    w = (w / w.sum()).to(torch.float32).to(x.device)
+    return (w[:, None] * x.float()).sum(dim=0)
+
+
+def _normalized(weights: torch.Tensor | None, n: int) -> torch.Tensor:
+    w = torch.ones(n, dtype=torch.float64) if weights is None else weights.to(torch.float64)
+    return (w / w.sum()).to(torch.float32)
+
+
+def _mean_native(x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    x = contiguous(x)
+    n, d = x.shape
+    w = _normalized(weights, n)
+    out = torch.empty(d, dtype=torch.float32)
+    native().weighted_mean(DTYPE_CODE[x.dtype], x.data_ptr(), n, d, w.data_ptr(), out.data_ptr())
+    return out
+
+
+def _mean_triton(x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    from ..kernels.mean import weighted_mean
+
+    return weighted_mean(contiguous(x), _normalized(weights, x.shape[0]).to(x.device))
+
+
+KERNELS = (
+    Kernel("torch", mean_reference),
+    Kernel("native", _mean_native, needs="cpp"),
+    Kernel("triton", _mean_triton),
+)
+
+
+def mean(
+    x: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    *,
+    f: int = 0,
+    backend: str | None = None,
+    check: bool = True,
+) -> torch.Tensor:
+    """Weighted mean of ``x`` ``[n, d]`` -> float32 ``[d]``.
+
+    Parameters
+    ----------
+    weights : ``[n]`` positive weights (e.g. sample counts); uniform if None.
+    f : must be 0: the mean tolerates no Byzantine client.
+    backend : "torch", "native", "triton" or None (automatic).
+    check : reject non-finite updates (an O(n d) scan; off when the batch was validated).
+    """
+    x = check_updates(x, "mean")
+    if f != 0:
+        from ..errors import PreconditionError
+
+        raise PreconditionError(f"mean tolerates no Byzantine client: f must be 0; got f={f}")
+    w = check_weights(weights, x.shape[0], "mean")
+    if check:
+        check_finite(x, "mean")
+    return dispatch("mean", KERNELS, x, backend, w)

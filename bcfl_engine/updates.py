@@ -1,0 +1,326 @@
+"""Client updates as rows of one preallocated buffer.
+
+:class:`ParamSpec` maps a model's parameters (a torch state dict, Flower's list of numpy arrays,
+or one tensor) to one flat float vector and back. :class:`UpdateBatch` holds ``n`` such vectors
+as the rows of a ``[capacity, d]`` buffer, filled by :meth:`UpdateBatch.add` with one copy per
+update, after which every rule works on ``batch.data`` in place.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import (
+    BatchFull,
+    DuplicateClient,
+    InvalidArgument,
+    InvalidWeight,
+    NonFiniteUpdate,
+    ShapeMismatch,
+)
+
+STORAGE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def keccak256(data: bytes | memoryview) -> bytes:
+    """Keccak-256 (Ethereum's hash, not NIST SHA3-256) of ``data``."""
+    from Crypto.Hash import keccak
+
+    return keccak.new(digest_bits=256, data=bytes(data)).digest()
+
+
+@dataclass(frozen=True)
+class ParamEntry:
+    """One parameter: its name, shape, dtype and place ``[offset, offset + numel)`` in the vector."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    offset: int
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+def _dtype_name(t: Any) -> str:
+    return str(t.dtype).removeprefix("torch.")
+
+
+class ParamSpec:
+    """Names, shapes, dtypes and offsets of a model's parameters.
+
+    ``kind`` is the structure the spec was made from and gives back on :meth:`unflatten`:
+    ``"state_dict"`` (name -> torch tensor), ``"ndarrays"`` (list of numpy arrays) or
+    ``"tensor"`` (one tensor of any shape).
+    """
+
+    def __init__(self, entries: Sequence[ParamEntry], kind: str) -> None:
+        if kind not in ("state_dict", "ndarrays", "tensor"):
+            raise InvalidArgument(f"kind must be state_dict, ndarrays or tensor; got {kind!r}")
+        self.entries = tuple(entries)
+        self.kind = kind
+        self.dim = sum(e.numel for e in self.entries)
+
+    @classmethod
+    def infer(cls, update: Any) -> ParamSpec:
+        """The spec of one update: a state dict, a list of arrays/tensors, or one tensor/array."""
+        if isinstance(update, Mapping):
+            items = list(update.items())
+            kind = "state_dict"
+        elif isinstance(update, (list, tuple)):
+            items = [(str(i), a) for i, a in enumerate(update)]
+            kind = "ndarrays"
+        elif isinstance(update, (torch.Tensor, np.ndarray)):
+            items = [("", update)]
+            kind = "tensor"
+        else:
+            raise InvalidArgument(
+                "an update must be a state dict, a list of arrays or a tensor; "
+                f"got {type(update).__name__}"
+            )
+        entries, offset = [], 0
+        for name, value in items:
+            if not isinstance(value, (torch.Tensor, np.ndarray)):
+                raise InvalidArgument(
+                    f"parameter {name!r} must be a tensor or array; got {type(value).__name__}"
+                )
+            entries.append(ParamEntry(str(name), tuple(value.shape), _dtype_name(value), offset))
+            offset += entries[-1].numel
+        return cls(entries, kind)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ParamSpec) and (self.entries, self.kind) == (
+            other.entries,
+            other.kind,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.entries, self.kind))
+
+    def __repr__(self) -> str:
+        return f"ParamSpec(kind={self.kind!r}, params={len(self.entries)}, dim={self.dim})"
+
+    def _parts(self, update: Any) -> list[tuple[ParamEntry, torch.Tensor]]:
+        """Pair each entry with the matching piece of ``update``, checking structure and shapes."""
+        if self.kind == "state_dict":
+            if not isinstance(update, Mapping):
+                raise ShapeMismatch(f"expected a state dict; got {type(update).__name__}")
+            missing = [e.name for e in self.entries if e.name not in update]
+            extra = [k for k in update if k not in {e.name for e in self.entries}]
+            if missing or extra:
+                raise ShapeMismatch(f"state dict keys differ: missing {missing}, unexpected {extra}")
+            values = [update[e.name] for e in self.entries]
+        elif self.kind == "ndarrays":
+            if not isinstance(update, (list, tuple)) or len(update) != len(self.entries):
+                got = len(update) if isinstance(update, (list, tuple)) else type(update).__name__
+                raise ShapeMismatch(f"expected a list of {len(self.entries)} arrays; got {got}")
+            values = list(update)
+        else:
+            values = [update]
+        parts = []
+        for e, v in zip(self.entries, values, strict=True):
+            t = torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v
+            if not isinstance(t, torch.Tensor):
+                raise ShapeMismatch(f"parameter {e.name!r}: expected an array; got {type(v).__name__}")
+            if tuple(t.shape) != e.shape and not (self.kind == "tensor" and t.numel() == e.numel):
+                raise ShapeMismatch(f"parameter {e.name!r}: expected shape {e.shape}; got {tuple(t.shape)}")
+            parts.append((e, t))
+        return parts
+
+    def flatten_into(self, update: Any, out: torch.Tensor) -> torch.Tensor:
+        """Copy ``update`` into the 1-D tensor ``out`` (length ``dim``), converting its dtype."""
+        if out.dim() != 1 or out.numel() != self.dim:
+            raise ShapeMismatch(f"output must be a vector of {self.dim}; got {tuple(out.shape)}")
+        for e, t in self._parts(update):
+            out[e.offset : e.offset + e.numel].copy_(t.reshape(-1))
+        return out
+
+    def flatten(self, update: Any, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """``update`` as one ``[dim]`` vector of ``dtype``."""
+        return self.flatten_into(update, torch.empty(self.dim, dtype=dtype))
+
+    def unflatten(self, vector: torch.Tensor) -> Any:
+        """The inverse of :meth:`flatten`: the structure this spec was made from, original dtypes."""
+        if vector.dim() != 1 or vector.numel() != self.dim:
+            raise ShapeMismatch(f"expected a vector of {self.dim}; got shape {tuple(vector.shape)}")
+        out = []
+        for e in self.entries:
+            piece = vector[e.offset : e.offset + e.numel].reshape(e.shape)
+            if self.kind == "ndarrays":
+                out.append(piece.detach().cpu().float().numpy().astype(np.dtype(e.dtype)))
+            else:
+                out.append(piece.to(getattr(torch, e.dtype)).clone())
+        if self.kind == "state_dict":
+            return {e.name: t for e, t in zip(self.entries, out, strict=True)}
+        if self.kind == "ndarrays":
+            return out
+        return out[0]
+
+
+class UpdateBatch:
+    """A preallocated ``[capacity, d]`` buffer of client updates, with weights, ids and digests.
+
+    Parameters
+    ----------
+    spec : ParamSpec or int
+        The structure of one update, or its flat length ``d``.
+    capacity : int
+        The most updates the batch holds.
+    dtype : torch.float32 | torch.float16 | torch.bfloat16
+        Storage dtype. Rules compute in float32 whatever this is.
+    device : torch.device or str
+        Where the buffer lives ("cpu" or a CUDA device).
+    spool : path, optional
+        Back the buffer with a memory-mapped file at this path (or in this directory), for
+        batches larger than RAM. The file is created and sized here.
+    pin_memory : bool
+        Page-lock a CPU buffer, for fast copies to a GPU.
+    allow_nonfinite : bool
+        Accept NaN/inf values. Off by default: one NaN poisons a mean.
+    """
+
+    def __init__(
+        self,
+        spec: ParamSpec | int,
+        capacity: int,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+        spool: str | os.PathLike[str] | None = None,
+        pin_memory: bool = False,
+        allow_nonfinite: bool = False,
+    ) -> None:
+        if isinstance(spec, int):
+            if spec <= 0:
+                raise InvalidArgument(f"dimension must be positive; got {spec}")
+            spec = ParamSpec([ParamEntry("", (spec,), "float32", 0)], "tensor")
+        if not isinstance(spec, ParamSpec):
+            raise InvalidArgument(f"spec must be a ParamSpec or an int; got {type(spec).__name__}")
+        if not isinstance(capacity, int) or capacity <= 0:
+            raise InvalidArgument(f"capacity must be a positive int; got {capacity!r}")
+        if dtype not in STORAGE_DTYPES:
+            raise InvalidArgument(f"dtype must be one of {STORAGE_DTYPES}; got {dtype}")
+        self.spec = spec
+        self.capacity = capacity
+        self.dtype = dtype
+        self.allow_nonfinite = allow_nonfinite
+        self.spool_path: Path | None = None
+        d = spec.dim
+        device = torch.device(device)
+        if spool is not None:
+            if device.type != "cpu":
+                raise InvalidArgument("a spooled (memory-mapped) batch lives on the CPU")
+            path = Path(spool)
+            if path.is_dir():
+                fd, name = tempfile.mkstemp(prefix="bcfl-batch-", suffix=".bin", dir=path)
+                os.close(fd)
+                path = Path(name)
+            self.spool_path = path
+            nbytes = capacity * d * torch.finfo(dtype).bits // 8
+            with open(path, "wb") as fh:
+                fh.truncate(nbytes)
+            flat = torch.from_file(str(path), shared=True, size=capacity * d, dtype=dtype)
+            self._buf = flat.view(capacity, d)
+        else:
+            self._buf = torch.empty((capacity, d), dtype=dtype, device=device)
+            if pin_memory and device.type == "cpu" and torch.cuda.is_available():
+                self._buf = self._buf.pin_memory()
+        self._weights = torch.empty(capacity, dtype=torch.float64)
+        self.client_ids: list[str] = []
+        self._digests: list[bytes | None] = []
+        self._index: dict[str, int] = {}
+
+    # ---- filling ---------------------------------------------------------------------------
+
+    def add(
+        self, client_id: str, update: Any, weight: float = 1.0, *, digest: bytes | None = None
+    ) -> int:
+        """Validate ``update`` and copy it into the next free row; return that row's index.
+
+        Raises (and leaves the batch as it was) on a duplicate or empty client id, a full batch,
+        a wrong structure or length, a weight that is not positive and finite, or non-finite
+        values (including float16/bfloat16 overflow) unless ``allow_nonfinite``.
+        """
+        if not isinstance(client_id, str) or not client_id:
+            raise InvalidArgument(f"client_id must be a non-empty str; got {client_id!r}")
+        if client_id in self._index:
+            raise DuplicateClient(f"client {client_id!r} already added (row {self._index[client_id]})")
+        if len(self.client_ids) >= self.capacity:
+            raise BatchFull(f"batch is full ({self.capacity} updates); cannot add {client_id!r}")
+        try:
+            w = float(weight)
+        except (TypeError, ValueError):
+            raise InvalidWeight(f"client {client_id!r}: weight must be a number; got {weight!r}") from None
+        if not math.isfinite(w) or w <= 0:
+            raise InvalidWeight(f"client {client_id!r}: weight must be positive and finite; got {w}")
+        if digest is not None and (not isinstance(digest, bytes) or len(digest) != 32):
+            raise InvalidArgument(f"client {client_id!r}: digest must be 32 bytes; got {digest!r}")
+        i = len(self.client_ids)
+        row = self._buf[i]
+        try:
+            self.spec.flatten_into(update, row)
+        except ShapeMismatch as exc:
+            raise ShapeMismatch(f"client {client_id!r}: {exc}") from None
+        if not self.allow_nonfinite and not bool(torch.isfinite(row).all()):
+            bad = int((~torch.isfinite(row)).nonzero()[0, 0])
+            raise NonFiniteUpdate(
+                f"client {client_id!r}: non-finite value at index {bad} (or it overflows {self.dtype})"
+            )
+        self._weights[i] = w
+        self.client_ids.append(client_id)
+        self._digests.append(digest)
+        self._index[client_id] = i
+        return i
+
+    # ---- reading ---------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.client_ids)
+
+    @property
+    def dim(self) -> int:
+        return self.spec.dim
+
+    @property
+    def data(self) -> torch.Tensor:
+        """The filled rows, ``[n, d]``, a view of the buffer (no copy)."""
+        return self._buf[: len(self)]
+
+    @property
+    def weights(self) -> torch.Tensor:
+        """Client weights, ``[n]`` float64."""
+        return self._weights[: len(self)]
+
+    def row(self, client_id: str) -> int:
+        """The row index of ``client_id``."""
+        try:
+            return self._index[client_id]
+        except KeyError:
+            raise InvalidArgument(f"client {client_id!r} is not in this batch") from None
+
+    def digest(self, i: int) -> bytes:
+        """The digest of row ``i``: the one given to :meth:`add`, else keccak256 of its bytes."""
+        if not 0 <= i < len(self):
+            raise InvalidArgument(f"row must be in [0, {len(self)}); got {i}")
+        d = self._digests[i]
+        if d is None:
+            d = keccak256(self._buf[i].detach().cpu().contiguous().view(torch.uint8).numpy())
+            self._digests[i] = d
+        return d
+
+    def __repr__(self) -> str:
+        return (
+            f"UpdateBatch(n={len(self)}, capacity={self.capacity}, d={self.dim}, "
+            f"dtype={self.dtype}, device={self._buf.device}"
+            + (f", spool={str(self.spool_path)!r})" if self.spool_path else ")")
+        )

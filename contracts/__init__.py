@@ -1,0 +1,1 @@
+"""Solidity sources of the round registry and their compiled artifacts (ABI + bytecode)."""

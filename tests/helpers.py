@@ -1,0 +1,37 @@
+"""Test helpers: one place that says how far apart two results are, and where."""
+
+from __future__ import annotations
+
+import torch
+
+# Tolerances written once. float32 sums reassociate across backends: a few ulps of the sum.
+TOL = {torch.float32: (1e-5, 1e-6), torch.float16: (1e-5, 1e-6), torch.bfloat16: (1e-5, 1e-6)}
+
+
+def mismatch(actual: torch.Tensor, expected: torch.Tensor, rtol: float, atol: float) -> str | None:
+    """None if close, else a one-line report: how many differ, the worst index and values."""
+    a = actual.detach().cpu().double().reshape(-1)
+    e = expected.detach().cpu().double().reshape(-1)
+    if a.shape != e.shape:
+        return f"shape {tuple(actual.shape)} != expected {tuple(expected.shape)}"
+    err = (a - e).abs()
+    bad = err > atol + rtol * e.abs()
+    if not bool(bad.any()):
+        return None
+    i = int(torch.argmax(torch.where(bad, err, torch.zeros_like(err))))
+    return (
+        f"{int(bad.sum())}/{a.numel()} differ; worst at {i}: got {a[i].item():.9g}, "
+        f"expected {e[i].item():.9g} (|diff| {err[i].item():.3g}, rtol {rtol}, atol {atol})"
+    )
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-5, atol: float = 1e-6) -> None:
+    report = mismatch(actual, expected, rtol, atol)
+    assert report is None, report
+
+
+def make_updates(n: int, d: int, dtype: torch.dtype = torch.float32, seed: int = 0) -> torch.Tensor:
+    """Random updates with distinct values per column (so order statistics have no ties)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=torch.float32)
+    return x.to(dtype)
