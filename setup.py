@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import sys
 from glob import glob
+from pathlib import Path
 
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
@@ -27,15 +28,17 @@ class OptionalBuildExt(build_ext):
     def run(self) -> None:
         try:
             super().run()
-        except Exception as exc:  # noqa: BLE001 - any compiler failure
+        except Exception as exc:
             if BUILD_EXT == "1":
                 raise
-            print(f"WARNING: bcfl_engine._C not built ({exc}); CPU paths fall back.", file=sys.stderr)
+            print(
+                f"WARNING: bcfl_engine._C not built ({exc}); CPU paths fall back.", file=sys.stderr
+            )
 
     def build_extension(self, ext) -> None:  # type: ignore[no-untyped-def]
         try:
             super().build_extension(ext)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if BUILD_EXT == "1":
                 raise
             print(f"WARNING: {ext.name} not built ({exc}); CPU paths fall back.", file=sys.stderr)
@@ -52,7 +55,9 @@ def extensions() -> list:
     if os.environ.get("BCFL_SANITIZE"):
         # Address + undefined-behaviour sanitizer build for the codec fuzz tests.
         args += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-O1", "-g"]
-    link = ["-fopenmp"] + (["-fsanitize=address,undefined"] if os.environ.get("BCFL_SANITIZE") else [])
+    link = ["-fopenmp"] + (
+        ["-fsanitize=address,undefined"] if os.environ.get("BCFL_SANITIZE") else []
+    )
     return [
         Pybind11Extension(
             "bcfl_engine._C",
@@ -62,7 +67,9 @@ def extensions() -> list:
             extra_compile_args=args,
             extra_link_args=link,
             libraries=["z", "zstd"] if os.path.exists("/usr/include/zstd.h") else ["z"],
-            define_macros=[("BCFL_HAVE_ZSTD", "1")] if os.path.exists("/usr/include/zstd.h") else [],
+            define_macros=[("BCFL_HAVE_ZSTD", "1")]
+            if os.path.exists("/usr/include/zstd.h")
+            else [],
         )
     ]
 
@@ -72,7 +79,7 @@ setup(
     version="0.1.0",
     description="Aggregation engine for blockchain-based federated learning: CKKS secure "
     "aggregation, Byzantine-robust rules and on-chain round proofs.",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=Path("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=[

@@ -33,7 +33,9 @@ def as_matrix(
         return torch.from_numpy(np.ascontiguousarray(updates)), weights, None, False
     if isinstance(updates, torch.Tensor):
         if updates.dim() != 2:
-            raise InvalidArgument(f"a tensor of updates must be 2-D [n, d]; got {tuple(updates.shape)}")
+            raise InvalidArgument(
+                f"a tensor of updates must be 2-D [n, d]; got {tuple(updates.shape)}"
+            )
         return updates, weights, None, False
     if isinstance(updates, Sequence) and not isinstance(updates, (str, bytes)):
         if len(updates) == 0:

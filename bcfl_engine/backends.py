@@ -127,7 +127,9 @@ def requested(backend: str | None) -> str | None:
     return name
 
 
-def choose(op: str, kernels: Sequence[Kernel], x: torch.Tensor, backend: str | None = None) -> Kernel:
+def choose(
+    op: str, kernels: Sequence[Kernel], x: torch.Tensor, backend: str | None = None
+) -> Kernel:
     """Pick the kernel of ``op`` that runs ``x``.
 
     Forced (``backend`` or ``BCFL_BACKEND``): that kernel or BackendUnavailable with the reason.

@@ -118,7 +118,9 @@ class ParamSpec:
             missing = [e.name for e in self.entries if e.name not in update]
             extra = [k for k in update if k not in {e.name for e in self.entries}]
             if missing or extra:
-                raise ShapeMismatch(f"state dict keys differ: missing {missing}, unexpected {extra}")
+                raise ShapeMismatch(
+                    f"state dict keys differ: missing {missing}, unexpected {extra}"
+                )
             values = [update[e.name] for e in self.entries]
         elif self.kind == "ndarrays":
             if not isinstance(update, (list, tuple)) or len(update) != len(self.entries):
@@ -131,9 +133,13 @@ class ParamSpec:
         for e, v in zip(self.entries, values, strict=True):
             t = torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v
             if not isinstance(t, torch.Tensor):
-                raise ShapeMismatch(f"parameter {e.name!r}: expected an array; got {type(v).__name__}")
+                raise ShapeMismatch(
+                    f"parameter {e.name!r}: expected an array; got {type(v).__name__}"
+                )
             if tuple(t.shape) != e.shape and not (self.kind == "tensor" and t.numel() == e.numel):
-                raise ShapeMismatch(f"parameter {e.name!r}: expected shape {e.shape}; got {tuple(t.shape)}")
+                raise ShapeMismatch(
+                    f"parameter {e.name!r}: expected shape {e.shape}; got {tuple(t.shape)}"
+                )
             parts.append((e, t))
         return parts
 
@@ -153,7 +159,7 @@ class ParamSpec:
         """The inverse of :meth:`flatten`: the structure this spec was made from, original dtypes."""
         if vector.dim() != 1 or vector.numel() != self.dim:
             raise ShapeMismatch(f"expected a vector of {self.dim}; got shape {tuple(vector.shape)}")
-        out = []
+        out: list[Any] = []
         for e in self.entries:
             piece = vector[e.offset : e.offset + e.numel].reshape(e.shape)
             if self.kind == "ndarrays":
@@ -254,15 +260,21 @@ class UpdateBatch:
         if not isinstance(client_id, str) or not client_id:
             raise InvalidArgument(f"client_id must be a non-empty str; got {client_id!r}")
         if client_id in self._index:
-            raise DuplicateClient(f"client {client_id!r} already added (row {self._index[client_id]})")
+            raise DuplicateClient(
+                f"client {client_id!r} already added (row {self._index[client_id]})"
+            )
         if len(self.client_ids) >= self.capacity:
             raise BatchFull(f"batch is full ({self.capacity} updates); cannot add {client_id!r}")
         try:
             w = float(weight)
         except (TypeError, ValueError):
-            raise InvalidWeight(f"client {client_id!r}: weight must be a number; got {weight!r}") from None
+            raise InvalidWeight(
+                f"client {client_id!r}: weight must be a number; got {weight!r}"
+            ) from None
         if not math.isfinite(w) or w <= 0:
-            raise InvalidWeight(f"client {client_id!r}: weight must be positive and finite; got {w}")
+            raise InvalidWeight(
+                f"client {client_id!r}: weight must be positive and finite; got {w}"
+            )
         if digest is not None and (not isinstance(digest, bytes) or len(digest) != 32):
             raise InvalidArgument(f"client {client_id!r}: digest must be 32 bytes; got {digest!r}")
         i = len(self.client_ids)
@@ -314,7 +326,9 @@ class UpdateBatch:
             raise InvalidArgument(f"row must be in [0, {len(self)}); got {i}")
         d = self._digests[i]
         if d is None:
-            d = keccak256(self._buf[i].detach().cpu().contiguous().view(torch.uint8).numpy())
+            d = keccak256(
+                self._buf[i].detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()
+            )
             self._digests[i] = d
         return d
 

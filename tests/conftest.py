@@ -9,9 +9,9 @@ import pytest
 # The Triton interpreter runs kernels on CPU tensors: every kernel is checked without a GPU.
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import torch  # noqa: E402
+import torch
 
-from bcfl_engine.backends import _load_native  # noqa: E402
+from bcfl_engine.backends import _load_native
 
 DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
 
@@ -23,7 +23,11 @@ def backend_params() -> list:
     if reason and os.environ.get("BCFL_REQUIRE_NATIVE") == "1":
         # CI builds the extension strictly: a missing native backend there is a failure.
         raise RuntimeError(f"BCFL_REQUIRE_NATIVE=1 but {reason}")
-    params.append(pytest.param("native", id="native", marks=pytest.mark.skipif(bool(reason), reason=str(reason))))
+    params.append(
+        pytest.param(
+            "native", id="native", marks=pytest.mark.skipif(bool(reason), reason=str(reason))
+        )
+    )
     try:
         import triton  # noqa: F401
 
@@ -31,7 +35,11 @@ def backend_params() -> list:
     except ImportError as exc:
         triton_reason = f"triton not installed ({exc})"
     params.append(
-        pytest.param("triton", id="triton", marks=pytest.mark.skipif(bool(triton_reason), reason=str(triton_reason)))
+        pytest.param(
+            "triton",
+            id="triton",
+            marks=pytest.mark.skipif(bool(triton_reason), reason=str(triton_reason)),
+        )
     )
     return params
 

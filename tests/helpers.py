@@ -25,7 +25,9 @@ def mismatch(actual: torch.Tensor, expected: torch.Tensor, rtol: float, atol: fl
     )
 
 
-def assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-5, atol: float = 1e-6) -> None:
+def assert_close(
+    actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-5, atol: float = 1e-6
+) -> None:
     report = mismatch(actual, expected, rtol, atol)
     assert report is None, report
 

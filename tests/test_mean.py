@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import assert_close, make_updates
 
 import bcfl_engine as be
 from bcfl_engine.errors import InvalidArgument, NonFiniteUpdate, PreconditionError
 from bcfl_engine.rules.mean import mean, mean_reference
-from helpers import assert_close, make_updates
 
 SHAPES = [(1, 1), (2, 3), (7, 1000), (13, 4099), (64, 2048 * 3 + 5)]
 
 
 @pytest.mark.parametrize("n,d", SHAPES, ids=[f"n{n}-d{d}" for n, d in SHAPES])
 @pytest.mark.parametrize("weighted", [False, True], ids=["uniform", "weighted"])
-def test_mean_matches_reference(backend: str, dtype: torch.dtype, n: int, d: int, weighted: bool) -> None:
+def test_mean_matches_reference(
+    backend: str, dtype: torch.dtype, n: int, d: int, weighted: bool
+) -> None:
     x = make_updates(n, d, dtype, seed=n * d)
     w = torch.rand(n, dtype=torch.float64) + 0.1 if weighted else None
     got = mean(x, w, backend=backend)
@@ -51,7 +53,10 @@ def test_aggregate_returns_the_structure_of_one_update() -> None:
     assert_close(out["b"], torch.full((3,), 3.0))
     import numpy as np
 
-    nd = [[np.full((2,), i, dtype=np.float32), np.full((1, 1), -i, dtype=np.float64)] for i in range(3)]
+    nd = [
+        [np.full((2,), i, dtype=np.float32), np.full((1, 1), -i, dtype=np.float64)]
+        for i in range(3)
+    ]
     out_nd = be.aggregate(nd, rule="mean", weights=[1, 1, 2])
     assert out_nd[1].dtype == np.float64 and out_nd[1].shape == (1, 1)
     np.testing.assert_allclose(out_nd[0], [1.25, 1.25], rtol=1e-6)

@@ -50,12 +50,20 @@ RULES: dict[str, RuleInfo] = {
     for r in (
         RuleInfo("mean", "aggregate", True, True, "weighted mean (FedAvg); f must be 0"),
         RuleInfo("median", "aggregate", False, True, "coordinate-wise median"),
-        RuleInfo("trimmed_mean", "aggregate", False, True, "drop f largest and f smallest per coordinate"),
-        RuleInfo("krum", "aggregate", False, True, "the update closest to its n-f-2 nearest others"),
+        RuleInfo(
+            "trimmed_mean", "aggregate", False, True, "drop f largest and f smallest per coordinate"
+        ),
+        RuleInfo(
+            "krum", "aggregate", False, True, "the update closest to its n-f-2 nearest others"
+        ),
         RuleInfo("multi_krum", "aggregate", False, True, "mean of the m best Krum scores"),
-        RuleInfo("bulyan", "aggregate", False, True, "Krum selection, then trimmed around the median"),
+        RuleInfo(
+            "bulyan", "aggregate", False, True, "Krum selection, then trimmed around the median"
+        ),
         RuleInfo("geometric_median", "aggregate", True, True, "smoothed Weiszfeld (RFA)"),
-        RuleInfo("centered_clipping", "aggregate", False, True, "iterative clipping around a center"),
+        RuleInfo(
+            "centered_clipping", "aggregate", False, True, "iterative clipping around a center"
+        ),
         RuleInfo("clip", "pre", False, False, "scale each update to norm <= max_norm"),
         RuleInfo("nnm", "pre", False, True, "nearest-neighbour mixing"),
     )

@@ -17,7 +17,9 @@ BLOCK = 1 << 16
 def check_updates(x: object, rule: str, *, min_n: int = 1) -> torch.Tensor:
     """``x`` must be a 2-D ``[n, d]`` float tensor of a storage dtype with ``n >= min_n``."""
     if not isinstance(x, torch.Tensor):
-        raise InvalidArgument(f"{rule}: updates must be a torch.Tensor [n, d]; got {type(x).__name__}")
+        raise InvalidArgument(
+            f"{rule}: updates must be a torch.Tensor [n, d]; got {type(x).__name__}"
+        )
     if x.dim() != 2:
         raise InvalidArgument(f"{rule}: updates must be 2-D [n, d]; got shape {tuple(x.shape)}")
     if x.dtype not in STORAGE_DTYPES:
