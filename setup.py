@@ -112,7 +112,9 @@ setup(
         "chain": ["web3>=7", "eth-tester[py-evm]>=0.12.0b1", "eth-account>=0.13"],
         "flower": ["flwr>=1.20"],
         "demo": ["scikit-learn>=1.3", "matplotlib>=3.7"],
-        "bench": ["pytest-benchmark>=4", "byzfl>=0.0.11", "flwr>=1.20"],
+        # ByzFL (a benchmark peer) is installed with --no-deps: its package requires torchvision,
+        # which would replace the CPU torch with a multi-GB CUDA build; its aggregators need neither.
+        "bench": ["pytest-benchmark>=4", "flwr>=1.20"],
         "dev": [
             "pytest>=8",
             "hypothesis>=6.100",
@@ -129,7 +131,6 @@ setup(
             "scikit-learn>=1.3",
             "matplotlib>=3.7",
             "pytest-benchmark>=4",
-            "byzfl>=0.0.11",
         ],
     },
     entry_points={"console_scripts": ["bcfl=bcfl_engine.cli:main"]},
