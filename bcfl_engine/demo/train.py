@@ -1,0 +1,103 @@
+"""Local training at a hospital: a small torch model, a few epochs of SGD, the update it sends.
+
+The model is logistic regression (``hidden=0``; linear regression for a regression task) or a
+one-hidden-layer MLP. A hospital receives the global parameters as one flat vector, trains on
+its own patients and sends the difference ``local - global`` (the update the server
+aggregates, as in FedAvg, McMahan et al. 2017).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..updates import ParamSpec
+
+
+def make_model(n_features: int, hidden: int = 0) -> nn.Module:
+    """``[batch, n_features] -> [batch]`` logits (classification) or predictions (regression)."""
+    if hidden <= 0:
+        body: nn.Module = nn.Linear(n_features, 1)
+    else:
+        body = nn.Sequential(nn.Linear(n_features, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+    return nn.Sequential(body, nn.Flatten(0))
+
+
+class Trainer:
+    """Holds one model and moves it between flat parameter vectors and local training.
+
+    Parameters
+    ----------
+    n_features, hidden : the model (see :func:`make_model`)
+    task : "classification" (binary cross-entropy on logits) or "regression" (squared error)
+    epochs, lr, batch_size : local SGD
+    """
+
+    def __init__(
+        self,
+        n_features: int,
+        task: str,
+        *,
+        hidden: int = 0,
+        epochs: int = 2,
+        lr: float = 0.1,
+        batch_size: int = 32,
+    ) -> None:
+        self.model = make_model(n_features, hidden)
+        self.spec = ParamSpec.infer(self.model.state_dict())
+        self.task = task
+        self.epochs = epochs
+        self.lr = lr
+        self.batch_size = batch_size
+
+    @property
+    def dim(self) -> int:
+        return self.spec.dim
+
+    def initial(self, seed: int) -> torch.Tensor:
+        """Initial global parameters, ``[dim]`` float32, the same for every rule compared."""
+        torch.manual_seed(seed)
+        for m in self.model.modules():
+            if isinstance(m, nn.Linear):
+                m.reset_parameters()
+        return self.spec.flatten(self.model.state_dict())
+
+    def load(self, params: torch.Tensor) -> None:
+        self.model.load_state_dict(self.spec.unflatten(params))
+
+    def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.task == "classification":
+            return nn.functional.binary_cross_entropy_with_logits(out, y)
+        return nn.functional.mse_loss(out, y)
+
+    def update(
+        self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor, seed: int
+    ) -> torch.Tensor:
+        """Train from ``params`` on ``(x, y)``; return ``local - params``, ``[dim]`` float32."""
+        self.load(params)
+        opt = torch.optim.SGD(self.model.parameters(), lr=self.lr)
+        g = torch.Generator().manual_seed(seed)
+        self.model.train()
+        for _ in range(self.epochs):
+            order = torch.randperm(len(y), generator=g)
+            for start in range(0, len(y), self.batch_size):
+                idx = order[start : start + self.batch_size]
+                opt.zero_grad()
+                self.loss(self.model(x[idx]), y[idx]).backward()
+                opt.step()
+        return self.spec.flatten(self.model.state_dict()) - params
+
+    @torch.no_grad()
+    def score(self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> float:
+        """Accuracy (classification) or root mean squared error (regression) of ``params``.
+
+        Non-finite parameters (a collapsed aggregate) score 0 accuracy or infinite error.
+        """
+        if not bool(torch.isfinite(params).all()):
+            return 0.0 if self.task == "classification" else float("inf")
+        self.load(params)
+        self.model.eval()
+        out = self.model(x)
+        if self.task == "classification":
+            return float(((out > 0).float() == y).float().mean())
+        return float(torch.sqrt(((out - y) ** 2).mean()))
