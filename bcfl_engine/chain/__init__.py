@@ -1,1 +1,40 @@
-"""On-chain round proofs: Merkle trees, the ledger client, the embedded chain."""
+"""On-chain round proofs: Merkle trees, the ledger client, the embedded chain, signed payloads.
+
+:mod:`.merkle` needs only keccak (pycryptodome); :class:`Ledger` and the signatures import web3,
+eth-tester and eth-account on first use (``pip install 'bcfl_engine[chain]'``).
+"""
+
+from __future__ import annotations
+
+from .ledger import Ledger, Receipt, RoundRecord, TaskInfo, meta_bytes
+from .merkle import (
+    MerkleTree,
+    contribution_leaf,
+    hash_pair,
+    leaf_hash,
+    participant_leaf,
+    process_proof,
+    round_root,
+    verify_proof,
+)
+from .signing import PayloadDomain, SignedPayload, sign_payload, verify_payload
+
+__all__ = [
+    "Ledger",
+    "MerkleTree",
+    "PayloadDomain",
+    "Receipt",
+    "RoundRecord",
+    "SignedPayload",
+    "TaskInfo",
+    "contribution_leaf",
+    "hash_pair",
+    "leaf_hash",
+    "meta_bytes",
+    "participant_leaf",
+    "process_proof",
+    "round_root",
+    "sign_payload",
+    "verify_payload",
+    "verify_proof",
+]
