@@ -1,0 +1,145 @@
+"""Audit a committed round: recompute it from the payload store, check it against the chain.
+
+Anyone holding the store (or a copy of the payloads) and a node of the chain can run it:
+``bcfl audit --chain URL --task T --round R --store DIR``. It trusts nothing the aggregator
+says except what the chain holds, and names every difference it finds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import AuditError, PayloadError
+from .round import _aggregate, decode_update, leaves_of
+from .store import PayloadStore
+from .updates import keccak256
+
+
+@dataclass
+class AuditReport:
+    """What :func:`audit` found: ``ok`` when nothing differs, else ``problems`` name each."""
+
+    task: int
+    round: int
+    problems: list[str]
+    checked: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> str:
+        head = f"task {self.task} round {self.round}: "
+        if self.ok:
+            return head + "OK (" + "; ".join(self.checked) + ")"
+        return (
+            head + f"FAILED, {len(self.problems)} problem(s):\n  - " + "\n  - ".join(self.problems)
+        )
+
+    def raise_if_failed(self) -> None:
+        if not self.ok:
+            raise AuditError(self.summary())
+
+
+def audit(
+    ledger: Any, task: int, round: int, store: PayloadStore | str | os.PathLike[str]
+) -> AuditReport:
+    """Recompute round ``round`` of ``task`` from ``store`` and check it against ``ledger``.
+
+    Checks, naming whatever differs: every stored payload still hashes to its accepted digest
+    and carries its client's signature; the Merkle root of the leaves and the number of
+    updates equal the commit; the committed metadata is in the store; the aggregate recomputed
+    from the payloads (same rule, parameters and backend) hashes to the committed result
+    digest; the contract accepts every client's inclusion proof.
+    """
+    from .chain import MerkleTree, SignedPayload, verify_payload
+
+    store = store if isinstance(store, PayloadStore) else PayloadStore(store)
+    problems: list[str] = []
+    checked: list[str] = []
+    commit = ledger.record(task, round)
+    if commit is None:
+        return AuditReport(
+            task, round, [f"the chain has no commit of task {task} round {round}"], []
+        )
+    records = sorted(store.accepted(task, round), key=lambda r: r["seq"])
+    if not records:
+        return AuditReport(
+            task, round, [f"the store holds no accepted payload of task {task} round {round}"], []
+        )
+    saved = store.read_round(task, round) or {}
+    participants = saved.get("participants") or [r["client"] for r in records]
+    rows, intact = [], True
+    for r in records:
+        who = f"client {r['client']} (seq {r['seq']})"
+        try:
+            data = store.get(r["digest"], verify=False)
+        except PayloadError:
+            problems.append(f"{who}: payload 0x{r['digest']} is missing from the store")
+            intact = False
+            continue
+        got = keccak256(data)
+        if got.hex() != r["digest"]:
+            problems.append(
+                f"{who}: stored payload altered: it hashes to 0x{got.hex()}, accepted digest 0x{r['digest']}"
+            )
+            intact = False
+        signed = SignedPayload(
+            task, round, bytes.fromhex(r["digest"]), r["client"], bytes.fromhex(r["signature"])
+        )
+        try:
+            verify_payload(
+                signed, task=task, round=round, participants=participants, domain=ledger.domain
+            )
+        except PayloadError as exc:
+            problems.append(f"{who}: signature check failed: {exc}")
+        rows.append(data)
+    checked.append(f"{len(records)} payloads and signatures")
+    leaves = leaves_of(round, records)
+    tree = MerkleTree.from_leaves(leaves)
+    if tree.root != commit.updates_root:
+        problems.append(
+            f"updates root differs: the stored records give 0x{tree.root.hex()}, the chain has 0x{commit.updates_root.hex()}"
+        )
+    if len(leaves) != commit.n:
+        problems.append(
+            f"number of updates differs: the store has {len(leaves)}, the chain has {commit.n}"
+        )
+    checked.append("updates root")
+    if saved and saved.get("result_digest") != commit.result_digest.hex():
+        problems.append(
+            f"result digest differs: the store's round record has 0x{saved.get('result_digest')}, "
+            f"the chain has 0x{commit.result_digest.hex()}"
+        )
+    try:
+        meta = json.loads(store.get(commit.meta_hash))
+    except (PayloadError, ValueError) as exc:
+        problems.append(
+            f"committed metadata 0x{commit.meta_hash.hex()} cannot be read from the store: {exc}"
+        )
+        meta = None
+    if meta is not None and intact:
+        he_context = store.get(meta["he_context"]) if meta.get("secure") == "ckks" else None
+        inputs = rows if he_context is not None else [decode_update(d, meta["dim"]) for d in rows]
+        _, result_bytes = _aggregate(meta, inputs, [int(r["weight"]) for r in records], he_context)
+        got = keccak256(result_bytes)
+        if got != commit.result_digest:
+            problems.append(
+                f"result digest differs: recomputed 0x{got.hex()} from the stored payloads "
+                f"({meta['rule']}, backend {meta['backend']}), the chain has 0x{commit.result_digest.hex()}"
+            )
+        checked.append(f"result recomputed with {meta['rule']}")
+    rejected = [
+        records[i]["client"]
+        for i in range(len(leaves))
+        if not ledger.verify_inclusion(task, round, leaves[i], tree.proof(i))
+    ]
+    if rejected:
+        problems.append(
+            f"the contract rejects the inclusion proof of {len(rejected)} client(s): {', '.join(rejected)}"
+        )
+    checked.append(f"{len(leaves)} inclusion proofs")
+    return AuditReport(task, round, problems, checked)

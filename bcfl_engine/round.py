@@ -1,0 +1,407 @@
+"""One federated round, end to end: collect signed payloads, aggregate, prove, commit, audit.
+
+:class:`AggregationRound` is what an aggregator runs per round:
+
+1. :meth:`~AggregationRound.submit` checks a client's :class:`Payload` (signature over
+   ``(task, round, keccak(payload))``, participant, duplicate, size, finite values or CKKS
+   parameters), writes it to the :class:`~bcfl_engine.store.PayloadStore` (fsynced) and only
+   then accepts it: a crash after an acceptance loses nothing;
+2. :meth:`~AggregationRound.finalize` aggregates (any rule on plaintext updates, the
+   homomorphic weighted sum on CKKS ciphertexts), hashes the result, builds the Merkle tree
+   over ``leaf_hash(round, client, digest, weight, salt)`` in acceptance order and commits the
+   root, the result digest and the metadata hash to the ledger in one constant-gas call.
+
+A round created again on the same store resumes: it reads the acceptance records back in
+their order, so it commits the same root. :func:`audit` recomputes a committed round from the
+store and the chain alone and names whatever differs.
+
+Payload bytes: a plaintext update is its flat float32 vector, little-endian
+(:func:`encode_update`); a CKKS update is what :func:`bcfl_engine.he.encrypt` returns.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import backends, rules
+from .aggregate import aggregate
+from .errors import (
+    DuplicateClient,
+    InvalidArgument,
+    NonFiniteUpdate,
+    PayloadError,
+    ShapeMismatch,
+)
+from .store import PayloadStore
+from .updates import keccak256
+
+FORMAT = "bcfl-round/1"
+
+
+def encode_update(vector: torch.Tensor | np.ndarray) -> bytes:
+    """A plaintext update as payload bytes: ``[d]`` float32, little-endian."""
+    return np.ascontiguousarray(np.asarray(vector, dtype="<f4").reshape(-1)).tobytes()
+
+
+def decode_update(data: bytes, dim: int) -> torch.Tensor:
+    """The ``[dim]`` float32 vector in plaintext payload bytes; ShapeMismatch if the size differs."""
+    if len(data) != 4 * dim:
+        raise ShapeMismatch(f"a plaintext update of d={dim} is {4 * dim} bytes; got {len(data)}")
+    return torch.from_numpy(np.frombuffer(data, dtype="<f4").astype(np.float32))
+
+
+@dataclass(frozen=True)
+class Payload:
+    """What a client sends: its address, the payload bytes, its signature, its weight.
+
+    ``weight`` is a positive integer (the client's sample count); ``salt`` hides the leaf and
+    is drawn by the aggregator when the client sends none.
+    """
+
+    client: str
+    data: bytes
+    signature: bytes | None
+    weight: int = 1
+    salt: bytes | None = None
+
+
+def sign_payload(
+    key: Any, task: int, round: int, data: bytes, domain: Any, weight: int = 1
+) -> Payload:
+    """Client side: sign ``data`` for ``round`` of ``task`` under ``domain`` (the ledger's)."""
+    from .chain import sign_payload as _sign
+
+    signed = _sign(key, task=task, round=round, digest=keccak256(data), domain=domain)
+    return Payload(signed.client, data, signed.signature, weight)
+
+
+@dataclass
+class RoundResult:
+    """What a committed round returns.
+
+    Attributes
+    ----------
+    update : the aggregate: ``[d]`` float32 tensor, or the CKKS ciphertext bytes
+    result_digest, root : keccak256 of the result bytes, the Merkle root of the leaves
+    leaves, clients : in acceptance order; ``proof(i)`` gives client i's inclusion proof
+    gas_used, seconds : the commit's gas and the aggregation time
+    """
+
+    update: Any
+    result_digest: bytes
+    root: bytes
+    meta_hash: bytes
+    leaves: list[bytes]
+    clients: list[str]
+    tree: Any
+    receipt: Any
+    seconds: float
+    gas_used: int = field(default=0)
+
+    def proof(self, i: int) -> list[bytes]:
+        return list(self.tree.proof(i))
+
+
+class AggregationRound:
+    """Collects, aggregates and commits round ``round`` of ``task`` (see the module docstring).
+
+    Parameters
+    ----------
+    ledger : a :class:`bcfl_engine.chain.Ledger` (its signer must be the task's aggregator)
+    task, round : the task id and the round number (>= 1, rounds in order)
+    store : a :class:`PayloadStore` or its folder
+    participants : the addresses allowed to submit
+    dim : the length of a plaintext update (None under CKKS)
+    rule, f, params, pre, backend : how plaintext updates are aggregated (see
+        :func:`bcfl_engine.aggregate`); the backend is pinned in the metadata so an audit
+        recomputes the result bit for bit
+    secure : None (plaintext) or "ckks"; then ``he_context`` is the public context bytes
+    """
+
+    def __init__(
+        self,
+        ledger: Any,
+        task: int,
+        round: int,
+        store: PayloadStore | str | os.PathLike[str],
+        *,
+        participants: Sequence[str],
+        dim: int | None = None,
+        rule: str = "mean",
+        f: int = 0,
+        params: dict[str, Any] | None = None,
+        pre: Sequence[Any] = (),
+        backend: str | None = None,
+        secure: str | None = None,
+        he_context: bytes | None = None,
+    ) -> None:
+        if secure not in (None, "ckks"):
+            raise InvalidArgument(f"secure must be None or 'ckks'; got {secure!r}")
+        if secure == "ckks":
+            if he_context is None:
+                raise InvalidArgument("a CKKS round needs he_context (the public context bytes)")
+            if rule != "mean" or pre:
+                raise InvalidArgument(
+                    f"a CKKS round sums ciphertexts: rule must be 'mean'; got {rule!r}"
+                )
+        elif not isinstance(dim, int) or dim <= 0:
+            raise InvalidArgument(f"a plaintext round needs dim, a positive int; got {dim!r}")
+        info = rules.get(rule)
+        if info.kind != "aggregate":
+            raise InvalidArgument(f"{rule!r} is a pre-aggregation step, not a rule")
+        from .chain import MerkleTree, participant_leaf
+        from .chain.merkle import address_bytes
+
+        self.ledger, self.task, self.round = ledger, task, round
+        self.store = store if isinstance(store, PayloadStore) else PayloadStore(store)
+        self.participants = frozenset(address_bytes(p, "participant") for p in participants)
+        self.dim, self.rule, self.f, self.pre = dim, rule, f, list(pre)
+        self.params = dict(params or {})
+        self.backend, self.secure, self.he_context = backend, secure, he_context
+        self.domain = ledger.domain
+        registered = ledger.task_info(task).participants_root
+        if MerkleTree.from_leaves([participant_leaf(p) for p in participants]).root != registered:
+            raise InvalidArgument(
+                f"these {len(participants)} participants (in order) are not the ones registered for task {task}"
+            )
+        self._records: list[dict[str, Any]] = []
+        self._rows: list[Any] = []
+        self._clients: set[str] = set()
+        self.result: RoundResult | None = None
+        for record in sorted(self.store.accepted(task, round), key=lambda r: r["seq"]):
+            self._load(record)
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    @property
+    def clients(self) -> list[str]:
+        return [r["client"] for r in self._records]
+
+    # ---- collecting ----------------------------------------------------------------------
+
+    def _decode(self, client: str, data: bytes) -> Any:
+        if self.secure == "ckks":
+            from . import he
+
+            he.validate(data, self.he_context)  # raises PayloadError naming what is wrong
+            return data
+        assert self.dim is not None
+        try:
+            row = decode_update(data, self.dim)
+        except ShapeMismatch as exc:
+            raise ShapeMismatch(f"client {client}: {exc}") from None
+        if not bool(torch.isfinite(row).all()):
+            raise NonFiniteUpdate(f"client {client}: the update holds NaN or infinity")
+        return row
+
+    def _load(self, record: dict[str, Any]) -> None:
+        data = self.store.get(record["digest"])
+        self._rows.append(self._decode(record["client"], data))
+        self._records.append(record)
+        self._clients.add(record["client"])
+
+    def submit(self, payload: Payload) -> dict[str, Any]:
+        """Check, store durably and accept ``payload``; return its acceptance record.
+
+        Raises a :class:`~bcfl_engine.errors.PayloadError` subclass (unsigned, bad signature,
+        replay, not a participant), DuplicateClient, ShapeMismatch or NonFiniteUpdate, and
+        leaves the round unchanged.
+        """
+        from .chain import SignedPayload, verify_payload
+
+        if self.result is not None:
+            raise PayloadError(f"round {self.round} of task {self.task} is already committed")
+        if not isinstance(payload, Payload):
+            raise InvalidArgument(f"expected a Payload; got {type(payload).__name__}")
+        if (
+            isinstance(payload.weight, bool)
+            or not isinstance(payload.weight, int)
+            or payload.weight <= 0
+        ):
+            raise InvalidArgument(
+                f"client {payload.client}: weight must be an int > 0; got {payload.weight!r}"
+            )
+        digest = keccak256(payload.data)
+        signed = SignedPayload(self.task, self.round, digest, payload.client, payload.signature)
+        client = verify_payload(
+            signed,
+            task=self.task,
+            round=self.round,
+            participants=self.participants,
+            domain=self.domain,
+        )
+        if client in self._clients:
+            raise DuplicateClient(f"client {client} already submitted to round {self.round}")
+        row = self._decode(client, payload.data)
+        salt = payload.salt if payload.salt is not None else os.urandom(32)
+        if len(salt) != 32:
+            raise InvalidArgument(f"client {client}: salt must be 32 bytes; got {len(salt)}")
+        self.store.put(payload.data)
+        record = {
+            "seq": len(self._records),
+            "client": client,
+            "digest": digest.hex(),
+            "weight": payload.weight,
+            "salt": salt.hex(),
+            "signature": bytes(payload.signature or b"").hex(),
+        }
+        self.store.accept(self.task, self.round, client, record)  # durable before acknowledged
+        self._rows.append(row)
+        self._records.append(record)
+        self._clients.add(client)
+        return record
+
+    # ---- aggregating and committing --------------------------------------------------------
+
+    def _meta(self, backend: str | None) -> dict[str, Any]:
+        meta: dict[str, Any] = {
+            "format": FORMAT,
+            "task": self.task,
+            "round": self.round,
+            "secure": self.secure,
+            "rule": self.rule,
+            "f": self.f,
+            "params": self.params,
+            "pre": self.pre,
+            "backend": backend,
+            "dim": self.dim,
+        }
+        if self.secure == "ckks":
+            assert self.he_context is not None
+            meta["he_context"] = self.store.put(self.he_context).hex()
+        return meta
+
+    def finalize(self) -> RoundResult:
+        """Aggregate the accepted payloads, commit the round, return its :class:`RoundResult`."""
+        if self.result is not None:
+            return self.result
+        if not self._records:
+            raise InvalidArgument(f"round {self.round} of task {self.task} has no accepted payload")
+        from .chain import MerkleTree
+
+        weights = [int(r["weight"]) for r in self._records]
+        t0 = time.perf_counter()
+        if self.secure == "ckks":
+            meta = self._meta(None)
+            update, result_bytes = _aggregate(meta, self._rows, weights, self.he_context)
+        else:
+            x = torch.stack(self._rows)
+            chosen = backends.choose(
+                self.rule, rules.get(self.rule).kernels, x, self.backend
+            ).backend
+            meta = self._meta(chosen)
+            update, result_bytes = _aggregate(meta, self._rows, weights, None, x)
+        seconds = time.perf_counter() - t0
+        result_digest = self.store.put(result_bytes)
+        meta_bytes = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
+        meta_hash = self.store.put(meta_bytes)
+        leaves = leaves_of(self.round, self._records)
+        tree = MerkleTree.from_leaves(leaves)
+        record = {
+            "task": self.task,
+            "round": self.round,
+            "contract": self.ledger.address,
+            "root": tree.root.hex(),
+            "result_digest": result_digest.hex(),
+            "meta_hash": meta_hash.hex(),
+            "n": len(leaves),
+            "participants": sorted("0x" + p.hex() for p in self.participants),
+        }
+        self.store.write_round(
+            self.task, self.round, record
+        )  # before the commit: a crash replays it
+        receipt = self.ledger.commit_round(
+            self.task,
+            round=self.round,
+            updates_root=tree.root,
+            result_digest=result_digest,
+            meta=meta_hash,
+            n=len(leaves),
+        )
+        gas = int(getattr(receipt, "gas_used", 0) or 0)
+        self.store.write_round(self.task, self.round, {**record, "gas_used": gas})
+        self.result = RoundResult(
+            update,
+            result_digest,
+            tree.root,
+            meta_hash,
+            leaves,
+            self.clients,
+            tree,
+            receipt,
+            seconds,
+            gas,
+        )
+        return self.result
+
+
+def leaves_of(round: int, records: Sequence[dict[str, Any]]) -> list[bytes]:
+    """The Merkle leaves of a round's acceptance records, in their order."""
+    from .chain import leaf_hash
+
+    return [
+        leaf_hash(
+            round,
+            r["client"],
+            bytes.fromhex(r["digest"]),
+            int(r["weight"]),
+            bytes.fromhex(r["salt"]),
+        )
+        for r in records
+    ]
+
+
+def _aggregate(
+    meta: dict[str, Any],
+    rows: Sequence[Any],
+    weights: Sequence[int],
+    he_context: bytes | None,
+    x: Any = None,
+) -> tuple[Any, bytes]:
+    """``(update, result bytes)`` of a round described by ``meta``: the one computation that
+    :meth:`AggregationRound.finalize` and :func:`audit` share."""
+    if meta["secure"] == "ckks":
+        from . import he
+
+        blob = he.aggregate(list(rows), weights=list(weights))
+        return blob, bytes(blob)
+    if x is None:
+        x = torch.stack(list(rows))
+    info = rules.get(meta["rule"])
+    w = torch.tensor(weights, dtype=torch.float64) if info.weighted else None
+    pre = [p if isinstance(p, str) else (p[0], p[1]) for p in meta["pre"]]
+    out = aggregate(
+        x,
+        rule=meta["rule"],
+        f=meta["f"],
+        weights=w,
+        backend=meta["backend"],
+        pre=pre,
+        **meta["params"],
+    )
+    return out, encode_update(out)
+
+
+# The audit recomputes rounds with this module's helpers; it lives next door to keep files small.
+from .audit import AuditReport, audit  # noqa: E402
+
+__all__ = [
+    "AggregationRound",
+    "AuditReport",
+    "Payload",
+    "RoundResult",
+    "audit",
+    "decode_update",
+    "encode_update",
+    "leaves_of",
+    "sign_payload",
+]
