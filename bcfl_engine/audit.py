@@ -1,5 +1,9 @@
 """Audit a committed round: recompute it from the payload store, check it against the chain.
 
+The helpers that define a round's bytes (payload encoding, leaves, the aggregate of a round
+described by its metadata) live here too: :class:`~bcfl_engine.round.AggregationRound` and
+the audit must compute them the same way.
+
 Anyone holding the store (or a copy of the payloads) and a node of the chain can run it:
 ``bcfl audit --chain URL --task T --round R --store DIR``. It trusts nothing the aggregator
 says except what the chain holds, and names every difference it finds.
@@ -9,13 +13,77 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import AuditError, PayloadError
-from .round import _aggregate, decode_update, leaves_of
+import numpy as np
+import torch
+
+from . import rules
+from .aggregate import aggregate
+from .errors import AuditError, PayloadError, ShapeMismatch
 from .store import PayloadStore
 from .updates import keccak256
+
+
+def encode_update(vector: torch.Tensor | np.ndarray) -> bytes:
+    """A plaintext update as payload bytes: ``[d]`` float32, little-endian."""
+    return np.ascontiguousarray(np.asarray(vector, dtype="<f4").reshape(-1)).tobytes()
+
+
+def decode_update(data: bytes, dim: int) -> torch.Tensor:
+    """The ``[dim]`` float32 vector in plaintext payload bytes; ShapeMismatch if the size differs."""
+    if len(data) != 4 * dim:
+        raise ShapeMismatch(f"a plaintext update of d={dim} is {4 * dim} bytes; got {len(data)}")
+    return torch.from_numpy(np.frombuffer(data, dtype="<f4").astype(np.float32))
+
+
+def leaves_of(round: int, records: Sequence[dict[str, Any]]) -> list[bytes]:
+    """The Merkle leaves of a round's acceptance records, in their order."""
+    from .chain import leaf_hash
+
+    return [
+        leaf_hash(
+            round,
+            r["client"],
+            bytes.fromhex(r["digest"]),
+            int(r["weight"]),
+            bytes.fromhex(r["salt"]),
+        )
+        for r in records
+    ]
+
+
+def _aggregate(
+    meta: dict[str, Any],
+    rows: Sequence[Any],
+    weights: Sequence[int],
+    he_context: bytes | None,
+    x: Any = None,
+) -> tuple[Any, bytes]:
+    """``(update, result bytes)`` of a round described by ``meta``: the one computation that
+    :meth:`AggregationRound.finalize` and :func:`audit` share."""
+    if meta["secure"] == "ckks":
+        from . import he
+
+        blob = he.aggregate(list(rows), weights=list(weights))
+        return blob, bytes(blob)
+    if x is None:
+        x = torch.stack(list(rows))
+    info = rules.get(meta["rule"])
+    w = torch.tensor(weights, dtype=torch.float64) if info.weighted else None
+    pre = [p if isinstance(p, str) else (p[0], p[1]) for p in meta["pre"]]
+    out = aggregate(
+        x,
+        rule=meta["rule"],
+        f=meta["f"],
+        weights=w,
+        backend=meta["backend"],
+        pre=pre,
+        **meta["params"],
+    )
+    return out, encode_update(out)
 
 
 @dataclass

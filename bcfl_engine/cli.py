@@ -8,6 +8,7 @@ print on one line; ``--debug`` shows the traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -60,6 +61,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         byzantine=args.byzantine,
         rounds=args.rounds,
         chain=args.chain,
+        key=args.key,
         out=args.out,
         seed=args.seed,
         dataset=args.dataset,
@@ -159,6 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rounds", type=int, default=10, help="federated rounds (default 10)")
     demo.add_argument(
         "--chain", metavar="URL", help="JSON-RPC node to commit to (default: an embedded chain)"
+    )
+    demo.add_argument(
+        "--key",
+        metavar="HEX",
+        default=os.environ.get("BCFL_CHAIN_KEY"),
+        help="private key that sends the transactions with --chain (default: $BCFL_CHAIN_KEY)",
     )
     demo.add_argument(
         "--out", metavar="DIR", default="bcfl-demo", help="output folder (default bcfl-demo)"

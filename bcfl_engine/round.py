@@ -28,11 +28,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 
 from . import backends, rules
-from .aggregate import aggregate
+from .audit import AuditReport, _aggregate, audit, decode_update, encode_update, leaves_of
 from .errors import (
     DuplicateClient,
     InvalidArgument,
@@ -44,18 +43,6 @@ from .store import PayloadStore
 from .updates import keccak256
 
 FORMAT = "bcfl-round/1"
-
-
-def encode_update(vector: torch.Tensor | np.ndarray) -> bytes:
-    """A plaintext update as payload bytes: ``[d]`` float32, little-endian."""
-    return np.ascontiguousarray(np.asarray(vector, dtype="<f4").reshape(-1)).tobytes()
-
-
-def decode_update(data: bytes, dim: int) -> torch.Tensor:
-    """The ``[dim]`` float32 vector in plaintext payload bytes; ShapeMismatch if the size differs."""
-    if len(data) != 4 * dim:
-        raise ShapeMismatch(f"a plaintext update of d={dim} is {4 * dim} bytes; got {len(data)}")
-    return torch.from_numpy(np.frombuffer(data, dtype="<f4").astype(np.float32))
 
 
 @dataclass(frozen=True)
@@ -204,7 +191,24 @@ class AggregationRound:
         return row
 
     def _load(self, record: dict[str, Any]) -> None:
+        """Take back an accepted payload from the store (resume), checking it again."""
+        from .chain import SignedPayload, verify_payload
+
         data = self.store.get(record["digest"])
+        signed = SignedPayload(
+            self.task,
+            self.round,
+            keccak256(data),
+            record["client"],
+            bytes.fromhex(record["signature"]),
+        )
+        verify_payload(
+            signed,
+            task=self.task,
+            round=self.round,
+            participants=self.participants,
+            domain=self.domain,
+        )
         self._rows.append(self._decode(record["client"], data))
         self._records.append(record)
         self._clients.add(record["client"])
@@ -343,56 +347,6 @@ class AggregationRound:
         )
         return self.result
 
-
-def leaves_of(round: int, records: Sequence[dict[str, Any]]) -> list[bytes]:
-    """The Merkle leaves of a round's acceptance records, in their order."""
-    from .chain import leaf_hash
-
-    return [
-        leaf_hash(
-            round,
-            r["client"],
-            bytes.fromhex(r["digest"]),
-            int(r["weight"]),
-            bytes.fromhex(r["salt"]),
-        )
-        for r in records
-    ]
-
-
-def _aggregate(
-    meta: dict[str, Any],
-    rows: Sequence[Any],
-    weights: Sequence[int],
-    he_context: bytes | None,
-    x: Any = None,
-) -> tuple[Any, bytes]:
-    """``(update, result bytes)`` of a round described by ``meta``: the one computation that
-    :meth:`AggregationRound.finalize` and :func:`audit` share."""
-    if meta["secure"] == "ckks":
-        from . import he
-
-        blob = he.aggregate(list(rows), weights=list(weights))
-        return blob, bytes(blob)
-    if x is None:
-        x = torch.stack(list(rows))
-    info = rules.get(meta["rule"])
-    w = torch.tensor(weights, dtype=torch.float64) if info.weighted else None
-    pre = [p if isinstance(p, str) else (p[0], p[1]) for p in meta["pre"]]
-    out = aggregate(
-        x,
-        rule=meta["rule"],
-        f=meta["f"],
-        weights=w,
-        backend=meta["backend"],
-        pre=pre,
-        **meta["params"],
-    )
-    return out, encode_update(out)
-
-
-# The audit recomputes rounds with this module's helpers; it lives next door to keep files small.
-from .audit import AuditReport, audit  # noqa: E402
 
 __all__ = [
     "AggregationRound",

@@ -234,7 +234,7 @@ def run_demo(config: DemoConfig, echo: Echo = print) -> dict[str, Any]:
             )  # fmt: skip
         (bar.write if config.progress else echo)(_table(r, config.rounds, runs, fed.metric))
     bar.close()
-    summary = {
+    summary: dict[str, Any] = {
         "dataset": fed.name,
         "metric": fed.metric,
         "clients": config.clients,
