@@ -1,0 +1,477 @@
+"""The wire formats of CKKS payloads, in pure Python + numpy: the reference codec and fallback.
+
+Three nested formats, all little-endian (established from SEAL 4.x's ``Ciphertext::save_members``
+and ``Serialization::Save``, TenSEAL's ``tensors.proto``, and bytes written by TenSEAL 0.3.18):
+
+SEAL object (``Serialization::Save``): a 16-byte header ``magic u16 = 0xA15E, header_size u8 =
+16, version_major u8, version_minor u8, compr_mode u8 (0 none, 1 zlib, 2 zstd), reserved u16 = 0,
+size u64`` (the whole object, header included), then the body, compressed as one zlib stream
+(``deflateInit``) or one zstd frame, or stored as is.
+
+Ciphertext body (SEAL 4.x; 3.x lacks the correction factor and is refused here): ``parms_id
+4 x u64, is_ntt_form u8, size u64 (2 for a fresh ciphertext), poly_modulus_degree u64 (N),
+coeff_modulus_size u64 (K), scale f64, correction_factor u64 (1 for CKKS)``, then the residues
+as a nested uncompressed SEAL object (a DynArray: header, ``count u64 = size * K * N``, then
+``count`` u64 laid out ``[size, K, N]``). A body holding only ``K * N`` residues is a seeded
+(symmetric) ciphertext: refused, TenSEAL never writes one.
+
+TenSEAL ``CKKSVectorProto`` (protobuf 3): field 1 ``sizes`` (packed uint32: slots used by each
+ciphertext), field 2 ``ciphertexts`` (bytes, one SEAL ciphertext each), field 3 ``scale``
+(double). A vector longer than ``N / 2`` slots is cut into chunks of ``N / 2`` values, one
+ciphertext each. bcfl_engine adds field 14 (varint: the number of reals ``d``) and field 15
+(varint 2: two reals per complex slot) when it pairs values; protobuf readers such as TenSEAL's
+skip fields they do not know.
+
+Compact format (bcfl_engine, what :func:`~bcfl_engine.he.encrypt` sends): a 64-byte header
+``magic b"BCKS", version u8 = 1, flags u8 (bit 0: bit-packed, bit 1: paired), K u16, N u32,
+ciphertexts u32, d u64, parms_id 4 x u64, scale f64``, then the residues ``[C, 2, K, N]``: each
+row of ``N`` residues of prime ``q_k`` either as u64 or bit-packed to ``bits(q_k)`` bits per
+residue, least significant bit first (the row read as one little-endian integer).
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import PayloadError
+from .keys import ContextInfo
+
+SEAL_MAGIC = 0xA15E
+SEAL_HEADER = struct.Struct("<HBBBBHQ")  # magic, header size, major, minor, compr, reserved, size
+COMPR_NONE, COMPR_ZLIB, COMPR_ZSTD = 0, 1, 2
+CT_META = struct.Struct("<4QBQQQdQ")  # parms_id, ntt, size, N, K, scale, correction factor (73 B)
+PREFIX = CT_META.size + SEAL_HEADER.size + 8  # metadata, DynArray header, count: 97 bytes
+COMPACT_MAGIC = b"BCKS"
+COMPACT = struct.Struct("<4sBBHIIQ4Qd")  # 64 bytes
+FLAG_BITPACKED, FLAG_PAIR = 1, 2
+FIELD_SIZES, FIELD_CTS, FIELD_SCALE, FIELD_D, FIELD_PACK = 1, 2, 3, 14, 15
+PACK_PAIR = 2
+MAX_CIPHERTEXTS = 1 << 20  # per payload: 2^32 reals at N = 8192, and a bound on what we allocate
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What every payload of one batch shares (fixed by the first payload or the caller).
+
+    ``sizes[c]`` is the number of slots ciphertext ``c`` uses (TenSEAL's ``sizes``); ``d`` the
+    number of reals; ``pair`` whether two reals share a complex slot.
+    """
+
+    poly_degree: int
+    primes: tuple[int, ...]
+    parms_id: tuple[int, int, int, int]
+    scale: float
+    sizes: tuple[int, ...]
+    d: int
+    pair: bool
+
+    @property
+    def ciphertexts(self) -> int:
+        return len(self.sizes)
+
+    @property
+    def residues(self) -> int:
+        return len(self.primes)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """``[C, 2, K, N]``: one client's residues."""
+        return (self.ciphertexts, 2, self.residues, self.poly_degree)
+
+
+def chunk_sizes(d: int, slots: int, pair: bool) -> tuple[int, ...]:
+    """Slots used by each ciphertext of a ``d``-real vector (TenSEAL chunks by ``slots``)."""
+    per = slots * (2 if pair else 1)
+    reals = [min(per, d - i) for i in range(0, d, per)]
+    return tuple((r + 1) // 2 if pair else r for r in reals)
+
+
+# ---------------------------------------------------------------- protobuf
+
+
+def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
+    value = 0
+    for i in range(10):
+        if pos >= len(buf):
+            raise PayloadError(f"protobuf varint runs past the end at byte {pos}")
+        b = buf[pos]
+        pos += 1
+        if i == 9 and b > 1:
+            raise PayloadError("protobuf varint longer than 64 bits")
+        value |= (b & 0x7F) << (7 * i)
+        if not b & 0x80:
+            return value, pos
+    raise PayloadError("protobuf varint longer than 10 bytes")
+
+
+def _put_varint(out: bytearray, value: int) -> None:
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+
+
+@dataclass(frozen=True)
+class Proto:
+    """A parsed ``CKKSVectorProto``: ciphertext spans ``(offset, length)`` into the payload."""
+
+    sizes: tuple[int, ...]
+    spans: tuple[tuple[int, int], ...]
+    scale: float | None
+    d: int | None
+    pair: bool
+
+
+def parse_proto(buf: memoryview) -> Proto:
+    """Walk the protobuf fields of a ``CKKSVectorProto`` (no protobuf library)."""
+    pos, end = 0, len(buf)
+    sizes: list[int] = []
+    spans: list[tuple[int, int]] = []
+    scale: float | None = None
+    d: int | None = None
+    pack = 0
+    while pos < end:
+        tag, pos = _varint(buf, pos)
+        field, wt = tag >> 3, tag & 7
+        if field == 0:
+            raise PayloadError("protobuf field number 0")
+        if wt == 0:
+            value, pos = _varint(buf, pos)
+            if field == FIELD_SIZES:
+                sizes.append(value)
+            elif field == FIELD_D:
+                d = value
+            elif field == FIELD_PACK:
+                pack = value
+            elif field in (FIELD_CTS, FIELD_SCALE):
+                raise PayloadError(f"protobuf field {field} has wire type 0")
+        elif wt == 1:
+            if pos + 8 > end:
+                raise PayloadError("protobuf fixed64 runs past the end")
+            if field == FIELD_SCALE:
+                if scale is not None:
+                    raise PayloadError("protobuf field scale appears twice")
+                scale = struct.unpack_from("<d", buf, pos)[0]
+            elif field in (FIELD_SIZES, FIELD_CTS, FIELD_D, FIELD_PACK):
+                raise PayloadError(f"protobuf field {field} has wire type 1")
+            pos += 8
+        elif wt == 2:
+            length, pos = _varint(buf, pos)
+            if length > end - pos:
+                raise PayloadError(f"protobuf length {length} exceeds the {end - pos} bytes left")
+            if field == FIELD_SIZES:
+                sub = pos
+                while sub < pos + length:
+                    value, sub = _varint(buf[: pos + length], sub)
+                    sizes.append(value)
+            elif field == FIELD_CTS:
+                spans.append((pos, length))
+            elif field in (FIELD_SCALE, FIELD_D, FIELD_PACK):
+                raise PayloadError(f"protobuf field {field} has wire type 2")
+            pos += length
+        elif wt == 5:
+            if pos + 4 > end or field in (FIELD_SIZES, FIELD_CTS, FIELD_SCALE, FIELD_D, FIELD_PACK):
+                raise PayloadError(f"protobuf field {field}: bad fixed32")
+            pos += 4
+        else:
+            raise PayloadError(f"protobuf wire type {wt} (groups) not allowed")
+    if any(s > 0xFFFFFFFF for s in sizes):
+        raise PayloadError("protobuf sizes entry exceeds uint32")
+    if pack not in (0, PACK_PAIR):
+        raise PayloadError(f"unknown value packing {pack} (expected 0 or {PACK_PAIR})")
+    return Proto(tuple(sizes), tuple(spans), scale, d, pack == PACK_PAIR)
+
+
+def write_proto(cts: list[bytes], sizes: tuple[int, ...], scale: float, d: int | None, pair: bool) -> bytes:
+    """A ``CKKSVectorProto`` TenSEAL loads (fields in number order, sizes packed)."""
+    out = bytearray()
+    packed = bytearray()
+    for s in sizes:
+        _put_varint(packed, s)
+    out.append(FIELD_SIZES << 3 | 2)
+    _put_varint(out, len(packed))
+    out += packed
+    for ct in cts:
+        out.append(FIELD_CTS << 3 | 2)
+        _put_varint(out, len(ct))
+        out += ct
+    out.append(FIELD_SCALE << 3 | 1)
+    out += struct.pack("<d", scale)
+    if pair:
+        out.append(FIELD_D << 3)
+        _put_varint(out, int(d or 0))
+        out.append(FIELD_PACK << 3)
+        _put_varint(out, PACK_PAIR)
+    return bytes(out)
+
+
+# ---------------------------------------------------------------- SEAL ciphertext
+
+
+def _decompress(mode: int, body: memoryview, expected: int) -> bytes:
+    if mode == COMPR_ZLIB:
+        dec = zlib.decompressobj()
+        try:
+            out = dec.decompress(body, expected + 1)
+        except zlib.error as exc:
+            raise PayloadError(f"zlib body is corrupt: {exc}") from None
+        if len(out) > expected or dec.unconsumed_tail:
+            raise PayloadError(f"zlib body inflates past the expected {expected} bytes")
+        if not dec.eof or dec.unused_data:
+            raise PayloadError("zlib body is truncated or has trailing bytes")
+        return out
+    try:
+        import zstandard
+    except ImportError:  # pragma: no cover - zstandard is in the he extra
+        raise PayloadError("zstd-compressed SEAL body but neither bcfl_engine._C nor zstandard") from None
+    try:
+        dctx = zstandard.ZstdDecompressor()
+        out = dctx.decompress(body, max_output_size=expected + 1, allow_extra_data=False)
+    except zstandard.ZstdError as exc:
+        raise PayloadError(f"zstd body is corrupt: {exc}") from None
+    if len(out) != expected:
+        raise PayloadError(f"zstd body holds {len(out)} bytes; expected {expected}")
+    return out
+
+
+def seal_header(buf: memoryview) -> tuple[int, int, int, int]:
+    """Check a SEAL header; (major, minor, compr_mode, size)."""
+    if len(buf) < SEAL_HEADER.size:
+        raise PayloadError(f"SEAL object of {len(buf)} bytes is shorter than its 16-byte header")
+    magic, hsize, major, minor, compr, reserved, size = SEAL_HEADER.unpack_from(buf, 0)
+    if magic != SEAL_MAGIC or hsize != SEAL_HEADER.size or reserved != 0:
+        raise PayloadError(f"not a SEAL header (magic {magic:#06x}, header size {hsize})")
+    if major != 4:
+        raise PayloadError(f"SEAL version {major}.{minor} not supported (expected 4.x)")
+    if compr not in (COMPR_NONE, COMPR_ZLIB, COMPR_ZSTD):
+        raise PayloadError(f"unknown SEAL compression mode {compr}")
+    if size != len(buf):
+        raise PayloadError(f"SEAL header says {size} bytes; the ciphertext field holds {len(buf)}")
+    return major, minor, compr, size
+
+
+def seal_body(buf: memoryview, residues: int, poly_degree: int) -> tuple[tuple, memoryview]:
+    """Decompress a SEAL ciphertext; (metadata tuple, residue bytes of a size-2 ciphertext)."""
+    major, minor, compr, _ = seal_header(buf)
+    expected = PREFIX + 16 * residues * poly_degree
+    body = buf[SEAL_HEADER.size :]
+    if compr == COMPR_NONE:
+        if len(body) != expected:
+            raise PayloadError(f"SEAL body holds {len(body)} bytes; expected {expected}")
+        raw = body
+    else:
+        raw = memoryview(_decompress(compr, body, expected))
+    meta = CT_META.unpack_from(raw, 0)
+    dmagic, dhsize, _, _, dcompr, dres, dsize = SEAL_HEADER.unpack_from(raw, CT_META.size)
+    (count,) = struct.unpack_from("<Q", raw, CT_META.size + SEAL_HEADER.size)
+    data_bytes = 16 * residues * poly_degree
+    if (dmagic, dhsize, dcompr, dres) != (SEAL_MAGIC, SEAL_HEADER.size, COMPR_NONE, 0):
+        raise PayloadError("the residue array has no valid uncompressed SEAL header")
+    if dsize != 24 + data_bytes or count != 2 * residues * poly_degree:
+        raise PayloadError(f"residue array holds {count} values; expected {2 * residues * poly_degree}")
+    return meta, raw[PREFIX : PREFIX + data_bytes]
+
+
+def check_meta(meta: tuple, layout: Layout) -> None:
+    """Ciphertext metadata against the layout: parms_id, NTT form, size, N, K, scale."""
+    pid, ntt, size, n, k, scale, cf = tuple(meta[:4]), *meta[4:]
+    if pid != layout.parms_id:
+        raise PayloadError(f"parms_id {pid} is not the batch's level {layout.parms_id}")
+    if ntt != 1:
+        raise PayloadError(f"ciphertext not in NTT form (flag {ntt}); CKKS ciphertexts are")
+    if size != 2:
+        raise PayloadError(f"ciphertext size {size}; expected 2 (relinearized)")
+    if n != layout.poly_degree or k != layout.residues:
+        raise PayloadError(f"ciphertext has N={n}, K={k}; expected N={layout.poly_degree}, K={layout.residues}")
+    if scale != layout.scale:
+        raise PayloadError(f"ciphertext scale {scale!r}; expected {layout.scale!r}")
+    if cf != 1:
+        raise PayloadError(f"correction factor {cf}; CKKS ciphertexts have 1")
+
+
+def check_residues(x: np.ndarray, primes: tuple[int, ...], where: str) -> None:
+    """Every residue of ``x`` ``[..., K, N]`` below its prime."""
+    q = np.array(primes, dtype=np.uint64)[:, None]
+    bad = x >= q
+    if bad.any():
+        idx = np.argwhere(bad)[0]
+        raise PayloadError(f"{where}: residue {int(x[tuple(idx)])} at {tuple(int(i) for i in idx)} not below its prime")
+
+
+def write_seal_ciphertext(
+    residues: np.ndarray, parms_id: tuple[int, ...], scale: float, version: tuple[int, int], compr: int = 0
+) -> bytes:
+    """One SEAL ciphertext object of ``residues`` ``[2, K, N]`` (uint64)."""
+    _, k, n = residues.shape
+    data = np.ascontiguousarray(residues, dtype="<u8").tobytes()
+    major, minor = version
+    body = (
+        CT_META.pack(*parms_id, 1, 2, n, k, scale, 1)
+        + SEAL_HEADER.pack(SEAL_MAGIC, 16, major, minor, COMPR_NONE, 0, 24 + len(data))
+        + struct.pack("<Q", 2 * k * n)
+        + data
+    )
+    if compr == COMPR_ZLIB:
+        body = zlib.compress(body)
+    elif compr == COMPR_ZSTD:
+        import zstandard
+
+        body = zstandard.ZstdCompressor().compress(body)
+    return SEAL_HEADER.pack(SEAL_MAGIC, 16, major, minor, compr, 0, 16 + len(body)) + body
+
+
+# ---------------------------------------------------------------- compact
+
+
+def row_bytes(bits: int, poly_degree: int, bitpacked: bool) -> int:
+    return poly_degree * bits // 8 if bitpacked else 8 * poly_degree
+
+
+def pack_bits(row: np.ndarray, bits: int) -> bytes:
+    """``N`` residues below ``2^bits`` as one little-endian bit string of ``N * bits`` bits."""
+    b = np.unpackbits(row.astype("<u8").view(np.uint8).reshape(-1, 8), axis=1, bitorder="little")
+    return np.packbits(b[:, :bits].reshape(-1), bitorder="little").tobytes()
+
+
+def unpack_bits(raw: memoryview | bytes, bits: int, poly_degree: int) -> np.ndarray:
+    b = np.unpackbits(np.frombuffer(raw, np.uint8), bitorder="little").reshape(poly_degree, bits)
+    weights = np.left_shift(np.uint64(1), np.arange(bits, dtype=np.uint64))
+    return (b.astype(np.uint64) * weights).sum(axis=1, dtype=np.uint64)
+
+
+def write_compact(residues: np.ndarray, layout: Layout, bitpacked: bool = True) -> bytes:
+    """The compact payload of ``residues`` ``[C, 2, K, N]``."""
+    c, _, k, n = residues.shape
+    flags = (FLAG_BITPACKED if bitpacked else 0) | (FLAG_PAIR if layout.pair else 0)
+    head = COMPACT.pack(COMPACT_MAGIC, 1, flags, k, n, c, layout.d, *layout.parms_id, layout.scale)
+    parts = [head]
+    bits = [q.bit_length() for q in layout.primes]
+    for ci in range(c):
+        for p in range(2):
+            for ki in range(k):
+                row = residues[ci, p, ki]
+                parts.append(pack_bits(row, bits[ki]) if bitpacked else row.astype("<u8").tobytes())
+    return b"".join(parts)
+
+
+# ---------------------------------------------------------------- payloads
+
+
+def peek(blob: bytes | memoryview, info: ContextInfo) -> Layout:
+    """The layout a payload declares, checked against the context (level, N, scale)."""
+    buf = memoryview(blob)
+    if bytes(buf[:4]) == COMPACT_MAGIC:
+        if len(buf) < COMPACT.size:
+            raise PayloadError(f"compact payload of {len(buf)} bytes is shorter than its header")
+        _, _, flags, _, n, _, d, *rest = COMPACT.unpack_from(buf, 0)
+        pid, scale, pair = tuple(rest[:4]), rest[4], bool(flags & FLAG_PAIR)
+    else:
+        proto = parse_proto(buf)
+        if not proto.spans:
+            raise PayloadError("CKKSVectorProto holds no ciphertext")
+        off, length = proto.spans[0]
+        seal_header(buf[off : off + length])
+        meta, _ = seal_body(buf[off : off + length], _residues_of(buf[off : off + length], info), info.poly_degree)
+        pid, n, scale, pair = tuple(meta[:4]), meta[6], meta[8], proto.pair
+        d = proto.d if pair else sum(proto.sizes)
+    level = info.level_of(pid)
+    if level is None:
+        raise PayloadError(f"parms_id {pid} is not a data level of this context (another key or context?)")
+    if n != info.poly_degree:
+        raise PayloadError(f"N={n}; the context has N={info.poly_degree}")
+    if scale != info.scale:
+        raise PayloadError(f"scale {scale!r}; the context's scale is {info.scale!r}")
+    if not 1 <= int(d or 0) <= MAX_CIPHERTEXTS * info.slots:
+        raise PayloadError(f"vector length {d} out of range [1, {MAX_CIPHERTEXTS * info.slots}]")
+    sizes = chunk_sizes(int(d or 0), info.slots, pair)
+    return Layout(info.poly_degree, level.primes, level.parms_id, scale, sizes, int(d or 0), pair)
+
+
+def _residues_of(ct: memoryview, info: ContextInfo) -> int:
+    """K of a SEAL ciphertext, read from its (decompressed) metadata."""
+    _, _, compr, _ = seal_header(ct)
+    body = ct[16:]
+    if compr != COMPR_NONE:
+        for level in info.levels:  # the body length depends on K: try each level of the chain
+            try:
+                return _k_from(memoryview(_decompress(compr, body, PREFIX + 16 * len(level.primes) * info.poly_degree)))
+            except PayloadError:
+                continue
+        raise PayloadError("SEAL body does not decompress to a ciphertext of any level of this context")
+    return _k_from(body)
+
+
+def _k_from(raw: memoryview) -> int:
+    if len(raw) < CT_META.size:
+        raise PayloadError("SEAL body shorter than the ciphertext metadata")
+    return int(CT_META.unpack_from(raw, 0)[7])
+
+
+def parse(blob: bytes | memoryview, layout: Layout) -> tuple[np.ndarray, tuple[int, int] | None]:
+    """Residues ``[C, 2, K, N]`` uint64 of a payload, validated against ``layout``.
+
+    Returns the residues and the SEAL version of a TenSEAL payload (None for compact).
+    """
+    buf = memoryview(blob)
+    out = np.empty(layout.shape, dtype=np.uint64)
+    k, n = layout.residues, layout.poly_degree
+    if bytes(buf[:4]) == COMPACT_MAGIC:
+        if len(buf) < COMPACT.size:
+            raise PayloadError(f"compact payload of {len(buf)} bytes is shorter than its header")
+        magic, ver, flags, kk, nn, cc, d, *rest = COMPACT.unpack_from(buf, 0)
+        if ver != 1 or flags & ~(FLAG_BITPACKED | FLAG_PAIR):
+            raise PayloadError(f"compact version {ver}, flags {flags:#x} not supported (expected 1, bits 0-1)")
+        got = (kk, nn, cc, d, tuple(rest[:4]), rest[4], bool(flags & FLAG_PAIR))
+        want = (k, n, layout.ciphertexts, layout.d, layout.parms_id, layout.scale, layout.pair)
+        if got != want:
+            raise PayloadError(f"compact header (K, N, C, d, parms_id, scale, pair) = {got}; expected {want}")
+        packed = bool(flags & FLAG_BITPACKED)
+        bits = [q.bit_length() for q in layout.primes]
+        total = COMPACT.size + layout.ciphertexts * 2 * sum(row_bytes(b, n, packed) for b in bits)
+        if len(buf) != total:
+            raise PayloadError(f"compact payload holds {len(buf)} bytes; expected {total}")
+        pos = COMPACT.size
+        for ci in range(layout.ciphertexts):
+            for p in range(2):
+                for ki in range(k):
+                    size = row_bytes(bits[ki], n, packed)
+                    raw = buf[pos : pos + size]
+                    out[ci, p, ki] = unpack_bits(raw, bits[ki], n) if packed else np.frombuffer(raw, "<u8")
+                    pos += size
+            check_residues(out[ci], layout.primes, f"ciphertext {ci}")
+        return out, None
+    proto = parse_proto(buf)
+    if len(proto.spans) != layout.ciphertexts or len(proto.sizes) != layout.ciphertexts:
+        raise PayloadError(
+            f"{len(proto.spans)} ciphertexts and {len(proto.sizes)} sizes; expected {layout.ciphertexts}"
+        )
+    if proto.sizes != layout.sizes or proto.pair != layout.pair or (proto.pair and proto.d != layout.d):
+        raise PayloadError(f"vector sizes {proto.sizes[:4]}...; the batch holds {layout.sizes[:4]}...")
+    if proto.scale != layout.scale:
+        raise PayloadError(f"vector scale {proto.scale!r}; expected {layout.scale!r}")
+    version = None
+    for ci, (off, length) in enumerate(proto.spans):
+        ct = buf[off : off + length]
+        try:
+            major, minor, _, _ = seal_header(ct)
+            meta, data = seal_body(ct, k, n)
+            check_meta(meta, layout)
+        except PayloadError as exc:
+            raise PayloadError(f"ciphertext {ci}: {exc}") from None
+        version = version or (major, minor)
+        out[ci] = np.frombuffer(data, "<u8").reshape(2, k, n)
+        check_residues(out[ci], layout.primes, f"ciphertext {ci}")
+    return out, version
+
+
+def to_tenseal(
+    residues: np.ndarray, layout: Layout, scale: float, version: tuple[int, int] = (4, 3), compr: int = 0
+) -> bytes:
+    """A ``CKKSVectorProto`` of ``residues`` ``[C, 2, K, N]`` at ``scale`` that TenSEAL loads."""
+    cts = [write_seal_ciphertext(residues[c], layout.parms_id, scale, version, compr) for c in range(len(residues))]
+    return write_proto(cts, layout.sizes, scale, layout.d, layout.pair)
+
