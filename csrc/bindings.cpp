@@ -6,6 +6,8 @@
 #include <cstdint>
 
 #include "mean.h"
+#include "seal_codec.h"
+#include "ckks_sum.h"
 
 namespace py = pybind11;
 
@@ -23,6 +25,53 @@ PYBIND11_MODULE(_C, m) {
       "weighted_mean",
       [](int dtype, std::uintptr_t x, int64_t n, int64_t d, std::uintptr_t w, std::uintptr_t out) {
         bcfl::weighted_mean(dtype, ptr<const void>(x), n, d, ptr<const float>(w), ptr<float>(out));
+      },
+      gil());
+
+  // ---- seal_codec ----
+  // A layout travels as the tuple (N, K, C, d, pair, scale, primes*, parms_id*, sizes*).
+  auto layout = [](const py::tuple& t) {
+    return bcfl::CkksLayout{t[0].cast<int64_t>(), t[1].cast<int64_t>(), t[2].cast<int64_t>(),
+                            t[3].cast<int64_t>(), t[4].cast<int32_t>(), t[5].cast<double>(),
+                            ptr<const uint64_t>(t[6].cast<std::uintptr_t>()),
+                            ptr<const uint64_t>(t[7].cast<std::uintptr_t>()),
+                            ptr<const int64_t>(t[8].cast<std::uintptr_t>())};
+  };
+  m.def("he_parse", [layout](std::uintptr_t buf, int64_t len, const py::tuple& lay, std::uintptr_t out) {
+    const bcfl::CkksLayout l = layout(lay);
+    char msg[bcfl::kMsgLen];
+    uint8_t version[2];
+    int rc;
+    {
+      py::gil_scoped_release release;
+      rc = bcfl::parse_payload(ptr<const uint8_t>(buf), len, l, ptr<uint64_t>(out), version, msg);
+    }
+    return py::make_tuple(rc, rc ? std::string(msg) : std::string(), version[0], version[1]);
+  });
+  m.def("he_parse_many", [layout](int64_t n, std::uintptr_t bufs, std::uintptr_t lens, const py::tuple& lay,
+                                  std::uintptr_t out, std::uintptr_t codes, std::uintptr_t versions,
+                                  std::uintptr_t msgs) {
+    const bcfl::CkksLayout l = layout(lay);
+    py::gil_scoped_release release;
+    bcfl::parse_payloads(n, ptr<const uint64_t>(bufs), ptr<const int64_t>(lens), l, ptr<uint64_t>(out),
+                         ptr<int32_t>(codes), ptr<uint8_t>(versions), ptr<char>(msgs));
+  });
+  m.def("he_proto_size", [layout](const py::tuple& lay) { return bcfl::proto_size(layout(lay)); });
+  m.def("he_write_proto", [layout](std::uintptr_t data, const py::tuple& lay, double scale, int major,
+                                   int minor, std::uintptr_t out) {
+    const bcfl::CkksLayout l = layout(lay);
+    py::gil_scoped_release release;
+    bcfl::write_proto(ptr<const uint64_t>(data), l, scale, major, minor, ptr<uint8_t>(out));
+  });
+
+  // ---- ckks_sum ----
+  m.def(
+      "ckks_sum",
+      [](std::uintptr_t x, int64_t n, int64_t rows, int64_t N, int64_t K, std::uintptr_t primes,
+         std::uintptr_t w, std::uintptr_t ws, std::uintptr_t acc, std::uintptr_t out) {
+        bcfl::ckks_sum(ptr<const uint64_t>(x), n, rows, N, K, ptr<const uint64_t>(primes),
+                       ptr<const uint64_t>(w), ptr<const uint64_t>(ws), ptr<const uint64_t>(acc),
+                       ptr<uint64_t>(out));
       },
       gil());
 }
