@@ -6,7 +6,7 @@ eth-tester and eth-account on first use (``pip install 'bcfl_engine[chain]'``).
 
 from __future__ import annotations
 
-from .ledger import Ledger, Receipt, RoundRecord, TaskInfo, meta_bytes
+from .ledger import Ledger
 from .merkle import (
     MerkleTree,
     contribution_leaf,
@@ -17,6 +17,7 @@ from .merkle import (
     round_root,
     verify_proof,
 )
+from .records import Receipt, RoundRecord, TaskInfo, meta_hash
 from .signing import PayloadDomain, SignedPayload, sign_payload, verify_payload
 
 __all__ = [
@@ -30,7 +31,7 @@ __all__ = [
     "contribution_leaf",
     "hash_pair",
     "leaf_hash",
-    "meta_bytes",
+    "meta_hash",
     "participant_leaf",
     "process_proof",
     "round_root",

@@ -14,9 +14,7 @@ eth-tester and eth-account are imported on first use (the ``chain`` extra).
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 from ..errors import ChainError, InvalidArgument
@@ -24,61 +22,9 @@ from ..updates import keccak256
 from . import _web3
 from ._deps import need
 from .errors import RoundConflict, RoundExists, TransactionFailed
-from .merkle import ZERO32, MerkleTree, as_bytes32, participant_leaf, round_root
+from .merkle import ZERO32, MerkleTree, as_bytes32, participant_leaf
+from .records import Meta, Receipt, RoundRecord, TaskInfo, meta_hash
 from .signing import PayloadDomain, SignedPayload, verify_payload
-
-Meta = bytes | str | Mapping[str, Any]
-
-
-@dataclass(frozen=True)
-class Receipt:
-    """A mined transaction: its hash, the gas it used, its block; ``noop`` for a re-commit."""
-
-    tx_hash: bytes | None
-    gas_used: int
-    block_number: int | None
-    noop: bool = False
-
-
-@dataclass(frozen=True)
-class TaskInfo:
-    task: int
-    owner: str
-    aggregator: str
-    participants_root: bytes
-    model_spec_hash: bytes
-
-
-@dataclass(frozen=True)
-class RoundRecord:
-    """One committed round, as its ``RoundCommitted`` event tells it."""
-
-    task: int
-    round: int
-    updates_root: bytes
-    contributions_root: bytes
-    result_digest: bytes
-    meta_hash: bytes
-    n: int
-    block_number: int
-    tx_hash: bytes
-
-    @property
-    def root(self) -> bytes:
-        """The root the contract stores for this round."""
-        return round_root(self.updates_root, self.contributions_root)
-
-
-def meta_bytes(meta: Meta) -> bytes:
-    """The bytes a metadata hash is taken of: bytes as is, text as UTF-8, a mapping as JSON
-    with sorted keys and no spaces (so every party hashes the same bytes)."""
-    if isinstance(meta, (bytes, bytearray)):
-        return bytes(meta)
-    if isinstance(meta, str):
-        return meta.encode()
-    if isinstance(meta, Mapping):
-        return json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
-    raise InvalidArgument(f"meta must be bytes, str or a mapping; got {type(meta).__name__}")
 
 
 class Ledger:
@@ -88,7 +34,9 @@ class Ledger:
     (any JSON-RPC URL); :meth:`as_sender` gives the same registry seen from another key.
     """
 
-    def __init__(self, w3: Any, address: str, key: bytes | str | None, *, from_block: int = 0) -> None:
+    def __init__(
+        self, w3: Any, address: str, key: bytes | str | None, *, from_block: int = 0
+    ) -> None:
         self.w3 = w3
         self.account = None if key is None else need("eth_account").Account.from_key(key)
         self.contract = w3.eth.contract(address=address, abi=_web3.artifact("RoundRegistry")["abi"])
@@ -112,7 +60,12 @@ class Ledger:
 
     @classmethod
     def connect(
-        cls, url: str, *, key: bytes | str | None = None, address: str | None = None, timeout: float = 30.0
+        cls,
+        url: str,
+        *,
+        key: bytes | str | None = None,
+        address: str | None = None,
+        timeout: float = 30.0,
     ) -> Ledger:
         """The registry at ``address`` on the node at ``url`` (deployed anew if None).
 
@@ -121,16 +74,24 @@ class Ledger:
         w3 = _web3.http_chain(url, timeout)
         if address is None:
             if key is None:
-                raise InvalidArgument("deploying a registry needs key=; got neither key nor address")
+                raise InvalidArgument(
+                    "deploying a registry needs key=; got neither key nor address"
+                )
             return cls.deploy(w3, key)
+        return cls.at(w3, address, key)
+
+    @classmethod
+    def at(cls, w3: Any, address: str, key: bytes | str | None = None) -> Ledger:
+        """The registry already deployed at ``address``; ChainError if its code is not ours."""
+        checksum = _checksum(w3, address)
         expected = _web3.artifact("RoundRegistry")["deployedBytecode"]
-        code = "0x" + bytes(w3.eth.get_code(w3.to_checksum_address(address))).hex()
+        code = "0x" + bytes(w3.eth.get_code(checksum)).hex()
         if code != expected:
             raise ChainError(
-                f"no RoundRegistry at {address} on {url}: its code ({len(code) // 2 - 1} bytes) "
-                f"differs from the packaged artifact ({len(expected) // 2 - 1} bytes)"
+                f"no RoundRegistry at {address}: its code ({len(code) // 2 - 1} bytes) differs "
+                f"from the packaged artifact ({len(expected) // 2 - 1} bytes)"
             )
-        return cls(w3, w3.to_checksum_address(address), key)
+        return cls(w3, checksum, key)
 
     @classmethod
     def deploy(cls, w3: Any, key: bytes | str) -> Ledger:
@@ -158,7 +119,9 @@ class Ledger:
 
     def _signer(self) -> Any:
         if self.account is None:
-            raise ChainError("this ledger is read-only: pass key= to Ledger.connect to send transactions")
+            raise ChainError(
+                "this ledger is read-only: pass key= to Ledger.connect to send transactions"
+            )
         return self.account
 
     @property
@@ -232,7 +195,7 @@ class Ledger:
             if contributions_root is None
             else as_bytes32(contributions_root, "contributions_root"),
             as_bytes32(result_digest, "result_digest"),
-            keccak256(meta_bytes(meta)),
+            meta_hash(meta),
             n,
         )
         if (noop := self._same_as_committed(task, round, fields)) is not None:
