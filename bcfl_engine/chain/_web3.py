@@ -33,13 +33,13 @@ def artifact(name: str) -> dict[str, Any]:
         ) from exc
 
 
-def embedded_chain(accounts: int = 10) -> tuple[Any, list[bytes]]:
-    """A fresh in-process chain (eth-tester + py-evm, Prague rules): web3 and funded keys."""
+def embedded_chain() -> tuple[Any, list[bytes]]:
+    """A fresh in-process chain (eth-tester + py-evm) under Prague rules, the EVM version the
+    contracts are compiled for: web3 and the keys of its 10 funded accounts."""
     web3 = need("web3")
     tester = need("eth_tester")
-    backend = (
-        tester.PyEVMBackend(num_accounts=accounts) if accounts != 10 else tester.PyEVMBackend()
-    )
+    prague = need("eth.vm.forks").PragueVM
+    backend = tester.PyEVMBackend(vm_configuration=((0, prague),))
     w3 = web3.Web3(web3.EthereumTesterProvider(tester.EthereumTester(backend)))
     return w3, [key.to_bytes() for key in backend.account_keys]
 

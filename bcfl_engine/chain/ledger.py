@@ -47,13 +47,13 @@ class Ledger:
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
-    def embedded(cls, *, accounts: int = 10) -> Ledger:
-        """A fresh in-process chain (eth-tester + py-evm) with a deployed registry.
+    def embedded(cls) -> Ledger:
+        """A fresh in-process chain (eth-tester + py-evm, Prague) with a deployed registry.
 
-        ``ledger.dev_keys`` holds the private keys of its ``accounts`` funded accounts; the
-        first one deploys and sends.
+        ``ledger.dev_keys`` holds the private keys of its 10 funded accounts; the first one
+        deploys and sends.
         """
-        w3, keys = _web3.embedded_chain(accounts)
+        w3, keys = _web3.embedded_chain()
         ledger = cls.deploy(w3, keys[0])
         ledger.dev_keys = keys
         return ledger
