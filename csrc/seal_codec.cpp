@@ -357,11 +357,13 @@ int parse_compact(const uint8_t* buf, int64_t len, const CkksLayout& lay, uint64
       ((flags & 2) != 0) != (lay.pair != 0))
     return fail(msg, "compact header (K, N, C, d, parms_id, scale, pairing) differs from the batch's");
   const int64_t k = lay.residues, n = lay.poly_degree;
+  if (len < kCompactHeader + 8 * k || std::memcmp(buf + kCompactHeader, lay.primes, 8 * k) != 0)
+    return fail(msg, "compact primes differ from the batch's");
   int64_t per_ct = 0;
   for (int64_t r = 0; r < k; ++r) per_ct += 2 * (packed ? n * bit_width(lay.primes[r]) / 8 : 8 * n);
-  const int64_t want = kCompactHeader + lay.ciphertexts * per_ct;
+  const int64_t want = kCompactHeader + 8 * k + lay.ciphertexts * per_ct;
   if (len != want) return fail(msg, "compact payload holds %lld bytes; expected %lld", (long long)len, (long long)want);
-  const uint8_t* p = buf + kCompactHeader;
+  const uint8_t* p = buf + kCompactHeader + 8 * k;
   for (int64_t c = 0; c < lay.ciphertexts; ++c) {
     uint64_t* ct = out + c * 2 * k * n;
     for (int64_t pr = 0; pr < 2 * k; ++pr) {

@@ -1,1 +1,34 @@
-"""CKKS secure aggregation through TenSEAL: keys, client encryption, the SEAL wire format, the homomorphic weighted sum."""
+"""CKKS secure aggregation through TenSEAL: keys, client encryption, the SEAL wire format, the homomorphic weighted sum.
+
+>>> from bcfl_engine import he
+>>> keys = he.generate_keys(preset="default")              # doctest: +SKIP
+>>> blob = he.encrypt(update, keys.public_context())         # doctest: +SKIP
+>>> agg = he.aggregate([blob, ...], context=keys.public_context())  # doctest: +SKIP
+>>> he.decrypt(agg, keys.secret_context)                     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from . import presets
+from .aggregate import aggregate
+from .batch import CiphertextBatch
+from .ckks_sum import ckks_sum, ckks_sum_reference
+from .client import decrypt, encrypt
+from .keys import ContextInfo, Keys, context_info, generate_keys
+from .presets import PRESETS, Preset
+
+__all__ = [
+    "PRESETS",
+    "CiphertextBatch",
+    "ContextInfo",
+    "Keys",
+    "Preset",
+    "aggregate",
+    "ckks_sum",
+    "ckks_sum_reference",
+    "context_info",
+    "decrypt",
+    "encrypt",
+    "generate_keys",
+    "presets",
+]

@@ -24,7 +24,8 @@ skip fields they do not know.
 
 Compact format (bcfl_engine, what :func:`~bcfl_engine.he.encrypt` sends): a 64-byte header
 ``magic b"BCKS", version u8 = 1, flags u8 (bit 0: bit-packed, bit 1: paired), K u16, N u32,
-ciphertexts u32, d u64, parms_id 4 x u64, scale f64``, then the residues ``[C, 2, K, N]``: each
+ciphertexts u32, d u64, parms_id 4 x u64, scale f64``, then the ``K`` primes (u64, so that a
+compact payload is summed without a context), then the residues ``[C, 2, K, N]``: each
 row of ``N`` residues of prime ``q_k`` either as u64 or bit-packed to ``bits(q_k)`` bits per
 residue, least significant bit first (the row read as one little-endian integer).
 """
@@ -50,6 +51,7 @@ COMPACT = struct.Struct("<4sBBHIIQ4Qd")  # 64 bytes
 FLAG_BITPACKED, FLAG_PAIR = 1, 2
 FIELD_SIZES, FIELD_CTS, FIELD_SCALE, FIELD_D, FIELD_PACK = 1, 2, 3, 14, 15
 PACK_PAIR = 2
+POLY_DEGREES = (1024, 2048, 4096, 8192, 16384, 32768)
 MAX_CIPHERTEXTS = 1 << 20  # per payload: 2^32 reals at N = 8192, and a bound on what we allocate
 
 
@@ -348,7 +350,7 @@ def write_compact(residues: np.ndarray, layout: Layout, bitpacked: bool = True) 
     c, _, k, n = residues.shape
     flags = (FLAG_BITPACKED if bitpacked else 0) | (FLAG_PAIR if layout.pair else 0)
     head = COMPACT.pack(COMPACT_MAGIC, 1, flags, k, n, c, layout.d, *layout.parms_id, layout.scale)
-    parts = [head]
+    parts = [head, np.array(layout.primes, dtype="<u8").tobytes()]
     bits = [q.bit_length() for q in layout.primes]
     for ci in range(c):
         for p in range(2):
@@ -361,15 +363,32 @@ def write_compact(residues: np.ndarray, layout: Layout, bitpacked: bool = True) 
 # ---------------------------------------------------------------- payloads
 
 
-def peek(blob: bytes | memoryview, info: ContextInfo) -> Layout:
-    """The layout a payload declares, checked against the context (level, N, scale)."""
+def peek(blob: bytes | memoryview, info: ContextInfo | None = None) -> Layout:
+    """The layout a payload declares, checked against the context (level, N, scale) if given.
+
+    Without a context only a compact payload can be read: it carries its primes.
+    """
     buf = memoryview(blob)
     if bytes(buf[:4]) == COMPACT_MAGIC:
         if len(buf) < COMPACT.size:
             raise PayloadError(f"compact payload of {len(buf)} bytes is shorter than its header")
-        _, _, flags, _, n, _, d, *rest = COMPACT.unpack_from(buf, 0)
+        _, _, flags, k, n, _, d, *rest = COMPACT.unpack_from(buf, 0)
         pid, scale, pair = tuple(rest[:4]), rest[4], bool(flags & FLAG_PAIR)
+        if len(buf) < COMPACT.size + 8 * k:
+            raise PayloadError(f"compact payload of {len(buf)} bytes is shorter than its {k} primes")
+        primes = tuple(int(q) for q in np.frombuffer(buf[COMPACT.size : COMPACT.size + 8 * k], "<u8"))
+        if info is None:
+            if not (1 <= k <= 64 and n in POLY_DEGREES and all(1 < q < 2**60 for q in primes)):
+                raise PayloadError(f"compact header: K={k}, N={n}, primes {primes} not a CKKS level")
+            if not 1 <= d <= MAX_CIPHERTEXTS * (n // 2) or not scale > 0:
+                raise PayloadError(f"compact header: d={d}, scale={scale!r} out of range")
+            return Layout(n, primes, pid, scale, chunk_sizes(d, n // 2, pair), d, pair)  # type: ignore[arg-type]
+        level = info.level_of(pid)
+        if level is not None and level.primes != primes:
+            raise PayloadError(f"compact primes {primes} are not those of its level {level.primes}")
     else:
+        if info is None:
+            raise PayloadError("a TenSEAL payload carries no primes: pass the public context")
         proto = parse_proto(buf)
         if not proto.spans:
             raise PayloadError("CKKSVectorProto holds no ciphertext")
@@ -429,12 +448,15 @@ def parse(blob: bytes | memoryview, layout: Layout) -> tuple[np.ndarray, tuple[i
         want = (k, n, layout.ciphertexts, layout.d, layout.parms_id, layout.scale, layout.pair)
         if got != want:
             raise PayloadError(f"compact header (K, N, C, d, parms_id, scale, pair) = {got}; expected {want}")
+        primes_end = COMPACT.size + 8 * k
+        if len(buf) < primes_end or np.frombuffer(buf[COMPACT.size : primes_end], "<u8").tolist() != list(layout.primes):
+            raise PayloadError(f"compact primes differ from the batch's {layout.primes}")
         packed = bool(flags & FLAG_BITPACKED)
         bits = [q.bit_length() for q in layout.primes]
-        total = COMPACT.size + layout.ciphertexts * 2 * sum(row_bytes(b, n, packed) for b in bits)
+        total = primes_end + layout.ciphertexts * 2 * sum(row_bytes(b, n, packed) for b in bits)
         if len(buf) != total:
             raise PayloadError(f"compact payload holds {len(buf)} bytes; expected {total}")
-        pos = COMPACT.size
+        pos = primes_end
         for ci in range(layout.ciphertexts):
             for p in range(2):
                 for ki in range(k):

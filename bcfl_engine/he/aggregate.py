@@ -1,0 +1,89 @@
+"""The aggregator's call: payloads in, one TenSEAL-loadable aggregate out, never decrypting."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from ..errors import InvalidArgument
+from . import wire
+from .batch import CiphertextBatch, integer_weights
+from .ckks_sum import ckks_sum
+
+# Clients parsed per block: the batch buffer stays under this many bytes whatever n is.
+BLOCK_BYTES = 256 << 20
+
+
+def aggregate(
+    payloads: Sequence[Any],
+    weights: Sequence[float] | None = None,
+    *,
+    context: Any = None,
+    frac_bits: int = 16,
+    backend: str | None = None,
+    codec: str | None = None,
+    block: int | None = None,
+    client_ids: Sequence[Any] | None = None,
+) -> Any:
+    """Homomorphic weighted sum of clients' encrypted updates -> CKKSVectorProto bytes.
+
+    Parameters
+    ----------
+    payloads : one per client: TenSEAL ``CKKSVector.serialize()`` bytes (SEAL compression none,
+        zlib or zstd) or compact bytes from :func:`~bcfl_engine.he.encrypt`. A client's vector
+        of ``d`` reals is one payload holding ``ceil(d / slots)`` ciphertexts (TenSEAL's own
+        chunking). A list of lists (each client sends several vectors) aggregates each position
+        and returns a list.
+    weights : per client; None sums. Non-negative integers multiply exactly (level and scale
+        kept: the result equals TenSEAL's repeated ``acc += ct``); fractional weights are
+        rounded to ``round(w * 2^frac_bits)`` and the result's scale is ``scale * 2^frac_bits``
+        (the weights' rounding error is at most ``2^-(frac_bits + 1)`` each).
+    context : the public context (bytes or ``tenseal.Context``); required for TenSEAL payloads,
+        which carry no primes; compact payloads are checked against it when given
+    backend : "torch", "native", "triton" or None for the modular sum
+    codec : "native", "python" or None: who parses payloads
+    block : clients parsed per step (default: as many as fit :data:`BLOCK_BYTES`); memory stays
+        ``O(block)`` payloads whatever ``n`` is
+    client_ids : names used in errors (default ``0 .. n-1``)
+
+    Returns
+    -------
+    bytes : ``CKKSVectorProto`` TenSEAL loads; decrypt with :func:`~bcfl_engine.he.decrypt`
+
+    The sum of ``n`` ciphertexts decrypts within ``sum_i |w_i| * precision`` of the plaintext
+    weighted sum (``precision`` of the preset), as long as it stays within the preset's headroom.
+    """
+    if len(payloads) == 0:
+        raise InvalidArgument("aggregate needs at least one payload")
+    if isinstance(payloads[0], (list, tuple)):
+        width = len(payloads[0])
+        if any(not isinstance(p, (list, tuple)) or len(p) != width for p in payloads):
+            raise InvalidArgument(f"every client must send {width} payloads")
+        kw = dict(context=context, frac_bits=frac_bits, backend=backend, codec=codec, block=block)
+        return [aggregate([p[j] for p in payloads], weights, client_ids=client_ids, **kw) for j in range(width)]  # type: ignore[arg-type]
+    n = len(payloads)
+    ids = list(range(n)) if client_ids is None else list(client_ids)
+    if len(ids) != n:
+        raise InvalidArgument(f"client_ids must be {n} names; got {len(ids)}")
+    first = CiphertextBatch(context, 1, codec=codec)
+    first.add(ids[0], payloads[0])  # fixes and checks the layout
+    layout: wire.Layout = first.layout  # type: ignore[assignment]
+    ints, scale = integer_weights(weights, n, layout, frac_bits)
+    per_client = 8 * 2 * layout.ciphertexts * layout.residues * layout.poly_degree
+    step = block or max(1, min(n, BLOCK_BYTES // per_client))
+    device = "cuda" if backend in (None, "triton") and torch.cuda.is_available() else "cpu"
+    batch = CiphertextBatch(context, step, layout=layout, codec=first.codec)
+    acc: torch.Tensor | None = None
+    for start in range(0, n, step):
+        batch.reset()
+        batch.add_many(list(zip(ids[start : start + step], payloads[start : start + step], strict=True)))
+        x = batch.residues.to(device, non_blocking=True)
+        w = None if ints is None else ints[start : start + step]
+        acc = ckks_sum(x, layout.primes, w, acc=acc, backend=backend)
+    assert acc is not None
+    version = next((v for v in batch.versions + first.versions if v), (4, 3))
+    from .batch import to_tenseal
+
+    return to_tenseal(acc, layout, scale, version, batch.codec)
