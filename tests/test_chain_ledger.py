@@ -8,15 +8,9 @@ anvil cases fail rather than skip, so CI cannot pass while testing one chain onl
 from __future__ import annotations
 
 import functools
-import os
 import random
-import signal
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,10 +29,10 @@ from bcfl_engine.chain import (
     sign_payload,
 )
 from bcfl_engine.chain import errors as ce
+from bcfl_engine.chain.devnode import AnvilNode
 from bcfl_engine.errors import ChainError, InvalidArgument, MissingDependency
 from bcfl_engine.updates import keccak256
 
-ANVIL = Path(__file__).resolve().parents[1] / "contracts" / "node_modules" / ".bin" / "anvil"
 ZERO = bytes(32)
 # Targets of the issue: a commit costs the same whatever the number of leaves, within the
 # calldata of the differing bytes (n = 10 vs 100000 differ in 2 bytes: 24 gas; a random root
@@ -54,62 +48,15 @@ class Chain:
     url: str | None = None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@functools.cache
-def _dev_keys(n: int = 10) -> list[bytes]:
-    return [keccak256(f"bcfl test account {i}".encode()) for i in range(n)]
-
-
-def _start_anvil() -> tuple[subprocess.Popen, str]:
-    assert ANVIL.exists(), f"{ANVIL} is missing: run `npm ci --prefix contracts` first"
-    port = _free_port()
-    proc = subprocess.Popen(
-        [str(ANVIL), "--host", "127.0.0.1", "--port", str(port), "--hardfork", "prague"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,  # its own process group: the node wrapper and anvil stop together
-    )
-    return proc, f"http://127.0.0.1:{port}"
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 @pytest.fixture(scope="module", params=["embedded", "anvil"])
 def chain(request: pytest.FixtureRequest) -> Iterator[Chain]:
     if request.param == "embedded":
         base = Ledger.embedded()
         yield Chain("embedded", base.w3, base.dev_keys)
         return
-    proc, url = _start_anvil()
-    try:
-        from web3 import Web3
-
-        w3 = Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": 30}))
-        deadline = time.monotonic() + 60
-        while not w3.is_connected():
-            assert proc.poll() is None, f"anvil exited with code {proc.returncode}"
-            assert time.monotonic() < deadline, "anvil did not answer within 60 s"
-            time.sleep(0.1)
-        for key in _dev_keys():
-            w3.provider.make_request(
-                "anvil_setBalance", [Account.from_key(key).address, hex(10**24)]
-            )
-        yield Chain("anvil", w3, _dev_keys(), url)
-    finally:
-        _stop(proc)
+    # Fails (does not skip) when anvil is missing: CI must test both chains.
+    with AnvilNode() as node:
+        yield Chain("anvil", node.w3, [node.fund_key(b"%d" % i) for i in range(10)], node.url)
 
 
 @dataclass

@@ -6,6 +6,7 @@ eth-tester and eth-account on first use (``pip install 'bcfl_engine[chain]'``).
 
 from __future__ import annotations
 
+from .devnode import AnvilNode
 from .ledger import Ledger
 from .merkle import (
     MerkleTree,
@@ -21,6 +22,7 @@ from .records import Receipt, RoundRecord, TaskInfo, meta_hash
 from .signing import PayloadDomain, SignedPayload, sign_payload, verify_payload
 
 __all__ = [
+    "AnvilNode",
     "Ledger",
     "MerkleTree",
     "PayloadDomain",

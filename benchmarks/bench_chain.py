@@ -1,0 +1,174 @@
+"""Gas of a round on chain: one Merkle-root commit versus one stored digest per client.
+
+Side by side, in one run, on the embedded chain (eth-tester + py-evm) and on anvil, both under
+Prague rules:
+
+- ``RoundRegistry.commitRound`` at 10, 1,000 and 100,000 leaves (real trees of update leaves);
+- ``RoundRegistry.verifyInclusion`` of one leaf of a 16,384-leaf round, sent as a transaction
+  (what a contract calling it would pay at most; an ``eth_call`` is free);
+- the baseline ``DigestPerClient``: every client's digest in its own slot, batched by the
+  aggregator in one transaction (its cheapest form), and one transaction per client (what
+  existing BCFL contracts do). 100,000 digests exceed a 30 M-gas block, so that point is the
+  per-client slope measured between 10 and 1,000 clients, extrapolated, and marked so.
+
+Run: ``python benchmarks/bench_chain.py`` (``--no-anvil`` for the embedded chain only). Needs
+the chain extra and ``npm ci --prefix contracts``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+from typing import Any
+
+from bcfl_engine.chain import AnvilNode, Ledger, MerkleTree, leaf_hash
+from bcfl_engine.chain._web3 import artifact
+from bcfl_engine.chain.ledger import _send
+from bcfl_engine.updates import keccak256
+
+SIZES = (10, 1_000, 100_000)
+PROOF_LEAVES = 16_384
+BLOCK_GAS = 30_000_000
+
+
+def tree_of(n: int, seed: int) -> MerkleTree:
+    rng = random.Random(seed)
+    return MerkleTree.from_leaves(
+        [
+            leaf_hash(
+                1, rng.randbytes(20), rng.randbytes(32), rng.randrange(1, 10**5), rng.randbytes(32)
+            )
+            for _ in range(n)
+        ]
+    )
+
+
+def registry_gas(
+    ledger: Ledger, trees: dict[int, MerkleTree], proof_tree: MerkleTree
+) -> dict[str, int]:
+    task = ledger.create_task(
+        aggregator=ledger.sender, participants=[ledger.sender], model_spec=b"bench"
+    )
+    out: dict[str, int] = {}
+    # Round 1 skips the read of round r - 1, so it is cheaper: measure from round 2 on.
+    for r, n in enumerate([1, *SIZES], start=1):
+        tree = trees.get(n) or tree_of(n, seed=n)
+        gas = ledger.commit_round(
+            task,
+            r,
+            updates_root=tree.root,
+            result_digest=keccak256(b"%d" % r),
+            meta={"rule": "mean"},
+            n=n,
+        ).gas_used
+        if r == 1:
+            out["commit (round 1)"] = gas
+        else:
+            out[f"commit n={n}"] = gas
+    r = len(SIZES) + 2
+    ledger.commit_round(
+        task, r, updates_root=proof_tree.root, result_digest=bytes(32), meta="", n=PROOF_LEAVES
+    )
+    i = PROOF_LEAVES * 3 // 4 + 1
+    assert ledger.verify_inclusion(task, r, proof_tree.leaves[i], proof_tree.proof(i))
+    out[f"inclusion at {PROOF_LEAVES}"] = ledger.transact(
+        "verifyInclusion", task, r, proof_tree.leaves[i], [*proof_tree.proof(i), bytes(32)]
+    ).gas_used
+    return out
+
+
+def baseline_gas(w3: Any, keys: list[bytes]) -> dict[str, float]:
+    from eth_account import Account
+
+    art = artifact("DigestPerClient")
+    account = Account.from_key(keys[0])
+    addr = _send(
+        w3, account, w3.eth.contract(abi=art["abi"], bytecode=art["bytecode"]).constructor()
+    )["contractAddress"]
+    c = w3.eth.contract(address=addr, abi=art["abi"])
+    rng = random.Random(7)
+    out: dict[str, float] = {}
+    for r, n in enumerate(SIZES[:2], start=1):
+        clients = [w3.to_checksum_address(rng.randbytes(20)) for _ in range(n)]
+        digests = [rng.randbytes(32) for _ in range(n)]
+        out[f"batched n={n}"] = _send(w3, account, c.functions.storeBatch(1, r, clients, digests))[
+            "gasUsed"
+        ]
+    slope = (out[f"batched n={SIZES[1]}"] - out[f"batched n={SIZES[0]}"]) / (SIZES[1] - SIZES[0])
+    out[f"batched n={SIZES[2]} (extrapolated)"] = out[f"batched n={SIZES[1]}"] + slope * (
+        SIZES[2] - SIZES[1]
+    )
+    out["batched per client (slope)"] = slope
+    per_tx = [
+        _send(w3, Account.from_key(k), c.functions.store(1, 9, rng.randbytes(32)))["gasUsed"]
+        for k in keys[: SIZES[0]]
+    ]
+    out["one tx per client, per client"] = sum(per_tx) / len(per_tx)
+    for n in SIZES:
+        out[f"one tx per client n={n}"] = out["one tx per client, per client"] * n
+    return out
+
+
+def report(name: str, reg: dict[str, int], base: dict[str, float]) -> None:
+    print(f"\n== {name} ==")
+    print(f"{'RoundRegistry':<40}{'gas':>14}")
+    for k, v in reg.items():
+        print(f"  {k:<38}{v:>14,}")
+    print(f"{'DigestPerClient (baseline)':<40}{'gas':>14}")
+    for k, v in base.items():
+        print(f"  {k:<38}{v:>14,.0f}")
+    print(
+        f"{'round gas, baseline / registry':<40}{'batched':>14}{'tx per client':>16}{'30M blocks':>12}"
+    )
+    for n in SIZES:
+        ours = reg[f"commit n={n}"]
+        batched = base.get(f"batched n={n}") or base[f"batched n={n} (extrapolated)"]
+        per_tx = base[f"one tx per client n={n}"]
+        print(
+            f"  n={n:<36,}{batched / ours:>13,.1f}x{per_tx / ours:>15,.1f}x{batched / BLOCK_GAS:>12.2f}"
+        )
+    spread = max(reg[f"commit n={n}"] for n in SIZES) - min(reg[f"commit n={n}"] for n in SIZES)
+    print(f"  commit gas spread over n = {', '.join(map(str, SIZES))}: {spread} gas")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--no-anvil", action="store_true", help="embedded chain only")
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    trees = {n: tree_of(n, seed=n) for n in SIZES}
+    proof_tree = tree_of(PROOF_LEAVES, seed=1)
+    print(
+        f"built trees of {', '.join(map(str, SIZES))} and {PROOF_LEAVES} leaves in {time.perf_counter() - t0:.1f} s"
+    )
+    results = {}
+    emb = Ledger.embedded()
+    results["embedded (eth-tester + py-evm, prague)"] = (
+        registry_gas(emb, trees, proof_tree),
+        baseline_gas(emb.w3, emb.dev_keys),
+    )
+    if not args.no_anvil:
+        with AnvilNode() as node:
+            keys = [node.fund_key(b"bench %d" % i) for i in range(SIZES[0])]
+            led = Ledger.deploy(node.w3, keys[0])
+            results[f"{node.w3.client_version} (prague)"] = (
+                registry_gas(led, trees, proof_tree),
+                baseline_gas(node.w3, keys),
+            )
+    for name, (reg, base) in results.items():
+        report(name, reg, base)
+    ok = all(
+        max(reg[f"commit n={n}"] for n in SIZES) <= 60_000
+        and reg[f"inclusion at {PROOF_LEAVES}"] <= 45_000
+        for reg, _ in results.values()
+    )
+    print(
+        f"\ntargets (commit <= 60,000 at every n; inclusion at {PROOF_LEAVES} <= 45,000): {'met' if ok else 'MISSED'}"
+    )
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
