@@ -339,8 +339,11 @@ def _send(w3: Any, account: Any, fn: Any) -> Any:
         )
     except Exception as exc:  # the estimate runs the call: a revert shows up here
         raise _web3.translate(exc) from exc
-    tx_hash = w3.eth.send_raw_transaction(account.sign_transaction(tx).raw_transaction)
-    receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=60)
+    try:
+        tx_hash = w3.eth.send_raw_transaction(account.sign_transaction(tx).raw_transaction)
+        receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=60)
+    except Exception as exc:  # nonce, funds, a node gone or slow: not a revert, still typed
+        raise TransactionFailed(f"transaction from {account.address} was not mined: {exc}") from exc
     if receipt["status"] != 1:
         raise TransactionFailed(
             f"transaction 0x{bytes(tx_hash).hex()} failed (gas used {receipt['gasUsed']})"
