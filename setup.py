@@ -109,7 +109,7 @@ setup(
     extras_require={
         "triton": ["triton>=3.0"],
         "numba": ["numba>=0.59"],
-        "he": ["tenseal==0.3.18"],
+        "he": ["tenseal==0.3.18", "zstandard>=0.22"],
         "chain": ["web3>=7", "eth-tester[py-evm]>=0.14.0b1", "eth-account>=0.13"],
         "flower": ["flwr[simulation]>=1.20"],
         "demo": ["scikit-learn>=1.3", "matplotlib>=3.7"],
@@ -125,6 +125,7 @@ setup(
             "triton>=3.0",
             "numba>=0.59",
             "tenseal==0.3.18",
+            "zstandard>=0.22",
             "web3>=7",
             "eth-tester[py-evm]>=0.14.0b1",
             "eth-account>=0.13",
