@@ -8,6 +8,7 @@ print on one line; ``--debug`` shows the traceback.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 from collections.abc import Sequence
@@ -23,20 +24,32 @@ class UsageError(Exception):
     """A flag's value is wrong (exit code 2)."""
 
 
+def _built(rule: str) -> bool:
+    """Whether the module of ``rule`` is in this installation."""
+    return importlib.util.find_spec(f"bcfl_engine.rules.{rule}") is not None
+
+
 def _rules(values: Sequence[str] | None) -> list[str]:
     from . import rules
 
     if not values:
-        return list(DEFAULT_RULES)
+        return [r for r in DEFAULT_RULES if _built(r)]
     out: list[str] = []
     for value in values:
         for name in (v.strip() for v in value.split(",")):
             if not name:
                 continue
             info = rules.RULES.get(name)
-            if info is None or info.kind != "aggregate":
-                known = ", ".join(r.name for r in rules.RULES.values() if r.kind == "aggregate")
-                raise UsageError(f"--rule: unknown rule {name!r}; known: {known}")
+            if info is None or info.kind != "aggregate" or not _built(name):
+                known = [
+                    r.name for r in rules.RULES.values() if r.kind == "aggregate" and _built(r.name)
+                ]
+                why = (
+                    "is not in this build"
+                    if info is not None and info.kind == "aggregate"
+                    else "is unknown"
+                )
+                raise UsageError(f"--rule: {name!r} {why}; available: {', '.join(known)}")
             if name not in out:
                 out.append(name)
     return out
@@ -99,17 +112,15 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print("backends:")
     for name, reason in library_reasons().items():
         print(f"  {name:<15} {'available' if reason is None else 'unavailable: ' + reason}")
-    print("rules (kernels per backend):")
+    print("rules (kind, kernels, what):")
     for info in rules.RULES.values():
-        try:
+        if not _built(info.name):
+            kernels = "(not in this build)"
+        else:
             kernels = ", ".join(
                 k.backend + (f" ({k.needs})" if k.needs else "") for k in info.kernels
             )
-        except ImportError as exc:
-            kernels = f"not importable ({exc})"
-        except AttributeError:
-            kernels = "not implemented in this build"
-        print(f"  {info.name:<18} [{info.kind:<9}] {kernels:<40} {info.summary}")
+        print(f"  {info.name:<18} {info.kind:<9} {kernels:<30} {info.summary}")
     return EXIT_OK
 
 
@@ -120,9 +131,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         raise BcflError(
             "bcfl bench: the benchmark runner (bcfl_engine.bench) is not in this build"
         ) from None
-    kw: dict[str, Any] = {"quick": args.quick}
+    kw: dict[str, Any] = {"quick": args.quick, "n": args.n, "d": args.d, "backend": args.backend}
     if args.rule:
         kw["rules"] = _rules(args.rule)
+    if args.device:
+        kw["device"] = args.device
     run_engine_bench(**kw)
     return EXIT_OK
 
@@ -136,9 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+    )
 
     demo = sub.add_parser(
         "demo",
+        parents=[common],
         help="simulate hospitals on real medical data, some Byzantine, and compare rules",
         description="Federated training on a scikit-learn medical data set split non-IID across "
         "hospitals, a share of them Byzantine; every round goes through AggregationRound and is "
@@ -186,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     aud = sub.add_parser(
         "audit",
+        parents=[common],
         help="recompute a committed round from stored payloads and check it against the chain",
         description="Reads the round's commit from the chain, recomputes the aggregate and the "
         "Merkle root from the payload store, and checks every inclusion proof with the contract. "
@@ -200,40 +219,51 @@ def build_parser() -> argparse.ArgumentParser:
     )
     aud.set_defaults(fn=_cmd_audit)
 
-    info = sub.add_parser("info", help="backends available here and the kernels of each rule")
+    info = sub.add_parser(
+        "info", parents=[common], help="backends available here and the kernels of each rule"
+    )
     info.set_defaults(fn=_cmd_info)
 
-    bench = sub.add_parser("bench", help="time the engine's rules on this machine")
+    bench = sub.add_parser(
+        "bench", parents=[common], help="time the engine's rules on this machine"
+    )
     bench.add_argument("--quick", action="store_true", help="small sizes, a few seconds")
-    bench.add_argument("--rule", action="append", metavar="RULE", help="rule(s) to time")
+    bench.add_argument(
+        "--rule", action="append", metavar="RULE", help="rule(s) to time (default: all)"
+    )
+    bench.add_argument("--n", type=int, help="number of client updates")
+    bench.add_argument("--d", type=int, help="length of one update")
+    bench.add_argument("--backend", choices=["torch", "native", "triton"], help="force one backend")
+    bench.add_argument("--device", help="cpu or cuda (default cpu)")
     bench.set_defaults(fn=_cmd_bench)
     return parser
+
+
+def _line(exc: BaseException) -> str:
+    """An error message on one line."""
+    return " ".join(str(exc).split())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``bcfl``; returns the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)  # exits 2 on a usage error, as argparse does
+    args = parser.parse_args(argv)  # argparse itself exits 2 on a malformed command line
     try:
         return int(args.fn(args))
-    except UsageError as exc:
+    except (UsageError, InvalidArgument) as exc:
         if args.debug:
             raise
-        parser.exit(EXIT_USAGE, f"bcfl {args.command}: error: {exc}\n")
+        print(f"bcfl {args.command}: error: {_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
     except AuditError as exc:
         if args.debug:
             raise
-        print(f"bcfl {args.command}: audit failed: {exc}", file=sys.stderr)
+        print(f"bcfl {args.command}: audit failed: {_line(exc)}", file=sys.stderr)
         return EXIT_FAILED
-    except InvalidArgument as exc:
-        if args.debug:
-            raise
-        print(f"bcfl {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
     except (BcflError, MissingDependency, OSError) as exc:
         if args.debug:
             raise
-        print(f"bcfl {args.command}: error: {exc}", file=sys.stderr)
+        print(f"bcfl {args.command}: error: {_line(exc)}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print(f"bcfl {args.command}: interrupted", file=sys.stderr)
@@ -241,9 +271,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # the CLI promises one line unless --debug
         if args.debug:
             raise
-        print(f"bcfl {args.command}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"bcfl {args.command}: error: {type(exc).__name__}: {_line(exc)}", file=sys.stderr)
         return EXIT_ERROR
-    return EXIT_ERROR  # pragma: no cover - parser.exit does not return
 
 
 if __name__ == "__main__":
