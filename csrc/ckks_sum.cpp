@@ -33,7 +33,8 @@ void ckks_sum(const uint64_t* x, int64_t n, int64_t rows, int64_t N, int64_t K,
   const int64_t tile = std::min(kTile, N);
   const int64_t tiles_per_row = (N + tile - 1) / tile;
   const int64_t stride = rows * N;  // one client
-#pragma omp parallel for schedule(static)
+  // Under ~4 MiB of residues one thread wins: waking the team costs more than the work.
+#pragma omp parallel for schedule(static) if (n * stride > (1 << 19))
   for (int64_t t = 0; t < rows * tiles_per_row; ++t) {
     const int64_t r = t / tiles_per_row, k = r % K;
     const int64_t j0 = (t % tiles_per_row) * tile, m = std::min(tile, N - j0);

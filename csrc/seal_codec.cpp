@@ -331,15 +331,24 @@ int parse_proto(const uint8_t* buf, int64_t len, const CkksLayout& lay, uint64_t
 int bit_width(uint64_t q) { return 64 - __builtin_clzll(q); }
 
 // N residues of `bits` bits, packed least significant bit first, from src into dst.
+// Residue j starts at bit j * bits; with bits <= 61 and a start shift <= 7 it spans at most 9
+// bytes, so one 16-byte load covers it. A constant-size memcpy compiles to one unaligned load
+// (a variable one is a libc call per residue: 3x slower on 60-bit rows); only the last two
+// residues of a row, whose 16 bytes would run past it, take the zero-padded slow path.
 void unpack_row(const uint8_t* src, int bits, int64_t n, uint64_t* dst) {
   const uint64_t mask = bits == 64 ? ~0ull : (1ull << bits) - 1;
   const int64_t row_bytes = n * bits / 8;
-  for (int64_t j = 0; j < n; ++j) {
+  int64_t j = 0;
+  for (; j < n && ((j * bits) >> 3) + 16 <= row_bytes; ++j) {
+    const int64_t bit = j * bits;
+    unsigned __int128 w;
+    std::memcpy(&w, src + (bit >> 3), 16);
+    dst[j] = static_cast<uint64_t>(w >> (bit & 7)) & mask;
+  }
+  for (; j < n; ++j) {
     const int64_t bit = j * bits, byte = bit >> 3;
     unsigned __int128 w = 0;
-    // 16-byte load where the row has room, else a zero-padded copy of its last bytes.
-    const int64_t avail = row_bytes - byte;
-    std::memcpy(&w, src + byte, avail >= 16 ? 16 : static_cast<size_t>(avail));
+    std::memcpy(&w, src + byte, static_cast<size_t>(row_bytes - byte));
     dst[j] = static_cast<uint64_t>(w >> (bit & 7)) & mask;
   }
 }
@@ -396,7 +405,10 @@ void parse_payloads(int64_t n, const uint64_t* bufs, const int64_t* lens, const 
                     uint64_t* out, int32_t* codes, uint8_t* versions, char* msgs) {
   const int64_t row = lay.ciphertexts * 2 * lay.residues * lay.poly_degree;
   // One payload per iteration: zstd/zlib inflation dominates and payloads are independent.
-#pragma omp parallel for schedule(dynamic, 1)
+  // Below ~4 MiB of payloads one thread is faster: waking the team costs more than the work.
+  int64_t total = 0;
+  for (int64_t i = 0; i < n; ++i) total += lens[i];
+#pragma omp parallel for schedule(dynamic, 1) if (n > 1 && total > (4 << 20))
   for (int64_t i = 0; i < n; ++i) {
     const auto* buf = reinterpret_cast<const uint8_t*>(bufs[i]);
     codes[i] = parse_payload(buf, lens[i], lay, out + i * row, versions + 2 * i, msgs + i * kMsgLen);

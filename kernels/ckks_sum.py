@@ -17,9 +17,20 @@ import triton.language as tl
 
 @triton.jit
 def _ckks_sum_kernel(
-    x_ptr, q_ptr, w_ptr, ws_ptr, acc_ptr, out_ptr, n, M, N, K,
-    WEIGHTED: tl.constexpr, HAS_ACC: tl.constexpr, BLOCK: tl.constexpr,
-):  # fmt: skip
+    x_ptr,
+    q_ptr,
+    w_ptr,
+    ws_ptr,
+    acc_ptr,
+    out_ptr,
+    n,
+    M,
+    N,
+    K,
+    WEIGHTED: tl.constexpr,
+    HAS_ACC: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     pid = tl.program_id(0)
     start = pid.to(tl.int64) * BLOCK
     cols = start + tl.arange(0, BLOCK)

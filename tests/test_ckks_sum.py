@@ -39,10 +39,14 @@ def weights_for(kind: str, n: int) -> list[int] | None:
     return [2**59 + 11 * i for i in range(n)]  # near the primes: every Shoup product is large
 
 
-@pytest.mark.parametrize("n,c,k,N,primes", SHAPES, ids=[f"n{s[0]}-C{s[1]}-K{s[2]}-N{s[3]}" for s in SHAPES])
+@pytest.mark.parametrize(
+    "n,c,k,N,primes", SHAPES, ids=[f"n{s[0]}-C{s[1]}-K{s[2]}-N{s[3]}" for s in SHAPES]
+)
 @pytest.mark.parametrize("kind", ["sum", "small", "big"], ids=["sum", "w-small", "w-big"])
 @pytest.mark.parametrize("with_acc", [False, True], ids=["fresh", "acc"])
-def test_ckks_sum_matches_reference(backend: str, n: int, c: int, k: int, N: int, primes: list[int], kind: str, with_acc: bool) -> None:
+def test_ckks_sum_matches_reference(
+    backend: str, n: int, c: int, k: int, N: int, primes: list[int], kind: str, with_acc: bool
+) -> None:
     x = residues(n, c, primes, N, seed=n * N + k)
     acc = residues(1, c, primes, N, seed=7)[0] if with_acc else None
     w = weights_for(kind, n)
@@ -62,7 +66,9 @@ def test_reference_is_the_integer_weighted_sum() -> None:
     rng = random.Random(0)
     for _ in range(200):
         p, kk, j = rng.randrange(2), rng.randrange(2), rng.randrange(1024)
-        want = (int(acc[0, p, kk, j]) + sum(w[i] * int(x[i, 0, p, kk, j]) for i in range(4))) % primes[kk]
+        want = (
+            int(acc[0, p, kk, j]) + sum(w[i] * int(x[i, 0, p, kk, j]) for i in range(4))
+        ) % primes[kk]
         assert int(got[0, p, kk, j]) == want, (p, kk, j)
 
 

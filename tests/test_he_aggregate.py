@@ -29,7 +29,10 @@ def default_keys() -> he.Keys:
 def residues_of(blob: bytes, k: int, n: int) -> np.ndarray:
     """Every residue of a CKKSVectorProto, read with the reference codec and no layout check."""
     proto = wire.parse_proto(memoryview(blob))
-    out = [np.frombuffer(wire.seal_body(memoryview(blob)[o : o + ln], k, n)[1], "<u8") for o, ln in proto.spans]
+    out = [
+        np.frombuffer(wire.seal_body(memoryview(blob)[o : o + ln], k, n)[1], "<u8")
+        for o, ln in proto.spans
+    ]
     return np.stack(out)
 
 
@@ -58,7 +61,9 @@ CASES = [(1, 1), (2, 1024), (3, 1000), (5, 2500)]
 @pytest.mark.parametrize("n,d", CASES, ids=[f"n{n}-d{d}" for n, d in CASES])
 @pytest.mark.parametrize("weighted", [False, True], ids=["sum", "int-weights"])
 @pytest.mark.parametrize("codec", ["native", "python"])
-def test_stock_payloads_sum_bit_exact_with_tenseal(keys: he.Keys, n: int, d: int, weighted: bool, codec: str) -> None:
+def test_stock_payloads_sum_bit_exact_with_tenseal(
+    keys: he.Keys, n: int, d: int, weighted: bool, codec: str
+) -> None:
     if codec == "native":
         pytest.importorskip("bcfl_engine._C")
     ctx = keys.secret_context
@@ -70,7 +75,9 @@ def test_stock_payloads_sum_bit_exact_with_tenseal(keys: he.Keys, n: int, d: int
     a, b = residues_of(got, k, N), residues_of(want, k, N)
     assert a.shape == b.shape and np.array_equal(a, b), f"{int((a != b).sum())} residues differ"
     assert wire.parse_proto(memoryview(got)).sizes == wire.parse_proto(memoryview(want)).sizes
-    np.testing.assert_array_equal(ts.ckks_vector_from(ctx, got).decrypt(), ts.ckks_vector_from(ctx, want).decrypt())
+    np.testing.assert_array_equal(
+        ts.ckks_vector_from(ctx, got).decrypt(), ts.ckks_vector_from(ctx, want).decrypt()
+    )
 
 
 def test_default_preset_stock_and_compact(default_keys: he.Keys) -> None:
@@ -89,7 +96,9 @@ def test_default_preset_stock_and_compact(default_keys: he.Keys) -> None:
 
 @pytest.mark.parametrize("pair", [False, True], ids=["real", "paired"])
 @pytest.mark.parametrize("bitpacked", [True, False], ids=["bitpacked", "u64"])
-def test_compact_aggregate_decrypts_within_precision(keys: he.Keys, pair: bool, bitpacked: bool) -> None:
+def test_compact_aggregate_decrypts_within_precision(
+    keys: he.Keys, pair: bool, bitpacked: bool
+) -> None:
     pub, n, d = keys.public_context(), 4, 3001
     xs = vectors(n, d, seed=5)
     blobs = [he.encrypt(x, pub, pair=pair, bitpacked=bitpacked) for x in xs]
@@ -110,7 +119,9 @@ def test_fractional_weights_scale_the_result(keys: he.Keys) -> None:
     agg = he.aggregate(blobs, w, context=pub, frac_bits=4)
     assert wire.parse_proto(memoryview(agg)).scale == keys.info.scale * 16
     y = he.decrypt(agg, keys.secret_context)
-    assert np.abs(y - (0.25 * xs[0] + 0.5 * xs[1] + 0.25 * xs[2])).max() <= 4 * keys.preset.precision
+    assert (
+        np.abs(y - (0.25 * xs[0] + 0.5 * xs[1] + 0.25 * xs[2])).max() <= 4 * keys.preset.precision
+    )
     with pytest.raises(Exception, match="smaller frac_bits"):
         he.aggregate(blobs, w, context=pub, frac_bits=16)  # 2^36 scale > the 30-bit level
 
@@ -138,7 +149,9 @@ def test_dropping_a_level_is_deleting_residues(default_keys: he.Keys) -> None:
             assert low[p * n + j] == ct[p * 2 * n + j]
 
 
-def test_bad_payloads_name_the_client_and_leave_the_batch(keys: he.Keys, default_keys: he.Keys) -> None:
+def test_bad_payloads_name_the_client_and_leave_the_batch(
+    keys: he.Keys, default_keys: he.Keys
+) -> None:
     pub, ctx = keys.public_context(), keys.secret_context
     good = [ts.ckks_vector(ctx, x.tolist()).serialize() for x in vectors(2, 1500, seed=3)]
     batch = he.CiphertextBatch(pub, 4)
@@ -162,3 +175,16 @@ def test_bad_payloads_name_the_client_and_leave_the_batch(keys: he.Keys, default
         assert np.array_equal(batch.residues, before)
     batch.add("bob", good[1])
     assert len(batch) == 2
+
+
+def test_streaming_blocks_and_backends_give_the_same_bytes(keys: he.Keys) -> None:
+    pub = keys.public_context()
+    blobs = [he.encrypt(x, pub) for x in vectors(7, 1100, seed=2)]
+    w = [1, 2, 3, 4, 5, 6, 7]
+    want = he.aggregate(blobs, w, context=pub, backend="torch", codec="python")
+    for block in (1, 2, 3, None):
+        assert he.aggregate(blobs, w, context=pub, block=block) == want, block
+    assert he.aggregate(blobs, w, context=pub, backend="triton", block=4) == want
+    # a client sending two vectors: each position aggregated on its own
+    pairs = he.aggregate([[b, b] for b in blobs], w, context=pub)
+    assert pairs == [want, want]

@@ -62,28 +62,51 @@ def aggregate(
         if any(not isinstance(p, (list, tuple)) or len(p) != width for p in payloads):
             raise InvalidArgument(f"every client must send {width} payloads")
         kw = dict(context=context, frac_bits=frac_bits, backend=backend, codec=codec, block=block)
-        return [aggregate([p[j] for p in payloads], weights, client_ids=client_ids, **kw) for j in range(width)]  # type: ignore[arg-type]
+        return [
+            aggregate([p[j] for p in payloads], weights, client_ids=client_ids, **kw)
+            for j in range(width)
+        ]
     n = len(payloads)
     ids = list(range(n)) if client_ids is None else list(client_ids)
     if len(ids) != n:
         raise InvalidArgument(f"client_ids must be {n} names; got {len(ids)}")
-    first = CiphertextBatch(context, 1, codec=codec)
-    first.add(ids[0], payloads[0])  # fixes and checks the layout
-    layout: wire.Layout = first.layout  # type: ignore[assignment]
+    block_ids, block_blobs = ids[:1], payloads[:1]
+    batch = CiphertextBatch(context, 1, codec=codec)
+    batch.add(ids[0], payloads[0])  # fixes and checks the layout
+    layout: wire.Layout = batch.layout  # type: ignore[assignment]
     ints, scale = integer_weights(weights, n, layout, frac_bits)
     per_client = 8 * 2 * layout.ciphertexts * layout.residues * layout.poly_degree
     step = block or max(1, min(n, BLOCK_BYTES // per_client))
     device = "cuda" if backend in (None, "triton") and torch.cuda.is_available() else "cpu"
-    batch = CiphertextBatch(context, step, layout=layout, codec=first.codec)
     acc: torch.Tensor | None = None
-    for start in range(0, n, step):
-        batch.reset()
-        batch.add_many(list(zip(ids[start : start + step], payloads[start : start + step], strict=True)))
+    versions = list(batch.versions)
+    start = 1
+    if step > 1 and n > 1:  # the first block: the first payload is already in row 0
+        big = CiphertextBatch(context, step, layout=layout, codec=batch.codec)
+        big.data[0].copy_(batch.data[0])  # type: ignore[index]
+        big.client_ids.append(ids[0])
+        big.versions.extend(batch.versions)
+        batch = big
+        block_ids, block_blobs = ids[1:step], payloads[1:step]
+        batch.add_many(list(zip(block_ids, block_blobs, strict=True)))
+        start = step
+    while True:
         x = batch.residues.to(device, non_blocking=True)
-        w = None if ints is None else ints[start : start + step]
+        first = start - len(batch)
+        w = None if ints is None else ints[first:start]
         acc = ckks_sum(x, layout.primes, w, acc=acc, backend=backend)
+        versions += batch.versions
+        if start >= n:
+            break
+        if batch.capacity < step:
+            batch = CiphertextBatch(context, step, layout=layout, codec=batch.codec)
+        batch.reset()
+        batch.add_many(
+            list(zip(ids[start : start + step], payloads[start : start + step], strict=True))
+        )
+        start += len(batch)
     assert acc is not None
-    version = next((v for v in batch.versions + first.versions if v), (4, 3))
+    version = next((v for v in versions if v), (4, 3))
     from .batch import to_tenseal
 
     return to_tenseal(acc, layout, scale, version, batch.codec)

@@ -104,7 +104,9 @@ class CiphertextBatch:
         assert self.layout is not None and self.data is not None
         if self.codec == "native":
             arr, addr = _address(blob)
-            rc, msg, major, minor = native().he_parse(addr, arr.size, self._native_layout, self.data[row].data_ptr())
+            rc, msg, major, minor = native().he_parse(
+                addr, arr.size, self._native_layout, self.data[row].data_ptr()
+            )
             if rc:
                 raise PayloadError(msg)
             return (major, minor) if major else None
@@ -132,7 +134,9 @@ class CiphertextBatch:
     def add_many(self, items: Sequence[tuple[Any, Any]]) -> None:
         """Add ``(client_id, blob)`` pairs, parsed in parallel; all or none are added."""
         if len(self) + len(items) > self.capacity:
-            raise BatchFull(f"batch has {self.capacity - len(self)} free rows; got {len(items)} payloads")
+            raise BatchFull(
+                f"batch has {self.capacity - len(self)} free rows; got {len(items)} payloads"
+            )
         ids = [cid for cid, _ in items]
         for j, cid in enumerate(ids):
             self._check_id(cid, ids[:j])
@@ -167,9 +171,15 @@ class CiphertextBatch:
         versions = np.zeros((n, 2), dtype=np.uint8)
         msgs = np.zeros((n, 200), dtype=np.uint8)  # kMsgLen in csrc/seal_codec.h
         native().he_parse_many(
-            n, addrs.ctypes.data, lens.ctypes.data, self._native_layout,
-            self.data[start].data_ptr(), codes.ctypes.data, versions.ctypes.data, msgs.ctypes.data,
-        )  # fmt: skip
+            n,
+            addrs.ctypes.data,
+            lens.ctypes.data,
+            self._native_layout,
+            self.data[start].data_ptr(),
+            codes.ctypes.data,
+            versions.ctypes.data,
+            msgs.ctypes.data,
+        )
         bad = np.flatnonzero(codes)
         if bad.size:
             j = int(bad[0])
@@ -190,9 +200,13 @@ class CiphertextBatch:
         self.versions.clear()
 
     def sum(
-        self, weights: Sequence[float] | None = None, *, frac_bits: int = 16, acc: torch.Tensor | None = None,
+        self,
+        weights: Sequence[float] | None = None,
+        *,
+        frac_bits: int = 16,
+        acc: torch.Tensor | None = None,
         backend: str | None = None,
-    ) -> tuple[torch.Tensor, float]:  # fmt: skip
+    ) -> tuple[torch.Tensor, float]:
         """Homomorphic weighted sum of the rows -> (residues ``[C, 2, K, N]``, its scale).
 
         Integer weights multiply residues exactly and keep the scale; fractional ones are
@@ -211,7 +225,9 @@ class CiphertextBatch:
         """
         if self.layout is None:
             raise InvalidArgument("empty batch: no layout yet")
-        return to_tenseal(residues, self.layout, scale, next((v for v in self.versions if v), (4, 3)), self.codec)
+        return to_tenseal(
+            residues, self.layout, scale, next((v for v in self.versions if v), (4, 3)), self.codec
+        )
 
 
 def integer_weights(
@@ -222,9 +238,11 @@ def integer_weights(
         return None, layout.scale
     w = [float(x) for x in weights]
     if len(w) != n or not all(math.isfinite(x) and x >= 0 for x in w) or not any(w):
-        raise InvalidArgument(f"weights must be {n} finite non-negative numbers, not all 0; got {w[:8]}")
+        raise InvalidArgument(
+            f"weights must be {n} finite non-negative numbers, not all 0; got {w[:8]}"
+        )
     if all(x.is_integer() for x in w):
-        return [int(x) for x in weights], layout.scale  # type: ignore[arg-type]
+        return [int(x) for x in weights], layout.scale
     if not isinstance(frac_bits, int) or frac_bits < 1:
         raise InvalidArgument(f"frac_bits must be an int >= 1; got {frac_bits!r}")
     scale = layout.scale * 2.0**frac_bits
@@ -238,7 +256,11 @@ def integer_weights(
 
 
 def to_tenseal(
-    residues: torch.Tensor, layout: wire.Layout, scale: float | None, version: tuple[int, int], codec: str
+    residues: torch.Tensor,
+    layout: wire.Layout,
+    scale: float | None,
+    version: tuple[int, int],
+    codec: str,
 ) -> bytes:
     """CKKSVectorProto bytes of ``residues`` ``[C, 2, K, N]`` (native writer or Python)."""
     scale = layout.scale if scale is None else float(scale)
@@ -248,8 +270,17 @@ def to_tenseal(
     primes = np.array(layout.primes, dtype=np.uint64)
     pid = np.array(layout.parms_id, dtype=np.uint64)
     sizes = np.array(layout.sizes, dtype=np.int64)
-    lay = (layout.poly_degree, layout.residues, layout.ciphertexts, layout.d, int(layout.pair), layout.scale,
-           primes.ctypes.data, pid.ctypes.data, sizes.ctypes.data)  # fmt: skip
+    lay = (
+        layout.poly_degree,
+        layout.residues,
+        layout.ciphertexts,
+        layout.d,
+        int(layout.pair),
+        layout.scale,
+        primes.ctypes.data,
+        pid.ctypes.data,
+        sizes.ctypes.data,
+    )
     out = np.empty(native().he_proto_size(lay), dtype=np.uint8)
     native().he_write_proto(res.data_ptr(), lay, scale, version[0], version[1], out.ctypes.data)
     return out.tobytes()

@@ -41,23 +41,34 @@ def _mul_mod(x: torch.Tensor, w: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 
 def ckks_sum_reference(
-    x: torch.Tensor, primes: Sequence[int], weights: Sequence[int] | None = None, acc: torch.Tensor | None = None
+    x: torch.Tensor,
+    primes: Sequence[int],
+    weights: Sequence[int] | None = None,
+    acc: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Pure-torch modular weighted sum over the clients of ``x`` ``[n, C, 2, K, N]``."""
     q = torch.tensor(list(primes), dtype=torch.int64, device=x.device)[:, None]  # [K, 1]
-    out = torch.zeros(x.shape[1:], dtype=torch.int64, device=x.device) if acc is None else acc.clone()
+    out = (
+        torch.zeros(x.shape[1:], dtype=torch.int64, device=x.device) if acc is None else acc.clone()
+    )
     for i in range(x.shape[0]):
         term = x[i]
         if weights is not None:
-            w = torch.tensor([int(weights[i]) % p for p in primes], dtype=torch.int64, device=x.device)
+            w = torch.tensor(
+                [int(weights[i]) % p for p in primes], dtype=torch.int64, device=x.device
+            )
             term = _mul_mod(term, w[:, None], q)
         out = _add_mod(out, term, q)
     return out
 
 
-def shoup_tables(weights: Sequence[int], primes: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+def shoup_tables(
+    weights: Sequence[int], primes: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``w [n, K]`` (each weight mod each prime) and Shoup's ``floor(w * 2^64 / q)``, as int64 bits."""
-    w = np.array([[int(wi) % q for q in primes] for wi in weights], dtype=np.uint64).reshape(len(weights), len(primes))
+    w = np.array([[int(wi) % q for q in primes] for wi in weights], dtype=np.uint64).reshape(
+        len(weights), len(primes)
+    )
     ws = np.array(
         [[((int(wi) % q) << 64) // q for q in primes] for wi in weights], dtype=np.uint64
     ).reshape(len(weights), len(primes))
@@ -65,7 +76,10 @@ def shoup_tables(weights: Sequence[int], primes: Sequence[int]) -> tuple[torch.T
 
 
 def _sum_native(
-    x: torch.Tensor, primes: Sequence[int], weights: Sequence[int] | None = None, acc: torch.Tensor | None = None
+    x: torch.Tensor,
+    primes: Sequence[int],
+    weights: Sequence[int] | None = None,
+    acc: torch.Tensor | None = None,
 ) -> torch.Tensor:
     n, c, _, k, N = x.shape
     q = torch.tensor(list(primes), dtype=torch.int64)
@@ -75,16 +89,23 @@ def _sum_native(
         w, ws = shoup_tables(weights, primes)
         w_ptr, ws_ptr = w.data_ptr(), ws.data_ptr()
     acc_ptr = 0 if acc is None else acc.contiguous().data_ptr()
-    native().ckks_sum(x.data_ptr(), n, c * 2 * k, N, k, q.data_ptr(), w_ptr, ws_ptr, acc_ptr, out.data_ptr())
+    native().ckks_sum(
+        x.data_ptr(), n, c * 2 * k, N, k, q.data_ptr(), w_ptr, ws_ptr, acc_ptr, out.data_ptr()
+    )
     return out
 
 
 def _sum_triton(
-    x: torch.Tensor, primes: Sequence[int], weights: Sequence[int] | None = None, acc: torch.Tensor | None = None
+    x: torch.Tensor,
+    primes: Sequence[int],
+    weights: Sequence[int] | None = None,
+    acc: torch.Tensor | None = None,
 ) -> torch.Tensor:
     from ..kernels.ckks_sum import ckks_sum as launch
 
-    tables = None if weights is None else tuple(t.to(x.device) for t in shoup_tables(weights, primes))
+    tables = (
+        None if weights is None else tuple(t.to(x.device) for t in shoup_tables(weights, primes))
+    )
     q = torch.tensor(list(primes), dtype=torch.int64, device=x.device)
     return launch(x, q, tables, None if acc is None else acc.contiguous())
 
@@ -124,8 +145,12 @@ def ckks_sum(
     if weights is not None:
         weights = [int(w) for w in weights]
         if len(weights) != n or any(w < 0 for w in weights):
-            raise InvalidArgument(f"ckks_sum: weights must be {n} non-negative integers; got {weights[:8]}")
+            raise InvalidArgument(
+                f"ckks_sum: weights must be {n} non-negative integers; got {weights[:8]}"
+            )
     if acc is not None and (acc.dtype != torch.int64 or tuple(acc.shape) != tuple(x.shape[1:])):
-        raise InvalidArgument(f"ckks_sum: acc must be int64 {tuple(x.shape[1:])}; got {acc.dtype} {tuple(acc.shape)}")
+        raise InvalidArgument(
+            f"ckks_sum: acc must be int64 {tuple(x.shape[1:])}; got {acc.dtype} {tuple(acc.shape)}"
+        )
     x = x if x.is_contiguous() else x.contiguous()
     return dispatch("ckks_sum", KERNELS, x, backend, primes, weights, acc)

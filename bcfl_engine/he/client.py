@@ -40,7 +40,11 @@ def _seal_tools(ctx: Any) -> tuple[Any, Any, Any]:
 
 
 def encrypt(
-    vector: Sequence[float] | np.ndarray, context: Any, *, pair: bool = False, bitpacked: bool = True
+    vector: Sequence[float] | np.ndarray,
+    context: Any,
+    *,
+    pair: bool = False,
+    bitpacked: bool = True,
 ) -> bytes:
     """Encrypt a flat update into one compact payload at the lowest level.
 
@@ -65,13 +69,20 @@ def encrypt(
     if x.size == 0:
         raise InvalidArgument("cannot encrypt an empty vector")
     if not np.isfinite(x).all():
-        raise NonFiniteUpdate(f"update holds NaN or infinity at index {int(np.flatnonzero(~np.isfinite(x))[0])}")
+        raise NonFiniteUpdate(
+            f"update holds NaN or infinity at index {int(np.flatnonzero(~np.isfinite(x))[0])}"
+        )
     info = context_info(context if isinstance(context, (bytes, bytearray)) else ctx)
     level = info.lowest
     layout = wire.Layout(
-        info.poly_degree, level.primes, level.parms_id, info.scale,
-        wire.chunk_sizes(x.size, info.slots, pair), x.size, pair,
-    )  # fmt: skip
+        info.poly_degree,
+        level.primes,
+        level.parms_id,
+        info.scale,
+        wire.chunk_sizes(x.size, info.slots, pair),
+        x.size,
+        pair,
+    )
     sc, encoder, encryptor = _seal_tools(ctx)
     residues = np.empty(layout.shape, dtype=np.uint64)
     per = info.slots * (2 if pair else 1)
@@ -119,7 +130,7 @@ def decrypt(blob: bytes, secret_context: Any) -> np.ndarray:
     proto = wire.parse_proto(memoryview(blob))
     try:
         vec = ts.ckks_vector_from(ctx, blob)
-    except Exception as exc:  # noqa: BLE001 - TenSEAL raises plain exceptions
+    except Exception as exc:
         raise InvalidArgument(f"TenSEAL could not load the payload: {exc}") from None
     if not proto.pair:
         return np.asarray(vec.decrypt(), dtype=np.float64)

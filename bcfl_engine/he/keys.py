@@ -25,9 +25,11 @@ def tenseal() -> Any:
     """The ``tenseal`` module, or MissingDependency naming the extra to install."""
     try:
         import tenseal as ts
-        import tenseal.sealapi  # noqa: F401 - registers SEAL types (Modulus, ...) read below
+        import tenseal.sealapi
     except ImportError as exc:  # pragma: no cover - the he extra is installed in CI
-        raise MissingDependency(f"CKKS needs tenseal ({exc}); pip install 'bcfl_engine[he]'") from None
+        raise MissingDependency(
+            f"CKKS needs tenseal ({exc}); pip install 'bcfl_engine[he]'"
+        ) from None
     return ts
 
 
@@ -84,8 +86,10 @@ def _load_bytes(data: bytes) -> Any:
         return tenseal().context_from(data)
     except MissingDependency:
         raise
-    except Exception as exc:  # noqa: BLE001 - TenSEAL raises plain exceptions on bad bytes
-        raise InvalidArgument(f"not a serialized TenSEAL context ({len(data)} bytes): {exc}") from None
+    except Exception as exc:
+        raise InvalidArgument(
+            f"not a serialized TenSEAL context ({len(data)} bytes): {exc}"
+        ) from None
 
 
 def load_context(context: Any) -> Any:
@@ -95,7 +99,9 @@ def load_context(context: Any) -> Any:
         return context
     if isinstance(context, (bytes, bytearray, memoryview)):
         return _load_bytes(bytes(context))
-    raise InvalidArgument(f"context must be a tenseal.Context or its bytes; got {type(context).__name__}")
+    raise InvalidArgument(
+        f"context must be a tenseal.Context or its bytes; got {type(context).__name__}"
+    )
 
 
 def _info(ctx: Any) -> ContextInfo:
@@ -142,7 +148,10 @@ class Keys:
         """Serialized public context: parameters and public key, no secret, relin or Galois keys."""
         if self._public is None:
             self._public = self.secret_context.serialize(
-                save_public_key=True, save_secret_key=False, save_galois_keys=False, save_relin_keys=False
+                save_public_key=True,
+                save_secret_key=False,
+                save_galois_keys=False,
+                save_relin_keys=False,
             )
         return self._public
 

@@ -113,4 +113,6 @@ def get(preset: str | Preset) -> Preset:
     try:
         return PRESETS[preset]
     except (KeyError, TypeError):
-        raise InvalidArgument(f"unknown CKKS preset {preset!r}; known: {', '.join(PRESETS)}") from None
+        raise InvalidArgument(
+            f"unknown CKKS preset {preset!r}; known: {', '.join(PRESETS)}"
+        ) from None

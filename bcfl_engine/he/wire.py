@@ -188,7 +188,9 @@ def parse_proto(buf: memoryview) -> Proto:
     return Proto(tuple(sizes), tuple(spans), scale, d, pack == PACK_PAIR)
 
 
-def write_proto(cts: list[bytes], sizes: tuple[int, ...], scale: float, d: int | None, pair: bool) -> bytes:
+def write_proto(
+    cts: list[bytes], sizes: tuple[int, ...], scale: float, d: int | None, pair: bool
+) -> bytes:
     """A ``CKKSVectorProto`` TenSEAL loads (fields in number order, sizes packed)."""
     out = bytearray()
     packed = bytearray()
@@ -229,7 +231,9 @@ def _decompress(mode: int, body: memoryview, expected: int) -> bytes:
     try:
         import zstandard
     except ImportError:  # pragma: no cover - zstandard is in the he extra
-        raise PayloadError("zstd-compressed SEAL body but neither bcfl_engine._C nor zstandard") from None
+        raise PayloadError(
+            "zstd-compressed SEAL body but neither bcfl_engine._C nor zstandard"
+        ) from None
     try:
         dctx = zstandard.ZstdDecompressor()
         out = dctx.decompress(body, max_output_size=expected + 1, allow_extra_data=False)
@@ -258,7 +262,7 @@ def seal_header(buf: memoryview) -> tuple[int, int, int, int]:
 
 def seal_body(buf: memoryview, residues: int, poly_degree: int) -> tuple[tuple, memoryview]:
     """Decompress a SEAL ciphertext; (metadata tuple, residue bytes of a size-2 ciphertext)."""
-    major, minor, compr, _ = seal_header(buf)
+    _, _, compr, _ = seal_header(buf)
     expected = PREFIX + 16 * residues * poly_degree
     body = buf[SEAL_HEADER.size :]
     if compr == COMPR_NONE:
@@ -274,7 +278,9 @@ def seal_body(buf: memoryview, residues: int, poly_degree: int) -> tuple[tuple, 
     if (dmagic, dhsize, dcompr, dres) != (SEAL_MAGIC, SEAL_HEADER.size, COMPR_NONE, 0):
         raise PayloadError("the residue array has no valid uncompressed SEAL header")
     if dsize != 24 + data_bytes or count != 2 * residues * poly_degree:
-        raise PayloadError(f"residue array holds {count} values; expected {2 * residues * poly_degree}")
+        raise PayloadError(
+            f"residue array holds {count} values; expected {2 * residues * poly_degree}"
+        )
     return meta, raw[PREFIX : PREFIX + data_bytes]
 
 
@@ -288,7 +294,9 @@ def check_meta(meta: tuple, layout: Layout) -> None:
     if size != 2:
         raise PayloadError(f"ciphertext size {size}; expected 2 (relinearized)")
     if n != layout.poly_degree or k != layout.residues:
-        raise PayloadError(f"ciphertext has N={n}, K={k}; expected N={layout.poly_degree}, K={layout.residues}")
+        raise PayloadError(
+            f"ciphertext has N={n}, K={k}; expected N={layout.poly_degree}, K={layout.residues}"
+        )
     if scale != layout.scale:
         raise PayloadError(f"ciphertext scale {scale!r}; expected {layout.scale!r}")
     if cf != 1:
@@ -301,11 +309,17 @@ def check_residues(x: np.ndarray, primes: tuple[int, ...], where: str) -> None:
     bad = x >= q
     if bad.any():
         idx = np.argwhere(bad)[0]
-        raise PayloadError(f"{where}: residue {int(x[tuple(idx)])} at {tuple(int(i) for i in idx)} not below its prime")
+        raise PayloadError(
+            f"{where}: residue {int(x[tuple(idx)])} at {tuple(int(i) for i in idx)} not below its prime"
+        )
 
 
 def write_seal_ciphertext(
-    residues: np.ndarray, parms_id: tuple[int, ...], scale: float, version: tuple[int, int], compr: int = 0
+    residues: np.ndarray,
+    parms_id: tuple[int, ...],
+    scale: float,
+    version: tuple[int, int],
+    compr: int = 0,
 ) -> bytes:
     """One SEAL ciphertext object of ``residues`` ``[2, K, N]`` (uint64)."""
     _, k, n = residues.shape
@@ -375,14 +389,20 @@ def peek(blob: bytes | memoryview, info: ContextInfo | None = None) -> Layout:
         _, _, flags, k, n, _, d, *rest = COMPACT.unpack_from(buf, 0)
         pid, scale, pair = tuple(rest[:4]), rest[4], bool(flags & FLAG_PAIR)
         if len(buf) < COMPACT.size + 8 * k:
-            raise PayloadError(f"compact payload of {len(buf)} bytes is shorter than its {k} primes")
-        primes = tuple(int(q) for q in np.frombuffer(buf[COMPACT.size : COMPACT.size + 8 * k], "<u8"))
+            raise PayloadError(
+                f"compact payload of {len(buf)} bytes is shorter than its {k} primes"
+            )
+        primes = tuple(
+            int(q) for q in np.frombuffer(buf[COMPACT.size : COMPACT.size + 8 * k], "<u8")
+        )
         if info is None:
             if not (1 <= k <= 64 and n in POLY_DEGREES and all(1 < q < 2**60 for q in primes)):
-                raise PayloadError(f"compact header: K={k}, N={n}, primes {primes} not a CKKS level")
+                raise PayloadError(
+                    f"compact header: K={k}, N={n}, primes {primes} not a CKKS level"
+                )
             if not 1 <= d <= MAX_CIPHERTEXTS * (n // 2) or not scale > 0:
                 raise PayloadError(f"compact header: d={d}, scale={scale!r} out of range")
-            return Layout(n, primes, pid, scale, chunk_sizes(d, n // 2, pair), d, pair)  # type: ignore[arg-type]
+            return Layout(n, primes, pid, scale, chunk_sizes(d, n // 2, pair), d, pair)
         level = info.level_of(pid)
         if level is not None and level.primes != primes:
             raise PayloadError(f"compact primes {primes} are not those of its level {level.primes}")
@@ -394,12 +414,16 @@ def peek(blob: bytes | memoryview, info: ContextInfo | None = None) -> Layout:
             raise PayloadError("CKKSVectorProto holds no ciphertext")
         off, length = proto.spans[0]
         seal_header(buf[off : off + length])
-        meta, _ = seal_body(buf[off : off + length], _residues_of(buf[off : off + length], info), info.poly_degree)
+        meta, _ = seal_body(
+            buf[off : off + length], _residues_of(buf[off : off + length], info), info.poly_degree
+        )
         pid, n, scale, pair = tuple(meta[:4]), meta[6], meta[8], proto.pair
         d = proto.d if pair else sum(proto.sizes)
     level = info.level_of(pid)
     if level is None:
-        raise PayloadError(f"parms_id {pid} is not a data level of this context (another key or context?)")
+        raise PayloadError(
+            f"parms_id {pid} is not a data level of this context (another key or context?)"
+        )
     if n != info.poly_degree:
         raise PayloadError(f"N={n}; the context has N={info.poly_degree}")
     if scale != info.scale:
@@ -417,10 +441,16 @@ def _residues_of(ct: memoryview, info: ContextInfo) -> int:
     if compr != COMPR_NONE:
         for level in info.levels:  # the body length depends on K: try each level of the chain
             try:
-                return _k_from(memoryview(_decompress(compr, body, PREFIX + 16 * len(level.primes) * info.poly_degree)))
+                return _k_from(
+                    memoryview(
+                        _decompress(compr, body, PREFIX + 16 * len(level.primes) * info.poly_degree)
+                    )
+                )
             except PayloadError:
                 continue
-        raise PayloadError("SEAL body does not decompress to a ciphertext of any level of this context")
+        raise PayloadError(
+            "SEAL body does not decompress to a ciphertext of any level of this context"
+        )
     return _k_from(body)
 
 
@@ -441,15 +471,21 @@ def parse(blob: bytes | memoryview, layout: Layout) -> tuple[np.ndarray, tuple[i
     if bytes(buf[:4]) == COMPACT_MAGIC:
         if len(buf) < COMPACT.size:
             raise PayloadError(f"compact payload of {len(buf)} bytes is shorter than its header")
-        magic, ver, flags, kk, nn, cc, d, *rest = COMPACT.unpack_from(buf, 0)
+        _, ver, flags, kk, nn, cc, d, *rest = COMPACT.unpack_from(buf, 0)
         if ver != 1 or flags & ~(FLAG_BITPACKED | FLAG_PAIR):
-            raise PayloadError(f"compact version {ver}, flags {flags:#x} not supported (expected 1, bits 0-1)")
+            raise PayloadError(
+                f"compact version {ver}, flags {flags:#x} not supported (expected 1, bits 0-1)"
+            )
         got = (kk, nn, cc, d, tuple(rest[:4]), rest[4], bool(flags & FLAG_PAIR))
         want = (k, n, layout.ciphertexts, layout.d, layout.parms_id, layout.scale, layout.pair)
         if got != want:
-            raise PayloadError(f"compact header (K, N, C, d, parms_id, scale, pair) = {got}; expected {want}")
+            raise PayloadError(
+                f"compact header (K, N, C, d, parms_id, scale, pair) = {got}; expected {want}"
+            )
         primes_end = COMPACT.size + 8 * k
-        if len(buf) < primes_end or np.frombuffer(buf[COMPACT.size : primes_end], "<u8").tolist() != list(layout.primes):
+        if len(buf) < primes_end or np.frombuffer(
+            buf[COMPACT.size : primes_end], "<u8"
+        ).tolist() != list(layout.primes):
             raise PayloadError(f"compact primes differ from the batch's {layout.primes}")
         packed = bool(flags & FLAG_BITPACKED)
         bits = [q.bit_length() for q in layout.primes]
@@ -462,7 +498,9 @@ def parse(blob: bytes | memoryview, layout: Layout) -> tuple[np.ndarray, tuple[i
                 for ki in range(k):
                     size = row_bytes(bits[ki], n, packed)
                     raw = buf[pos : pos + size]
-                    out[ci, p, ki] = unpack_bits(raw, bits[ki], n) if packed else np.frombuffer(raw, "<u8")
+                    out[ci, p, ki] = (
+                        unpack_bits(raw, bits[ki], n) if packed else np.frombuffer(raw, "<u8")
+                    )
                     pos += size
             check_residues(out[ci], layout.primes, f"ciphertext {ci}")
         return out, None
@@ -471,8 +509,14 @@ def parse(blob: bytes | memoryview, layout: Layout) -> tuple[np.ndarray, tuple[i
         raise PayloadError(
             f"{len(proto.spans)} ciphertexts and {len(proto.sizes)} sizes; expected {layout.ciphertexts}"
         )
-    if proto.sizes != layout.sizes or proto.pair != layout.pair or (proto.pair and proto.d != layout.d):
-        raise PayloadError(f"vector sizes {proto.sizes[:4]}...; the batch holds {layout.sizes[:4]}...")
+    if (
+        proto.sizes != layout.sizes
+        or proto.pair != layout.pair
+        or (proto.pair and proto.d != layout.d)
+    ):
+        raise PayloadError(
+            f"vector sizes {proto.sizes[:4]}...; the batch holds {layout.sizes[:4]}..."
+        )
     if proto.scale != layout.scale:
         raise PayloadError(f"vector scale {proto.scale!r}; expected {layout.scale!r}")
     version = None
@@ -491,9 +535,15 @@ def parse(blob: bytes | memoryview, layout: Layout) -> tuple[np.ndarray, tuple[i
 
 
 def to_tenseal(
-    residues: np.ndarray, layout: Layout, scale: float, version: tuple[int, int] = (4, 3), compr: int = 0
+    residues: np.ndarray,
+    layout: Layout,
+    scale: float,
+    version: tuple[int, int] = (4, 3),
+    compr: int = 0,
 ) -> bytes:
     """A ``CKKSVectorProto`` of ``residues`` ``[C, 2, K, N]`` at ``scale`` that TenSEAL loads."""
-    cts = [write_seal_ciphertext(residues[c], layout.parms_id, scale, version, compr) for c in range(len(residues))]
+    cts = [
+        write_seal_ciphertext(residues[c], layout.parms_id, scale, version, compr)
+        for c in range(len(residues))
+    ]
     return write_proto(cts, layout.sizes, scale, layout.d, layout.pair)
-
