@@ -67,7 +67,7 @@ def _aggregate(
     if meta["secure"] == "ckks":
         from . import he
 
-        blob = he.aggregate(list(rows), weights=list(weights))
+        blob = he.aggregate(list(rows), weights=list(weights), context=he_context)
         return blob, bytes(blob)
     if x is None:
         x = torch.stack(list(rows))

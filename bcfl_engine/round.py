@@ -179,7 +179,8 @@ class AggregationRound:
         if self.secure == "ckks":
             from . import he
 
-            he.validate(data, self.he_context)  # raises PayloadError naming what is wrong
+            # Parse once against the public context: PayloadError naming the client and the fault.
+            he.CiphertextBatch(self.he_context, 1).add(client, data)
             return data
         assert self.dim is not None
         try:

@@ -259,6 +259,22 @@ def run_demo(config: DemoConfig, echo: Echo = print) -> dict[str, Any]:
         },
         "final": {run.label: run.history[-1][fed.metric] for run in runs},
     }
+    if he_keys is not None:
+        plain = next(
+            run
+            for run in runs
+            if run.rule == "mean" and run.secure is None and run.attacked == runs[-1].attacked
+        )
+        diff = float((runs[-1].params - plain.params).abs().max())
+        summary["ckks"] = {
+            "preset": he_keys.preset.name,
+            "precision": he_keys.preset.precision,
+            "max_abs_param_diff_vs_plaintext": diff,
+        }
+        echo(
+            f"CKKS FedAvg vs plaintext FedAvg after {config.rounds} rounds: max |param diff| {diff:.3g} "
+            f"(preset {he_keys.preset.name!r}, precision {he_keys.preset.precision:.3g} per round)"
+        )
     (out / "summary.json").write_text(json.dumps(summary, indent=1, allow_nan=True))
     plot(summary, out / "accuracy.png")
     better = "higher" if fed.metric == "accuracy" else "lower"

@@ -144,7 +144,8 @@ class EngineFedAvg(FedAvg):
     rounds : optional ``rounds(server_round) -> AggregationRound``; when given, every server
         round is collected, aggregated and committed through it (its rule is used) and each
         reply must carry its client's signature (:func:`sign_reply`).
-    secure : None or "ckks": clients send ciphertexts, the strategy sums them homomorphically.
+    secure : None or "ckks": clients send ciphertexts, the strategy sums them homomorphically;
+        ``he_context`` is then the public context bytes (:meth:`bcfl_engine.he.Keys.public_context`).
     **kwargs : passed to ``flwr.serverapp.strategy.FedAvg`` (``fraction_train``,
         ``min_available_nodes``, ``weighted_by_key``, ...).
     """
@@ -159,6 +160,7 @@ class EngineFedAvg(FedAvg):
         backend: str | None = None,
         rounds: Callable[[int], AggregationRound] | None = None,
         secure: str | None = None,
+        he_context: bytes | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -172,7 +174,14 @@ class EngineFedAvg(FedAvg):
                 f"CKKS aggregation is a weighted sum: rule must be 'mean' with no pre steps; got {rule!r}"
             )
         self.rule, self.f, self.params, self.pre = rule, f, dict(params or {}), tuple(pre)
-        self.backend, self.rounds, self.secure = backend, rounds, secure
+        if secure == "ckks" and he_context is None:
+            raise InvalidArgument("secure='ckks' needs he_context (the public context bytes)")
+        self.backend, self.rounds, self.secure, self.he_context = (
+            backend,
+            rounds,
+            secure,
+            he_context,
+        )
         self.last_result: Any = None
 
     def summary(self) -> None:
@@ -261,7 +270,7 @@ class EngineFedAvg(FedAvg):
             raise InvalidArgument(
                 f"CKKS weights are positive integers (example counts); got {weights}"
             )
-        agg = he.aggregate(blobs, weights=int_weights)
+        agg = he.aggregate(blobs, weights=int_weights, context=self.he_context)
         self.last_result = agg
         return ArrayRecord(
             {
