@@ -1,0 +1,171 @@
+"""``bcfl demo``: the data split, the attacks, and the claim on real data: with 20% Byzantine
+hospitals FedAvg collapses while robust rules stay near the attack-free run; CKKS FedAvg
+matches plaintext FedAvg within the preset's precision."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from bcfl_engine.cli import main
+from bcfl_engine.demo import attacks, data
+from bcfl_engine.demo.train import Trainer
+from bcfl_engine.errors import InvalidArgument
+
+pytest.importorskip("sklearn")
+
+
+@pytest.mark.parametrize("name", ["breast_cancer", "diabetes"])
+def test_split_is_non_iid_disjoint_and_deterministic(name):
+    fed = data.load(name, 7, seed=3)
+    again = data.load(name, 7, seed=3)
+    sizes = [len(y) for _, y in fed.clients]
+    assert min(sizes) >= data.MIN_PER_CLIENT
+    total = sum(sizes) + len(fed.test[1])
+    assert total == (569 if name == "breast_cancer" else 442)
+    rows = torch.cat([x for x, _ in fed.clients] + [fed.test[0]])
+    assert len(torch.unique(rows, dim=0)) == total  # disjoint: no patient in two places
+    for (x1, y1), (x2, y2) in zip(fed.clients, again.clients, strict=True):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    if name == "breast_cancer":
+        shares = [float(y.mean()) for _, y in fed.clients]
+        assert max(shares) - min(shares) > 0.3  # hospitals see different case mixes
+        assert fed.metric == "accuracy"
+    else:
+        assert fed.metric == "rmse" and fed.y_scale > 1
+    assert abs(float(torch.cat([x for x, _ in fed.clients]).mean())) < 0.2  # standardized
+
+
+def test_split_rejects_impossible_requests():
+    with pytest.raises(InvalidArgument, match="at most"):
+        data.load("breast_cancer", 100)
+    with pytest.raises(InvalidArgument, match="dataset"):
+        data.load("mnist")
+
+
+def test_attacks():
+    u = torch.linspace(-1, 1, 11)
+    assert torch.equal(attacks.sign_flip(u), -attacks.SIGN_FLIP_SCALE * u)
+    noise = attacks.scaled_noise(torch.ones(10_000), seed=1)
+    assert abs(float(noise.std()) - attacks.NOISE_SCALE) < 0.05 * attacks.NOISE_SCALE
+    assert torch.equal(
+        attacks.poison_labels(torch.tensor([0.0, 1.0]), "classification"), torch.tensor([1.0, 0.0])
+    )
+    assert torch.equal(attacks.corrupt("label_flip", u, 0), u)
+    byz = attacks.assign(10, 0.2, "mix", seed=0)
+    assert len(byz) == 2 and sorted(byz.values()) == ["scaled_noise", "sign_flip"]
+    assert len(attacks.assign(10, 0.3, "mix", seed=0)) == 3
+    assert attacks.assign(10, 0.0) == {} and attacks.byzantine_count(7, 0.49) == 3
+    with pytest.raises(InvalidArgument, match=r"0\.5"):
+        attacks.assign(10, 0.5)
+    with pytest.raises(InvalidArgument, match="attack"):
+        attacks.assign(10, 0.2, "backdoor")
+
+
+def test_local_training_improves_the_model():
+    fed = data.load("breast_cancer", 3, seed=0)
+    tr = Trainer(fed.n_features, fed.task, hidden=8)
+    p0 = tr.initial(0)
+    p1 = p0 + tr.update(p0, *fed.clients[0], seed=0)
+    assert tr.score(p1, *fed.test) > tr.score(p0, *fed.test)
+    assert tr.score(torch.full_like(p0, float("nan")), *fed.test) == 0.0
+
+
+def test_demo_mean_collapses_while_robust_rules_hold(tmp_path, capsys):
+    """10 hospitals, 2 Byzantine (sign flip x10 and scaled noise), 3 rounds."""
+    rules = [
+        r
+        for r in ("mean", "median", "trimmed_mean")
+        if importlib.util.find_spec(f"bcfl_engine.rules.{r}")
+    ]
+    code = main(
+        ["demo", "--rule", ",".join(rules), "--rounds", "3", "--out", str(tmp_path), "--quiet"]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "round 3/3" in printed and "gas" in printed
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert len(summary["byzantine_clients"]) == 2
+    final = summary["final"]
+    clean = final["mean, no attack"]
+    assert clean > 0.85
+    assert final["mean"] < clean - 0.3, final  # FedAvg collapses
+    for rule in rules[1:]:
+        assert final[rule] >= clean - 0.05, final  # robust rules stay near the attack-free run
+    for run in summary["runs"].values():
+        assert [h["round"] for h in run["rounds"]] == [1, 2, 3]
+        assert all(h["gas"] > 0 and len(h["root"]) == 66 for h in run["rounds"])
+    roots = [h["root"] for run in summary["runs"].values() for h in run["rounds"]]
+    assert len(set(roots)) == len(roots)
+    assert (tmp_path / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_on_diabetes_reports_rmse(tmp_path):
+    argv = [
+        "demo",
+        "--dataset",
+        "diabetes",
+        "--rule",
+        "mean,median",
+        "--rounds",
+        "2",
+        "--clients",
+        "8",
+    ]
+    code = main([*argv, "--out", str(tmp_path), "--quiet"])
+    assert code == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["metric"] == "rmse"
+    final = summary["final"]
+    assert final["mean"] > 2 * final["mean, no attack"]  # the error blows up under attack
+    assert final["median"] < 1.5 * final["mean, no attack"]
+
+
+def test_demo_ckks_matches_plaintext_fedavg(tmp_path):
+    he = pytest.importorskip("bcfl_engine.he")
+    if not hasattr(he, "encrypt"):
+        pytest.skip("bcfl_engine.he has no encrypt in this build yet")
+    rounds = 2
+    argv = [
+        "demo",
+        "--secure",
+        "ckks",
+        "--clients",
+        "4",
+        "--byzantine",
+        "0",
+        "--rounds",
+        str(rounds),
+    ]
+    code = main([*argv, "--out", str(tmp_path), "--quiet"])
+    assert code == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert set(summary["runs"]) == {"mean", "mean, ckks"}
+    ckks = summary["ckks"]
+    # Each round's mean is off by at most the preset's precision; float32 parameters add one ulp.
+    assert (
+        ckks["max_abs_param_diff_vs_plaintext"]
+        <= rounds * ckks["precision"] + np.finfo(np.float32).eps
+    )
+    assert summary["final"]["mean, ckks"] == summary["final"]["mean"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--byzantine", "0.5"], "--byzantine"),
+        (["--rule", "fedsomething"], "unknown"),
+        (["--clients", "2"], "--clients"),
+        (["--secure", "ckks", "--rule", "median"], "rule must be mean"),
+        (["--clients", "80"], "at most"),
+    ],
+    ids=["byzantine-half", "unknown-rule", "two-clients", "ckks-median", "too-many-clients"],
+)
+def test_demo_usage_errors_exit_2_on_one_line(tmp_path, capsys, argv, message):
+    assert main(["demo", *argv, "--out", str(tmp_path), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err and "Traceback" not in err
