@@ -40,6 +40,7 @@ import numpy as np
 
 from ..errors import PayloadError
 from .keys import ContextInfo
+from .proto import parse_proto, write_proto
 
 SEAL_MAGIC = 0xA15E
 SEAL_HEADER = struct.Struct("<HBBBBHQ")  # magic, header size, major, minor, compr, reserved, size
@@ -49,8 +50,6 @@ PREFIX = CT_META.size + SEAL_HEADER.size + 8  # metadata, DynArray header, count
 COMPACT_MAGIC = b"BCKS"
 COMPACT = struct.Struct("<4sBBHIIQ4Qd")  # 64 bytes
 FLAG_BITPACKED, FLAG_PAIR = 1, 2
-FIELD_SIZES, FIELD_CTS, FIELD_SCALE, FIELD_D, FIELD_PACK = 1, 2, 3, 14, 15
-PACK_PAIR = 2
 POLY_DEGREES = (1024, 2048, 4096, 8192, 16384, 32768)
 MAX_CIPHERTEXTS = 1 << 20  # per payload: 2^32 reals at N = 8192, and a bound on what we allocate
 
@@ -90,127 +89,6 @@ def chunk_sizes(d: int, slots: int, pair: bool) -> tuple[int, ...]:
     per = slots * (2 if pair else 1)
     reals = [min(per, d - i) for i in range(0, d, per)]
     return tuple((r + 1) // 2 if pair else r for r in reals)
-
-
-# ---------------------------------------------------------------- protobuf
-
-
-def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
-    value = 0
-    for i in range(10):
-        if pos >= len(buf):
-            raise PayloadError(f"protobuf varint runs past the end at byte {pos}")
-        b = buf[pos]
-        pos += 1
-        if i == 9 and b > 1:
-            raise PayloadError("protobuf varint longer than 64 bits")
-        value |= (b & 0x7F) << (7 * i)
-        if not b & 0x80:
-            return value, pos
-    raise PayloadError("protobuf varint longer than 10 bytes")
-
-
-def _put_varint(out: bytearray, value: int) -> None:
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-
-
-@dataclass(frozen=True)
-class Proto:
-    """A parsed ``CKKSVectorProto``: ciphertext spans ``(offset, length)`` into the payload."""
-
-    sizes: tuple[int, ...]
-    spans: tuple[tuple[int, int], ...]
-    scale: float | None
-    d: int | None
-    pair: bool
-
-
-def parse_proto(buf: memoryview) -> Proto:
-    """Walk the protobuf fields of a ``CKKSVectorProto`` (no protobuf library)."""
-    pos, end = 0, len(buf)
-    sizes: list[int] = []
-    spans: list[tuple[int, int]] = []
-    scale: float | None = None
-    d: int | None = None
-    pack = 0
-    while pos < end:
-        tag, pos = _varint(buf, pos)
-        field, wt = tag >> 3, tag & 7
-        if field == 0:
-            raise PayloadError("protobuf field number 0")
-        if wt == 0:
-            value, pos = _varint(buf, pos)
-            if field == FIELD_SIZES:
-                sizes.append(value)
-            elif field == FIELD_D:
-                d = value
-            elif field == FIELD_PACK:
-                pack = value
-            elif field in (FIELD_CTS, FIELD_SCALE):
-                raise PayloadError(f"protobuf field {field} has wire type 0")
-        elif wt == 1:
-            if pos + 8 > end:
-                raise PayloadError("protobuf fixed64 runs past the end")
-            if field == FIELD_SCALE:
-                if scale is not None:
-                    raise PayloadError("protobuf field scale appears twice")
-                scale = struct.unpack_from("<d", buf, pos)[0]
-            elif field in (FIELD_SIZES, FIELD_CTS, FIELD_D, FIELD_PACK):
-                raise PayloadError(f"protobuf field {field} has wire type 1")
-            pos += 8
-        elif wt == 2:
-            length, pos = _varint(buf, pos)
-            if length > end - pos:
-                raise PayloadError(f"protobuf length {length} exceeds the {end - pos} bytes left")
-            if field == FIELD_SIZES:
-                sub = pos
-                while sub < pos + length:
-                    value, sub = _varint(buf[: pos + length], sub)
-                    sizes.append(value)
-            elif field == FIELD_CTS:
-                spans.append((pos, length))
-            elif field in (FIELD_SCALE, FIELD_D, FIELD_PACK):
-                raise PayloadError(f"protobuf field {field} has wire type 2")
-            pos += length
-        elif wt == 5:
-            if pos + 4 > end or field in (FIELD_SIZES, FIELD_CTS, FIELD_SCALE, FIELD_D, FIELD_PACK):
-                raise PayloadError(f"protobuf field {field}: bad fixed32")
-            pos += 4
-        else:
-            raise PayloadError(f"protobuf wire type {wt} (groups) not allowed")
-    if any(s > 0xFFFFFFFF for s in sizes):
-        raise PayloadError("protobuf sizes entry exceeds uint32")
-    if pack not in (0, PACK_PAIR):
-        raise PayloadError(f"unknown value packing {pack} (expected 0 or {PACK_PAIR})")
-    return Proto(tuple(sizes), tuple(spans), scale, d, pack == PACK_PAIR)
-
-
-def write_proto(
-    cts: list[bytes], sizes: tuple[int, ...], scale: float, d: int | None, pair: bool
-) -> bytes:
-    """A ``CKKSVectorProto`` TenSEAL loads (fields in number order, sizes packed)."""
-    out = bytearray()
-    packed = bytearray()
-    for s in sizes:
-        _put_varint(packed, s)
-    out.append(FIELD_SIZES << 3 | 2)
-    _put_varint(out, len(packed))
-    out += packed
-    for ct in cts:
-        out.append(FIELD_CTS << 3 | 2)
-        _put_varint(out, len(ct))
-        out += ct
-    out.append(FIELD_SCALE << 3 | 1)
-    out += struct.pack("<d", scale)
-    if pair:
-        out.append(FIELD_D << 3)
-        _put_varint(out, int(d or 0))
-        out.append(FIELD_PACK << 3)
-        _put_varint(out, PACK_PAIR)
-    return bytes(out)
 
 
 # ---------------------------------------------------------------- SEAL ciphertext
