@@ -206,3 +206,34 @@ def test_example_app_runs_in_flowers_simulation(tmp_path):
     assert result["audits"] == {"1": True, "2": True}
     assert len(result["roots"]) == 2 and len(set(result["roots"].values())) == 2
     assert result["accuracy"]["2"] > 0.85, result  # the sign-flipping hospital is outvoted
+
+
+def test_ckks_strategy_sums_ciphertexts_and_clients_decrypt_the_mean():
+    he = pytest.importorskip("bcfl_engine.he")
+    if not hasattr(he, "encrypt"):
+        pytest.skip("bcfl_engine.he has no encrypt in this build yet")
+    from bcfl_engine.integrations.flower import decrypt_global, encode_arrays
+
+    keys = he.generate_keys("default")
+    public = keys.public_context()
+    arrays, weights = client_arrays(3, seed=5), [3, 1, 2]
+    replies = []
+    for i, (a, w) in enumerate(zip(arrays, weights, strict=True)):
+        flat = np.frombuffer(encode_arrays(a), dtype="<f4")
+        content = RecordDict(
+            {
+                "metrics": MetricRecord({"num-examples": w}),
+                RECORD_KEY: ConfigRecord({"ckks": he.encrypt(flat, public)}),
+            }
+        )
+        replies.append(reply(i, a, w, None))
+        replies[-1] = Message(content, metadata=replies[-1].metadata)
+    strategy = EngineFedAvg("mean", secure="ckks", he_context=public)
+    out, _ = strategy.aggregate_train(1, replies)
+    got = decrypt_global(out, keys.secret_context, arrays[0])
+    assert [g.shape for g in got] == SHAPES
+    flat = torch.tensor(np.concatenate([g.reshape(-1) for g in got]))
+    # the mean of ciphertexts is within the preset's precision of the plaintext mean
+    assert_close(flat, reference("mean", 0, arrays, weights), 0, 2 * keys.preset.precision + 1e-7)
+    with pytest.raises(InvalidArgument, match="he_context"):
+        EngineFedAvg("mean", secure="ckks")

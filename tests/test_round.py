@@ -380,3 +380,52 @@ def test_killed_aggregator_restarts_without_losing_payloads_and_commits_the_same
     assert anvil.record(task, 1).updates_root == expected
     report = audit(anvil, task, 1, tmp_path / "store")
     assert report.ok, report.summary()
+
+
+# ---- CKKS: the same round on ciphertexts ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ckks_keys():
+    he = pytest.importorskip("bcfl_engine.he")
+    if not hasattr(he, "encrypt"):
+        pytest.skip("bcfl_engine.he has no encrypt in this build yet")
+    return he.generate_keys("default")
+
+
+def test_ckks_round_decrypts_to_the_weighted_sum_and_audits(ledger, tmp_path, ckks_keys):
+    from bcfl_engine import he
+
+    task = new_task(ledger)
+    public = ckks_keys.public_context()
+    x = make_updates(N, D, seed=9)
+    rnd = AggregationRound(
+        ledger, task, 1, tmp_path, participants=ADDRESSES[:N], secure="ckks", he_context=public
+    )
+    for i in range(N):
+        blob = he.encrypt(x[i].numpy(), public)
+        rnd.submit(sign_payload(KEYS[i], task, 1, blob, ledger.domain, weight=i + 1))
+    res = rnd.finalize()
+    assert isinstance(res.update, bytes) and res.result_digest == keccak256(res.update)
+    w = torch.arange(1, N + 1, dtype=torch.float64)
+    got = torch.as_tensor(he.decrypt(res.update, ckks_keys.secret_context))[:D]
+    expected = (w[:, None] * x.double()).sum(0)
+    # the sum of n ciphertexts is within sum_i w_i * precision of the plaintext weighted sum
+    assert float((got - expected).abs().max()) <= float(w.sum()) * ckks_keys.preset.precision
+    report = audit(ledger, task, 1, tmp_path)
+    assert report.ok, report.summary()
+
+
+def test_ckks_round_rejects_a_truncated_ciphertext(ledger, tmp_path, ckks_keys):
+    from bcfl_engine import he
+
+    task = new_task(ledger)
+    public = ckks_keys.public_context()
+    rnd = AggregationRound(
+        ledger, task, 1, tmp_path, participants=ADDRESSES[:N], secure="ckks", he_context=public
+    )
+    blob = he.encrypt(torch.ones(D).numpy(), public)
+    rnd.submit(sign_payload(KEYS[0], task, 1, blob, ledger.domain))
+    with pytest.raises(PayloadError, match=ADDRESSES[1].lower()):
+        rnd.submit(sign_payload(KEYS[1], task, 1, blob[:-100], ledger.domain))
+    assert len(rnd) == 1
