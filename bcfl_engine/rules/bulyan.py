@@ -1,0 +1,125 @@
+"""Bulyan: Krum selection, then a trimmed average around the coordinate-wise median.
+
+El Mhamdi, Guerraoui and Rouault, "The Hidden Vulnerability of Distributed Learning in
+Byzantium", ICML 2018. Over ``[n_clients, dim]`` updates:
+
+1. select ``theta = n - 2f`` updates by iterated Krum: each step takes the Krum winner among the
+   updates not yet selected, its scores recomputed over the ``r`` remaining ones with
+   ``k_r = r - f - 2`` neighbours (clamped to ``[1, r - 1]``: the last steps leave ``r = 2f + 1``,
+   fewer than Krum's own ``r > 2f + 2``);
+2. per coordinate, average the ``beta = theta - 2f`` selected values closest to their median
+   (the mean of the two middle values when ``theta`` is even; a tie in distance goes to the
+   lower value).
+
+Needs ``n >= 4f + 3`` (the paper's condition; it leaves ``beta = n - 4f >= 3`` values per
+coordinate).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..backends import Kernel, dispatch, native
+from ._common import DTYPE_CODE, check_f, check_finite, check_updates, contiguous
+from ._distances import (
+    iterated_krum,
+    sq_dists,
+    sq_dists_native,
+    sq_dists_reference,
+    sq_dists_triton,
+)
+
+NEED = "n >= 4f + 3 (El Mhamdi et al. 2018)"
+# Column block of the reference's coordinate stage: [theta, 16384] float64 temporaries.
+REFERENCE_BLOCK = 1 << 14
+
+
+def _validate(x: object, f: object, check: bool) -> tuple[torch.Tensor, int]:
+    x = check_updates(x, "bulyan")
+    n = x.shape[0]
+    f = check_f(f, n, "bulyan", NEED, isinstance(f, int) and n >= 4 * f + 3)
+    if check:
+        check_finite(x, "bulyan")
+    return x, f
+
+
+def bulyan_select_reference(x: torch.Tensor, f: int) -> torch.Tensor:
+    """The ``theta = n - 2f`` rows iterated Krum selects, in order (int64), from float64 distances."""
+    return iterated_krum(sq_dists_reference(x), f, x.shape[0] - 2 * f)
+
+
+def bulyan_coordinates_reference(x: torch.Tensor, idx: torch.Tensor, beta: int) -> torch.Tensor:
+    """Per column, the mean of the ``beta`` values of rows ``idx`` closest to their median."""
+    theta = idx.numel()
+    out = torch.empty(x.shape[1], dtype=torch.float32, device=x.device)
+    for j0 in range(0, x.shape[1], REFERENCE_BLOCK):
+        s = x[idx, j0 : j0 + REFERENCE_BLOCK].double().sort(dim=0).values
+        med = (s[(theta - 1) // 2] + s[theta // 2]) / 2
+        # Stable: equal distances keep sorted order, so a tie goes to the lower value.
+        near = torch.sort((s - med).abs(), dim=0, stable=True).indices[:beta]
+        out[j0 : j0 + REFERENCE_BLOCK] = s.gather(0, near).mean(dim=0).float()
+    return out
+
+
+def bulyan_reference(x: torch.Tensor, f: int) -> torch.Tensor:
+    """Pure-torch Bulyan of ``x`` ``[n, d]``: float32 ``[d]``."""
+    idx = bulyan_select_reference(x, f).to(x.device)
+    return bulyan_coordinates_reference(x, idx, x.shape[0] - 4 * f)
+
+
+def _bulyan_native(x: torch.Tensor, f: int) -> torch.Tensor:
+    x = contiguous(x)
+    n, d = x.shape
+    idx = iterated_krum(sq_dists_native(x), f, n - 2 * f).contiguous()
+    out = torch.empty(d, dtype=torch.float32)
+    native().bulyan_coordinates(
+        DTYPE_CODE[x.dtype], x.data_ptr(), d, idx.data_ptr(), idx.numel(), n - 4 * f, out.data_ptr()
+    )
+    return out
+
+
+def _bulyan_triton(x: torch.Tensor, f: int) -> torch.Tensor:
+    from ..kernels.bulyan import bulyan_coordinates
+
+    n = x.shape[0]
+    idx = iterated_krum(sq_dists_triton(x), f, n - 2 * f)
+    return bulyan_coordinates(contiguous(x), idx, n - 4 * f)
+
+
+def _triton_limits(x: torch.Tensor) -> str | None:
+    from ..kernels.bulyan import MAX_ROWS
+
+    if x.shape[0] > MAX_ROWS:
+        return f"the Triton kernel ranks the selected values of a column in registers: n <= {MAX_ROWS}; got n={x.shape[0]}"
+    return None
+
+
+KERNELS = (
+    Kernel("torch", bulyan_reference),
+    Kernel("native", _bulyan_native, needs="cpp"),
+    Kernel("triton", _bulyan_triton, limits=_triton_limits),
+)
+
+
+def bulyan_select(
+    x: torch.Tensor, f: int, *, backend: str | None = None, check: bool = True
+) -> torch.Tensor:
+    """The ``theta = n - 2f`` rows Bulyan's first stage selects, in order: int64 ``[theta]``."""
+    x, f = _validate(x, f, check)
+    return iterated_krum(sq_dists(x, backend), f, x.shape[0] - 2 * f)
+
+
+def bulyan(
+    x: torch.Tensor, *, f: int, backend: str | None = None, check: bool = True
+) -> torch.Tensor:
+    """Bulyan of ``x`` ``[n, d]`` -> float32 ``[d]``.
+
+    Parameters
+    ----------
+    x : ``[n_clients, dim]`` updates, float32, float16 or bfloat16.
+    f : the number of Byzantine clients to tolerate; Bulyan needs ``n >= 4f + 3``.
+    backend : "torch", "native", "triton" or None (automatic).
+    check : reject non-finite updates (an O(n d) scan; off when the batch was validated).
+    """
+    x, f = _validate(x, f, check)
+    return dispatch("bulyan", KERNELS, x, backend, f)

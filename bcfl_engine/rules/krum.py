@@ -1,0 +1,83 @@
+"""Krum: the update closest to its ``n - f - 2`` nearest neighbours.
+
+Blanchard, El Mhamdi, Guerraoui and Stainer, "Machine Learning with Adversaries: Byzantine
+Tolerant Gradient Descent", NeurIPS 2017. Over ``[n_clients, dim]`` updates,
+``score_i = sum of ||x_i - x_j||^2 over the n - f - 2 nearest j != i`` and Krum returns the
+update with the lowest score (ties: the lowest index). It tolerates ``f`` Byzantine clients
+when ``n > 2f + 2`` (the paper's condition ``2f + 2 < n``).
+
+The distances come from :mod:`._distances`: float64 directly in the reference, a centred
+float32/float64 Gram streamed over column blocks in the fast paths; the selection itself is
+the same code for every backend.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..backends import Kernel, dispatch
+from ._common import check_f, check_finite, check_updates
+from ._distances import krum_order, sq_dists, sq_dists_native, sq_dists_reference, sq_dists_triton
+
+NEED = "n > 2f + 2 (Blanchard et al. 2017)"
+
+
+def _validate(x: object, f: object, check: bool) -> tuple[torch.Tensor, int]:
+    x = check_updates(x, "krum")
+    n = x.shape[0]
+    f = check_f(f, n, "krum", NEED, isinstance(f, int) and n > 2 * f + 2)
+    if check:
+        check_finite(x, "krum")
+    return x, f
+
+
+def krum_select_reference(x: torch.Tensor, f: int) -> int:
+    """Index of the Krum winner of ``x`` ``[n, d]``, from float64 distances summed directly."""
+    return int(krum_order(sq_dists_reference(x), f)[0])
+
+
+def krum_reference(x: torch.Tensor, f: int) -> torch.Tensor:
+    """Pure-torch Krum of ``x`` ``[n, d]``: float32 ``[d]``, the winning update."""
+    return x[krum_select_reference(x, f)].float()
+
+
+def _krum_native(x: torch.Tensor, f: int) -> torch.Tensor:
+    return x[int(krum_order(sq_dists_native(x), f)[0])].float()
+
+
+def _krum_triton(x: torch.Tensor, f: int) -> torch.Tensor:
+    return x[int(krum_order(sq_dists_triton(x), f)[0])].float()
+
+
+KERNELS = (
+    Kernel("torch", krum_reference),
+    # The work is the Gram matrix, done by torch's BLAS (see _distances.py): no extension needed.
+    Kernel("native", _krum_native),
+    Kernel("triton", _krum_triton),
+)
+
+
+def krum_select(x: torch.Tensor, f: int, *, backend: str | None = None, check: bool = True) -> int:
+    """The index of the update Krum selects (see :func:`krum`)."""
+    x, f = _validate(x, f, check)
+    return int(krum_order(sq_dists(x, backend), f)[0])
+
+
+def krum(
+    x: torch.Tensor, *, f: int, backend: str | None = None, check: bool = True
+) -> torch.Tensor:
+    """Krum of ``x`` ``[n, d]`` -> float32 ``[d]``: the update closest to its nearest others.
+
+    Parameters
+    ----------
+    x : ``[n_clients, dim]`` updates, float32, float16 or bfloat16.
+    f : the number of Byzantine clients to tolerate; Krum needs ``n > 2f + 2``.
+    backend : "torch", "native", "triton" or None (automatic).
+    check : reject non-finite updates (an O(n d) scan; off when the batch was validated).
+
+    Returns
+    -------
+    The selected row, converted to float32 (an exact copy of one client's update).
+    """
+    x, f = _validate(x, f, check)
+    return dispatch("krum", KERNELS, x, backend, f)

@@ -1,0 +1,40 @@
+// Mean of selected rows (Krum, Multi-Krum): out[j] = (1/m) sum_t x[idx[t], j].
+//
+// The second pass of the distance-based rules, after the selection on the [n, n] distances.
+// As in mean.cpp each thread owns a block of columns and walks the m chosen rows, so each byte
+// of those rows is read once and the float accumulators stay in L1 (2048 floats = 8 KiB).
+#include "multi_krum.h"
+
+#include <algorithm>
+
+#include "common.h"
+
+namespace bcfl {
+
+namespace {
+constexpr int64_t kBlock = 2048;
+
+template <typename T>
+void select_mean_impl(const T* x, int64_t d, const int64_t* idx, int64_t m, float* out) {
+  const int64_t blocks = (d + kBlock - 1) / kBlock;
+  const float inv = 1.0f / static_cast<float>(m);
+#pragma omp parallel for schedule(static)
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t j0 = b * kBlock, w = std::min(d, j0 + kBlock) - j0;
+    float acc[kBlock];
+    for (int64_t j = 0; j < w; ++j) acc[j] = 0.0f;
+    for (int64_t t = 0; t < m; ++t) {
+      const T* row = x + idx[t] * d + j0;
+#pragma omp simd
+      for (int64_t j = 0; j < w; ++j) acc[j] += load(row, j);
+    }
+    for (int64_t j = 0; j < w; ++j) out[j0 + j] = acc[j] * inv;
+  }
+}
+}  // namespace
+
+void select_mean(int dtype, const void* x, int64_t d, const int64_t* idx, int64_t m, float* out) {
+  with_dtype(dtype, x, [&](auto* p) { select_mean_impl(p, d, idx, m, out); });
+}
+
+}  // namespace bcfl
