@@ -218,8 +218,9 @@ class AggregationRound:
         """Check, store durably and accept ``payload``; return its acceptance record.
 
         Raises a :class:`~bcfl_engine.errors.PayloadError` subclass (unsigned, bad signature,
-        replay, not a participant), DuplicateClient, ShapeMismatch or NonFiniteUpdate, and
-        leaves the round unchanged.
+        replay, not a participant), DuplicateClient (another payload from the same client),
+        ShapeMismatch or NonFiniteUpdate, and leaves the round unchanged. Sending an accepted
+        payload again returns its record (clients may retry).
         """
         from .chain import SignedPayload, verify_payload
 
@@ -245,7 +246,12 @@ class AggregationRound:
             domain=self.domain,
         )
         if client in self._clients:
-            raise DuplicateClient(f"client {client} already submitted to round {self.round}")
+            held = next(r for r in self._records if r["client"] == client)
+            if held["digest"] == digest.hex() and held["weight"] == payload.weight:
+                return held  # a retry of an accepted payload (e.g. after a restart): idempotent
+            raise DuplicateClient(
+                f"client {client} already submitted another payload to round {self.round}"
+            )
         row = self._decode(client, payload.data)
         salt = payload.salt if payload.salt is not None else os.urandom(32)
         if len(salt) != 32:

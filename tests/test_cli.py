@@ -171,3 +171,31 @@ def test_audit_passes_then_fails_naming_the_altered_payload(anvil_ledger, tmp_pa
     bad = bcfl(*args)
     assert bad.returncode == 1
     assert "FAILED" in bad.stdout and victim["client"] in bad.stdout and "altered" in bad.stdout
+
+
+def test_demo_on_a_node_then_audit_its_rounds(anvil_ledger, tmp_path, capsys):
+    url = anvil_ledger.w3.provider.endpoint_uri
+    argv = ["demo", "--chain", url, "--key", ANVIL_KEY, "--rule", "median", "--rounds", "2"]
+    argv += ["--clients", "4", "--byzantine", "0.25", "--out", str(tmp_path), "--quiet"]
+    assert main(argv) == 0
+    import json
+
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["chain"]["url"] == url
+    task = summary["runs"]["median"]["task"]
+    for r in (1, 2):
+        out = bcfl(
+            "audit",
+            "--chain",
+            url,
+            "--task",
+            str(task),
+            "--round",
+            str(r),
+            "--store",
+            str(tmp_path / "store"),
+        )
+        assert out.returncode == 0, out.stdout + out.stderr
+    capsys.readouterr()
+    assert main(["demo", "--chain", url, "--rounds", "1", "--out", str(tmp_path), "--quiet"]) == 2
+    assert "--key" in capsys.readouterr().err

@@ -188,6 +188,22 @@ def test_message_api_strategy_commits_signed_rounds_to_the_chain(tmp_path):
     with pytest.raises(PayloadError):
         strategy.aggregate_train(2, forged)
 
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+
+    from bcfl_engine.integrations.flower_legacy import ADDRESS_KEY, SIGNATURE_KEY
+
+    results = []
+    for i, a in enumerate(arrays):
+        sig = sign_reply(a, keys[i], task, 2, ledger.domain)
+        metrics = {ADDRESS_KEY: sig["address"], SIGNATURE_KEY: sig["signature"]}
+        results.append(
+            (None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(a), i + 1, metrics))
+        )
+    params, _ = LegacyEngineFedAvg(rounds=rounds).aggregate_fit(2, results, [])
+    flat = torch.tensor(np.concatenate([a.reshape(-1) for a in parameters_to_ndarrays(params)]))
+    assert_close(flat, reference("mean", 0, arrays, [1, 2, 3, 4, 5]))
+    assert ledger.record(task, 2).n == N and audit(ledger, task, 2, tmp_path).ok
+
 
 def test_example_app_runs_in_flowers_simulation(tmp_path):
     """The example in Flower's Simulation Runtime (Ray): 4 hospitals, one sign-flipping,
