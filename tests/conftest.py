@@ -52,3 +52,52 @@ def backend(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(params=list(DTYPES.values()), ids=list(DTYPES))
 def dtype(request: pytest.FixtureRequest) -> torch.dtype:
     return request.param
+
+
+ANVIL = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    "contracts",
+    "node_modules",
+    ".bin",
+    "anvil",
+)
+
+
+@pytest.fixture(scope="session")
+def anvil_url():
+    """URL of one anvil node (npm ``@foundry-rs/anvil``) on 127.0.0.1 for the session; its dev
+    key 0 (:data:`ANVIL_KEY` in the tests that use it) is funded. Stopped after the session."""
+    import signal
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+
+    assert os.path.exists(ANVIL), f"{ANVIL} is missing: run `npm ci --prefix contracts` first"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [ANVIL, "--host", "127.0.0.1", "--port", str(port), "--hardfork", "prague"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: the npm wrapper and anvil stop together
+    )
+    url, body = (
+        f"http://127.0.0.1:{port}",
+        b'{"jsonrpc":"2.0","id":1,"method":"eth_chainId","params":[]}',
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                req = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+                urllib.request.urlopen(req, timeout=2).read()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "anvil did not start"
+                time.sleep(0.2)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)

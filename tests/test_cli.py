@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +14,6 @@ from bcfl_engine.cli import main
 from bcfl_engine.errors import BcflError
 
 ROOT = Path(__file__).resolve().parents[1]
-ANVIL = ROOT / "contracts" / "node_modules" / ".bin" / "anvil"
 ANVIL_KEY = (
     "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"  # anvil's dev key 0
 )
@@ -111,37 +106,12 @@ def test_audit_without_a_record_or_contract_is_a_usage_error(tmp_path, capsys):
     assert code == 2 and "--contract" in capsys.readouterr().err
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
-def anvil_ledger():
+def anvil_ledger(anvil_url):
     pytest.importorskip("web3")
     from bcfl_engine.chain import Ledger
 
-    assert ANVIL.exists(), f"{ANVIL} is missing: run `npm ci --prefix contracts` first"
-    port = _free_port()
-    proc = subprocess.Popen(
-        [str(ANVIL), "--host", "127.0.0.1", "--port", str(port), "--hardfork", "prague"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                yield Ledger.connect(f"http://127.0.0.1:{port}", key=ANVIL_KEY)
-                break
-            except Exception:
-                assert proc.poll() is None and time.monotonic() < deadline, "anvil did not start"
-                time.sleep(0.2)
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=10)
+    return Ledger.connect(anvil_url, key=ANVIL_KEY)
 
 
 def test_audit_passes_then_fails_naming_the_altered_payload(anvil_ledger, tmp_path, capsys):

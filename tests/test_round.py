@@ -8,13 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import os
-import signal
-import socket
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -42,7 +38,6 @@ N, D = 5, 7  # a prime number of clients, a dimension that is not a power of two
 KEYS = [keccak256(f"test hospital {i}".encode()) for i in range(N + 1)]
 ADDRESSES = [Account.from_key(k).address for k in KEYS]
 ROOT = Path(__file__).resolve().parents[1]
-ANVIL = ROOT / "contracts" / "node_modules" / ".bin" / "anvil"
 ANVIL_KEY = (
     "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"  # anvil's dev key 0
 )
@@ -309,42 +304,9 @@ AGGREGATOR = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
-def anvil():
-    assert ANVIL.exists(), f"{ANVIL} is missing: run `npm ci --prefix contracts` first"
-    url = f"http://127.0.0.1:{_free_port()}"
-    proc = subprocess.Popen(
-        [
-            str(ANVIL),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            url.rsplit(":", 1)[1],
-            "--hardfork",
-            "prague",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                yield Ledger.connect(url, key=ANVIL_KEY)
-                break
-            except Exception:
-                assert proc.poll() is None and time.monotonic() < deadline, "anvil did not start"
-                time.sleep(0.2)
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=10)
+def anvil(anvil_url):
+    return Ledger.connect(anvil_url, key=ANVIL_KEY)
 
 
 def test_killed_aggregator_restarts_without_losing_payloads_and_commits_the_same_root(

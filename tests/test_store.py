@@ -49,7 +49,9 @@ def test_get_detects_altered_and_missing_payloads(tmp_path):
         store.get(bytes(32))
 
 
-@pytest.mark.parametrize("bad", [b"short", "0x1234", "zz" * 32, 5], ids=["bytes5", "hex4", "nonhex", "int"])
+@pytest.mark.parametrize(
+    "bad", [b"short", "0x1234", "zz" * 32, 5], ids=["bytes5", "hex4", "nonhex", "int"]
+)
 def test_bad_digests_are_rejected(tmp_path, bad):
     with pytest.raises(InvalidArgument, match="digest"):
         PayloadStore(tmp_path).get(bad)
@@ -91,7 +93,9 @@ def test_acceptance_records_round_trip_sorted_by_client(tmp_path):
     assert store.read_round(7, 1) == {"root": "ab"}
 
 
-@pytest.mark.parametrize("task", ["..", "a/b", "", "x" * 129], ids=["dotdot", "slash", "empty", "long"])
+@pytest.mark.parametrize(
+    "task", ["..", "a/b", "", "x" * 129], ids=["dotdot", "slash", "empty", "long"]
+)
 def test_names_that_could_escape_the_store_are_rejected(tmp_path, task):
     with pytest.raises(InvalidArgument, match="task"):
         PayloadStore(tmp_path).accept(task, 1, "0xaa", {})
