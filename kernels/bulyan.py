@@ -73,7 +73,7 @@ def bulyan_coordinates(x: torch.Tensor, idx: torch.Tensor, beta: int) -> torch.T
     theta = idx.numel()
     t_pad = triton.next_power_of_2(theta)
     tile = TILE if x.device.type == "cuda" else TILE_INTERPRETED
-    block = max(16, tile // t_pad)
+    block = min(max(16, tile // t_pad), max(16, triton.next_power_of_2(d)))
     idx = idx.to(device=x.device, dtype=torch.int64).contiguous()
     out = torch.empty(d, dtype=torch.float32, device=x.device)
     _bulyan_kernel[(triton.cdiv(d, block),)](x, idx, out, theta, beta, d, T_PAD=t_pad, BLOCK=block)

@@ -32,6 +32,7 @@ def select_mean(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """``x`` ``[n, d]`` contiguous, ``idx`` ``[m]`` int64 row indices -> float32 ``[d]``."""
     d = x.shape[1]
     block = BLOCK if x.device.type == "cuda" else BLOCK_INTERPRETED
+    block = min(block, max(16, triton.next_power_of_2(d)))
     idx = idx.to(device=x.device, dtype=torch.int64).contiguous()
     out = torch.empty(d, dtype=torch.float32, device=x.device)
     _select_mean_kernel[(triton.cdiv(d, block),)](x, idx, out, idx.numel(), d, BLOCK=block)

@@ -47,7 +47,7 @@ def mix(x: torch.Tensor, nbr: torch.Tensor) -> torch.Tensor:
     member.scatter_(1, nbr.to(device=x.device, dtype=torch.int64), 1.0)
     rows = min(triton.next_power_of_2(n), MAX_TILE_ROWS)
     tile = TILE if x.device.type == "cuda" else TILE_INTERPRETED
-    block = tile // rows
+    block = min(tile // rows, max(16, triton.next_power_of_2(d)))
     out = torch.empty(n, d, dtype=torch.float32, device=x.device)
     grid = (triton.cdiv(n, rows), triton.cdiv(d, block))
     _mix_kernel[grid](x, member, out, n, d, k, ROWS=rows, BLOCK=block)

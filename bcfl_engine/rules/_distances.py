@@ -148,14 +148,27 @@ def iterated_krum(dist: torch.Tensor, f: int, theta: int) -> torch.Tensor:
     ``[1, r - 1]``: the last rounds leave ``r = 2f + 1`` rows, too few for Krum's ``r > 2f + 2``.
     Returns the indices in the order chosen; ties go to the lowest index.
     """
-    remaining = list(range(dist.shape[0]))
+    n = dist.shape[0]
+    inf = torch.full((n,), float("inf"), dtype=dist.dtype, device=dist.device)
+    # Sort every row once (O(n^2 log n)); each step then takes, per row, its first k neighbours
+    # still remaining (O(n^2)), instead of sorting the remaining sub-matrix at every step.
+    vals, order = (dist + torch.diag(inf)).sort(dim=1)
+    alive = torch.ones(n, dtype=torch.bool, device=dist.device)
     chosen = []
-    for _ in range(theta):
-        r = len(remaining)
+    for r in range(n, n - theta, -1):
         k = min(max(r - f - 2, 1), r - 1)
-        rows = torch.tensor(remaining, device=dist.device)
-        win = int(torch.argmin(krum_scores(dist[rows][:, rows], k)))  # first of equal minima
-        chosen.append(remaining.pop(win))
+        keep = alive[order]
+        rank = keep.cumsum(dim=1)
+        take = keep & (rank <= k)
+        # Compact the k values of each row to the front, so that rows with equal neighbour
+        # distances sum them in the same order and tie exactly (the lowest index then wins).
+        first = torch.zeros(n, k, dtype=dist.dtype, device=dist.device)
+        rows, _ = take.nonzero(as_tuple=True)
+        first[rows, rank[take] - 1] = vals[take]
+        scores = torch.where(alive, first.sum(dim=1), inf)
+        win = int(torch.argmin(scores))  # the first of equal minima
+        chosen.append(win)
+        alive[win] = False
     return torch.tensor(chosen, dtype=torch.int64)
 
 
