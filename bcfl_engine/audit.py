@@ -22,7 +22,7 @@ import torch
 
 from . import rules
 from .aggregate import aggregate
-from .errors import AuditError, PayloadError, ShapeMismatch
+from .errors import AuditError, BackendUnavailable, PayloadError, ShapeMismatch
 from .store import PayloadStore
 from .updates import keccak256
 
@@ -56,21 +56,17 @@ def leaves_of(round: int, records: Sequence[dict[str, Any]]) -> list[bytes]:
 
 
 def _aggregate(
-    meta: dict[str, Any],
-    rows: Sequence[Any],
-    weights: Sequence[int],
-    he_context: bytes | None,
-    x: Any = None,
+    meta: dict[str, Any], inputs: Any, weights: Sequence[int], he_context: bytes | None
 ) -> tuple[Any, bytes]:
-    """``(update, result bytes)`` of a round described by ``meta``: the one computation that
-    :meth:`AggregationRound.finalize` and :func:`audit` share."""
+    """``(update, result bytes)`` of a round described by ``meta``, from ``inputs``: the
+    ``[n, d]`` plaintext updates, or the clients' ciphertext bytes. The one computation that
+    :meth:`~bcfl_engine.round.AggregationRound.finalize` and :func:`audit` share."""
     if meta["secure"] == "ckks":
         from . import he
 
-        blob = he.aggregate(list(rows), weights=list(weights), context=he_context)
+        blob = he.aggregate(list(inputs), weights=list(weights), context=he_context)
         return blob, bytes(blob)
-    if x is None:
-        x = torch.stack(list(rows))
+    x = inputs
     info = rules.get(meta["rule"])
     w = torch.tensor(weights, dtype=torch.float64) if info.weighted else None
     pre = [p if isinstance(p, str) else (p[0], p[1]) for p in meta["pre"]]
@@ -191,9 +187,18 @@ def audit(
         meta = None
     if meta is not None and intact:
         he_context = store.get(meta["he_context"]) if meta.get("secure") == "ckks" else None
-        inputs = rows if he_context is not None else [decode_update(d, meta["dim"]) for d in rows]
-        _, result_bytes = _aggregate(meta, inputs, [int(r["weight"]) for r in records], he_context)
-        got = keccak256(result_bytes)
+        if he_context is None:
+            inputs: Any = torch.stack([decode_update(d, meta["dim"]) for d in rows])
+        else:
+            inputs = rows
+        try:
+            _, result_bytes = _aggregate(
+                meta, inputs, [int(r["weight"]) for r in records], he_context
+            )
+            got = keccak256(result_bytes)
+        except BackendUnavailable as exc:  # e.g. a GPU round audited on a CPU-only machine
+            problems.append(f"cannot recompute the result here: {exc}")
+            got = commit.result_digest
         if got != commit.result_digest:
             problems.append(
                 f"result digest differs: recomputed 0x{got.hex()} from the stored payloads "

@@ -40,7 +40,7 @@ from .errors import (
     ShapeMismatch,
 )
 from .store import PayloadStore
-from .updates import keccak256
+from .updates import UpdateBatch, keccak256
 
 FORMAT = "bcfl-round/1"
 
@@ -160,7 +160,12 @@ class AggregationRound:
                 f"these {len(participants)} participants (in order) are not the ones registered for task {task}"
             )
         self._records: list[dict[str, Any]] = []
-        self._rows: list[Any] = []
+        # Plaintext rows are copied once, into the preallocated [participants, d] batch buffer;
+        # ciphertexts stay as bytes until he.aggregate parses them block by block.
+        self._batch = (
+            None if secure == "ckks" else UpdateBatch(dim or 1, capacity=len(self.participants))
+        )
+        self._blobs: list[bytes] = []
         self._clients: set[str] = set()
         self.result: RoundResult | None = None
         for record in sorted(self.store.accepted(task, round), key=lambda r: r["seq"]):
@@ -210,7 +215,14 @@ class AggregationRound:
             participants=self.participants,
             domain=self.domain,
         )
-        self._rows.append(self._decode(record["client"], data))
+        self._take(record, self._decode(record["client"], data))
+
+    def _take(self, record: dict[str, Any], row: Any) -> None:
+        if self._batch is None:
+            self._blobs.append(row)
+        else:
+            digest = bytes.fromhex(record["digest"])
+            self._batch.add(record["client"], row, float(record["weight"]), digest=digest)
         self._records.append(record)
         self._clients.add(record["client"])
 
@@ -266,9 +278,7 @@ class AggregationRound:
             "signature": bytes(payload.signature or b"").hex(),
         }
         self.store.accept(self.task, self.round, client, record)  # durable before acknowledged
-        self._rows.append(row)
-        self._records.append(record)
-        self._clients.add(client)
+        self._take(record, row)
         return record
 
     # ---- aggregating and committing --------------------------------------------------------
@@ -301,16 +311,15 @@ class AggregationRound:
 
         weights = [int(r["weight"]) for r in self._records]
         t0 = time.perf_counter()
-        if self.secure == "ckks":
+        if self._batch is None:
             meta = self._meta(None)
-            update, result_bytes = _aggregate(meta, self._rows, weights, self.he_context)
+            update, result_bytes = _aggregate(meta, self._blobs, weights, self.he_context)
         else:
-            x = torch.stack(self._rows)
-            chosen = backends.choose(
-                self.rule, rules.get(self.rule).kernels, x, self.backend
-            ).backend
-            meta = self._meta(chosen)
-            update, result_bytes = _aggregate(meta, self._rows, weights, None, x)
+            x = self._batch.data
+            # Pin the backend in the metadata: an audit must recompute the same bits.
+            chosen = backends.choose(self.rule, rules.get(self.rule).kernels, x, self.backend)
+            meta = self._meta(chosen.backend)
+            update, result_bytes = _aggregate(meta, x, weights, None)
         seconds = time.perf_counter() - t0
         result_digest = self.store.put(result_bytes)
         meta_bytes = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
