@@ -8,6 +8,7 @@
 #include "mean.h"
 #include "seal_codec.h"
 #include "ckks_sum.h"
+#include "ckks_accumulate.h"
 
 namespace py = pybind11;
 
@@ -57,11 +58,42 @@ PYBIND11_MODULE(_C, m) {
                          ptr<int32_t>(codes), ptr<uint8_t>(versions), ptr<char>(msgs));
   });
   m.def("he_proto_size", [layout](const py::tuple& lay) { return bcfl::proto_size(layout(lay)); });
+  // The CKKSVectorProto as a bytes object written in place (no second copy of ~8 MiB).
+  m.def("he_proto_bytes", [layout](std::uintptr_t data, const py::tuple& lay, double scale, int major,
+                                   int minor) {
+    const bcfl::CkksLayout l = layout(lay);
+    const int64_t size = bcfl::proto_size(l);
+    PyObject* obj = PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(size));
+    if (!obj) throw py::error_already_set();
+    auto* out = reinterpret_cast<uint8_t*>(PyBytes_AS_STRING(obj));
+    {
+      py::gil_scoped_release release;
+      bcfl::write_proto(ptr<const uint64_t>(data), l, scale, major, minor, out);
+    }
+    return py::reinterpret_steal<py::bytes>(obj);
+  });
   m.def("he_write_proto", [layout](std::uintptr_t data, const py::tuple& lay, double scale, int major,
                                    int minor, std::uintptr_t out) {
     const bcfl::CkksLayout l = layout(lay);
     py::gil_scoped_release release;
     bcfl::write_proto(ptr<const uint64_t>(data), l, scale, major, minor, ptr<uint8_t>(out));
+  });
+
+  // ---- ckks_accumulate ----
+  // Returns (index of the first bad payload or -1, its message).
+  m.def("he_accumulate", [layout](int64_t n, std::uintptr_t bufs, std::uintptr_t lens,
+                                  const py::tuple& lay, std::uintptr_t w, std::uintptr_t ws,
+                                  std::uintptr_t acc, std::uintptr_t versions) {
+    const bcfl::CkksLayout l = layout(lay);
+    char msg[bcfl::kMsgLen] = {0};
+    int64_t bad;
+    {
+      py::gil_scoped_release release;
+      bad = bcfl::accumulate_payloads(n, ptr<const uint64_t>(bufs), ptr<const int64_t>(lens), l,
+                                      ptr<const uint64_t>(w), ptr<const uint64_t>(ws),
+                                      ptr<uint64_t>(acc), ptr<uint8_t>(versions), msg);
+    }
+    return py::make_tuple(bad, bad >= 0 ? std::string(msg) : std::string());
   });
 
   // ---- ckks_sum ----

@@ -2,7 +2,7 @@
 
 Hypothesis mutates real payloads (truncation, bit flips, byte overwrites, forged lengths) and
 feeds both codecs: they must agree on accept/reject and, when both accept, on every residue.
-A sanitizer test compiles csrc/seal_codec.cpp standalone with -fsanitize=address,undefined and
+A sanitizer test compiles the codec (csrc/seal_codec.cpp, seal_body.cpp, ckks_accumulate.cpp) standalone with -fsanitize=address,undefined and
 runs it on a corpus of mutated payloads: any read past a buffer or undefined behaviour fails it.
 """
 
@@ -131,11 +131,13 @@ def test_unreduced_residue_is_rejected(corpus: Corpus) -> None:
 
 DRIVER = r"""
 // Feeds each payload file to bcfl::parse_payload under ASan/UBSan.
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <iterator>
 #include <vector>
 #include "seal_codec.h"
+#include "ckks_accumulate.h"
 int main(int argc, char** argv) {
   std::ifstream lay(argv[1]);
   long long n, k, c, d, pair; double scale;
@@ -145,7 +147,9 @@ int main(int argc, char** argv) {
   for (auto& p : pid) lay >> p;
   for (auto& s : sizes) lay >> s;
   bcfl::CkksLayout L{n, k, c, d, (int)pair, scale, primes.data(), pid.data(), sizes.data()};
-  std::vector<uint64_t> out(c * 2 * k * n);
+  std::vector<uint64_t> out(c * 2 * k * n), acc(c * 2 * k * n);
+  std::ifstream f0(argv[2], std::ios::binary);  // the first file: a valid payload
+  std::vector<uint8_t> first((std::istreambuf_iterator<char>(f0)), std::istreambuf_iterator<char>());
   int accepted = 0;
   for (int i = 2; i < argc; ++i) {
     std::ifstream f(argv[i], std::ios::binary);
@@ -154,12 +158,24 @@ int main(int argc, char** argv) {
     // An exact-size heap copy: ASan flags a read even one byte past the payload.
     auto* p = new uint8_t[buf.size() + 1];
     std::copy(buf.begin(), buf.end(), p);
-    accepted += bcfl::parse_payload(p, (int64_t)buf.size(), L, out.data(), version, msg) == 0;
+    const int ok = bcfl::parse_payload(p, (int64_t)buf.size(), L, out.data(), version, msg) == 0;
+    accepted += ok;
+    // The fused path on the same bytes, alone and beside a valid payload: same verdict.
+    const uint64_t bufs[2] = {(uint64_t)p, (uint64_t)first.data()};
+    const int64_t lens[2] = {(int64_t)buf.size(), (int64_t)first.size()};
+    uint8_t versions[4];
+    std::fill(acc.begin(), acc.end(), 0);
+    if ((bcfl::accumulate_payloads(2, bufs, lens, L, nullptr, nullptr, acc.data(), versions, msg) < 0) != ok ||
+        (bcfl::accumulate_payloads(1, bufs, lens, L, nullptr, nullptr, acc.data(), versions, msg) < 0) != ok)
+      std::printf("fused and batch parsers disagree on %s\n", argv[i]);
     delete[] p;
   }
   std::printf("accepted %d of %d\n", accepted, argc - 2);
 }
 """
+
+
+CODEC_SOURCES = ("seal_codec.cpp", "seal_body.cpp", "ckks_accumulate.cpp")
 
 
 @pytest.mark.slow
@@ -182,7 +198,7 @@ def test_codec_under_address_and_ub_sanitizers(corpus: Corpus, tmp_path: Path) -
         "-fno-omit-frame-pointer",
         f"-I{ROOT / 'csrc'}",
         *defs,
-        str(ROOT / "csrc" / "seal_codec.cpp"),
+        *(str(ROOT / "csrc" / f) for f in CODEC_SOURCES),
         str(tmp_path / "driver.cpp"),
         "-o",
         str(exe),
@@ -231,6 +247,7 @@ def test_codec_under_address_and_ub_sanitizers(corpus: Corpus, tmp_path: Path) -
         timeout=300,
     )
     assert run.returncode == 0, run.stderr[-3000:]
+    assert "disagree" not in run.stdout, run.stdout[-3000:]
     assert "runtime error" not in run.stderr and "AddressSanitizer" not in run.stderr, run.stderr[
         -3000:
     ]

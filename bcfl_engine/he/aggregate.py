@@ -7,10 +7,37 @@ from typing import Any
 
 import torch
 
-from ..errors import InvalidArgument
+from ..backends import _load_native
+from ..errors import InvalidArgument, PayloadError
 from . import wire
-from .batch import CiphertextBatch, integer_weights
+from .accumulate import accumulate
+from .batch import CiphertextBatch, integer_weights, to_tenseal
 from .ckks_sum import ckks_sum
+from .keys import context_info
+
+
+def fused_path(backend: str | None, codec: str | None) -> bool:
+    """Whether :func:`aggregate` takes the fused native path for these choices."""
+    return backend in (None, "native") and codec in (None, "native") and not _load_native()[1]
+
+
+def _aggregate_fused(
+    payloads: Sequence[Any],
+    weights: Sequence[float] | None,
+    context: Any,
+    frac_bits: int,
+    ids: list[Any],
+) -> bytes:
+    info = None if context is None else context_info(context)
+    try:
+        layout = wire.peek(payloads[0], info)
+    except PayloadError as exc:
+        raise PayloadError(f"client {ids[0]!r}: {exc}") from None
+    ints, scale = integer_weights(weights, len(payloads), layout, frac_bits)
+    acc, versions = accumulate(payloads, layout, ints, ids)
+    version = next((v for v in versions if v), (4, 3))
+    return to_tenseal(acc, layout, scale, version, "native")
+
 
 # Clients parsed per block: the batch buffer stays under this many bytes whatever n is.
 BLOCK_BYTES = 256 << 20
@@ -43,7 +70,10 @@ def aggregate(
     context : the public context (bytes or ``tenseal.Context``); required for TenSEAL payloads,
         which carry no primes; compact payloads are checked against it when given
     backend : "torch", "native", "triton" or None for the modular sum
-    codec : "native", "python" or None: who parses payloads
+    codec : "native", "python" or None: who parses payloads. With the extension built, backend
+        and codec None or "native" take the fused path (:mod:`~bcfl_engine.he.accumulate`:
+        payloads decoded straight into the sum, no batch); the others parse into a
+        :class:`CiphertextBatch` and sum it, in blocks
     block : clients parsed per step (default: as many as fit :data:`BLOCK_BYTES`); memory stays
         ``O(block)`` payloads whatever ``n`` is
     client_ids : names used in errors (default ``0 .. n-1``)
@@ -70,6 +100,8 @@ def aggregate(
     ids = list(range(n)) if client_ids is None else list(client_ids)
     if len(ids) != n:
         raise InvalidArgument(f"client_ids must be {n} names; got {len(ids)}")
+    if fused_path(backend, codec):
+        return _aggregate_fused(payloads, weights, context, frac_bits, ids)
     block_ids, block_blobs = ids[:1], payloads[:1]
     batch = CiphertextBatch(context, 1, codec=codec)
     batch.add(ids[0], payloads[0])  # fixes and checks the layout
@@ -107,6 +139,4 @@ def aggregate(
         start += len(batch)
     assert acc is not None
     version = next((v for v in versions if v), (4, 3))
-    from .batch import to_tenseal
-
     return to_tenseal(acc, layout, scale, version, batch.codec)

@@ -12,6 +12,7 @@ import torch
 from ..backends import _load_native, native
 from ..errors import BatchFull, DuplicateClient, InvalidArgument, PayloadError
 from . import wire
+from .accumulate import native_layout
 from .ckks_sum import ckks_sum
 from .keys import ContextInfo, context_info
 
@@ -267,20 +268,7 @@ def to_tenseal(
     res = residues.detach().cpu().contiguous()
     if codec != "native":
         return wire.to_tenseal(res.numpy().view(np.uint64), layout, scale, version)
-    primes = np.array(layout.primes, dtype=np.uint64)
-    pid = np.array(layout.parms_id, dtype=np.uint64)
-    sizes = np.array(layout.sizes, dtype=np.int64)
-    lay = (
-        layout.poly_degree,
-        layout.residues,
-        layout.ciphertexts,
-        layout.d,
-        int(layout.pair),
-        layout.scale,
-        primes.ctypes.data,
-        pid.ctypes.data,
-        sizes.ctypes.data,
-    )
-    out = np.empty(native().he_proto_size(lay), dtype=np.uint8)
-    native().he_write_proto(res.data_ptr(), lay, scale, version[0], version[1], out.ctypes.data)
-    return out.tobytes()
+    lay, keep = native_layout(layout)
+    out: bytes = native().he_proto_bytes(res.data_ptr(), lay, scale, version[0], version[1])
+    del keep
+    return out

@@ -1,0 +1,91 @@
+"""The fused aggregate: payloads decoded straight into the running modular sum (C++).
+
+:class:`~bcfl_engine.he.batch.CiphertextBatch` writes every client's residues into an int64
+``[n, C, 2, K, N]`` buffer that :func:`~bcfl_engine.he.ckks_sum.ckks_sum` then reads back: two
+passes over 8 bytes a residue on top of reading the payload. ``csrc/ckks_accumulate.cpp``
+decodes each payload (compact, bit-packed or not; TenSEAL with SEAL bodies stored, zlib or
+zstd) once, straight into the accumulator ``[C, 2, K, N]``, checking every residue on the way;
+memory is the accumulator, whatever ``n`` is. Its result is bit-identical to the batch path's
+(``tests/test_he_accumulate.py``) and it accepts and rejects exactly the same payloads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..backends import native
+from ..errors import PayloadError
+from . import wire
+from .ckks_sum import shoup_tables
+
+
+def native_layout(layout: wire.Layout) -> tuple[tuple, list[np.ndarray]]:
+    """The layout tuple the extension takes, and the arrays it points into (keep them alive)."""
+    arrays = [
+        np.array(layout.primes, dtype=np.uint64),
+        np.array(layout.parms_id, dtype=np.uint64),
+        np.array(layout.sizes, dtype=np.int64),
+    ]
+    lay = (
+        layout.poly_degree,
+        layout.residues,
+        layout.ciphertexts,
+        layout.d,
+        int(layout.pair),
+        layout.scale,
+        *(a.ctypes.data for a in arrays),
+    )
+    return lay, arrays
+
+
+def accumulate(
+    payloads: Sequence[Any],
+    layout: wire.Layout,
+    weights: Sequence[int] | None = None,
+    client_ids: Sequence[Any] | None = None,
+) -> tuple[torch.Tensor, list[tuple[int, int] | None]]:
+    """Weighted modular sum of ``n`` payloads -> (residues ``[C, 2, K, N]`` int64, versions).
+
+    Parameters
+    ----------
+    payloads : ``n`` payloads of ``layout`` (bytes-like)
+    weights : ``n`` non-negative integers, or None for a plain sum
+    client_ids : names used in errors (default ``0 .. n-1``)
+
+    Returns the residues (each below its prime) and each payload's SEAL version (None for a
+    compact payload). A payload that fails any check raises
+    :class:`~bcfl_engine.errors.PayloadError` naming the first such client, with the batch
+    parser's message.
+    """
+    n = len(payloads)
+    views = [np.frombuffer(b, dtype=np.uint8) for b in payloads]
+    addrs = np.array([v.ctypes.data if v.size else 0 for v in views], dtype=np.uint64)
+    lens = np.array([v.size for v in views], dtype=np.int64)
+    lay, keep = native_layout(layout)
+    tables: tuple[torch.Tensor, ...] = ()
+    w_ptr = ws_ptr = 0
+    if weights is not None:
+        w, ws = shoup_tables(weights, layout.primes)
+        tables = (w, ws)  # alive until the call returns
+        w_ptr, ws_ptr = w.data_ptr(), ws.data_ptr()
+    acc = torch.zeros(layout.shape, dtype=torch.int64)
+    versions = np.zeros((n, 2), dtype=np.uint8)
+    bad, msg = native().he_accumulate(
+        n,
+        addrs.ctypes.data,
+        lens.ctypes.data,
+        lay,
+        w_ptr,
+        ws_ptr,
+        acc.data_ptr(),
+        versions.ctypes.data,
+    )
+    if bad >= 0:
+        name = bad if client_ids is None else client_ids[bad]
+        raise PayloadError(f"client {name!r}: {msg}")
+    del keep, tables
+    return acc, [(int(a), int(b)) if a else None for a, b in versions]
