@@ -1,0 +1,187 @@
+"""The round pipeline and the Flower strategies, side by side in one run on the same updates.
+
+1. Flower's Message API strategies (``flwr.serverapp.strategy``: FedAvg, FedMedian,
+   FedTrimmedAvg, Krum) against :class:`~bcfl_engine.integrations.flower.EngineFedAvg` with the
+   same rule, on the same ``n`` replies of a ``d``-parameter model (4 arrays), timing
+   ``aggregate_train`` (reply checks, array conversion and the aggregate). ``flower x`` is
+   Flower's time over the engine's.
+2. What the round pipeline adds to a bare :func:`bcfl_engine.aggregate` of the same updates:
+   :class:`~bcfl_engine.round.AggregationRound` on the embedded chain, split into signature
+   checks, durable stores (temp file, fsync, rename), the copy into the batch, the aggregate,
+   the Merkle tree and the commit transaction. Each part is reported as a multiple of the bare
+   aggregate.
+
+    python benchmarks/bench_round.py                  # n=32, d=262144 (1 MiB per update)
+    python benchmarks/bench_round.py --quick          # n=16, d=4099
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from bcfl_engine import aggregate
+from bcfl_engine.updates import keccak256
+
+
+def timeit(fn: Callable[..., Any], repeats: int, setup: Callable[[], Any] | None = None) -> float:
+    """Median seconds of ``fn()`` (or ``fn(setup())``, the setup untimed) over ``repeats``."""
+    times = []
+    for _ in range(repeats):
+        arg = setup() if setup is not None else None
+        t0 = time.perf_counter()
+        fn() if setup is None else fn(arg)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def replies(x: torch.Tensor) -> list[Any]:
+    """Flower replies carrying each row of ``x`` as a 4-array model."""
+    from flwr.app import Array, ArrayRecord, Message, Metadata, MetricRecord, RecordDict
+
+    d = x.shape[1]
+    cuts = [0, d // 2, 3 * d // 4, d - 7, d]
+    out = []
+    for i, row in enumerate(x.numpy()):
+        arrays = ArrayRecord({f"w{j}": Array(row[cuts[j] : cuts[j + 1]].copy()) for j in range(4)})
+        content = RecordDict({"arrays": arrays, "metrics": MetricRecord({"num-examples": 10 + i})})
+        meta = Metadata(1, f"m{i}", i + 1, 0, f"i{i}", "1", time.time(), 600.0, "train")
+        out.append(Message(content, metadata=meta))
+    return out
+
+
+def flower_vs_engine(x: torch.Tensor, repeats: int) -> list[tuple[str, float, float]]:
+    from flwr.serverapp import strategy as fs
+
+    from bcfl_engine.integrations.flower import EngineFedAvg
+
+    n = x.shape[0]
+    f = max(1, n // 10)
+    beta = f / n
+    pairs = [
+        ("mean", fs.FedAvg(), EngineFedAvg("mean")),
+        ("median", fs.FedMedian(), EngineFedAvg("median")),
+        (
+            "trimmed_mean",
+            fs.FedTrimmedAvg(beta=beta),
+            EngineFedAvg("trimmed_mean", f=int(beta * n)),
+        ),
+        ("krum", fs.Krum(num_malicious_nodes=f), EngineFedAvg("krum", f=f)),
+    ]
+    rows = []
+    for rule, theirs, ours in pairs:
+        # Flower's FedMedian and friends empty the replies' ArrayRecords: fresh replies per call.
+        t_flower = timeit(lambda m, s=theirs: s.aggregate_train(1, m), repeats, lambda: replies(x))
+        t_engine = timeit(lambda m, s=ours: s.aggregate_train(1, m), repeats, lambda: replies(x))
+        rows.append((rule, t_flower, t_engine))
+    return rows
+
+
+def pipeline(x: torch.Tensor, repeats: int) -> dict[str, float]:
+    from eth_account import Account
+
+    from bcfl_engine.chain import Ledger, MerkleTree, verify_payload
+    from bcfl_engine.chain.signing import SignedPayload
+    from bcfl_engine.round import AggregationRound, encode_update, leaves_of, sign_payload
+    from bcfl_engine.store import PayloadStore
+    from bcfl_engine.updates import UpdateBatch
+
+    n, d = x.shape
+    keys = [keccak256(b"bench hospital %d" % i) for i in range(n)]
+    addresses = [Account.from_key(k).address for k in keys]
+    ledger = Ledger.embedded()
+    bare = timeit(lambda: aggregate(x, rule="median", f=max(1, n // 10)), repeats)
+    parts: dict[str, list[float]] = {
+        k: [] for k in ("signatures", "store", "copy", "tree", "total")
+    }
+    for _ in range(repeats):
+        task = ledger.create_task(aggregator=ledger.sender, participants=addresses, model_spec=b"b")
+        payloads = [
+            sign_payload(k, task, 1, encode_update(x[i]), ledger.domain, weight=1)
+            for i, k in enumerate(keys)
+        ]
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            for p in payloads:
+                sp = SignedPayload(task, 1, keccak256(p.data), p.client, p.signature)
+                verify_payload(sp, task=task, round=1, participants=addresses, domain=ledger.domain)
+            parts["signatures"].append(time.perf_counter() - t0)
+            store = PayloadStore(tmp + "/probe")
+            t0 = time.perf_counter()
+            for p in payloads:
+                store.put(p.data)
+            parts["store"].append(time.perf_counter() - t0)
+            batch = UpdateBatch(d, n)
+            t0 = time.perf_counter()
+            for i in range(n):
+                batch.add(str(i), x[i])
+            parts["copy"].append(time.perf_counter() - t0)
+            records = [
+                {"client": a, "digest": keccak256(p.data).hex(), "weight": 1, "salt": "00" * 32}
+                for a, p in zip(addresses, payloads, strict=True)
+            ]
+            t0 = time.perf_counter()
+            MerkleTree.from_leaves(leaves_of(1, records))
+            parts["tree"].append(time.perf_counter() - t0)
+            rnd = AggregationRound(
+                ledger,
+                task,
+                1,
+                tmp + "/round",
+                participants=addresses,
+                dim=d,
+                rule="median",
+                f=max(1, n // 10),
+            )
+            t0 = time.perf_counter()
+            for p in payloads:
+                rnd.submit(p)
+            res = rnd.finalize()
+            parts["total"].append(time.perf_counter() - t0)
+            parts.setdefault("aggregate (in round)", []).append(res.seconds)
+    out = {k: statistics.median(v) for k, v in parts.items()}
+    out["bare aggregate"] = bare
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=32)
+    parser.add_argument("--d", type=int, default=262_144)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="n=16, d=4099")
+    args = parser.parse_args()
+    n, d = (16, 4099) if args.quick else (args.n, args.d)
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((n, d), dtype=np.float32))
+    print(
+        f"n={n} d={d} float32 ({x.numel() * 4 / 2**20:.1f} MiB of updates), median of {args.repeats}"
+    )
+    print("\n1. aggregate_train: Flower's strategy vs EngineFedAvg, same replies")
+    print(f"  {'rule':<14} {'flower ms':>10} {'engine ms':>10} {'flower x':>9}")
+    for rule, t_f, t_e in flower_vs_engine(x, args.repeats):
+        print(f"  {rule:<14} {1e3 * t_f:>10.2f} {1e3 * t_e:>10.2f} {t_f / t_e:>9.1f}")
+    print("\n2. AggregationRound (median, embedded chain) vs a bare aggregate of the same updates")
+    parts = pipeline(x, args.repeats)
+    bare = parts["bare aggregate"]
+    for name in (
+        "bare aggregate",
+        "aggregate (in round)",
+        "signatures",
+        "store",
+        "copy",
+        "tree",
+        "total",
+    ):
+        print(f"  {name:<22} {1e3 * parts[name]:>10.2f} ms {parts[name] / bare:>8.1f} x bare")
+    print("  (total = every submit and the finalize, commit transaction included)")
+
+
+if __name__ == "__main__":
+    main()
