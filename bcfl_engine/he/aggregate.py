@@ -53,6 +53,7 @@ def aggregate(
     codec: str | None = None,
     block: int | None = None,
     client_ids: Sequence[Any] | None = None,
+    fused: bool | None = None,
 ) -> Any:
     """Homomorphic weighted sum of clients' encrypted updates -> CKKSVectorProto bytes.
 
@@ -77,6 +78,8 @@ def aggregate(
     block : clients parsed per step (default: as many as fit :data:`BLOCK_BYTES`); memory stays
         ``O(block)`` payloads whatever ``n`` is
     client_ids : names used in errors (default ``0 .. n-1``)
+    fused : False forces the two-pass batch path (benchmarks, tests); None takes the fused one
+        where it can run
 
     Returns
     -------
@@ -91,7 +94,14 @@ def aggregate(
         width = len(payloads[0])
         if any(not isinstance(p, (list, tuple)) or len(p) != width for p in payloads):
             raise InvalidArgument(f"every client must send {width} payloads")
-        kw = dict(context=context, frac_bits=frac_bits, backend=backend, codec=codec, block=block)
+        kw = dict(
+            context=context,
+            frac_bits=frac_bits,
+            backend=backend,
+            codec=codec,
+            block=block,
+            fused=fused,
+        )
         return [
             aggregate([p[j] for p in payloads], weights, client_ids=client_ids, **kw)
             for j in range(width)
@@ -100,7 +110,7 @@ def aggregate(
     ids = list(range(n)) if client_ids is None else list(client_ids)
     if len(ids) != n:
         raise InvalidArgument(f"client_ids must be {n} names; got {len(ids)}")
-    if fused_path(backend, codec):
+    if fused is not False and fused_path(backend, codec):
         return _aggregate_fused(payloads, weights, context, frac_bits, ids)
     block_ids, block_blobs = ids[:1], payloads[:1]
     batch = CiphertextBatch(context, 1, codec=codec)

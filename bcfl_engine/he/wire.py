@@ -33,20 +33,27 @@ residue, least significant bit first (the row read as one little-endian integer)
 from __future__ import annotations
 
 import struct
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import PayloadError
 from .keys import ContextInfo
-from .proto import parse_proto, write_proto
+from .proto import parse_proto as parse_proto
+from .proto import write_proto
+from .seal import COMPR_NONE as COMPR_NONE
+from .seal import COMPR_ZLIB as COMPR_ZLIB
+from .seal import COMPR_ZSTD as COMPR_ZSTD
+from .seal import (
+    CT_META,
+    PREFIX,
+    _decompress,
+    check_residues,
+    seal_body,
+    seal_header,
+    write_seal_ciphertext,
+)
 
-SEAL_MAGIC = 0xA15E
-SEAL_HEADER = struct.Struct("<HBBBBHQ")  # magic, header size, major, minor, compr, reserved, size
-COMPR_NONE, COMPR_ZLIB, COMPR_ZSTD = 0, 1, 2
-CT_META = struct.Struct("<4QBQQQdQ")  # parms_id, ntt, size, N, K, scale, correction factor (73 B)
-PREFIX = CT_META.size + SEAL_HEADER.size + 8  # metadata, DynArray header, count: 97 bytes
 COMPACT_MAGIC = b"BCKS"
 COMPACT = struct.Struct("<4sBBHIIQ4Qd")  # 64 bytes
 FLAG_BITPACKED, FLAG_PAIR = 1, 2
@@ -91,77 +98,6 @@ def chunk_sizes(d: int, slots: int, pair: bool) -> tuple[int, ...]:
     return tuple((r + 1) // 2 if pair else r for r in reals)
 
 
-# ---------------------------------------------------------------- SEAL ciphertext
-
-
-def _decompress(mode: int, body: memoryview, expected: int) -> bytes:
-    if mode == COMPR_ZLIB:
-        dec = zlib.decompressobj()
-        try:
-            out = dec.decompress(body, expected + 1)
-        except zlib.error as exc:
-            raise PayloadError(f"zlib body is corrupt: {exc}") from None
-        if len(out) > expected or dec.unconsumed_tail:
-            raise PayloadError(f"zlib body inflates past the expected {expected} bytes")
-        if not dec.eof or dec.unused_data:
-            raise PayloadError("zlib body is truncated or has trailing bytes")
-        return out
-    try:
-        import zstandard
-    except ImportError:  # pragma: no cover - zstandard is in the he extra
-        raise PayloadError(
-            "zstd-compressed SEAL body but neither bcfl_engine._C nor zstandard"
-        ) from None
-    try:
-        dctx = zstandard.ZstdDecompressor()
-        out = dctx.decompress(body, max_output_size=expected + 1, allow_extra_data=False)
-    except zstandard.ZstdError as exc:
-        raise PayloadError(f"zstd body is corrupt: {exc}") from None
-    if len(out) != expected:
-        raise PayloadError(f"zstd body holds {len(out)} bytes; expected {expected}")
-    return out
-
-
-def seal_header(buf: memoryview) -> tuple[int, int, int, int]:
-    """Check a SEAL header; (major, minor, compr_mode, size)."""
-    if len(buf) < SEAL_HEADER.size:
-        raise PayloadError(f"SEAL object of {len(buf)} bytes is shorter than its 16-byte header")
-    magic, hsize, major, minor, compr, reserved, size = SEAL_HEADER.unpack_from(buf, 0)
-    if magic != SEAL_MAGIC or hsize != SEAL_HEADER.size or reserved != 0:
-        raise PayloadError(f"not a SEAL header (magic {magic:#06x}, header size {hsize})")
-    if major != 4:
-        raise PayloadError(f"SEAL version {major}.{minor} not supported (expected 4.x)")
-    if compr not in (COMPR_NONE, COMPR_ZLIB, COMPR_ZSTD):
-        raise PayloadError(f"unknown SEAL compression mode {compr}")
-    if size != len(buf):
-        raise PayloadError(f"SEAL header says {size} bytes; the ciphertext field holds {len(buf)}")
-    return major, minor, compr, size
-
-
-def seal_body(buf: memoryview, residues: int, poly_degree: int) -> tuple[tuple, memoryview]:
-    """Decompress a SEAL ciphertext; (metadata tuple, residue bytes of a size-2 ciphertext)."""
-    _, _, compr, _ = seal_header(buf)
-    expected = PREFIX + 16 * residues * poly_degree
-    body = buf[SEAL_HEADER.size :]
-    if compr == COMPR_NONE:
-        if len(body) != expected:
-            raise PayloadError(f"SEAL body holds {len(body)} bytes; expected {expected}")
-        raw = body
-    else:
-        raw = memoryview(_decompress(compr, body, expected))
-    meta = CT_META.unpack_from(raw, 0)
-    dmagic, dhsize, _, _, dcompr, dres, dsize = SEAL_HEADER.unpack_from(raw, CT_META.size)
-    (count,) = struct.unpack_from("<Q", raw, CT_META.size + SEAL_HEADER.size)
-    data_bytes = 16 * residues * poly_degree
-    if (dmagic, dhsize, dcompr, dres) != (SEAL_MAGIC, SEAL_HEADER.size, COMPR_NONE, 0):
-        raise PayloadError("the residue array has no valid uncompressed SEAL header")
-    if dsize != 24 + data_bytes or count != 2 * residues * poly_degree:
-        raise PayloadError(
-            f"residue array holds {count} values; expected {2 * residues * poly_degree}"
-        )
-    return meta, raw[PREFIX : PREFIX + data_bytes]
-
-
 def check_meta(meta: tuple, layout: Layout) -> None:
     """Ciphertext metadata against the layout: parms_id, NTT form, size, N, K, scale."""
     pid, ntt, size, n, k, scale, cf = tuple(meta[:4]), *meta[4:]
@@ -179,43 +115,6 @@ def check_meta(meta: tuple, layout: Layout) -> None:
         raise PayloadError(f"ciphertext scale {scale!r}; expected {layout.scale!r}")
     if cf != 1:
         raise PayloadError(f"correction factor {cf}; CKKS ciphertexts have 1")
-
-
-def check_residues(x: np.ndarray, primes: tuple[int, ...], where: str) -> None:
-    """Every residue of ``x`` ``[..., K, N]`` below its prime."""
-    q = np.array(primes, dtype=np.uint64)[:, None]
-    bad = x >= q
-    if bad.any():
-        idx = np.argwhere(bad)[0]
-        raise PayloadError(
-            f"{where}: residue {int(x[tuple(idx)])} at {tuple(int(i) for i in idx)} not below its prime"
-        )
-
-
-def write_seal_ciphertext(
-    residues: np.ndarray,
-    parms_id: tuple[int, ...],
-    scale: float,
-    version: tuple[int, int],
-    compr: int = 0,
-) -> bytes:
-    """One SEAL ciphertext object of ``residues`` ``[2, K, N]`` (uint64)."""
-    _, k, n = residues.shape
-    data = np.ascontiguousarray(residues, dtype="<u8").tobytes()
-    major, minor = version
-    body = (
-        CT_META.pack(*parms_id, 1, 2, n, k, scale, 1)
-        + SEAL_HEADER.pack(SEAL_MAGIC, 16, major, minor, COMPR_NONE, 0, 24 + len(data))
-        + struct.pack("<Q", 2 * k * n)
-        + data
-    )
-    if compr == COMPR_ZLIB:
-        body = zlib.compress(body)
-    elif compr == COMPR_ZSTD:
-        import zstandard
-
-        body = zstandard.ZstdCompressor().compress(body)
-    return SEAL_HEADER.pack(SEAL_MAGIC, 16, major, minor, compr, 0, 16 + len(body)) + body
 
 
 # ---------------------------------------------------------------- compact
