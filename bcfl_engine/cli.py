@@ -1,7 +1,7 @@
 """The ``bcfl`` command: ``demo``, ``audit``, ``info``, ``bench``.
 
 Exit codes: 0 success; 1 an audit or verification found a mismatch; 2 a usage error (bad
-flags or values); 3 any other error (a missing dependency, an unreachable chain, ...). Errors
+flags or values, a rule's precondition such as ``n > 2f`` not met by the flags); 3 any other error (a missing dependency, an unreachable chain, ...). Errors
 print on one line; ``--debug`` shows the traceback.
 """
 
@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .errors import AuditError, BcflError, InvalidArgument, MissingDependency
+from .errors import AuditError, BcflError, InvalidArgument, MissingDependency, PreconditionError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
 DEFAULT_RULES = ("mean", "median", "trimmed_mean", "krum", "geometric_median")
@@ -250,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)  # argparse itself exits 2 on a malformed command line
     try:
         return int(args.fn(args))
-    except (UsageError, InvalidArgument) as exc:
+    except (UsageError, InvalidArgument, PreconditionError) as exc:
         if args.debug:
             raise
         print(f"bcfl {args.command}: error: {_line(exc)}", file=sys.stderr)

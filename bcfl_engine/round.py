@@ -105,7 +105,7 @@ class AggregationRound:
     ledger : a :class:`bcfl_engine.chain.Ledger` (its signer must be the task's aggregator)
     task, round : the task id and the round number (>= 1, rounds in order)
     store : a :class:`PayloadStore` or its folder
-    participants : the addresses allowed to submit
+    participants : the addresses allowed to submit, in the order the task registered them
     dim : the length of a plaintext update (None under CKKS)
     rule, f, params, pre, backend : how plaintext updates are aggregated (see
         :func:`bcfl_engine.aggregate`); the backend is pinned in the metadata so an audit
