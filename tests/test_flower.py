@@ -175,18 +175,24 @@ def test_message_api_strategy_commits_signed_rounds_to_the_chain(tmp_path):
     flat = torch.tensor(np.concatenate([out[k].numpy().reshape(-1) for k in out]))
     assert_close(flat, reference("mean", 0, arrays, [1, 2, 3, 4, 5]))
     assert ledger.record(task, 1).n == N and audit(ledger, task, 1, tmp_path).ok
-    unsigned = [reply(i, a, 1) for i, a in enumerate(arrays)]
-    with pytest.raises(PayloadError, match="no signature"):
-        strategy.aggregate_train(2, unsigned)
-    forged = [
-        reply(i, a, 1, {RECORD_KEY: sign_reply(a, keys[0], task, 2, ledger.domain)})
+    # Round 2: node 1 forges client 1's signature, node 3 sends none: both are left out.
+    signed = [
+        reply(i, a, i + 1, {RECORD_KEY: sign_reply(a, keys[i], task, 2, ledger.domain)})
         for i, a in enumerate(arrays)
     ]
-    forged[1].content[RECORD_KEY] = ConfigRecord(
-        {"address": addresses[1], "signature": forged[0].content[RECORD_KEY]["signature"]}
+    signed[1].content[RECORD_KEY] = ConfigRecord(
+        {"address": addresses[1], "signature": signed[0].content[RECORD_KEY]["signature"]}
     )
-    with pytest.raises(PayloadError):
-        strategy.aggregate_train(2, forged)
+    signed[3] = reply(3, arrays[3], 4)
+    out, _ = strategy.aggregate_train(2, signed)
+    assert [r.split(":")[0] for r in strategy.rejected[2]] == ["node 1", "node 3"]
+    assert "no signature" in strategy.rejected[2][1]
+    kept = [arrays[i] for i in (0, 2, 4)]
+    flat = torch.tensor(np.concatenate([out[k].numpy().reshape(-1) for k in out]))
+    assert_close(flat, reference("mean", 0, kept, [1, 3, 5]))
+    assert ledger.record(task, 2).n == 3 and audit(ledger, task, 2, tmp_path).ok
+    with pytest.raises(PayloadError, match="no valid reply"):
+        strategy.aggregate_train(3, [reply(i, a, 1) for i, a in enumerate(arrays)])
 
     from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 
@@ -194,15 +200,15 @@ def test_message_api_strategy_commits_signed_rounds_to_the_chain(tmp_path):
 
     results = []
     for i, a in enumerate(arrays):
-        sig = sign_reply(a, keys[i], task, 2, ledger.domain)
+        sig = sign_reply(a, keys[i], task, 3, ledger.domain)
         metrics = {ADDRESS_KEY: sig["address"], SIGNATURE_KEY: sig["signature"]}
         results.append(
             (None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(a), i + 1, metrics))
         )
-    params, _ = LegacyEngineFedAvg(rounds=rounds).aggregate_fit(2, results, [])
+    params, _ = LegacyEngineFedAvg(rounds=rounds).aggregate_fit(3, results, [])
     flat = torch.tensor(np.concatenate([a.reshape(-1) for a in parameters_to_ndarrays(params)]))
     assert_close(flat, reference("mean", 0, arrays, [1, 2, 3, 4, 5]))
-    assert ledger.record(task, 2).n == N and audit(ledger, task, 2, tmp_path).ok
+    assert ledger.record(task, 3).n == N and audit(ledger, task, 3, tmp_path).ok
 
 
 def test_example_app_runs_in_flowers_simulation(tmp_path):

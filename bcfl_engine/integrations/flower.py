@@ -31,11 +31,18 @@ import torch
 
 from .. import rules
 from ..aggregate import aggregate
-from ..errors import InvalidArgument, MissingDependency, PayloadError
+from ..errors import (
+    InvalidArgument,
+    MissingDependency,
+    NonFiniteUpdate,
+    PayloadError,
+    ShapeMismatch,
+)
 from ..updates import ParamSpec
 
 try:
     from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+    from flwr.common.logger import log
     from flwr.serverapp.strategy import FedAvg
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependency(
@@ -102,18 +109,33 @@ def commit_arrays(
     rnd: AggregationRound,
     arrays: Sequence[Sequence[np.ndarray]],
     weights: Sequence[float],
-    signatures: Sequence[tuple[str, bytes]],
-) -> list[np.ndarray]:
+    signatures: Sequence[tuple[str, bytes] | None],
+    names: Sequence[str],
+) -> tuple[list[np.ndarray], list[str]]:
     """Run one round through the pipeline: submit each client's signed arrays, aggregate,
-    commit; return the aggregate in the clients' structure."""
+    commit. Returns the aggregate in the clients' structure and the rejected replies.
+
+    A reply that is unsigned, mis-signed, from a non-participant, of the wrong size or not
+    finite is left out of the round (named in the second list), as a Byzantine-robust
+    aggregator must; PayloadError when no reply is left.
+    """
     from ..round import Payload
 
     spec = ParamSpec.infer(list(arrays[0]))
-    for a, w, (address, signature) in zip(arrays, weights, signatures, strict=True):
-        rnd.submit(Payload(address, encode_arrays(a), signature, weight=int(w)))
+    rejected = []
+    for a, w, sig, name in zip(arrays, weights, signatures, names, strict=True):
+        if sig is None:
+            rejected.append(f"{name}: no signature (ConfigRecord {RECORD_KEY!r}; see sign_reply)")
+            continue
+        try:
+            rnd.submit(Payload(sig[0], encode_arrays(a), sig[1], weight=int(w)))
+        except (PayloadError, ShapeMismatch, NonFiniteUpdate, InvalidArgument) as exc:
+            rejected.append(f"{name}: {exc}")
+    if len(rnd) == 0:
+        raise PayloadError(f"round {rnd.round}: no valid reply; rejected: {'; '.join(rejected)}")
     result = rnd.finalize()
     out = spec.unflatten(torch.as_tensor(result.update))
-    return [np.asarray(a) for a in out]
+    return [np.asarray(a) for a in out], rejected
 
 
 def decrypt_global(
@@ -142,8 +164,9 @@ class EngineFedAvg(FedAvg):
     rule, f, params, pre, backend : as in :func:`bcfl_engine.aggregate` (``params`` holds the
         rule's extra parameters).
     rounds : optional ``rounds(server_round) -> AggregationRound``; when given, every server
-        round is collected, aggregated and committed through it (its rule is used) and each
-        reply must carry its client's signature (:func:`sign_reply`).
+        round is collected, aggregated and committed through it (its rule is used); a reply
+        without a valid signature (:func:`sign_reply`) is left out and listed in
+        ``rejected[server_round]``.
     secure : None or "ckks": clients send ciphertexts, the strategy sums them homomorphically;
         ``he_context`` is then the public context bytes (:meth:`bcfl_engine.he.Keys.public_context`).
     **kwargs : passed to ``flwr.serverapp.strategy.FedAvg`` (``fraction_train``,
@@ -183,11 +206,10 @@ class EngineFedAvg(FedAvg):
             he_context,
         )
         self.last_result: Any = None
+        self.rejected: dict[int, list[str]] = {}  # server round -> replies left out, and why
 
     def summary(self) -> None:
         super().summary()
-        from flwr.common.logger import log
-
         chain = "committed per round" if self.rounds else "off"
         log(
             20,
@@ -226,7 +248,13 @@ class EngineFedAvg(FedAvg):
                 )
         arrays = [[rec[k].numpy() for k in keys] for rec in records]
         if self.rounds is not None:
-            out = commit_arrays(self.rounds(server_round), arrays, weights, self._signatures(valid))
+            names = [f"node {m.metadata.src_node_id}" for m in valid]
+            rnd = self.rounds(server_round)
+            out, self.rejected[server_round] = commit_arrays(
+                rnd, arrays, weights, self._signatures(valid), names
+            )
+            for reason in self.rejected[server_round]:
+                log(30, "bcfl_engine: round %d left out %s", server_round, reason)
         else:
             out = aggregate_arrays(
                 arrays,
@@ -242,16 +270,14 @@ class EngineFedAvg(FedAvg):
             {k: Array(np.ascontiguousarray(a)) for k, a in zip(keys, out, strict=True)}
         ), metrics
 
-    def _signatures(self, replies: list[Message]) -> list[tuple[str, bytes]]:
-        out = []
+    def _signatures(self, replies: list[Message]) -> list[tuple[str, bytes] | None]:
+        out: list[tuple[str, bytes] | None] = []
         for msg in replies:
             rec = msg.content.config_records.get(RECORD_KEY)
             if rec is None or "address" not in rec or "signature" not in rec:
-                raise PayloadError(
-                    f"node {msg.metadata.src_node_id}: the reply carries no signature "
-                    f"(ConfigRecord {RECORD_KEY!r} with address and signature; see sign_reply)"
-                )
-            out.append((str(rec["address"]), bytes(rec["signature"])))  # type: ignore[arg-type]
+                out.append(None)
+            else:
+                out.append((str(rec["address"]), bytes(rec["signature"])))  # type: ignore[arg-type]
         return out
 
     def _aggregate_ckks(self, replies: list[Message], weights: list[float]) -> ArrayRecord:

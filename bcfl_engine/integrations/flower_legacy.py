@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .. import rules
-from ..errors import InvalidArgument, MissingDependency, PayloadError
+from ..errors import InvalidArgument, MissingDependency
 from .flower import aggregate_arrays, commit_arrays
 
 try:
@@ -45,7 +45,8 @@ class LegacyEngineFedAvg(FedAvg):
     ----------
     rule, f, params, pre, backend : as in :func:`bcfl_engine.aggregate`.
     rounds : optional ``rounds(server_round) -> AggregationRound`` that collects, aggregates
-        and commits each round (clients sign; see the module docstring).
+        and commits each round (clients sign; see the module docstring); results without a
+        valid signature are left out and listed in ``rejected[server_round]``.
     **kwargs : passed to ``flwr.server.strategy.FedAvg``.
     """
 
@@ -65,6 +66,7 @@ class LegacyEngineFedAvg(FedAvg):
             raise InvalidArgument(f"{rule!r} is a pre-aggregation step, not a rule")
         self.rule, self.f, self.params, self.pre = rule, f, dict(params or {}), tuple(pre)
         self.backend, self.rounds = backend, rounds
+        self.rejected: dict[int, list[str]] = {}  # server round -> results left out, and why
 
     def __repr__(self) -> str:
         return f"LegacyEngineFedAvg(rule={self.rule!r}, f={self.f})"
@@ -81,14 +83,16 @@ class LegacyEngineFedAvg(FedAvg):
         arrays = [parameters_to_ndarrays(res.parameters) for _, res in results]
         weights = [float(res.num_examples) for _, res in results]
         if self.rounds is not None:
-            sigs = []
-            for proxy, res in results:
-                if ADDRESS_KEY not in res.metrics or SIGNATURE_KEY not in res.metrics:
-                    raise PayloadError(
-                        f"client {proxy.cid}: FitRes.metrics carries no {ADDRESS_KEY}/{SIGNATURE_KEY}"
-                    )
-                sigs.append((str(res.metrics[ADDRESS_KEY]), bytes(res.metrics[SIGNATURE_KEY])))  # type: ignore[arg-type]
-            out = commit_arrays(self.rounds(server_round), arrays, weights, sigs)
+            sigs: list[tuple[str, bytes] | None] = [
+                (str(res.metrics[ADDRESS_KEY]), bytes(res.metrics[SIGNATURE_KEY]))  # type: ignore[arg-type]
+                if ADDRESS_KEY in res.metrics and SIGNATURE_KEY in res.metrics
+                else None
+                for _, res in results
+            ]
+            names = [f"client {getattr(proxy, 'cid', i)}" for i, (proxy, _) in enumerate(results)]
+            out, self.rejected[server_round] = commit_arrays(
+                self.rounds(server_round), arrays, weights, sigs, names
+            )
         else:
             out = aggregate_arrays(
                 arrays,
