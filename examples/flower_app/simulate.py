@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> dict:
         num_supernodes=args.clients,
         backend_config={
             "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-            "init_args": {"num_cpus": 2},
+            "init_args": {"num_cpus": 1},
         },
     )
     result = json.loads((Path(args.out) / "result.json").read_text())
