@@ -211,6 +211,7 @@ def test_message_api_strategy_commits_signed_rounds_to_the_chain(tmp_path):
     assert ledger.record(task, 3).n == N and audit(ledger, task, 3, tmp_path).ok
 
 
+@pytest.mark.slow
 def test_example_app_runs_in_flowers_simulation(tmp_path):
     """The example in Flower's Simulation Runtime (Ray): 4 hospitals, one sign-flipping,
     2 rounds of median, each committed to a chain and audited."""

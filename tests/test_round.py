@@ -309,6 +309,7 @@ def anvil(anvil_url):
     return Ledger.connect(anvil_url, key=ANVIL_KEY)
 
 
+@pytest.mark.slow
 def test_killed_aggregator_restarts_without_losing_payloads_and_commits_the_same_root(
     anvil, tmp_path
 ):
