@@ -119,7 +119,7 @@ def audit(
     from the payloads (same rule, parameters and backend) hashes to the committed result
     digest; the contract accepts every client's inclusion proof.
     """
-    from .chain import MerkleTree, SignedPayload, verify_payload
+    from .chain import MerkleTree, SignedPayload, participant_leaf, verify_payload
 
     store = store if isinstance(store, PayloadStore) else PayloadStore(store)
     problems: list[str] = []
@@ -135,7 +135,16 @@ def audit(
             task, round, [f"the store holds no accepted payload of task {task} round {round}"], []
         )
     saved = store.read_round(task, round) or {}
-    participants = saved.get("participants") or [r["client"] for r in records]
+    participants = saved.get("participants")
+    if not participants:
+        problems.append("the store's round record (round.json) is missing: participants unknown")
+        participants = [r["client"] for r in records]
+    elif MerkleTree.from_leaves([participant_leaf(p) for p in participants]).root != (
+        ledger.task_info(task).participants_root
+    ):
+        problems.append(
+            f"the participants in the store's round record are not those registered for task {task}"
+        )
     rows, intact = [], True
     for r in records:
         who = f"client {r['client']} (seq {r['seq']})"

@@ -150,6 +150,7 @@ class AggregationRound:
         self.ledger, self.task, self.round = ledger, task, round
         self.store = store if isinstance(store, PayloadStore) else PayloadStore(store)
         self.participants = frozenset(address_bytes(p, "participant") for p in participants)
+        self._registered = ["0x" + address_bytes(p, "participant").hex() for p in participants]
         self.dim, self.rule, self.f, self.pre = dim, rule, f, list(pre)
         self.params = dict(params or {})
         self.backend, self.secure, self.he_context = backend, secure, he_context
@@ -334,11 +335,10 @@ class AggregationRound:
             "result_digest": result_digest.hex(),
             "meta_hash": meta_hash.hex(),
             "n": len(leaves),
-            "participants": sorted("0x" + p.hex() for p in self.participants),
+            "participants": self._registered,
         }
-        self.store.write_round(
-            self.task, self.round, record
-        )  # before the commit: a crash replays it
+        # Written before the commit: a crash in between replays the same commit (a no-op).
+        self.store.write_round(self.task, self.round, record)
         receipt = self.ledger.commit_round(
             self.task,
             round=self.round,

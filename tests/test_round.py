@@ -256,6 +256,16 @@ def test_audit_names_a_result_digest_that_differs(ledger, tmp_path):
     assert "0x" + res.result_digest.hex() in report.summary()
 
 
+def test_audit_names_participants_that_were_not_registered(ledger, tmp_path):
+    task, _ = _tampered_round(ledger, tmp_path)
+    store = PayloadStore(tmp_path)
+    record = store.read_round(task, 1)
+    record["participants"] = record["participants"][::-1]
+    store.write_round(task, 1, record)
+    report = audit(ledger, task, 1, store)
+    assert not report.ok and "not those registered" in report.summary()
+
+
 def test_audit_catches_an_aggregator_that_commits_a_wrong_result(ledger, tmp_path, monkeypatch):
     import bcfl_engine.round as round_mod
 
