@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import InvalidArgument, NonFiniteUpdate, PreconditionError
-from ..updates import STORAGE_DTYPES
+from ..updates import STORAGE_DTYPES, all_finite
 
 # Codes of the storage dtypes in the native kernels (csrc/common.h).
 DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
@@ -32,7 +32,7 @@ def check_updates(x: object, rule: str, *, min_n: int = 1) -> torch.Tensor:
 
 def check_finite(x: torch.Tensor, rule: str) -> None:
     """Reject NaN/inf: one non-finite value poisons an aggregate."""
-    if not bool(torch.isfinite(x).all()):
+    if not all_finite(x):
         row = int((~torch.isfinite(x)).any(dim=1).nonzero()[0, 0])
         raise NonFiniteUpdate(f"{rule}: update {row} holds NaN or infinity")
 
