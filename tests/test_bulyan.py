@@ -90,8 +90,15 @@ def test_coordinate_stage_by_hand() -> None:
     assert_close(got[2], torch.tensor(2.0), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("theta,beta", [(1, 1), (2, 1), (4, 2), (5, 3), (8, 8), (9, 1), (34, 4)])
+# theta = 197 takes the nth_element path of the C++ kernel (ranks up to theta = 192).
+@pytest.mark.parametrize(
+    "theta,beta", [(1, 1), (2, 1), (4, 2), (5, 3), (8, 8), (9, 1), (34, 4), (197, 5)]
+)
 def test_coordinate_stage_breaks_ties_as_the_reference(backend: str, theta: int, beta: int) -> None:
+    if backend == "triton" and theta > 64:
+        pytest.skip(
+            "the Triton kernel has one path, checked at small theta (interpreter: 5 s here)"
+        )
     # Small integers: equal values and equidistant pairs around the median in most columns.
     g = torch.Generator().manual_seed(theta * 100 + beta)
     x = torch.randint(-3, 4, (theta + 3, 515), generator=g).float()
