@@ -123,3 +123,13 @@ def test_digest_is_keccak_of_the_row_unless_given() -> None:
     assert keccak256(b"").hex().startswith("c5d2460186f7233c927e7db2dcc703c0")
     with pytest.raises(InvalidArgument):
         batch.add("c", torch.zeros(3), digest=b"short")
+
+
+def test_finite_check_is_exact_when_the_sum_overflows() -> None:
+    from bcfl_engine.updates import all_finite
+
+    huge = torch.full((10,), 3e38)  # finite values whose float32 sum overflows
+    assert all_finite(huge)
+    huge[3], huge[4] = float("inf"), float("-inf")  # opposite infinities sum to NaN
+    assert not all_finite(huge)
+    assert not all_finite(torch.tensor([1.0, float("nan")]))
