@@ -1,0 +1,75 @@
+"""Coordinate-wise median: the robust aggregate that tolerates f < n/2 Byzantine clients.
+
+Yin, Chen, Kannan and Bartlett, "Byzantine-Robust Distributed Learning: Towards Optimal
+Statistical Rates", ICML 2018: ``out[j] = median_i x[i, j]`` over ``[n_clients, dim]`` updates.
+Each coordinate stays within the range of the honest values as long as ``n > 2f``. For even
+``n`` the median is the mean of the two middle values (as numpy and ``torch.quantile``; note that
+``torch.median`` returns the lower one).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..backends import Kernel, dispatch, native
+from ._common import DTYPE_CODE, check_f, check_finite, check_updates, contiguous
+
+
+def median_reference(x: torch.Tensor, f: int = 0) -> torch.Tensor:
+    """Pure-torch coordinate-wise median of ``x`` ``[n, d]``; float32 ``[d]``. ``f`` is unused."""
+    s = x.float().sort(dim=0).values
+    n = s.shape[0]
+    if n % 2:
+        return s[n // 2].clone()
+    return (s[n // 2 - 1] + s[n // 2]) / 2
+
+
+def _median_native(x: torch.Tensor, f: int = 0) -> torch.Tensor:
+    x = contiguous(x)
+    n, d = x.shape
+    out = torch.empty(d, dtype=torch.float32)
+    native().median(DTYPE_CODE[x.dtype], x.data_ptr(), n, d, out.data_ptr())
+    return out
+
+
+def _median_triton(x: torch.Tensor, f: int = 0) -> torch.Tensor:
+    from ..kernels.median import median as median_kernel
+
+    return median_kernel(contiguous(x))
+
+
+def _triton_limits(x: torch.Tensor) -> str | None:
+    from ..kernels.median import MAX_ROWS
+
+    if x.shape[0] > MAX_ROWS:
+        return f"the Triton kernel sorts all rows of a column block in registers: n <= {MAX_ROWS}; got n={x.shape[0]}"
+    return None
+
+
+KERNELS = (
+    Kernel("torch", median_reference),
+    Kernel("native", _median_native, needs="cpp"),
+    Kernel("triton", _median_triton, limits=_triton_limits),
+)
+
+
+def median(
+    x: torch.Tensor, *, f: int = 0, backend: str | None = None, check: bool = True
+) -> torch.Tensor:
+    """Coordinate-wise median of ``x`` ``[n, d]`` -> float32 ``[d]``.
+
+    Parameters
+    ----------
+    x : ``[n_clients, dim]`` updates, float32, float16 or bfloat16 (computed in float32).
+    f : the number of Byzantine clients to tolerate; the median needs ``n > 2f``.
+    backend : "torch", "native", "triton" or None (automatic).
+    check : reject non-finite updates (an O(n d) scan; off when the batch was validated).
+    """
+    x = check_updates(x, "median")
+    n = x.shape[0]
+    f = check_f(
+        f, n, "median", "n > 2f (Yin et al. 2018)", n > 2 * f if isinstance(f, int) else False
+    )
+    if check:
+        check_finite(x, "median")
+    return dispatch("median", KERNELS, x, backend, f)

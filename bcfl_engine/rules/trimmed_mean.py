@@ -1,0 +1,71 @@
+"""Coordinate-wise trimmed mean: drop the f largest and f smallest values of every coordinate.
+
+Yin, Chen, Kannan and Bartlett, "Byzantine-Robust Distributed Learning: Towards Optimal
+Statistical Rates", ICML 2018: with each column of ``[n_clients, dim]`` sorted,
+``out[j] = 1 / (n - 2f) * sum_{k=f}^{n-f-1} x_(k)[j]``. Tolerates ``f`` Byzantine clients when
+``n > 2f``; ``f = 0`` is the plain mean, ``n = 2f + 1`` the median.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..backends import Kernel, dispatch, native
+from ._common import DTYPE_CODE, check_f, check_finite, check_updates, contiguous
+
+
+def trimmed_mean_reference(x: torch.Tensor, f: int) -> torch.Tensor:
+    """Pure-torch trimmed mean of ``x`` ``[n, d]``; float32 ``[d]``."""
+    s = x.float().sort(dim=0).values
+    return s[f : s.shape[0] - f].mean(dim=0)
+
+
+def _trimmed_mean_native(x: torch.Tensor, f: int) -> torch.Tensor:
+    x = contiguous(x)
+    n, d = x.shape
+    out = torch.empty(d, dtype=torch.float32)
+    native().trimmed_mean(DTYPE_CODE[x.dtype], x.data_ptr(), n, d, f, out.data_ptr())
+    return out
+
+
+def _trimmed_mean_triton(x: torch.Tensor, f: int) -> torch.Tensor:
+    from ..kernels.trimmed_mean import trimmed_mean as trimmed_mean_kernel
+
+    return trimmed_mean_kernel(contiguous(x), f)
+
+
+def _triton_limits(x: torch.Tensor) -> str | None:
+    from ..kernels.trimmed_mean import MAX_ROWS
+
+    if x.shape[0] > MAX_ROWS:
+        return f"the Triton kernel sorts all rows of a column block in registers: n <= {MAX_ROWS}; got n={x.shape[0]}"
+    return None
+
+
+KERNELS = (
+    Kernel("torch", trimmed_mean_reference),
+    Kernel("native", _trimmed_mean_native, needs="cpp"),
+    Kernel("triton", _trimmed_mean_triton, limits=_triton_limits),
+)
+
+
+def trimmed_mean(
+    x: torch.Tensor, *, f: int, backend: str | None = None, check: bool = True
+) -> torch.Tensor:
+    """Coordinate-wise trimmed mean of ``x`` ``[n, d]`` -> float32 ``[d]``.
+
+    Parameters
+    ----------
+    x : ``[n_clients, dim]`` updates, float32, float16 or bfloat16 (computed in float32).
+    f : values dropped at each end of every coordinate; requires ``n > 2f``.
+    backend : "torch", "native", "triton" or None (automatic).
+    check : reject non-finite updates (an O(n d) scan; off when the batch was validated).
+    """
+    x = check_updates(x, "trimmed_mean")
+    n = x.shape[0]
+    f = check_f(
+        f, n, "trimmed_mean", "n > 2f (Yin et al. 2018)", n > 2 * f if isinstance(f, int) else False
+    )
+    if check:
+        check_finite(x, "trimmed_mean")
+    return dispatch("trimmed_mean", KERNELS, x, backend, f)
