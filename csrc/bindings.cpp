@@ -9,6 +9,8 @@
 #include "seal_codec.h"
 #include "ckks_sum.h"
 #include "ckks_accumulate.h"
+#include "median.h"
+#include "trimmed_mean.h"
 
 namespace py = pybind11;
 
@@ -104,6 +106,22 @@ PYBIND11_MODULE(_C, m) {
         bcfl::ckks_sum(ptr<const uint64_t>(x), n, rows, N, K, ptr<const uint64_t>(primes),
                        ptr<const uint64_t>(w), ptr<const uint64_t>(ws), ptr<const uint64_t>(acc),
                        ptr<uint64_t>(out));
+      },
+      gil());
+
+  // ---- median ----
+  m.def(
+      "median",
+      [](int dtype, std::uintptr_t x, int64_t n, int64_t d, std::uintptr_t out) {
+        bcfl::median(dtype, ptr<const void>(x), n, d, ptr<float>(out));
+      },
+      gil());
+
+  // ---- trimmed_mean ----
+  m.def(
+      "trimmed_mean",
+      [](int dtype, std::uintptr_t x, int64_t n, int64_t d, int64_t f, std::uintptr_t out) {
+        bcfl::trimmed_mean(dtype, ptr<const void>(x), n, d, f, ptr<float>(out));
       },
       gil());
 }
