@@ -16,8 +16,10 @@ Reported per provider: median time, GB/s (bytes of ``x`` / time), the fraction o
 memory-read floor (torch ``x.sum()`` on the same buffer) and ``bcfl x``, the provider's time over
 the engine's fast path (how many times faster the engine is). A peer that is not installed is
 reported as ``missing``; a rule a peer does not have as ``n/a``; an engine rule not in this build
-as ``not available``. Peers whose cost grows as ``n^2`` or ``n^3`` are first timed at n = 16 and
-skipped (with the estimate) when the full size would exceed ``--budget`` seconds.
+as ``not available``. Providers whose cost grows as ``n^2`` or ``n^3`` (all but the engine's fast
+path) are first timed at n = 16 and skipped, with the estimate, when the full size would take
+more than ``--budget`` seconds; a provider within budget gets as many of ``--repeats`` timed
+calls as fit in it (at least one).
 
     python benchmarks/robust.py                      # n=64, d=1M and n=1000, d=100k
     python benchmarks/robust.py --quick --json out.json
@@ -46,6 +48,10 @@ from bcfl_engine.rules import RULES
 SIZES = [(64, 1 << 20), (1000, 100_000)]
 QUICK_SIZES = [(16, 4099), (31, 1000)]
 PROBE_N = 16
+# How a rule's cost grows with n at fixed d: pairwise distances are n^2, Bulyan's repeated
+# selection n^3 (in the simplest implementations). Providers of these rules other than the
+# engine's fast path are first timed at n = PROBE_N and skipped when the estimate is over budget.
+RULE_EXPONENT = {"krum": 2, "multi_krum": 2, "nnm": 2, "bulyan": 3}
 
 
 @dataclass(frozen=True)
@@ -170,23 +176,57 @@ def peer_params(rule: str, n: int, d: int) -> dict[str, Any]:
     return {**bench.rule_params(rule, n, d), "n": n}
 
 
+def too_slow(
+    exponent: int,
+    n: int,
+    probe: Callable[[torch.Tensor], float | None],
+    x: torch.Tensor,
+    budget_s: float,
+) -> str | None:
+    """Why not to run at ``n``: a call at n = PROBE_N, scaled by ``(n / PROBE_N)^exponent``,
+    exceeds ``budget_s``; None to run (linear costs, small n, or a probe that failed)."""
+    if exponent <= 1 or n <= PROBE_N:
+        return None
+    seconds = probe(x[:PROBE_N])
+    if seconds is None:
+        return None
+    estimate = seconds * (n / PROBE_N) ** exponent
+    if estimate <= budget_s:
+        return None
+    return f"~{estimate:.0f} s estimated from n={PROBE_N} (cost ~ n^{exponent}) > --budget {budget_s:.0f} s"
+
+
 def bench_peer(
     rule: str, peer: Peer, x: torch.Tensor, floor_s: float, repeats: int, budget_s: float
 ) -> dict[str, Any]:
     n, d = x.shape
     sync = bench.sync_for(x.device)
-    note = peer.note
-    if peer.exponent > 1 and n > PROBE_N:
-        xp = x[:PROBE_N]
-        call, setup = peer.make(xp, peer_params(rule, PROBE_N, d))
-        probe = bench.median(bench.time_call(call, repeats=1, setup=setup, sync=sync))
-        estimate = probe * (n / PROBE_N) ** peer.exponent
-        if estimate > budget_s:
-            why = f"~{estimate:.0f} s estimated from n={PROBE_N} (cost ~ n^{peer.exponent}) > --budget {budget_s:.0f} s"
-            return bench.result_row(rule, peer.provider, x, floor_s, None, "skipped", why)
+
+    def probe(xp: torch.Tensor) -> float:
+        call, setup = peer.make(xp, peer_params(rule, xp.shape[0], d))
+        return bench.median(bench.time_call(call, repeats=1, setup=setup, sync=sync))
+
+    why = too_slow(max(peer.exponent, RULE_EXPONENT.get(rule, 1)), n, probe, x, budget_s)
+    if why:
+        return bench.result_row(rule, peer.provider, x, floor_s, None, "skipped", why)
     call, setup = peer.make(x, peer_params(rule, n, d))
     times = bench.time_call(call, repeats=repeats, setup=setup, sync=sync, budget_s=budget_s)
-    return bench.result_row(rule, peer.provider, x, floor_s, times, note=note)
+    return bench.result_row(rule, peer.provider, x, floor_s, times, note=peer.note)
+
+
+def bench_reference(
+    rule: str, x: torch.Tensor, floor_s: float, repeats: int, budget_s: float
+) -> dict[str, Any]:
+    """The engine's torch reference, probed first like a peer (it is written to be obviously
+    right, not fast: at n = 1000 its O(n^2)/O(n^3) rules take minutes)."""
+
+    def probe(xp: torch.Tensor) -> float | None:
+        return bench.bench_engine(rule, xp, "torch", floor_s, repeats=1)["seconds"]
+
+    why = too_slow(RULE_EXPONENT.get(rule, 1), x.shape[0], probe, x, budget_s)
+    if why:
+        return bench.result_row(rule, "bcfl[torch]", x, floor_s, None, "skipped", why)
+    return bench.bench_engine(rule, x, "torch", floor_s, repeats=repeats, budget_s=budget_s)
 
 
 def run_size(
@@ -211,11 +251,7 @@ def run_size(
         )
         group = [fast]
         if fast["status"] == "ok" and not fast["provider"].endswith("[torch]"):
-            group.append(
-                bench.bench_engine(
-                    rule, x, "torch", floor, repeats=args.repeats, budget_s=args.budget
-                )
-            )
+            group.append(bench_reference(rule, x, floor, args.repeats, args.budget))
         for name in args.peers:
             if available[name] is not None:
                 group.append(
