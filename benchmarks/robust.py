@@ -52,6 +52,8 @@ PROBE_N = 16
 # selection n^3 (in the simplest implementations). Providers of these rules other than the
 # engine's fast path are first timed at n = PROBE_N and skipped when the estimate is over budget.
 RULE_EXPONENT = {"krum": 2, "multi_krum": 2, "nnm": 2, "bulyan": 3}
+# Reads of x by the engine's iterative rules (one fused pass per step, plus the first).
+PASSES = {"geometric_median": bench.GM_ITERS + 1, "centered_clipping": bench.CC_ITERS + 1}
 
 
 @dataclass(frozen=True)
@@ -271,6 +273,9 @@ def run_size(
                     )
                 )
         base = fast["seconds"] if fast["status"] == "ok" else None
+        if base and rule in PASSES:
+            k = PASSES[rule]
+            fast["note"] = f"{k} passes over x: {k * fast['floor_fraction']:.2f} of floor each"
         for r in group:
             r["bcfl_speedup"] = r["seconds"] / base if base and r["seconds"] else None
             if "copy_gbps" in info and r["gbps"] is not None:
