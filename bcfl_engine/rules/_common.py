@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..errors import InvalidArgument, NonFiniteUpdate, PreconditionError
@@ -61,3 +63,21 @@ def check_weights(weights: object, n: int, rule: str) -> torch.Tensor | None:
 def contiguous(x: torch.Tensor) -> torch.Tensor:
     """Kernels index rows with stride d: give them a contiguous buffer (no copy if it is)."""
     return x if x.is_contiguous() else x.contiguous()
+
+
+def check_positive(value: object, name: str, rule: str, *, allow_zero: bool = False) -> float:
+    """``value`` must be a finite real > 0 (>= 0 with ``allow_zero``); returned as float."""
+    bound = ">= 0" if allow_zero else "> 0"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidArgument(f"{rule}: {name} must be a real number {bound}; got {value!r}")
+    v = float(value)
+    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+        raise InvalidArgument(f"{rule}: {name} must be a finite number {bound}; got {value!r}")
+    return v
+
+
+def check_count(value: object, name: str, rule: str) -> int:
+    """``value`` must be an int >= 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidArgument(f"{rule}: {name} must be an int >= 1; got {value!r}")
+    return value

@@ -24,8 +24,8 @@ import torch
 
 from ..backends import Kernel, dispatch
 from ..errors import InvalidArgument
-from ._common import check_f, check_finite, check_updates, contiguous
-from .geometric_median import Step, check_count, check_positive, step_native, step_triton
+from ._common import check_count, check_f, check_finite, check_positive, check_updates, contiguous
+from .geometric_median import Step, step_native, step_triton
 
 
 def centered_clipping_reference(

@@ -14,8 +14,7 @@ from __future__ import annotations
 import torch
 
 from ..backends import Kernel, dispatch, native
-from ._common import DTYPE_CODE, check_finite, check_updates, contiguous
-from .geometric_median import check_positive
+from ._common import DTYPE_CODE, check_finite, check_positive, check_updates, contiguous
 
 
 def clip_reference(x: torch.Tensor, *, max_norm: float) -> torch.Tensor:

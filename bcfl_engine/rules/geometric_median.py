@@ -16,14 +16,21 @@ the same column tile, every client's distance to it, which the next step's weigh
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
 
 from ..backends import Kernel, dispatch, native
-from ..errors import InvalidArgument
-from ._common import DTYPE_CODE, check_f, check_finite, check_updates, check_weights, contiguous
+from ._common import (
+    DTYPE_CODE,
+    check_count,
+    check_f,
+    check_finite,
+    check_positive,
+    check_updates,
+    check_weights,
+    contiguous,
+)
 
 # step(x, coef [n], beta, v_in [d] float32 or None, with_dist)
 #   -> (beta * v_in + sum_i coef_i x_i, squared distances [n] float64; empty without with_dist)
@@ -148,24 +155,6 @@ KERNELS = (
     Kernel("native", _fast(step_native), needs="cpp"),
     Kernel("triton", _fast(step_triton)),
 )
-
-
-def check_positive(value: object, name: str, rule: str, *, allow_zero: bool = False) -> float:
-    """``value`` must be a finite real > 0 (>= 0 with ``allow_zero``); returned as float."""
-    bound = ">= 0" if allow_zero else "> 0"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidArgument(f"{rule}: {name} must be a real number {bound}; got {value!r}")
-    v = float(value)
-    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
-        raise InvalidArgument(f"{rule}: {name} must be a finite number {bound}; got {value!r}")
-    return v
-
-
-def check_count(value: object, name: str, rule: str) -> int:
-    """``value`` must be an int >= 1."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidArgument(f"{rule}: {name} must be an int >= 1; got {value!r}")
-    return value
 
 
 def geometric_median(
