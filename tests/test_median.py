@@ -12,6 +12,8 @@ import pytest
 import torch
 from conftest import backend_params
 from helpers import assert_close, make_updates
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bcfl_engine.errors import InvalidArgument, NonFiniteUpdate, PreconditionError
 from bcfl_engine.rules.median import median, median_reference
@@ -98,6 +100,29 @@ def test_median_on_signed_zeros_and_subnormals(backend: str) -> None:
 def test_median_of_a_strided_view(backend: str) -> None:
     x = make_updates(40, 9, seed=2).t()  # [9, 40], not contiguous
     assert_close(median(x, backend=backend), median_reference(x), rtol=0, atol=0)
+
+
+# Values chosen to collide: signed zeros, subnormals, both float32 extremes, small integers.
+AWKWARD = [0.0, -0.0, 1e-45, -1e-45, 1.0, -1.0, 2.0, 3.4e38, -3.4e38, 0.5, -7.25]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 40),
+    d=st.integers(1, 70),
+    data=st.data(),
+)
+def test_native_median_on_awkward_values(n: int, d: int, data: st.DataObject) -> None:
+    pytest.importorskip("bcfl_engine._C")
+    picks = data.draw(st.lists(st.integers(0, len(AWKWARD) - 1), min_size=n * d, max_size=n * d))
+    x = torch.tensor([AWKWARD[i] for i in picks], dtype=torch.float32).reshape(n, d)
+    want = median_reference(x)
+    got = median(x, backend="native")
+    # The even-n average of +-3.4e38 may overflow to inf in both: compare where finite.
+    assert torch.equal(torch.isfinite(got), torch.isfinite(want))
+    fin = torch.isfinite(want)
+    assert_close(got[fin], want[fin], rtol=0, atol=0)
+    assert torch.equal(got[~fin], want[~fin])
 
 
 def test_median_rejects_bad_input() -> None:
