@@ -112,6 +112,23 @@ def test_distances_match_the_reference(backend: str, n: int) -> None:
     assert_close(got, sq_dists_reference(x), rtol=1e-5, atol=1e-9)
 
 
+def test_native_distances_without_the_extension(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Without bcfl_engine._C the native path runs GEMM panels through torch's BLAS.
+    from bcfl_engine.errors import BackendUnavailable
+    from bcfl_engine.rules import _distances
+
+    def missing() -> None:
+        raise BackendUnavailable("not built")
+
+    x = make_updates(67, 4099, torch.bfloat16, seed=4)  # two row panels, two column blocks
+    with_ext = _distances.sq_dists_native(x)
+    monkeypatch.setattr(_distances, "native", missing)
+    without = _distances.sq_dists_native(x)
+    want = sq_dists_reference(x)
+    assert_close(without, want, rtol=1e-5, atol=1e-9)
+    assert_close(with_ext, want, rtol=1e-5, atol=1e-9)
+
+
 def test_triton_gram_sums_splits_and_tile_pairs() -> None:
     pytest.importorskip("triton")
     from bcfl_engine.kernels._distances import gram

@@ -20,22 +20,30 @@ and can change a selection. Two measures keep ``D`` within ~1e-6 of the float64 
    change under translation). The pivot is a medoid of a strided sample of columns, so a
    far-away Byzantine update cannot become the centre and blow the centred norms up again
    (centring on the column mean would let one outlier at distance R move the centre by R/n).
-2. Products are float32 (BLAS SGEMM) within a block of ``GRAM_BLOCK`` columns and accumulate
-   in float64 across blocks. A float64 GEMM instead measured ~6x slower on 2 cores (0.63 s vs
-   0.10 s at n=64, d=1M), more than the whole float32 pass.
+2. Products are float32 within a block of columns (a few thousand: 512 per SIMD lane in the
+   C++ kernel, ``GRAM_BLOCK`` through BLAS) and accumulate in float64 across blocks. A float64
+   GEMM instead measured ~6x slower on 2 cores (0.63 s vs 0.10 s at n=64, d=1M), more than the
+   whole float32 pass; float32 throughout would let the rounding of ``d`` terms reach ``D``.
+
+What remains: a pair of updates both far from the pivot (two Byzantine updates close to each
+other, far from the honest ones) has its distance only to ~1e-7 of their distance *from the
+pivot*. Such a pair cannot decide a selection among updates near the pivot; the tests check
+that selections match the float64 oracle with far outliers present.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..backends import Kernel, dispatch
+from ..backends import Kernel, dispatch, native
+from ..errors import BackendUnavailable
+from ._common import DTYPE_CODE
 
-# Columns per block of the float32 Gram products: 4096 floats x n=64 rows = 1 MiB, about L2;
-# 2048 and 8192 were within noise of it at n=64, d=1M, 16384 was 1.5x slower (leaves L2).
+# Without the extension: columns per block of the float32 Gram products through torch's BLAS
+# (4096 x n=64 rows = 1 MiB; 2048 was 1.3x slower at n=64, d=1M, one thread, 8192 within 3%),
+# and row panels of the upper triangle (rows [I, I+P) against [I, n)): P=64 at n=256 does 62% of
+# the flops of a full X X^T but ran at 0.89 of its time, as small GEMMs run slower.
 GRAM_BLOCK = 4096
-# Row panels of the upper triangle: rows [I, I+P) against rows [I, n). P=64 at n=256 does 62% of
-# the flops of a full X X^T; smaller panels lose more to small-GEMM overhead than they save.
 GRAM_PANEL = 64
 # Columns sampled (strided) to pick the pivot: enough to tell a cluster from far outliers.
 PIVOT_SAMPLE = 1024
@@ -79,8 +87,8 @@ def pivot(x: torch.Tensor) -> int:
     return int(torch.argmin(krum_scores(dist, (n + 1) // 2)))
 
 
-def _gram_native(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """Upper triangle of ``(X - p)(X - p)^T``: float32 block products, float64 accumulation."""
+def _gram_blas(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """Upper triangle of ``(X - p)(X - p)^T`` by torch's BLAS: float32 blocks, float64 sums."""
     n, d = x.shape
     gram = torch.zeros(n, n, dtype=torch.float64)
     buf = torch.empty(n, min(GRAM_BLOCK, d), dtype=torch.float32)
@@ -90,13 +98,26 @@ def _gram_native(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         b = torch.sub(x[:, j0 : j0 + k], p[j0 : j0 + k], out=buf[:, :k])
         for i0 in range(0, n, GRAM_PANEL):
             gram[i0 : i0 + GRAM_PANEL, i0:] += b[i0 : i0 + GRAM_PANEL] @ b[i0:].T
-    return gram
+    return _symmetric(gram)
 
 
 def sq_dists_native(x: torch.Tensor) -> torch.Tensor:
-    """CPU fast path of :func:`sq_dists_reference`: centred Gram over column blocks (BLAS)."""
-    p = x[pivot(x)].float()
-    return gram_to_sq_dists(_symmetric(_gram_native(x, p)))
+    """CPU fast path of :func:`sq_dists_reference`: the centred Gram, streamed over columns.
+
+    The extension's symmetric kernel (``csrc/_distances.cpp``: upper tiles only) when it is
+    built, else GEMMs through torch's BLAS (same float32-block / float64-sum numerics, 1.2-1.8x
+    slower: it computes most of the lower triangle too).
+    """
+    x = x if x.is_contiguous() else x.contiguous()
+    p = x[pivot(x)].float().contiguous()
+    try:
+        lib = native()
+    except BackendUnavailable:
+        return gram_to_sq_dists(_gram_blas(x, p))
+    n, d = x.shape
+    gram = torch.empty(n, n, dtype=torch.float64)
+    lib.gram_centered(DTYPE_CODE[x.dtype], x.data_ptr(), n, d, p.data_ptr(), gram.data_ptr())
+    return gram_to_sq_dists(gram)
 
 
 def sq_dists_triton(x: torch.Tensor) -> torch.Tensor:
