@@ -11,6 +11,9 @@
 #include "ckks_accumulate.h"
 #include "median.h"
 #include "trimmed_mean.h"
+#include "multi_krum.h"
+#include "_distances.h"
+#include "bulyan.h"
 
 namespace py = pybind11;
 
@@ -122,6 +125,34 @@ PYBIND11_MODULE(_C, m) {
       "trimmed_mean",
       [](int dtype, std::uintptr_t x, int64_t n, int64_t d, int64_t f, std::uintptr_t out) {
         bcfl::trimmed_mean(dtype, ptr<const void>(x), n, d, f, ptr<float>(out));
+      },
+      gil());
+
+  // ---- _distances ----
+  // The centred Gram matrix of krum, multi_krum, bulyan and nnm: G [n, n] float64, written whole.
+  m.def(
+      "gram_centered",
+      [](int dtype, std::uintptr_t x, int64_t n, int64_t d, std::uintptr_t p, std::uintptr_t G) {
+        bcfl::gram_centered(dtype, ptr<const void>(x), n, d, ptr<const float>(p), ptr<double>(G));
+      },
+      gil());
+
+  // ---- multi_krum ----
+  // Also the second pass of krum: the mean of the m selected rows idx (int64).
+  m.def(
+      "select_mean",
+      [](int dtype, std::uintptr_t x, int64_t d, std::uintptr_t idx, int64_t m_, std::uintptr_t out) {
+        bcfl::select_mean(dtype, ptr<const void>(x), d, ptr<const int64_t>(idx), m_, ptr<float>(out));
+      },
+      gil());
+
+  // ---- bulyan ----
+  m.def(
+      "bulyan_coordinates",
+      [](int dtype, std::uintptr_t x, int64_t d, std::uintptr_t idx, int64_t theta, int64_t beta,
+         std::uintptr_t out) {
+        bcfl::bulyan_coordinates(dtype, ptr<const void>(x), d, ptr<const int64_t>(idx), theta, beta,
+                                 ptr<float>(out));
       },
       gil());
 }
