@@ -1,6 +1,6 @@
 // Coordinate-wise median of an [n, d] buffer: the value of rank r = (n - 1) / 2 of each column,
 // and for even n the mean of ranks r and r + 1, by bisection on the float bit pattern over
-// 16 columns at a time (sortnet.h says why and how fast).
+// groups of 32 columns (4 AVX2 vectors; sortnet.h says why and how fast).
 #include "median.h"
 
 #include "common.h"

@@ -33,6 +33,8 @@ def grid() -> list:
     for p in backend_params():
         name = p.values[0]
         for dname, dtype in DTYPES.items():
+            if name == "torch" and dname != "f32":
+                continue  # the torch backend is the reference: one dtype checks its dispatch
             for n in NS:
                 for d in DS:
                     if name == "triton" and (
