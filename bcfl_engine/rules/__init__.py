@@ -1,7 +1,7 @@
 """Aggregation rules: each a plain function on an ``[n, d]`` tensor, one module per rule.
 
 Each module holds the public op (validate, choose the backend, call) and its pure-torch
-reference ``<rule>_reference``. Modules load on first use, so importing this package is cheap.
+reference ``<rule>_reference``. Kernels (Triton, numba) load on first use, not here.
 
 >>> from bcfl_engine import rules
 >>> rules.krum(x, f=2)              # doctest: +SKIP
@@ -78,12 +78,41 @@ def get(name: str) -> RuleInfo:
         raise InvalidArgument(f"unknown rule {name!r}; known: {', '.join(RULES)}") from None
 
 
-def __getattr__(name: str) -> Any:
-    # rules.krum, rules.krum_reference, ...: load the rule's module on first use.
-    stem = name.removesuffix("_reference")
-    if stem in RULES:
-        return getattr(importlib.import_module(f"{__name__}.{stem}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# The public ops, imported by name: this also makes ``rules.median`` the function, not the
+# submodule that Python would otherwise bind to that attribute once it is imported.
+from .bulyan import bulyan, bulyan_reference  # noqa: E402
+from .centered_clipping import centered_clipping, centered_clipping_reference  # noqa: E402
+from .clip import clip, clip_reference  # noqa: E402
+from .geometric_median import geometric_median, geometric_median_reference  # noqa: E402
+from .krum import krum, krum_reference  # noqa: E402
+from .mean import mean, mean_reference  # noqa: E402
+from .median import median, median_reference  # noqa: E402
+from .multi_krum import multi_krum, multi_krum_reference  # noqa: E402
+from .nnm import nnm, nnm_reference  # noqa: E402
+from .trimmed_mean import trimmed_mean, trimmed_mean_reference  # noqa: E402
 
-
-__all__ = ["RULES", "RuleInfo", "get", *RULES]
+__all__ = [
+    "RULES",
+    "RuleInfo",
+    "bulyan",
+    "bulyan_reference",
+    "centered_clipping",
+    "centered_clipping_reference",
+    "clip",
+    "clip_reference",
+    "geometric_median",
+    "geometric_median_reference",
+    "get",
+    "krum",
+    "krum_reference",
+    "mean",
+    "mean_reference",
+    "median",
+    "median_reference",
+    "multi_krum",
+    "multi_krum_reference",
+    "nnm",
+    "nnm_reference",
+    "trimmed_mean",
+    "trimmed_mean_reference",
+]
