@@ -114,7 +114,8 @@ void gram_impl(const T* x, int64_t n, int64_t d, const float* p, double* G) {
         const int64_t p1 = std::min(np, p0 + kPanel);
         for (int64_t i0 = 0; i0 < p1; i0 += kTile) {
           const int64_t ti = i0 / kTile;
-          const int64_t row_start = ti * nt - ti * (ti - 1) / 2 - ti;  // tile (ti, tj) at row_start + tj
+          // Upper tiles are numbered row by row: tile (ti, tj) is row_start + tj.
+          const int64_t row_start = ti * nt - ti * (ti - 1) / 2 - ti;
           for (int64_t j0 = std::max(i0, p0); j0 < p1; j0 += kTile) {
             tile3x3(buf.data(), kc, i0, j0, &part[(row_start + j0 / kTile) * 9]);
           }

@@ -83,7 +83,9 @@ void rank_group(const float* v, int64_t theta, int64_t beta, int32_t* rank, floa
   at(mid_hi, b);
   double med[kW], sum[kW] = {};
   // Same float64 arithmetic as the torch reference, so that ties resolve the same way.
-  for (int64_t c = 0; c < kW; ++c) med[c] = 0.5 * (static_cast<double>(a[c]) + static_cast<double>(b[c]));
+  for (int64_t c = 0; c < kW; ++c) {
+    med[c] = 0.5 * (static_cast<double>(a[c]) + static_cast<double>(b[c]));
+  }
   for (int64_t step = 0; step < beta; ++step) {
     at(lo, a);
     at(hi, b);
@@ -133,10 +135,13 @@ void bulyan_impl(const T* x, int64_t d, const int64_t* idx, int64_t theta, int64
       for (int64_t t = 0; t < theta; ++t) {
         const T* row = x + idx[t] * d + j0;
         if (by_rank) {
-          for (int64_t j = 0; j < w; ++j) tile[(j / kW) * kW * theta + t * kW + j % kW] = load(row, j);
+          for (int64_t j = 0; j < w; ++j) {
+            tile[(j / kW) * kW * theta + t * kW + j % kW] = load(row, j);
+          }
           // Pad the last group with a copy of its first column (not stored).
-          for (int64_t j = w; j < (w + kW - 1) / kW * kW; ++j)
+          for (int64_t j = w; j < (w + kW - 1) / kW * kW; ++j) {
             tile[(j / kW) * kW * theta + t * kW + j % kW] = load(row, (j / kW) * kW);
+          }
         } else {
           for (int64_t j = 0; j < w; ++j) tile[j * theta + t] = load(row, j);
         }

@@ -3,9 +3,10 @@ closest to their median.
 
 A program owns a block of columns and the ``theta`` selected rows (padded to ``T_PAD``). It ranks
 the values of each column by one pass over the rows (``rank = #smaller + #equal before``, so
-ranks are a permutation), which needs no sort: ``tl.sort`` only sorts the minor axis and ran
-40x slower than a counting pass under ``TRITON_INTERPRET=1``, where the tests run. The median is
-the mean of ranks ``(theta-1)//2`` and ``theta//2`` (in float64, as the reference); the window
+ranks are a permutation), which needs no sort (``tl.sort`` sorts only the minor axis and is a
+bitonic network over the padded rows, slow under ``TRITON_INTERPRET=1`` where the tests run:
+see kernels/median.py). ``theta`` compares per value, like the C++ path below theta=192. The
+median is the mean of ranks ``(theta-1)//2`` and ``theta//2`` (in float64, as the reference); the window
 of the ``beta`` closest values grows from there one value at a time, the nearer side first and
 the lower side on a tie: the ``beta`` smallest ``|v - median|``, ties to the lower value.
 """
@@ -16,8 +17,9 @@ import torch
 import triton
 import triton.language as tl
 
-# A program holds BLOCK * T_PAD values and as many ranks: 4096 is 32 registers each per thread.
-# At least 16 columns per program: theta <= MAX_ROWS keeps a tile at 4096.
+# A program holds BLOCK * T_PAD values and as many ranks: 4096 is 32 registers each per thread
+# at 4 warps. At least 16 columns per program: theta <= MAX_ROWS keeps a tile at 4096. Not tuned
+# on a GPU yet (none on the development machine).
 TILE = 4096
 MAX_ROWS = 256
 # Under TRITON_INTERPRET=1 each program costs Python overhead per operation: fewer, wider tiles.

@@ -44,7 +44,8 @@ def _validate(x: object, f: object, check: bool) -> tuple[torch.Tensor, int]:
 
 
 def bulyan_select_reference(x: torch.Tensor, f: int) -> torch.Tensor:
-    """The ``theta = n - 2f`` rows iterated Krum selects, in order (int64), from float64 distances."""
+    """The ``theta = n - 2f`` rows iterated Krum selects, in order (int64 ``[theta]``), from
+    float64 distances."""
     return iterated_krum(sq_dists_reference(x), f, x.shape[0] - 2 * f)
 
 
@@ -90,7 +91,10 @@ def _triton_limits(x: torch.Tensor) -> str | None:
     from ..kernels.bulyan import MAX_ROWS
 
     if x.shape[0] > MAX_ROWS:
-        return f"the Triton kernel ranks the selected values of a column in registers: n <= {MAX_ROWS}; got n={x.shape[0]}"
+        return (
+            "the Triton kernel ranks the selected values of a column in registers: "
+            f"n <= {MAX_ROWS}; got n={x.shape[0]}"
+        )
     return None
 
 
