@@ -11,6 +11,8 @@
 #include "ckks_accumulate.h"
 #include "median.h"
 #include "trimmed_mean.h"
+#include "geometric_median.h"
+#include "clip.h"
 #include "multi_krum.h"
 #include "_distances.h"
 #include "bulyan.h"
@@ -31,6 +33,44 @@ PYBIND11_MODULE(_C, m) {
       "weighted_mean",
       [](int dtype, std::uintptr_t x, int64_t n, int64_t d, std::uintptr_t w, std::uintptr_t out) {
         bcfl::weighted_mean(dtype, ptr<const void>(x), n, d, ptr<const float>(w), ptr<float>(out));
+      },
+      gil());
+
+  // ---- geometric_median ----
+  // Also the step of centered clipping. v_in and dist2 may be 0 (none).
+  m.def(
+      "combine_distances",
+      [](int dtype, std::uintptr_t x, int64_t n, int64_t d, std::uintptr_t coef, float beta,
+         std::uintptr_t v_in, std::uintptr_t v_out, std::uintptr_t dist2) {
+        bcfl::combine_distances(dtype, ptr<const void>(x), n, d, ptr<const float>(coef), beta,
+                                ptr<const float>(v_in), ptr<float>(v_out), ptr<double>(dist2));
+      },
+      gil());
+
+  // ---- clip ----
+  // norms may be 0 (not wanted).
+  m.def(
+      "clip_rows",
+      [](int dtype, std::uintptr_t x, int64_t n, int64_t d, double max_norm, std::uintptr_t out,
+         std::uintptr_t norms) {
+        bcfl::clip_rows(dtype, ptr<const void>(x), n, d, max_norm, ptr<float>(out),
+                        ptr<double>(norms));
+      },
+      gil());
+
+  // ---- median ----
+  m.def(
+      "median",
+      [](int dtype, std::uintptr_t x, int64_t n, int64_t d, std::uintptr_t out) {
+        bcfl::median(dtype, ptr<const void>(x), n, d, ptr<float>(out));
+      },
+      gil());
+
+  // ---- trimmed_mean ----
+  m.def(
+      "trimmed_mean",
+      [](int dtype, std::uintptr_t x, int64_t n, int64_t d, int64_t f, std::uintptr_t out) {
+        bcfl::trimmed_mean(dtype, ptr<const void>(x), n, d, f, ptr<float>(out));
       },
       gil());
 
@@ -109,22 +149,6 @@ PYBIND11_MODULE(_C, m) {
         bcfl::ckks_sum(ptr<const uint64_t>(x), n, rows, N, K, ptr<const uint64_t>(primes),
                        ptr<const uint64_t>(w), ptr<const uint64_t>(ws), ptr<const uint64_t>(acc),
                        ptr<uint64_t>(out));
-      },
-      gil());
-
-  // ---- median ----
-  m.def(
-      "median",
-      [](int dtype, std::uintptr_t x, int64_t n, int64_t d, std::uintptr_t out) {
-        bcfl::median(dtype, ptr<const void>(x), n, d, ptr<float>(out));
-      },
-      gil());
-
-  // ---- trimmed_mean ----
-  m.def(
-      "trimmed_mean",
-      [](int dtype, std::uintptr_t x, int64_t n, int64_t d, int64_t f, std::uintptr_t out) {
-        bcfl::trimmed_mean(dtype, ptr<const void>(x), n, d, f, ptr<float>(out));
       },
       gil());
 
