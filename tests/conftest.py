@@ -101,3 +101,16 @@ def anvil_url():
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=10)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _single_thread_blas():
+    """numpy's BLAS on one thread for the whole session.
+
+    The Triton interpreter runs tl.dot as a numpy matmul; threaded OpenBLAS next to torch's
+    OpenMP threads on 2 cores made a [32, 512] x [512, 32] product ~1000x slower (40 ms).
+    """
+    from threadpoolctl import threadpool_limits  # comes with scikit-learn (dev extra)
+
+    with threadpool_limits(1, user_api="blas"):
+        yield

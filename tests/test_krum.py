@@ -21,19 +21,6 @@ def ids(shapes: list[tuple[int, ...]]) -> list[str]:
     return ["-".join(f"{k}{v}" for k, v in zip("ndfm", s, strict=False)) for s in shapes]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread_blas():
-    # The Triton interpreter runs tl.dot as a numpy matmul; threaded OpenBLAS next to torch's
-    # OpenMP threads on 2 cores made a [32, 512] x [512, 32] product ~1000x slower (40 ms).
-    try:
-        from threadpoolctl import threadpool_limits  # comes with scikit-learn (dev extra)
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(1, user_api="blas"):
-        yield
-
-
 def brute_force_krum(x: torch.Tensor, f: int) -> int:
     """Krum by loops over explicit float64 distances: the reference's selection, checked."""
     n = x.shape[0]

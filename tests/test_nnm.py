@@ -20,19 +20,6 @@ def ids(shapes: list[tuple[int, ...]]) -> list[str]:
     return ["-".join(f"{k}{v}" for k, v in zip("ndf", s, strict=True)) for s in shapes]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread_blas():
-    # The Triton interpreter runs tl.dot as a numpy matmul; threaded OpenBLAS next to torch's
-    # OpenMP threads on 2 cores made a [32, 512] x [512, 32] product ~1000x slower (40 ms).
-    try:
-        from threadpoolctl import threadpool_limits  # comes with scikit-learn (dev extra)
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(1, user_api="blas"):
-        yield
-
-
 def brute_force_neighbours(x: torch.Tensor, f: int) -> list[list[int]]:
     """Each row's n - f nearest rows (itself first, then by distance and index), by loops."""
     n = x.shape[0]
