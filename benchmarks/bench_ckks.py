@@ -19,7 +19,8 @@ Reported: seconds, parameters summed per second and the ratio to TenSEAL's (on t
 parameters), payload GB/s, bytes per parameter on the wire, and the machine's memory-read floor
 (GB/s of a multi-threaded int64 sum over a buffer larger than the caches) as the ceiling of a
 memory-bound sum. Encrypting n x 262144 reals takes ~1 s per client, so ``--distinct`` clients
-are encrypted and their payloads cycled to ``n`` (every provider parses every payload anyway).
+are encrypted and their payloads cycled to ``n`` (every provider parses every payload anyway),
+each cycled payload a private copy in memory so that none is read from cache.
 
     python benchmarks/bench_ckks.py            # n = 32 and 256, d = 262144
     python benchmarks/bench_ckks.py --quick    # n = 4, d = 8192: a smoke run
@@ -129,7 +130,12 @@ def main() -> None:
             "bcfl-raw": (raw, lambda b: agg(b, context=pub)),
             "bcfl-paired": (paired, lambda b: agg(b, context=pub)),
         }
-        blobs = {k: [p[i % len(p)] for i in range(n)] for k, (p, _) in sets.items()}
+        # A private copy of each cycled payload: n payloads in n places in memory, as n real
+        # clients' would be, so that a sum over few distinct payloads is not served from cache.
+        copies = {
+            id(p): [bytes(bytearray(p[i % len(p)])) for i in range(n)] for p, _ in sets.values()
+        }
+        blobs = {k: copies[id(p)] for k, (p, _) in sets.items()}
         for name, (_, fn) in sets.items():
             fn(blobs[name][: min(2, n)])  # warm up: context load, thread pool, page faults
         times: dict[str, list[float]] = {k: [] for k in sets}
