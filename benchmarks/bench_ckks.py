@@ -11,7 +11,9 @@ Providers, each summing the same ``n`` clients' encryptions of ``d`` reals (defa
   each payload decoded straight into the modular sum); ``bcfl-stock-2p``: the two-pass path
   (parse into a ``CiphertextBatch``, then ``ckks_sum``), for comparison;
 - ``bcfl-compact`` / ``-2p``: on compact payloads (lowest level, bit-packed), fused / two-pass;
-  ``bcfl-raw``: compact, u64 residues (not bit-packed); ``bcfl-paired``: two reals per slot.
+  ``bcfl-raw``: compact, u64 residues (not bit-packed); ``bcfl-paired``: two reals per slot;
+  ``bcfl-compact-gpu`` (where CUDA is available): compact payloads parsed on the host, summed by
+  the Triton kernel on the device.
 
 Every provider runs once per round, rounds interleaved (``--repeat`` of them, so that load
 from other work hits every provider alike); times are medians over rounds.
@@ -130,6 +132,8 @@ def main() -> None:
             "bcfl-raw": (raw, lambda b: agg(b, context=pub)),
             "bcfl-paired": (paired, lambda b: agg(b, context=pub)),
         }
+        if torch.cuda.is_available():  # host parse, then the Triton modular sum on the device
+            sets["bcfl-compact-gpu"] = (compact, lambda b: agg(b, context=pub, backend="triton"))
         # A private copy of each cycled payload: n payloads in n places in memory, as n real
         # clients' would be, so that a sum over few distinct payloads is not served from cache.
         copies = {

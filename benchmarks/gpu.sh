@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The robust-rule benchmark on a CUDA device: the engine's Triton path against its torch
+# The robust-rule and CKKS benchmarks on a CUDA device: the engine's Triton path against its torch
 # reference, ByzFL and plain torch on the same device (Flower on the host, numpy), each size
 # reported in GB/s against the device's copy bandwidth (a device-to-device y.copy_(x) over the
 # same buffer, measured in the same run: the "of copy" column) and the x.sum() read floor.
@@ -21,4 +21,10 @@ p = torch.cuda.get_device_properties(0)
 print(f"{p.name}: {p.total_memory / 2**30:.0f} GiB, {p.multi_processor_count} SMs, torch {torch.__version__}")
 PY
 
-exec python benchmarks/robust.py --device cuda --backend triton "$@"
+python benchmarks/robust.py --device cuda --backend triton "$@"
+# CKKS: the Triton modular sum next to the CPU paths and TenSEAL (bcfl-compact-gpu row).
+if [[ " $* " == *" --quick "* ]]; then
+  python benchmarks/bench_ckks.py --quick
+else
+  python benchmarks/bench_ckks.py --n 32 256
+fi
