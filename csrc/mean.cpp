@@ -24,7 +24,20 @@ void mean_impl(const T* x, int64_t n, int64_t d, const float* w, float* out) {
     float acc[kBlock];
     const int64_t m = j1 - j0;
     for (int64_t j = 0; j < m; ++j) acc[j] = 0.0f;
-    for (int64_t i = 0; i < n; ++i) {
+    // Four rows per sweep of the accumulator: a quarter of the L1 loads and stores of acc,
+    // 0.61 -> 0.88 of the read floor at n=1000, d=100k (benchmarks/robust.py --rules mean).
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+      const T* r0 = x + i * d + j0;
+      const T* r1 = r0 + d;
+      const T* r2 = r1 + d;
+      const T* r3 = r2 + d;
+      const float w0 = w[i], w1 = w[i + 1], w2 = w[i + 2], w3 = w[i + 3];
+#pragma omp simd
+      for (int64_t j = 0; j < m; ++j)
+        acc[j] += w0 * load(r0, j) + w1 * load(r1, j) + w2 * load(r2, j) + w3 * load(r3, j);
+    }
+    for (; i < n; ++i) {
       const T* row = x + i * d + j0;
       const float wi = w[i];
 #pragma omp simd
