@@ -38,18 +38,19 @@ def _median_triton(x: torch.Tensor, f: int = 0) -> torch.Tensor:
     return median_kernel(contiguous(x))
 
 
-def _triton_limits(x: torch.Tensor) -> str | None:
+def triton_row_limit(x: torch.Tensor) -> str | None:
+    """Why the Triton bisection (median and trimmed_mean) cannot take ``x``, or None."""
     from ..kernels.median import MAX_ROWS
 
     if x.shape[0] > MAX_ROWS:
-        return f"the Triton kernel sorts all rows of a column block in registers: n <= {MAX_ROWS}; got n={x.shape[0]}"
+        return f"the Triton kernel holds all rows of a column block in registers: n <= {MAX_ROWS}; got n={x.shape[0]}"
     return None
 
 
 KERNELS = (
     Kernel("torch", median_reference),
     Kernel("native", _median_native, needs="cpp"),
-    Kernel("triton", _median_triton, limits=_triton_limits),
+    Kernel("triton", _median_triton, limits=triton_row_limit),
 )
 
 

@@ -12,6 +12,7 @@ import torch
 
 from ..backends import Kernel, dispatch, native
 from ._common import DTYPE_CODE, check_f, check_finite, check_updates, contiguous
+from .median import triton_row_limit
 
 
 def trimmed_mean_reference(x: torch.Tensor, f: int) -> torch.Tensor:
@@ -34,18 +35,10 @@ def _trimmed_mean_triton(x: torch.Tensor, f: int) -> torch.Tensor:
     return trimmed_mean_kernel(contiguous(x), f)
 
 
-def _triton_limits(x: torch.Tensor) -> str | None:
-    from ..kernels.trimmed_mean import MAX_ROWS
-
-    if x.shape[0] > MAX_ROWS:
-        return f"the Triton kernel sorts all rows of a column block in registers: n <= {MAX_ROWS}; got n={x.shape[0]}"
-    return None
-
-
 KERNELS = (
     Kernel("torch", trimmed_mean_reference),
     Kernel("native", _trimmed_mean_native, needs="cpp"),
-    Kernel("triton", _trimmed_mean_triton, limits=_triton_limits),
+    Kernel("triton", _trimmed_mean_triton, limits=triton_row_limit),
 )
 
 
