@@ -123,9 +123,13 @@ def rule_params(name: str, n: int, d: int) -> dict[str, Any]:
     }
 
 
-def engine_call(name: str, x: torch.Tensor, backend: str | None) -> tuple[Callable[[], Any], str]:
-    """``(call, backend name)`` running the engine's rule ``name`` on ``x``.
+def engine_call(
+    name: str, x: torch.Tensor, backend: str | None
+) -> tuple[Callable[..., Any], str, Callable[[], Any] | None]:
+    """``(call, backend name, setup)`` running the engine's rule ``name`` on ``x``.
 
+    ``clip`` runs in place, as ByzFL's Clipping does, on a fresh copy of ``x`` that ``setup``
+    makes untimed before each call (then ``call`` takes that copy).
     Raises ImportError or AttributeError when the rule is not in this build, and
     :class:`~bcfl_engine.errors.BackendUnavailable` when ``backend`` cannot run it here.
     """
@@ -135,7 +139,13 @@ def engine_call(name: str, x: torch.Tensor, backend: str | None) -> tuple[Callab
     accepted = inspect.signature(fn).parameters
     kw = {k: v for k, v in params.items() if k in accepted}
     kernel = choose(name, info.kernels, x, backend)
-    return (lambda: fn(x, backend=kernel.backend, check=False, **kw)), kernel.backend
+    if "inplace" in accepted:
+        return (
+            (lambda v: fn(v, backend=kernel.backend, check=False, inplace=True, **kw)),
+            kernel.backend,
+            x.clone,
+        )
+    return (lambda: fn(x, backend=kernel.backend, check=False, **kw)), kernel.backend, None
 
 
 def result_row(
@@ -186,7 +196,7 @@ def bench_engine(
     from .errors import BackendUnavailable
 
     try:
-        call, used = engine_call(name, x, backend)
+        call, used, setup = engine_call(name, x, backend)
     except (ImportError, AttributeError) as exc:
         return result_row(
             name, f"bcfl[{backend or 'auto'}]", x, floor_s, None, "not available", str(exc)
@@ -194,7 +204,9 @@ def bench_engine(
     except BackendUnavailable as exc:
         return result_row(name, f"bcfl[{backend}]", x, floor_s, None, "unavailable", str(exc))
     try:
-        times = time_call(call, repeats=repeats, sync=sync_for(x.device), budget_s=budget_s)
+        times = time_call(
+            call, repeats=repeats, setup=setup, sync=sync_for(x.device), budget_s=budget_s
+        )
     except Exception as exc:  # a failing rule is a result of the run, not a crash
         return result_row(
             name, f"bcfl[{used}]", x, floor_s, None, "error", f"{type(exc).__name__}: {exc}"

@@ -20,6 +20,9 @@ constexpr int64_t kChunk = 1024;
 
 template <typename T>
 void clip_impl(const T* x, int64_t n, int64_t d, double max_norm, float* out, double* norms) {
+  // out == x: clip in place (float32 storage), reading each row once and writing only the
+  // rows over the bound.
+  const bool inplace = static_cast<const void*>(x) == static_cast<const void*>(out);
 #pragma omp parallel for schedule(dynamic, 1)
   for (int64_t i = 0; i < n; ++i) {
     const T* row = x + i * d;
@@ -28,11 +31,16 @@ void clip_impl(const T* x, int64_t n, int64_t d, double max_norm, float* out, do
     for (int64_t j0 = 0; j0 < d; j0 += kChunk) {
       const int64_t m = std::min(kChunk, d - j0);
       float s = 0.0f;
+      if (inplace) {  // only read: a row within the bound is never written
 #pragma omp simd reduction(+ : s)
-      for (int64_t j = 0; j < m; ++j) {
-        const float v = load(row, j0 + j);
-        o[j0 + j] = v;
-        s += v * v;
+        for (int64_t j = 0; j < m; ++j) s += load(row, j0 + j) * load(row, j0 + j);
+      } else {
+#pragma omp simd reduction(+ : s)
+        for (int64_t j = 0; j < m; ++j) {
+          const float v = load(row, j0 + j);
+          o[j0 + j] = v;
+          s += v * v;
+        }
       }
       sq += s;
     }

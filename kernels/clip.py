@@ -37,7 +37,9 @@ def _scale_rows_kernel(x_ptr, scale_ptr, out_ptr, d, n_blocks, BLOCK: tl.constex
     tl.store(out_ptr + offs, v * s, mask=mask)
 
 
-def clip_rows(x: torch.Tensor, max_norm: float, block: int = 4096) -> torch.Tensor:
+def clip_rows(
+    x: torch.Tensor, max_norm: float, block: int = 4096, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """``x`` ``[n, d]`` contiguous -> float32 ``[n, d]``, each row clipped to norm ``max_norm``.
 
     Block 4096 (16 KiB float32 per program): large enough that the per-program partial is
@@ -51,6 +53,7 @@ def clip_rows(x: torch.Tensor, max_norm: float, block: int = 4096) -> torch.Tens
     norms = part.sum(dim=1, dtype=torch.float64).sqrt()
     # min(1, max_norm / norm), with rows within the bound (and zero rows) scaled by exactly 1.
     scale = torch.where(norms > max_norm, max_norm / norms, 1.0).to(torch.float32)
-    out = torch.empty((n, d), dtype=torch.float32, device=x.device)
+    if out is None:  # out may be x itself (float32): each element is read before it is written
+        out = torch.empty((n, d), dtype=torch.float32, device=x.device)
     _scale_rows_kernel[(n * n_blocks,)](x, scale, out, d, n_blocks, BLOCK=block)
     return out

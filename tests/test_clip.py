@@ -70,3 +70,23 @@ def test_clip_rejects_bad_input() -> None:
     with pytest.raises(NonFiniteUpdate, match="update 0"):
         clip(x, max_norm=1.0)
     assert clip(x, max_norm=1.0, check=False).shape == (3, 4)
+
+
+@pytest.mark.parametrize("n,d", [(7, 1000), (13, 4097)], ids=["n7-d1000", "n13-d4097"])
+def test_inplace_clip_scales_x_itself_like_the_copy(backend: str, n: int, d: int) -> None:
+    x = make_updates(n, d, torch.float32, seed=n + d) * 3
+    x[0] *= 1e-3  # one row within the bound: it must come back bit for bit
+    max_norm = float(d) ** 0.5
+    expected = clip(x, max_norm=max_norm, backend=backend)
+    row0 = x[0].clone()
+    got = clip(x, max_norm=max_norm, inplace=True, backend=backend)
+    assert got.data_ptr() == x.data_ptr()
+    assert_close(got, expected, rtol=0, atol=0)
+    assert torch.equal(x[0], row0)
+
+
+def test_inplace_clip_needs_contiguous_float32() -> None:
+    with pytest.raises(InvalidArgument, match="inplace needs a contiguous float32"):
+        clip(make_updates(3, 4, torch.float16), max_norm=1.0, inplace=True)
+    with pytest.raises(InvalidArgument, match="not contiguous"):
+        clip(make_updates(4, 3).t(), max_norm=1.0, inplace=True)
