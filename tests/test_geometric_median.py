@@ -9,8 +9,8 @@ from helpers import assert_close, make_updates
 
 import bcfl_engine as be
 from bcfl_engine.errors import InvalidArgument, NonFiniteUpdate, PreconditionError
+from bcfl_engine.rules._common import normalized_weights
 from bcfl_engine.rules.geometric_median import (
-    _normalized,
     geometric_median,
     geometric_median_reference,
     step_native,
@@ -30,7 +30,7 @@ RTOL, ATOL = 1e-5, 1e-6
 
 def objective(x: torch.Tensor, v: torch.Tensor, w: torch.Tensor | None = None) -> float:
     """``sum_i alpha_i ||v - x_i||`` with normalized weights, in float64."""
-    alpha = _normalized(w, x.shape[0], x.device)
+    alpha = normalized_weights(w, x.shape[0]).to(x.device)
     return float((alpha * torch.linalg.vector_norm(x.double() - v.double(), dim=1)).sum())
 
 
@@ -87,7 +87,7 @@ def test_weights_pull_toward_the_heavy_client() -> None:
 def test_native_stops_on_the_objective() -> None:
     pytest.importorskip("bcfl_engine._C")
     x = make_updates(11, 300, seed=5)
-    w = _normalized(None, 11, x.device)
+    w = normalized_weights(None, 11).to(x.device)
     _, it_fixed = weiszfeld(x, w, 1e-6, 7, 0.0, step_native)
     _, it_tol = weiszfeld(x, w, 1e-6, 100, 1e-3, step_native)
     assert it_fixed == 7 and 1 <= it_tol < 7

@@ -60,6 +60,12 @@ def check_weights(weights: object, n: int, rule: str) -> torch.Tensor | None:
     return w
 
 
+def normalized_weights(weights: torch.Tensor | None, n: int) -> torch.Tensor:
+    """``[n]`` float64 weights summing to 1 (uniform if None), on the CPU."""
+    w = torch.ones(n, dtype=torch.float64) if weights is None else weights.to(torch.float64)
+    return w / w.sum()
+
+
 def contiguous(x: torch.Tensor) -> torch.Tensor:
     """Kernels index rows with stride d: give them a contiguous buffer (no copy if it is)."""
     return x if x.is_contiguous() else x.contiguous()

@@ -30,6 +30,7 @@ from ._common import (
     check_updates,
     check_weights,
     contiguous,
+    normalized_weights,
 )
 
 # step(x, coef [n], beta, v_in [d] float32 or None, with_dist)
@@ -38,11 +39,6 @@ Step = Callable[
     [torch.Tensor, torch.Tensor, float, torch.Tensor | None, bool],
     tuple[torch.Tensor, torch.Tensor],
 ]
-
-
-def _normalized(weights: torch.Tensor | None, n: int, device: torch.device) -> torch.Tensor:
-    w = torch.ones(n, dtype=torch.float64) if weights is None else weights.to(torch.float64)
-    return (w / w.sum()).to(device)
 
 
 def geometric_median_reference(
@@ -61,7 +57,7 @@ def geometric_median_reference(
     ``f`` is only validated by :func:`geometric_median`.
     """
     xf = x.float()
-    w = _normalized(weights, x.shape[0], x.device)
+    w = normalized_weights(weights, x.shape[0]).to(x.device)
     v = (w.float()[:, None] * xf).sum(dim=0)
     dist = torch.linalg.vector_norm(xf - v, dim=1, dtype=torch.float64)
     obj = float((w * dist).sum())
@@ -144,7 +140,7 @@ def _fast(step: Step) -> Callable[..., torch.Tensor]:
         max_iter: int = 100,
         tol: float = 1e-6,
     ) -> torch.Tensor:
-        w = _normalized(weights, x.shape[0], x.device)
+        w = normalized_weights(weights, x.shape[0]).to(x.device)
         return weiszfeld(contiguous(x), w, eps, max_iter, tol, step)[0]
 
     return run

@@ -10,20 +10,24 @@ from __future__ import annotations
 import torch
 
 from ..backends import Kernel, dispatch, native
-from ._common import DTYPE_CODE, check_finite, check_updates, check_weights, contiguous
+from ._common import (
+    DTYPE_CODE,
+    check_finite,
+    check_updates,
+    check_weights,
+    contiguous,
+    normalized_weights,
+)
 
 
 def mean_reference(x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Pure-torch weighted mean of the rows of ``x`` ``[n, d]``; float32 ``[d]``."""
-    n = x.shape[0]
-    w = torch.ones(n, dtype=torch.float64) if weights is None else weights.to(torch.float64)
-    w = (w / w.sum()).to(torch.float32).to(x.device)
+    w = _normalized(weights, x.shape[0]).to(x.device)
     return (w[:, None] * x.float()).sum(dim=0)
 
 
 def _normalized(weights: torch.Tensor | None, n: int) -> torch.Tensor:
-    w = torch.ones(n, dtype=torch.float64) if weights is None else weights.to(torch.float64)
-    return (w / w.sum()).to(torch.float32)
+    return normalized_weights(weights, n).to(torch.float32)
 
 
 def _mean_native(x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
