@@ -37,3 +37,28 @@ def make_updates(n: int, d: int, dtype: torch.dtype = torch.float32, seed: int =
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, d, generator=g, dtype=torch.float32)
     return x.to(dtype)
+
+
+def skewed_columns(n: int, d: int, seed: int = 0) -> torch.Tensor:
+    """[n, 10 d] columns that make order-statistic searches work: sorted and reversed rows,
+    ties (halves), sparse (75% zeros), heavy tails (log-normal), 10% Byzantine rows at 1e6, a
+    constant, subnormals and large magnitudes, next to plain Gaussian columns."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g)
+    sparse = torch.where(torch.rand(n, d, generator=g) < 0.75, torch.zeros(()), x)
+    byzantine = x.clone()
+    byzantine[: max(1, n // 10)] = 1e6
+    heavy = torch.sign(x) * torch.exp(3 * torch.randn(n, d, generator=g))
+    parts = [
+        x,
+        x.sort(0).values,
+        x.sort(0, descending=True).values,
+        torch.round(x * 2) / 2,
+        sparse,
+        heavy,
+        byzantine,
+        torch.full((n, d), -2.5),
+        x * 1e-40,
+        x * 1e30,
+    ]
+    return torch.cat(parts, 1)

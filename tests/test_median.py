@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import backend_params
-from helpers import assert_close, make_updates
+from helpers import assert_close, make_updates, skewed_columns
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -125,6 +125,30 @@ def test_native_median_on_awkward_values(n: int, d: int, data: st.DataObject) ->
     fin = torch.isfinite(want)
     assert_close(got[fin], want[fin], rtol=0, atol=0)
     assert torch.equal(got[~fin], want[~fin])
+
+
+@pytest.mark.parametrize("n", [128, 129, 300, 1000], ids=lambda n: f"n{n}")
+def test_native_median_on_skewed_columns(n: int) -> None:
+    # From 128 rows on, the C++ search starts from pivots out of a sorted sample of rows and
+    # then interpolates: columns where either goes wrong (sorted rows, ties, sparse, heavy
+    # tails, outliers) must still give the exact median.
+    pytest.importorskip("bcfl_engine._C")
+    x = skewed_columns(n, 37, seed=n)
+    assert_close(median(x, backend="native"), median_reference(x), rtol=0, atol=0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(128, 260), d=st.integers(1, 40), data=st.data())
+def test_native_median_on_awkward_values_with_many_rows(
+    n: int, d: int, data: st.DataObject
+) -> None:
+    pytest.importorskip("bcfl_engine._C")
+    # n * d draws are too many for hypothesis to shrink: it draws the seed of the picks.
+    g = torch.Generator().manual_seed(data.draw(st.integers(0, 2**32 - 1)))
+    picks = torch.randint(0, len(AWKWARD), (n, d), generator=g)
+    x = torch.tensor(AWKWARD, dtype=torch.float32)[picks]
+    x = x.clamp(-1e30, 1e30)  # no +-3.4e38: the even-n average would overflow
+    assert_close(median(x, backend="native"), median_reference(x), rtol=0, atol=0)
 
 
 def test_median_rejects_bad_input() -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import backend_params
-from helpers import assert_close, make_updates
+from helpers import assert_close, make_updates, skewed_columns
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -145,6 +145,35 @@ def test_native_trimmed_mean_on_awkward_values(n: int, d: int, data: st.DataObje
     f = data.draw(st.integers(0, (n - 1) // 2))
     picks = data.draw(st.lists(st.integers(0, len(AWKWARD) - 1), min_size=n * d, max_size=n * d))
     x = torch.tensor([AWKWARD[i] for i in picks], dtype=torch.float32).reshape(n, d)
+    got = trimmed_mean(x, f=f, backend="native")
+    assert_close(got, trimmed_mean_reference(x, f), rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("n", [128, 129, 300, 1000], ids=lambda n: f"n{n}")
+def test_native_trimmed_mean_on_skewed_columns(n: int) -> None:
+    # From f = 17 the C++ path searches two cuts (sampled start, interpolation, snapping):
+    # columns where that goes wrong must still keep exactly the right values. The tolerance
+    # scales with each column's largest kept magnitude (the sum order differs).
+    pytest.importorskip("bcfl_engine._C")
+    x = skewed_columns(n, 29, seed=n)
+    for f in sorted({17, n // 10, n // 3, (n - 1) // 2}):
+        want = trimmed_mean_reference(x, f)
+        got = trimmed_mean(x, f=f, backend="native")
+        scale = x.sort(0).values[f : n - f].abs().amax(0)
+        assert bool(((got - want).abs() <= 1e-5 * scale).all()), f"f={f}"
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(128, 260), d=st.integers(1, 40), data=st.data())
+def test_native_trimmed_mean_on_awkward_values_with_many_rows(
+    n: int, d: int, data: st.DataObject
+) -> None:
+    pytest.importorskip("bcfl_engine._C")
+    f = data.draw(st.integers(17, (n - 1) // 2))
+    # n * d draws are too many for hypothesis to shrink: it draws the seed of the picks.
+    g = torch.Generator().manual_seed(data.draw(st.integers(0, 2**32 - 1)))
+    picks = torch.randint(0, len(AWKWARD), (n, d), generator=g)
+    x = torch.tensor(AWKWARD, dtype=torch.float32)[picks]
     got = trimmed_mean(x, f=f, backend="native")
     assert_close(got, trimmed_mean_reference(x, f), rtol=RTOL, atol=ATOL)
 
