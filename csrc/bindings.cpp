@@ -172,6 +172,12 @@ PYBIND11_MODULE(_C, m) {
 
   // ---- bulyan ----
   m.def(
+      "bulyan_select",
+      [](std::uintptr_t dist, int64_t n, int64_t f, int64_t theta, std::uintptr_t chosen) {
+        bcfl::bulyan_select(ptr<const double>(dist), n, f, theta, ptr<int64_t>(chosen));
+      },
+      gil());
+  m.def(
       "bulyan_coordinates",
       [](int dtype, std::uintptr_t x, int64_t d, std::uintptr_t idx, int64_t theta, int64_t beta,
          std::uintptr_t out) {

@@ -62,6 +62,35 @@ def test_bulyan_matches_reference(backend: str, dtype: torch.dtype, n: int, d: i
     assert_close(got, bulyan_reference(x, f), rtol=1e-5, atol=1e-6)
 
 
+def tied_distances(n: int, seed: int) -> dict[str, torch.Tensor]:
+    """Squared-distance matrices where Krum scores tie or nearly tie: duplicated updates, small
+    integer coordinates (many equal distances), one huge outlier next to tiny distances."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 20, generator=g, dtype=torch.float64)
+    dup = x.clone()
+    dup[n // 3 : 2 * n // 3] = dup[0]  # a third of the rows identical
+    ints = torch.randint(-2, 3, (n, 6), generator=g).double()
+    far = x * 1e-6
+    far[0] = 1e9
+    return {
+        name: torch.cdist(v, v) ** 2
+        for name, v in (("plain", x), ("dup", dup), ("ints", ints), ("far", far))
+    }
+
+
+@pytest.mark.parametrize("n,f", [(7, 1), (64, 15), (131, 32)], ids=lambda v: str(v))
+def test_native_selection_is_the_reference_one_on_ties(n: int, f: int) -> None:
+    # The C++ selection keeps running window sums and recomputes only the rows that could win:
+    # it must pick the same rows in the same order, ties to the lowest index, as the torch one.
+    pytest.importorskip("bcfl_engine._C")
+    from bcfl_engine.rules._distances import iterated_krum
+    from bcfl_engine.rules.bulyan import _select_native
+
+    for name, dist in tied_distances(n, seed=n).items():
+        theta = n - 2 * f
+        assert torch.equal(_select_native(dist, f, theta), iterated_krum(dist, f, theta)), name
+
+
 @pytest.mark.parametrize("n,f", [(3, 0), (7, 1), (11, 2), (12, 2)])
 def test_reference_selection_is_the_brute_force_one(n: int, f: int) -> None:
     for seed in range(4):
