@@ -13,6 +13,9 @@ namespace bcfl {
 
 namespace {
 constexpr int64_t kBlock = 2048;
+// Rows prefetched ahead: Multi-Krum at n=256, d=1M (230 rows kept) took 65 ms without and
+// 55-62 ms with it, against 36-40 ms for torch x.sum() over all 256 rows.
+constexpr int64_t kAhead = 2;
 
 template <typename T>
 void select_mean_impl(const T* x, int64_t d, const int64_t* idx, int64_t m, float* out) {
@@ -25,6 +28,10 @@ void select_mean_impl(const T* x, int64_t d, const int64_t* idx, int64_t m, floa
     for (int64_t j = 0; j < w; ++j) acc[j] = 0.0f;
     for (int64_t t = 0; t < m; ++t) {
       const T* row = x + idx[t] * d + j0;
+      if (t + kAhead < m) {  // each chosen row is elsewhere in memory: fetch a few ahead
+        const char* next = reinterpret_cast<const char*>(x + idx[t + kAhead] * d + j0);
+        for (int64_t b = 0; b < w * static_cast<int64_t>(sizeof(T)); b += 64) __builtin_prefetch(next + b);
+      }
 #pragma omp simd
       for (int64_t j = 0; j < w; ++j) acc[j] += load(row, j);
     }
