@@ -7,8 +7,8 @@
 // vectorizes, but costs ~n log^2 n / 4 compare-exchanges (24k at n=1024) with a load and a store
 // per operand. A counting pass costs one load, one compare and one subtract per vector of values
 // (count the values <= a pivot per lane), and search below needs few of them: on Gaussian
-// columns, per group of 32, 6.5 passes for a rank and 9.5 for a cut, at n=64 and n=1000 alike
-// (bisection on the float bit pattern took 15-18).
+// columns, per group of 32, 6.5-8 passes for a rank at n=64 and n=1000, about one of them
+// snapping (see search), where bisection on the float bit pattern took 15-18.
 //
 // Layout: a thread copies a block of columns into a tile (converting float16/bfloat16 to float32
 // once), as groups of [n][kLanes] floats followed by two rows: each lane's min and max, taken
@@ -102,29 +102,19 @@ inline f32v value_of(const i32v& k) {
 inline f32v vmin(const f32v& a, const f32v& b) { return a < b ? a : b; }
 inline f32v vmax(const f32v& a, const f32v& b) { return a > b ? a : b; }
 
-// What a search isolates, per lane, for a rank r (0-based):
-// - kRank: the value of rank r;
-// - kCut: a cut after rank r, that is a key t with #{x <= t} = r + 1, so that "x <= t" keeps
-//   exactly the r + 1 smallest values; or, when copies of one value hold ranks r and r + 1 and
-//   no such key exists, that value's key.
-enum class Goal { kRank, kCut };
-
-// Per lane: the value of rank r has its key in [lo, hi], clo = #{x < lo} and chi = #{x <= hi}.
-// chi = r + 1 isolates both goals at hi (a cut; for kRank, rank r is then the largest value
-// <= hi), and so does a bracket of one key. kRank is also isolated when clo = r (rank r is then
-// the smallest value >= lo).
+// Per lane: the value of rank r (0-based) has its key in [lo, hi], clo = #{x < lo} and
+// chi = #{x <= hi}. Rank r is isolated when the bracket is one key, when chi = r + 1 (rank r is
+// the largest value <= hi) or when clo = r (the smallest value >= lo).
 struct Bracket {
   i32v lo[kU], hi[kU], clo[kU], chi[kU];
 };
 
 inline f32v to_float(const i32v& v) { return __builtin_convertvector(v, f32v); }
 
-// Lanes whose goal is not yet isolated.
-template <Goal G>
+// Lanes whose rank r is not yet isolated.
 inline i32v open_lanes(const i32v& lo, const i32v& hi, const i32v& clo, const i32v& chi,
                        int32_t r) {
-  const i32v open = (lo != hi) & (chi != r + 1);
-  return G == Goal::kRank ? open & (clo != r) : open;
+  return (lo != hi) & (chi != r + 1) & (clo != r);
 }
 
 // Batcher's odd-even merge sorting network on N (a power of two) values: its compare-exchange
@@ -230,12 +220,12 @@ inline Bracket start(const float* tile, int64_t n, int32_t r) {
 // Passes that pick their pivot by interpolation before search falls back to halving the keys.
 constexpr int kInterpPasses = 16;
 
-// Narrows b until every lane has isolated its goal for rank r. Each pass counts the values <=
+// Narrows b until every lane has isolated rank r. Each pass counts the values <=
 // one pivot per lane (a load, a compare and a subtract per vector of values) and keeps the part
 // of the bracket that holds rank r. The tile holds no +0 (load_tile makes every zero -0), so
 // comparing floats with the pivot's float agrees with comparing keys.
 //
-// Pivot: where the goal falls if the values inside the bracket were spread evenly between its
+// Pivot: where rank r falls if the values inside the bracket were spread evenly between its
 // ends (interpolation, as in regula falsi), with the Illinois rule: an end that stays put two
 // passes running has its weight halved, or a skewed column (the tail of a Gaussian, a sparse
 // column) would creep in from one side only. After kInterpPasses the pivot halves the keys, so
@@ -247,11 +237,10 @@ constexpr int kInterpPasses = 16;
 // smallest > pivot): a bracket of copies becomes one key. A snapping pass costs ~3 counting
 // passes. (Snapping after one such pass, as the key-halving search before this one did, took
 // 2.4 snapping passes per group of Gaussian columns instead of 1.)
-template <Goal G>
 inline void search(const float* tile, int64_t n, int32_t r, Bracket& b) {
   const f32v ninf = splat(-std::numeric_limits<float>::infinity());
   const f32v pinf = splat(std::numeric_limits<float>::infinity());
-  const f32v target = splat(static_cast<float>(r) + (G == Goal::kRank ? 0.5f : 1.0f));
+  const f32v target = splat(static_cast<float>(r) + 0.5f);
   i32v lo[kU], hi[kU], clo[kU], chi[kU], was[kU], last[kU];
   f32v wlo[kU], whi[kU];
   for (int u = 0; u < kU; ++u) {
@@ -263,7 +252,7 @@ inline void search(const float* tile, int64_t n, int32_t r, Bracket& b) {
   bool snap = false, flat_before = false;
   for (int pass = 0; pass < kInterpPasses + kMaxPasses; ++pass) {
     i32v open = splat_i(0);
-    for (int u = 0; u < kU; ++u) open |= open_lanes<G>(lo[u], hi[u], clo[u], chi[u], r);
+    for (int u = 0; u < kU; ++u) open |= open_lanes(lo[u], hi[u], clo[u], chi[u], r);
     if (!any(open)) break;
     i32v mid[kU], cnt[kU];
     f32v piv[kU], below[kU], above[kU];
@@ -305,7 +294,7 @@ inline void search(const float* tile, int64_t n, int32_t r, Bracket& b) {
     }
     bool flat = false;
     for (int u = 0; u < kU; ++u) {
-      const i32v was_open = open_lanes<G>(lo[u], hi[u], clo[u], chi[u], r);
+      const i32v was_open = open_lanes(lo[u], hi[u], clo[u], chi[u], r);
       const i32v down = cnt[u] > r;  // rank r lies at or below mid
       hi[u] = down ? (snap ? key_of(below[u]) : mid[u]) : hi[u];
       chi[u] = down ? cnt[u] : chi[u];
@@ -317,7 +306,7 @@ inline void search(const float* tile, int64_t n, int32_t r, Bracket& b) {
       whi[u] = down ? splat(1.0f) : (again ? whi[u] * 0.5f : whi[u]);
       last[u] = down ? splat_i(-1) : splat_i(1);
       const i32v inside = chi[u] - clo[u];
-      flat = flat || any(was_open & open_lanes<G>(lo[u], hi[u], clo[u], chi[u], r) &
+      flat = flat || any(was_open & open_lanes(lo[u], hi[u], clo[u], chi[u], r) &
                          (inside == was[u]));
       was[u] = inside;
     }
@@ -347,7 +336,7 @@ inline void around(const float* tile, int64_t n, const f32v (&bound)[kU], f32v (
 // Per lane, the value of rank r: start, search and one pass to read it off the bracket.
 inline void rank_value(const float* tile, int64_t n, int32_t r, f32v (&value)[kU]) {
   Bracket b = start(tile, n, r);
-  search<Goal::kRank>(tile, n, r, b);
+  search(tile, n, r, b);
   f32v bound[kU], below[kU], above[kU];
   i32v at_hi[kU];
   for (int u = 0; u < kU; ++u) {
@@ -358,11 +347,45 @@ inline void rank_value(const float* tile, int64_t n, int32_t r, f32v (&value)[kU
   for (int u = 0; u < kU; ++u) value[u] = at_hi[u] ? below[u] : above[u];
 }
 
-// Per lane, the bracket of a cut after rank r (Goal::kCut): hi is the cut when chi = r + 1,
-// else the key of the value whose copies straddle it.
+// Per lane, a cut after rank r: a key t with #{x <= t} = r + 1, so that "x <= t" keeps exactly
+// the r + 1 smallest values. Returned as a bracket: hi is the cut when chi = r + 1; otherwise
+// copies of one value hold ranks r and r + 1, no such key exists, and lo = hi is that value's key.
+//
+// A search for the cut itself needs a pivot between ranks r and r + 1 (9.5 passes per group of
+// Gaussian columns at n=1000, 2.3 of them snapping); the search for rank r also stops on a
+// pivot just below rank r (7.9 passes at r = 99, 1 snapping). So: that search, then, if some lane
+// stopped below rank r (clo = r: rank r is the smallest value >= lo), one pass for that value
+// and its copies: one copy puts the cut at its key, more straddle it.
 inline Bracket cut_after(const float* tile, int64_t n, int32_t r) {
   Bracket b = start(tile, n, r);
-  search<Goal::kCut>(tile, n, r, b);
+  search(tile, n, r, b);
+  i32v below_r[kU], any_below = splat_i(0);
+  f32v floor_v[kU];
+  for (int u = 0; u < kU; ++u) {
+    below_r[u] = (b.lo[u] != b.hi[u]) & (b.chi[u] != r + 1);  // then clo = r
+    any_below |= below_r[u];
+    floor_v[u] = value_of(b.lo[u] - 1);  // x > floor_v: x >= lo
+  }
+  if (!any(any_below)) return b;
+  const f32v pinf = splat(std::numeric_limits<float>::infinity());
+  f32v least[kU];
+  i32v copies[kU];
+  for (int u = 0; u < kU; ++u) least[u] = pinf, copies[u] = splat_i(0);
+  for (int64_t i = 0; i < n; ++i) {
+    for (int u = 0; u < kU; ++u) {
+      const f32v v = load_row(tile + i * kLanes + u * kVec);
+      const i32v in = v > floor_v[u];
+      const i32v lower = in & (v < least[u]), same = in & (v == least[u]);
+      copies[u] = lower ? splat_i(1) : copies[u] - same;  // same: -1
+      least[u] = lower ? v : least[u];
+    }
+  }
+  for (int u = 0; u < kU; ++u) {
+    const i32v k = key_of(least[u]), one = copies[u] == 1;
+    b.hi[u] = below_r[u] ? k : b.hi[u];
+    b.lo[u] = below_r[u] & ~one ? k : b.lo[u];
+    b.chi[u] = below_r[u] ? r + copies[u] : b.chi[u];
+  }
   return b;
 }
 
