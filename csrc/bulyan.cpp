@@ -8,8 +8,8 @@
 //   #{s < t: v_s <= v_t} + #{s > t: v_s < v_t} is a permutation (equal values keep their row
 //   order); the window grows from the median ranks, one rank per step. theta^2 compares per
 //   column but branch-free and vectorized;
-// - larger theta: per column, two nth_element calls and a sort of the 2 beta ranks the window
-//   can reach.
+// - larger theta: per column, nth_element partitions and a sort of only the ranks the window
+//   may or may not take (sort_column).
 // CPU seconds at d=1M, beta=4, one thread (ranks / nth_element): theta=34 0.19 / 0.90,
 // theta=96 0.64 / 2.1, theta=192 3.1 / 3.8, theta=256 5.3 / 5.4; hence kRankMax = 192.
 #include "bulyan.h"
@@ -104,19 +104,37 @@ void rank_group(const float* v, int64_t theta, int64_t beta, int32_t* rank, floa
 }
 
 // One column of theta values (reordered): the mean of the beta closest to the median.
+//
+// The beta values taken form a window of ranks [w, w + beta) that holds rank mid (taken
+// first: for even theta, ranks mid and mh tie and the lower wins), so w lies in [lo_w, hi_w]
+// below. Ranks [hi_w, lo_w + beta) are in every such window; only the two runs of hi_w - lo_w
+// ranks beyond them are contested. Partitioning with nth_element and sorting just those two
+// runs, then taking the closer of the two runs' next values (ties to the lower value)
+// hi_w - lo_w times, picks what growing the window from the median one value at a time would.
+// At theta = 800, beta = 600 that sorts 2 x 200 values instead of 800.
 float sort_column(float* a, int64_t theta, int64_t beta) {
-  const int64_t mid = (theta - 1) / 2;
-  // The window reads ranks [mid - beta + 1, mid + beta]: order only those.
-  const int64_t first = std::max<int64_t>(0, mid - beta + 1);
-  const int64_t last = std::min<int64_t>(theta - 1, mid + beta);
-  std::nth_element(a, a + first, a + theta);
-  std::nth_element(a + first, a + last, a + theta);
-  std::sort(a + first, a + last + 1);
-  const double med = 0.5 * (static_cast<double>(a[mid]) + static_cast<double>(a[theta / 2]));
-  int64_t lo = mid, hi = mid + 1;
+  const int64_t mid = (theta - 1) / 2, mh = theta / 2;
+  const int64_t lo_w = std::max<int64_t>(0, mid - beta + 1);
+  const int64_t hi_w = std::min<int64_t>(mid, theta - beta);
+  const int64_t inner_end = lo_w + beta;  // ranks [hi_w, inner_end) are always taken
+  const int64_t outer_end = hi_w + beta;  // the upper contested run is [inner_end, outer_end)
+  float* end = a + theta;
+  std::nth_element(a, a + lo_w, end);
+  if (hi_w > lo_w) std::nth_element(a + lo_w, a + hi_w, end);
+  if (inner_end < theta) std::nth_element(a + hi_w, a + inner_end, end);
+  if (outer_end < theta && outer_end > inner_end) std::nth_element(a + inner_end, a + outer_end, end);
+  std::sort(a + lo_w, a + hi_w);
+  std::sort(a + inner_end, a + outer_end);
+  // Rank mid lies in the always-taken run; rank mh = mid + 1 (even theta) there or first above.
+  std::nth_element(a + hi_w, a + mid, a + inner_end);
+  float at_mh = a[mid];
+  if (mh != mid) at_mh = mh < inner_end ? *std::min_element(a + mh, a + inner_end) : a[inner_end];
+  const double med = 0.5 * (static_cast<double>(a[mid]) + static_cast<double>(at_mh));
   double sum = 0.0;
-  for (int64_t t = 0; t < beta; ++t) {
-    const bool take_lo = lo >= 0 && (hi >= theta || med - a[lo] <= a[hi] - med);
+  for (int64_t t = hi_w; t < inner_end; ++t) sum += a[t];
+  int64_t lo = hi_w - 1, hi = inner_end;
+  for (int64_t t = 0; t < hi_w - lo_w; ++t) {
+    const bool take_lo = lo >= lo_w && (hi >= outer_end || med - a[lo] <= a[hi] - med);
     sum += take_lo ? a[lo--] : a[hi++];
   }
   return static_cast<float>(sum / static_cast<double>(beta));

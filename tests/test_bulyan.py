@@ -110,14 +110,26 @@ def test_coordinate_stage_by_hand() -> None:
     assert_close(got[2], torch.tensor(2.0), rtol=0, atol=0)
 
 
-# theta = 197 takes the nth_element path of the C++ kernel (ranks up to theta = 192).
+# theta >= 193 takes the nth_element path of the C++ kernel (ranks up to theta = 192), where
+# beta decides which ranks are contested: few (beta near theta), many (beta small) or none.
 @pytest.mark.parametrize(
-    "theta,beta", [(1, 1), (2, 1), (4, 2), (5, 3), (8, 8), (9, 1), (34, 4), (197, 5)]
+    "theta,beta",
+    [
+        *[(1, 1), (2, 1), (4, 2), (5, 3), (8, 8), (9, 1), (34, 4), (197, 5)],
+        *[(197, 150), (200, 196), (200, 200), (201, 101), (196, 1), (300, 3), (300, 2)],
+    ],
 )
 def test_coordinate_stage_breaks_ties_as_the_reference(backend: str, theta: int, beta: int) -> None:
-    # Small integers: equal values and equidistant pairs around the median in most columns.
+    # Small integers: equal values and equidistant pairs around the median in most columns;
+    # Gaussian columns after them, where no two values are equal.
     g = torch.Generator().manual_seed(theta * 100 + beta)
-    x = torch.randint(-3, 4, (theta + 3, 515), generator=g).float()
+    x = torch.cat(
+        [
+            torch.randint(-3, 4, (theta + 3, 300), generator=g).float(),
+            torch.randn(theta + 3, 215, generator=g),
+        ],
+        1,
+    )
     idx = torch.randperm(theta + 3, generator=g)[:theta]
     want = bulyan_coordinates_reference(x, idx, beta)
     for j in (0, 1, 7):
