@@ -72,20 +72,8 @@ class CiphertextBatch:
     def _set_layout(self, layout: wire.Layout) -> None:
         self.layout = layout
         self.data = torch.empty((self.capacity, *layout.shape), dtype=torch.int64)
-        self._primes = np.array(layout.primes, dtype=np.uint64)
-        self._pid = np.array(layout.parms_id, dtype=np.uint64)
-        self._sizes = np.array(layout.sizes, dtype=np.int64)
-        self._native_layout = (
-            layout.poly_degree,
-            layout.residues,
-            layout.ciphertexts,
-            layout.d,
-            int(layout.pair),
-            layout.scale,
-            self._primes.ctypes.data,
-            self._pid.ctypes.data,
-            self._sizes.ctypes.data,
-        )
+        # The extension's layout tuple points into these arrays: they live as long as the batch.
+        self._native_layout, self._layout_arrays = native_layout(layout)
 
     def _check_id(self, client_id: Any, pending: Sequence[Any] = ()) -> None:
         if client_id in self.client_ids or client_id in pending:

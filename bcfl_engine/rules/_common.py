@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -46,6 +47,20 @@ def check_f(f: object, n: int, rule: str, need: str, ok: bool) -> int:
     if not ok:
         raise PreconditionError(f"{rule} requires {need}; got n={n}, f={f}")
     return f
+
+
+def check_rule_input(
+    x: object, f: object, rule: str, need: str, holds: Callable[[int, int], bool], check: bool
+) -> tuple[torch.Tensor, int]:
+    """The boundary of a rule that tolerates ``f`` Byzantine updates: ``x`` as in
+    :func:`check_updates`, ``f`` as in :func:`check_f` with the precondition ``need``
+    (``holds(n, f)``), and with ``check`` no NaN/inf (:func:`check_finite`)."""
+    x = check_updates(x, rule)
+    n = x.shape[0]
+    f = check_f(f, n, rule, need, isinstance(f, int) and holds(n, f))
+    if check:
+        check_finite(x, rule)
+    return x, f
 
 
 def check_weights(weights: object, n: int, rule: str) -> torch.Tensor | None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from ..backends import Kernel, choose, dispatch, native
-from ._common import DTYPE_CODE, check_f, check_finite, check_updates, contiguous
+from ._common import DTYPE_CODE, check_rule_input, contiguous
 from ._distances import (
     iterated_krum,
     sq_dists,
@@ -35,12 +35,7 @@ REFERENCE_BLOCK = 1 << 14
 
 
 def _validate(x: object, f: object, check: bool) -> tuple[torch.Tensor, int]:
-    x = check_updates(x, "bulyan")
-    n = x.shape[0]
-    f = check_f(f, n, "bulyan", NEED, isinstance(f, int) and n >= 4 * f + 3)
-    if check:
-        check_finite(x, "bulyan")
-    return x, f
+    return check_rule_input(x, f, "bulyan", NEED, lambda n, f: n >= 4 * f + 3, check)
 
 
 def bulyan_select_reference(x: torch.Tensor, f: int) -> torch.Tensor:

@@ -16,19 +16,14 @@ from __future__ import annotations
 import torch
 
 from ..backends import Kernel, dispatch
-from ._common import check_f, check_finite, check_updates
+from ._common import check_rule_input
 from ._distances import krum_order, sq_dists, sq_dists_native, sq_dists_reference, sq_dists_triton
 
 NEED = "n > 2f + 2 (Blanchard et al. 2017)"
 
 
 def _validate(x: object, f: object, check: bool) -> tuple[torch.Tensor, int]:
-    x = check_updates(x, "krum")
-    n = x.shape[0]
-    f = check_f(f, n, "krum", NEED, isinstance(f, int) and n > 2 * f + 2)
-    if check:
-        check_finite(x, "krum")
-    return x, f
+    return check_rule_input(x, f, "krum", NEED, lambda n, f: n > 2 * f + 2, check)
 
 
 def krum_select_reference(x: torch.Tensor, f: int) -> int:

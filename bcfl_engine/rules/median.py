@@ -12,7 +12,9 @@ from __future__ import annotations
 import torch
 
 from ..backends import Kernel, dispatch, native
-from ._common import DTYPE_CODE, check_f, check_finite, check_updates, contiguous
+from ._common import DTYPE_CODE, check_rule_input, contiguous
+
+NEED = "n > 2f (Yin et al. 2018)"
 
 
 def median_reference(x: torch.Tensor, f: int = 0) -> torch.Tensor:
@@ -66,11 +68,5 @@ def median(
     backend : "torch", "native", "triton" or None (automatic).
     check : reject non-finite updates (an O(n d) scan; off when the batch was validated).
     """
-    x = check_updates(x, "median")
-    n = x.shape[0]
-    f = check_f(
-        f, n, "median", "n > 2f (Yin et al. 2018)", n > 2 * f if isinstance(f, int) else False
-    )
-    if check:
-        check_finite(x, "median")
+    x, f = check_rule_input(x, f, "median", NEED, lambda n, f: n > 2 * f, check)
     return dispatch("median", KERNELS, x, backend, f)

@@ -14,16 +14,16 @@ import torch
 
 from ..backends import Kernel, dispatch, native
 from ..errors import InvalidArgument
-from ._common import DTYPE_CODE, check_f, check_finite, check_updates, contiguous
+from ._common import DTYPE_CODE, check_finite, check_rule_input, contiguous
 from ._distances import krum_order, sq_dists, sq_dists_native, sq_dists_reference, sq_dists_triton
 
 NEED = "n > 2f + 2 (Blanchard et al. 2017)"
 
 
 def _validate(x: object, f: object, m: object, check: bool) -> tuple[torch.Tensor, int, int]:
-    x = check_updates(x, "multi_krum")
+    # Non-finite values are checked last, after m, as before.
+    x, f = check_rule_input(x, f, "multi_krum", NEED, lambda n, f: n > 2 * f + 2, check=False)
     n = x.shape[0]
-    f = check_f(f, n, "multi_krum", NEED, isinstance(f, int) and n > 2 * f + 2)
     if m is None:
         m = n - f
     if not isinstance(m, int) or isinstance(m, bool) or not 1 <= m <= n:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from ..backends import Kernel, dispatch
-from ._common import check_f, check_finite, check_updates, contiguous
+from ._common import check_rule_input, contiguous
 from ._distances import nearest, sq_dists, sq_dists_native, sq_dists_reference, sq_dists_triton
 
 NEED = "n > 2f (Allouah et al. 2023)"
@@ -24,12 +24,7 @@ MIX_BLOCK = 4096
 
 
 def _validate(x: object, f: object, check: bool) -> tuple[torch.Tensor, int]:
-    x = check_updates(x, "nnm")
-    n = x.shape[0]
-    f = check_f(f, n, "nnm", NEED, isinstance(f, int) and n > 2 * f)
-    if check:
-        check_finite(x, "nnm")
-    return x, f
+    return check_rule_input(x, f, "nnm", NEED, lambda n, f: n > 2 * f, check)
 
 
 def nnm_select_reference(x: torch.Tensor, f: int) -> torch.Tensor:

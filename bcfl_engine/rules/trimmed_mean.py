@@ -11,8 +11,10 @@ from __future__ import annotations
 import torch
 
 from ..backends import Kernel, dispatch, native
-from ._common import DTYPE_CODE, check_f, check_finite, check_updates, contiguous
+from ._common import DTYPE_CODE, check_rule_input, contiguous
 from .median import triton_row_limit
+
+NEED = "n > 2f (Yin et al. 2018)"
 
 
 def trimmed_mean_reference(x: torch.Tensor, f: int) -> torch.Tensor:
@@ -54,11 +56,5 @@ def trimmed_mean(
     backend : "torch", "native", "triton" or None (automatic).
     check : reject non-finite updates (an O(n d) scan; off when the batch was validated).
     """
-    x = check_updates(x, "trimmed_mean")
-    n = x.shape[0]
-    f = check_f(
-        f, n, "trimmed_mean", "n > 2f (Yin et al. 2018)", n > 2 * f if isinstance(f, int) else False
-    )
-    if check:
-        check_finite(x, "trimmed_mean")
+    x, f = check_rule_input(x, f, "trimmed_mean", NEED, lambda n, f: n > 2 * f, check)
     return dispatch("trimmed_mean", KERNELS, x, backend, f)
