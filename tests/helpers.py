@@ -62,3 +62,17 @@ def skewed_columns(n: int, d: int, seed: int = 0) -> torch.Tensor:
         x * 1e30,
     ]
     return torch.cat(parts, 1)
+
+
+def ties(n: int, d: int, dtype: torch.dtype = torch.float32, seed: int = 0) -> torch.Tensor:
+    """Small integers -3..3: every column holds repeated values, around any rank."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(-3, 4, (n, d), generator=g).to(dtype)
+
+
+def pick(values: list[float], n: int, d: int, seed: int) -> torch.Tensor:
+    """[n, d] float32 drawn from ``values`` (chosen to collide), reproducibly from ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.tensor(values, dtype=torch.float32)[
+        torch.randint(0, len(values), (n, d), generator=g)
+    ]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import backend_params
-from helpers import assert_close, make_updates, skewed_columns
+from helpers import assert_close, make_updates, pick, skewed_columns, ties
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -47,12 +47,6 @@ def grid() -> list:
                         )
                     )
     return cases
-
-
-def ties(n: int, d: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
-    """Small integers: every column holds repeated values, the median among them."""
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(-3, 4, (n, d), generator=g).to(dtype)
 
 
 @pytest.mark.parametrize("backend_name,dtype_,n,d", grid())
@@ -144,9 +138,7 @@ def test_native_median_on_awkward_values_with_many_rows(
 ) -> None:
     pytest.importorskip("bcfl_engine._C")
     # n * d draws are too many for hypothesis to shrink: it draws the seed of the picks.
-    g = torch.Generator().manual_seed(data.draw(st.integers(0, 2**32 - 1)))
-    picks = torch.randint(0, len(AWKWARD), (n, d), generator=g)
-    x = torch.tensor(AWKWARD, dtype=torch.float32)[picks]
+    x = pick(AWKWARD, n, d, seed=data.draw(st.integers(0, 2**32 - 1)))
     x = x.clamp(-1e30, 1e30)  # no +-3.4e38: the even-n average would overflow
     assert_close(median(x, backend="native"), median_reference(x), rtol=0, atol=0)
 

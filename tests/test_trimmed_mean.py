@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import backend_params
-from helpers import assert_close, make_updates, skewed_columns
+from helpers import assert_close, make_updates, pick, skewed_columns, ties
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -68,12 +68,6 @@ def grid() -> list:
                             )
                         )
     return cases
-
-
-def ties(n: int, d: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
-    """Small integers: repeated values straddle the trimming boundaries."""
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(-3, 4, (n, d), generator=g).to(dtype)
 
 
 @pytest.mark.parametrize("backend_name,dtype_,n,d,f", grid())
@@ -171,9 +165,7 @@ def test_native_trimmed_mean_on_awkward_values_with_many_rows(
     pytest.importorskip("bcfl_engine._C")
     f = data.draw(st.integers(17, (n - 1) // 2))
     # n * d draws are too many for hypothesis to shrink: it draws the seed of the picks.
-    g = torch.Generator().manual_seed(data.draw(st.integers(0, 2**32 - 1)))
-    picks = torch.randint(0, len(AWKWARD), (n, d), generator=g)
-    x = torch.tensor(AWKWARD, dtype=torch.float32)[picks]
+    x = pick(AWKWARD, n, d, seed=data.draw(st.integers(0, 2**32 - 1)))
     got = trimmed_mean(x, f=f, backend="native")
     assert_close(got, trimmed_mean_reference(x, f), rtol=RTOL, atol=ATOL)
 

@@ -21,7 +21,7 @@ NEED = "n > 2f + 2 (Blanchard et al. 2017)"
 
 
 def _validate(x: object, f: object, m: object, check: bool) -> tuple[torch.Tensor, int, int]:
-    # Non-finite values are checked last, after m, as before.
+    # Non-finite values are checked after m.
     x, f = check_rule_input(x, f, "multi_krum", NEED, lambda n, f: n > 2 * f + 2, check=False)
     n = x.shape[0]
     if m is None:
