@@ -16,9 +16,7 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <limits>
-#include <numeric>
 #include <vector>
 
 #include "common.h"
@@ -215,17 +213,14 @@ void bulyan_select(const double* dist, int64_t n, int64_t f, int64_t theta, int6
   // Per row: last = position of the window's last entry; score, its drift bound's ingredients.
   std::vector<int64_t> last(static_cast<std::size_t>(n)), ops(static_cast<std::size_t>(n), 0);
   std::vector<double> score(static_cast<std::size_t>(n)), mass(static_cast<std::size_t>(n));
+  auto d_at = [&](int64_t i, int64_t q) { return dist[i * n + order[i * m + q]]; };
   int64_t k = k_of(n);
   for (int64_t i = 0; i < n; ++i) {
-    double s = 0.0;
-    for (int64_t q = 0; q < k; ++q) s += dist[i * n + order[i * m + q]];
-    score[i] = s;
-    mass[i] = 0.0;
-    for (int64_t q = 0; q < k; ++q) mass[i] += std::fabs(dist[i * n + order[i * m + q]]);
+    score[i] = mass[i] = 0.0;
+    for (int64_t q = 0; q < k; ++q) score[i] += d_at(i, q), mass[i] += std::fabs(d_at(i, q));
     ops[i] = k;
     last[i] = k - 1;
   }
-  auto d_at = [&](int64_t i, int64_t q) { return dist[i * n + order[i * m + q]]; };
   auto exact = [&](int64_t i) {  // the k smallest distances to remaining rows, in order
     double s = 0.0;
     for (int64_t q = 0, c = 0; c < k; ++q)
