@@ -3,8 +3,9 @@
 A program loads its ``[BLOCK, N_PAD]`` tile (columns x rows, rows padded to a power of two and
 masked) once and keeps it in registers. Each pass halves, per column, an interval of monotonic
 integer keys of the floats that holds the wanted rank, counting the values at or below the
-middle key, until every column has isolated it: the same search as the C++ path
-(csrc/sortnet.h), without its snapping for ties (at most 32 passes either way). ``tl.sort`` of
+middle key, until every column has isolated it (at most 32 passes). The C++ path
+(csrc/sortnet.h) interpolates its pivots instead and needs fewer passes; that search has not
+been tried here, for want of a GPU to measure it on. ``tl.sort`` of
 the same tile gave the same answer but ran 127x slower under ``TRITON_INTERPRET=1`` (36.5 s
 against 0.29 s at n=7, d=1000), where every kernel is tested.
 """
@@ -41,7 +42,7 @@ def load_tile(x_ptr, n, d, N_PAD: tl.constexpr, BLOCK: tl.constexpr):
     # int64 row offsets: n * d may pass 2^31 elements.
     ptrs = x_ptr + rows[None, :].to(tl.int64) * d + cols[:, None]
     tile = tl.load(ptrs, mask=valid & (cols[:, None] < d), other=0.0).to(tl.float32)
-    # -0 and +0 compare equal but have different keys: make every zero -0 (see csrc/sortnet.h).
+    # -0 and +0 compare equal but have different keys: make every zero -0 (as csrc/column_tiles.h does).
     tile = tl.where(tile == 0.0, -0.0, tile)
     return cols, valid, tile
 
