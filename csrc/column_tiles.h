@@ -112,34 +112,26 @@ void load_tile(const T* x, int64_t n, int64_t d, int64_t j0, int64_t m, float* t
     }
   }
   const int64_t full = m / kLanes;
-  const int64_t slice_bytes = m * static_cast<int64_t>(sizeof(T));
   for (int64_t i = 0; i < n; ++i) {
     const T* src = x + i * d + j0;
-    if (i + kPrefetchRows < n) {
-      const char* ahead = reinterpret_cast<const char*>(src + kPrefetchRows * d);
-      for (int64_t b = 0; b < slice_bytes; b += 64) __builtin_prefetch(ahead + b);
-    }
+    if (i + kPrefetchRows < n) prefetch(src + kPrefetchRows * d, m);
     for (int64_t g = 0; g < groups; ++g) {
       float* dst = tile + (g * rows + i) * kLanes;
       float* mn = tile + (g * rows + n) * kLanes;
       float* mx = mn + kLanes;
+      auto put = [&](int l, float v) {
+        v = v == 0.0f ? -0.0f : v;
+        dst[l] = v;
+        mn[l] = v < mn[l] ? v : mn[l];
+        mx[l] = v > mx[l] ? v : mx[l];
+      };
       if (g < full) {
 #pragma omp simd
-        for (int l = 0; l < kLanes; ++l) {
-          float v = load(src, g * kLanes + l);
-          v = v == 0.0f ? -0.0f : v;
-          dst[l] = v;
-          mn[l] = v < mn[l] ? v : mn[l];
-          mx[l] = v > mx[l] ? v : mx[l];
-        }
-      } else {
+        for (int l = 0; l < kLanes; ++l) put(l, load(src, g * kLanes + l));
+      } else {  // the block's last, partial group
         for (int l = 0; l < kLanes; ++l) {
           const int64_t c = g * kLanes + l;
-          float v = c < m ? load(src, c) : 0.0f;
-          v = v == 0.0f ? -0.0f : v;
-          dst[l] = v;
-          mn[l] = v < mn[l] ? v : mn[l];
-          mx[l] = v > mx[l] ? v : mx[l];
+          put(l, c < m ? load(src, c) : 0.0f);
         }
       }
     }

@@ -28,10 +28,7 @@ void select_mean_impl(const T* x, int64_t d, const int64_t* idx, int64_t m, floa
     for (int64_t j = 0; j < w; ++j) acc[j] = 0.0f;
     for (int64_t t = 0; t < m; ++t) {
       const T* row = x + idx[t] * d + j0;
-      if (t + kAhead < m) {  // each chosen row is elsewhere in memory: fetch a few ahead
-        const char* next = reinterpret_cast<const char*>(x + idx[t + kAhead] * d + j0);
-        for (int64_t b = 0; b < w * static_cast<int64_t>(sizeof(T)); b += 64) __builtin_prefetch(next + b);
-      }
+      if (t + kAhead < m) prefetch(x + idx[t + kAhead] * d + j0, w);  // a few chosen rows ahead
 #pragma omp simd
       for (int64_t j = 0; j < w; ++j) acc[j] += load(row, j);
     }
