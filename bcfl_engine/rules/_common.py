@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 
-from ..errors import InvalidArgument, NonFiniteUpdate, PreconditionError
+from ..errors import InvalidArgument, NonFiniteUpdate
 from ..updates import STORAGE_DTYPES, all_finite
 
 # Codes of the storage dtypes in the native kernels (csrc/common.h).
@@ -40,24 +39,20 @@ def check_finite(x: torch.Tensor, rule: str) -> None:
         raise NonFiniteUpdate(f"{rule}: update {row} holds NaN or infinity")
 
 
-def check_f(f: object, n: int, rule: str, need: str, ok: bool) -> int:
-    """``f`` must be an int >= 0 and satisfy the rule's precondition ``need`` (``ok``)."""
-    if not isinstance(f, int) or isinstance(f, bool) or f < 0:
-        raise InvalidArgument(f"{rule}: f must be an int >= 0; got {f!r}")
-    if not ok:
-        raise PreconditionError(f"{rule} requires {need}; got n={n}, f={f}")
-    return f
+def check_f(f: object, n: int, rule: str) -> int:
+    """``f`` must be an int >= 0 that ``n`` updates tolerate under ``rule``'s precondition
+    (:class:`~bcfl_engine.rules.Precondition`, the registry's)."""
+    from . import RULES
+
+    return RULES[rule].check_precondition(n, f)
 
 
-def check_rule_input(
-    x: object, f: object, rule: str, need: str, holds: Callable[[int, int], bool], check: bool
-) -> tuple[torch.Tensor, int]:
+def check_rule_input(x: object, f: object, rule: str, check: bool) -> tuple[torch.Tensor, int]:
     """The boundary of a rule that tolerates ``f`` Byzantine updates: ``x`` as in
-    :func:`check_updates`, ``f`` as in :func:`check_f` with the precondition ``need``
-    (``holds(n, f)``), and with ``check`` no NaN/inf (:func:`check_finite`)."""
+    :func:`check_updates`, ``f`` as in :func:`check_f`, and with ``check`` no NaN/inf
+    (:func:`check_finite`)."""
     x = check_updates(x, rule)
-    n = x.shape[0]
-    f = check_f(f, n, rule, need, isinstance(f, int) and holds(n, f))
+    f = check_f(f, x.shape[0], rule)
     if check:
         check_finite(x, rule)
     return x, f

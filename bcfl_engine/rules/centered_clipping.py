@@ -111,7 +111,7 @@ def centered_clipping(
     rule = "centered_clipping"
     x = check_updates(x, rule)
     n, d = x.shape
-    check_f(f, n, rule, "n > 2f", isinstance(f, int) and n > 2 * f)
+    check_f(f, n, rule)
     tau = check_positive(tau, "tau", rule)
     n_iter = check_count(n_iter, "n_iter", rule)
     if center is not None:

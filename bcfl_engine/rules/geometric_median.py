@@ -183,7 +183,7 @@ def geometric_median(
     rule = "geometric_median"
     x = check_updates(x, rule)
     n = x.shape[0]
-    check_f(f, n, rule, "n > 2f", isinstance(f, int) and n > 2 * f)
+    check_f(f, n, rule)
     w = check_weights(weights, n, rule)
     eps = check_positive(eps, "eps", rule)
     max_iter = check_count(max_iter, "max_iter", rule)

@@ -12,6 +12,7 @@ import torch
 from ..backends import Kernel, dispatch, native
 from ._common import (
     DTYPE_CODE,
+    check_f,
     check_finite,
     check_updates,
     check_weights,
@@ -70,10 +71,7 @@ def mean(
     check : reject non-finite updates (an O(n d) scan; off when the batch was validated).
     """
     x = check_updates(x, "mean")
-    if f != 0:
-        from ..errors import PreconditionError
-
-        raise PreconditionError(f"mean tolerates no Byzantine client: f must be 0; got f={f}")
+    check_f(f, x.shape[0], "mean")
     w = check_weights(weights, x.shape[0], "mean")
     if check:
         check_finite(x, "mean")

@@ -17,12 +17,10 @@ from ..errors import InvalidArgument
 from ._common import DTYPE_CODE, check_finite, check_rule_input, contiguous
 from ._distances import krum_order, sq_dists, sq_dists_native, sq_dists_reference, sq_dists_triton
 
-NEED = "n > 2f + 2 (Blanchard et al. 2017)"
-
 
 def _validate(x: object, f: object, m: object, check: bool) -> tuple[torch.Tensor, int, int]:
     # Non-finite values are checked after m.
-    x, f = check_rule_input(x, f, "multi_krum", NEED, lambda n, f: n > 2 * f + 2, check=False)
+    x, f = check_rule_input(x, f, "multi_krum", check=False)
     n = x.shape[0]
     if m is None:
         m = n - f
