@@ -109,17 +109,12 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
 
 def available_bytes(device: str | torch.device) -> int | None:
     """Memory free for a new buffer on ``device`` (None where it cannot be told)."""
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            return None
-        return int(torch.cuda.mem_get_info(dev)[0])
-    try:
+    if torch.device(device).type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0]) if torch.cuda.is_available() else None
+    try:  # MemAvailable counts the page cache the kernel would give back; AVPHYS does not
         with open("/proc/meminfo", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
+            return next(int(ln.split()[1]) * 1024 for ln in fh if ln.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
         pass
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
@@ -141,15 +136,20 @@ def _positive(name: str, value: object) -> int:
 def check_size(n: object, d: object, device: str | torch.device = "cpu") -> None:
     """InvalidArgument unless ``n`` and ``d`` are ints >= 1 whose benchmark fits in the memory
     free on ``device`` now (and in host memory, where the updates are generated)."""
-    need = size_bytes(_positive("n", n), _positive("d", d))
-    places = {str(device): available_bytes(device)}
-    if torch.device(device).type != "cpu":
-        places["host"] = available_bytes("cpu")
-    for place, free in places.items():
-        if free is not None and need > free:
+    rows, cols = _positive("n", n), _positive("d", d)
+    need = size_bytes(rows, cols)
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InvalidArgument(f"device must be cpu or cuda[:index]; got {device!r}") from None
+    places = [(str(device), need, available_bytes(device))]
+    if torch.device(device).type != "cpu":  # one copy generated on the host, then moved
+        places.append(("the host", 4 * rows * cols, available_bytes("cpu")))
+    for place, needed, free in places:
+        if free is not None and needed > free:
             raise InvalidArgument(
-                f"n={n} d={d} needs about {need / 1e9:.3g} GB ({WORKING_COPIES} float32 copies of "
-                f"[n, d] and an [n, n] Gram matrix); {place} has {free / 1e9:.3g} GB free"
+                f"n={n} d={d} needs about {needed / 1e9:.3g} GB on {place} (the [n, d] float32 "
+                f"updates, their working copies, an [n, n] Gram matrix); {free / 1e9:.3g} GB free"
             )
 
 

@@ -1,8 +1,10 @@
 """The ``bcfl`` command: ``demo``, ``audit``, ``info``, ``bench``.
 
 Exit codes: 0 success; 1 an audit or verification found a mismatch; 2 a usage error (bad
-flags or values, a rule's precondition such as ``n > 2f`` not met by the flags); 3 any other error (a missing dependency, an unreachable chain, ...). Errors
-print on one line; ``--debug`` shows the traceback.
+flags or values, a rule's precondition such as ``n > 2f`` not met by the flags, checked
+before any work); 3 any other error (a missing dependency, an unreachable chain, ...); 130
+interrupted. Errors print on one line; ``--debug`` prints the traceback first and keeps the
+exit code.
 """
 
 from __future__ import annotations
@@ -138,25 +140,25 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     try:
-        from . import bench
+        from .bench import FULL_SIZE, QUICK_SIZE, check_size, parse_sizes, run_engine_bench
     except ImportError:
         raise BcflError(
             "bcfl bench: the benchmark runner (bcfl_engine.bench) is not in this build"
         ) from None
     if args.sizes is not None and (args.n is not None or args.d is not None):
         raise UsageError("--sizes replaces --n and --d: give one or the other")
-    sizes = [(args.n, args.d)] if args.sizes is None else bench.parse_sizes(args.sizes)
+    sizes = [(args.n, args.d)] if args.sizes is None else parse_sizes(args.sizes)
     kw: dict[str, Any] = {"quick": args.quick, "backend": args.backend}
     if args.rule is not None:
         kw["rules"] = _rules(args.rule)
     if args.device:
         kw["device"] = args.device
-    n0, d0 = bench.QUICK_SIZE if args.quick else bench.FULL_SIZE
+    n0, d0 = QUICK_SIZE if args.quick else FULL_SIZE
     sizes = [(n0 if n is None else n, d0 if d is None else d) for n, d in sizes]
     for n, d in sizes:  # every size checked before the first is allocated
-        bench.check_size(n, d, kw.get("device", "cpu"))
+        check_size(n, d, kw.get("device", "cpu"))
     for n, d in sizes:
-        bench.run_engine_bench(n=n, d=d, **kw)
+        run_engine_bench(n=n, d=d, **kw)
     return EXIT_OK
 
 

@@ -349,3 +349,38 @@ def test_bench_reports_a_figure_that_stays_above_the_floor(monkeypatch):
     rows = bench.run_engine_bench(["median"], quick=True, echo=False)
     assert len(timed) == 1 + bench.MAX_RETIMES  # bounded
     assert rows[0]["floor_fraction"] == 2.0 and "unreliable" in rows[0]["note"]
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["plain", "debug"])
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        ("UsageError", 2),
+        ("InvalidArgument", 2),
+        ("PreconditionError", 2),
+        ("AuditError", 1),
+        ("ChainError", 3),
+        ("MissingDependency", 3),
+        ("OSError", 3),
+        ("RuntimeError", 3),
+        ("KeyboardInterrupt", 130),
+    ],
+)
+def test_each_error_type_has_one_exit_code_with_or_without_debug(
+    monkeypatch, capsys, error, expected, debug
+):
+    """Whatever a command raises maps to the same code with --debug, which adds the traceback."""
+    import builtins
+
+    from bcfl_engine import cli, errors
+
+    cls = getattr(cli, error, None) or getattr(errors, error, None) or getattr(builtins, error)
+
+    def failing(args):
+        raise cls("what went wrong")
+
+    monkeypatch.setattr(cli, "_cmd_info", failing)
+    code, _, err = run_main(capsys, *(["--debug"] if debug else []), "info")
+    assert code == expected
+    said = "interrupted" if expected == 130 else "what went wrong"
+    assert ("Traceback" in err) == debug and said in err.strip().splitlines()[-1]
