@@ -166,9 +166,14 @@ def test_demo_on_a_node_then_audit_its_rounds(anvil_ledger, tmp_path, capsys, mo
     url = anvil_ledger.w3.provider.endpoint_uri
     argv = ["demo", "--chain", url, "--key", ANVIL_KEY, "--rule", "median", "--rounds", "2"]
     argv += ["--clients", "4", "--byzantine", "0.25", "--out", str(tmp_path), "--quiet"]
+    (tmp_path / "chain").mkdir()  # an earlier embedded demo's journal, stale once rounds go
+    (tmp_path / "chain" / "chain.json").write_text("{}")  # to the node
     assert main(argv) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["chain"]["url"] == url
+    assert f"bcfl audit --chain {url} --task " in summary["chain"]["audit_command"]
+    assert summary["chain"]["audit_command"] in capsys.readouterr().out
+    assert not (tmp_path / "chain").exists()  # removed: the node keeps the chain
     task = str(summary["runs"]["median"]["task"])
     capsys.readouterr()
     for r in ("1", "2"):

@@ -10,7 +10,9 @@ a folder holding
 - ``transactions``: every raw signed transaction the chain accepted, one ``0x...`` line each,
   appended and flushed as it is sent,
 
-is enough to rebuild the chain in another process: :func:`replay` starts a fresh embedded
+is enough to rebuild the chain in another process (only ``eth_sendRawTransaction`` is
+recorded: :class:`~bcfl_engine.chain.Ledger` signs every transaction locally and sends nothing
+else that changes state): :func:`replay` starts a fresh embedded
 chain, checks that its chain id and genesis state root are the recorded ones, sends the
 transactions again in order, and checks that the registry is back at its recorded address.
 Same deployer, same nonces: same contract address, same tasks, same round commits.

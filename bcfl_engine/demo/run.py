@@ -181,6 +181,8 @@ def run_demo(config: DemoConfig, echo: Echo = print) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     if config.chain is None and (out / "store").exists():
         shutil.rmtree(out / "store")  # its rounds belong to the embedded chain replaced now
+    if config.chain is not None and (out / CHAIN_DIR / "chain.json").exists():
+        shutil.rmtree(out / CHAIN_DIR)  # an earlier embedded chain's, no longer the store's
     store = PayloadStore(out / "store")
     ledger = _ledger(config, out)
     keys = hospital_keys(config.clients, config.seed)
