@@ -389,3 +389,37 @@ def test_each_error_type_has_one_exit_code_with_or_without_debug(
     assert code == expected
     said = "interrupted" if expected == 130 else "what went wrong"
     assert ("Traceback" in err) == debug and said in err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("genesis", "genesis_state_root of this embedded chain is"),
+        ("chain_id", "chain_id of this embedded chain is"),
+        ("garbled", "line 2 is not a hex transaction"),
+        ("reordered", "was not mined again"),
+        ("registry", "no contract at the recorded registry address"),
+    ],
+)
+def test_a_damaged_journal_is_refused_by_name(journaled_round, tmp_path, capsys, damage, message):
+    chain, store, task = journaled_round
+    manifest = json.loads((chain / "chain.json").read_text())
+    lines = (chain / "transactions").read_text().splitlines()
+    if damage == "genesis":
+        manifest["genesis_state_root"] = "0x" + "00" * 32
+    elif damage == "chain_id":
+        manifest["chain_id"] += 1
+    elif damage == "garbled":
+        lines[1] = "0xnot-a-transaction"
+    elif damage == "reordered":  # the deployer's nonce 1 before its nonce 0
+        lines[0], lines[1] = lines[1], lines[0]
+    else:
+        manifest["registry"] = "0x" + "22" * 20
+    copy = tmp_path / "chain"
+    copy.mkdir()
+    (copy / "chain.json").write_text(json.dumps(manifest))
+    (copy / "transactions").write_text("\n".join(lines) + "\n")
+    argv = ["audit", "--chain", str(copy), "--task", str(task), "--round", "1"]
+    argv += ["--store", str(store), "--contract", manifest["registry"]]
+    code, _, err = run_main(capsys, *argv)
+    assert code == 3 and message in err, err
