@@ -1,8 +1,10 @@
 """The ``bcfl`` command: ``demo``, ``audit``, ``info``, ``bench``.
 
 Exit codes: 0 success; 1 an audit or verification found a mismatch; 2 a usage error (bad
-flags or values, a rule's precondition such as ``n > 2f`` not met by the flags); 3 any other error (a missing dependency, an unreachable chain, ...). Errors
-print on one line; ``--debug`` shows the traceback.
+flags or values, a rule's precondition such as ``n > 2f`` not met by the flags, checked
+before any work); 3 any other error (a missing dependency, an unreachable chain, ...); 130
+interrupted. Errors print on one line; ``--debug`` prints the traceback first and keeps the
+exit code.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import argparse
 import importlib.util
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,18 +35,19 @@ def _built(rule: str) -> bool:
 def _rules(values: Sequence[str] | None) -> list[str]:
     from . import rules
 
-    if not values:
+    if values is None:
         return [r for r in DEFAULT_RULES if _built(r)]
+    known = [r.name for r in rules.RULES.values() if r.kind == "aggregate" and _built(r.name)]
     out: list[str] = []
     for value in values:
         for name in (v.strip() for v in value.split(",")):
             if not name:
-                continue
+                raise UsageError(
+                    f"--rule: empty rule name in {value!r}; name rules, comma-separated, "
+                    f"from: {', '.join(known)}"
+                )
             info = rules.RULES.get(name)
             if info is None or info.kind != "aggregate" or not _built(name):
-                known = [
-                    r.name for r in rules.RULES.values() if r.kind == "aggregate" and _built(r.name)
-                ]
                 why = (
                     "is not in this build"
                     if info is not None and info.kind == "aggregate"
@@ -87,18 +91,28 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_audit(args: argparse.Namespace) -> int:
     from .chain import Ledger
+    from .chain.embedded import is_journal
     from .round import audit
     from .store import PayloadStore
 
+    url = "://" in args.chain
+    if not url and not is_journal(args.chain):
+        raise UsageError(
+            f"--chain {args.chain!r} is neither a node URL (http://HOST:PORT) nor a chain folder "
+            "that bcfl demo wrote (DIR/chain, holding chain.json)"
+        )
     store = PayloadStore(args.store)
     record = store.read_round(args.task, args.round)
     contract = args.contract or (record or {}).get("contract")
-    if not contract:
+    if url and not contract:
         raise UsageError(
             f"the store has no committed record of task {args.task} round {args.round}; "
             "pass --contract ADDRESS"
         )
-    ledger = Ledger.connect(args.chain, address=contract)
+    if url:
+        ledger = Ledger.connect(args.chain, address=contract)
+    else:
+        ledger = Ledger.replay(args.chain, address=contract)
     report = audit(ledger, args.task, args.round, store)
     print(report.summary())
     return EXIT_OK if report.ok else EXIT_FAILED
@@ -126,28 +140,41 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     try:
-        from .bench import run_engine_bench
+        from .bench import FULL_SIZE, QUICK_SIZE, check_size, parse_sizes, run_engine_bench
     except ImportError:
         raise BcflError(
             "bcfl bench: the benchmark runner (bcfl_engine.bench) is not in this build"
         ) from None
-    kw: dict[str, Any] = {"quick": args.quick, "n": args.n, "d": args.d, "backend": args.backend}
-    if args.rule:
+    if args.sizes is not None and (args.n is not None or args.d is not None):
+        raise UsageError("--sizes replaces --n and --d: give one or the other")
+    sizes = [(args.n, args.d)] if args.sizes is None else parse_sizes(args.sizes)
+    kw: dict[str, Any] = {"quick": args.quick, "backend": args.backend}
+    if args.rule is not None:
         kw["rules"] = _rules(args.rule)
     if args.device:
         kw["device"] = args.device
-    run_engine_bench(**kw)
+    n0, d0 = QUICK_SIZE if args.quick else FULL_SIZE
+    sizes = [(n0 if n is None else n, d0 if d is None else d) for n, d in sizes]
+    for n, d in sizes:  # every size checked before the first is allocated
+        check_size(n, d, kw.get("device", "cpu"))
+    for n, d in sizes:
+        run_engine_bench(n=n, d=d, **kw)
     return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(
         prog="bcfl",
         description="bcfl_engine: secure, robust and auditable aggregation for blockchain-based "
         "federated learning.",
         epilog="Exit codes: 0 ok, 1 audit/verification failure, 2 usage error, 3 other error.",
     )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument(
+        "--debug", action="store_true", help="show tracebacks on errors (same exit codes)"
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -210,7 +237,13 @@ def build_parser() -> argparse.ArgumentParser:
         "Merkle root from the payload store, and checks every inclusion proof with the contract. "
         "Exit 0 if everything matches, 1 naming what differs.",
     )
-    aud.add_argument("--chain", metavar="URL", required=True, help="JSON-RPC node URL")
+    aud.add_argument(
+        "--chain",
+        metavar="URL|DIR",
+        required=True,
+        help="JSON-RPC node URL, or the chain folder of a demo on the embedded chain "
+        "(bcfl-demo/chain: its transactions are replayed into a fresh embedded chain)",
+    )
     aud.add_argument("--task", type=int, required=True, help="task id")
     aud.add_argument("--round", type=int, required=True, help="round number")
     aud.add_argument("--store", metavar="DIR", required=True, help="payload store folder")
@@ -233,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--n", type=int, help="number of client updates")
     bench.add_argument("--d", type=int, help="length of one update")
+    bench.add_argument(
+        "--sizes", metavar="NxD[,NxD...]", help="several sizes, one table each (instead of --n --d)"
+    )
     bench.add_argument("--backend", choices=["torch", "native", "triton"], help="force one backend")
     bench.add_argument("--device", help="cpu or cuda (default cpu)")
     bench.set_defaults(fn=_cmd_bench)
@@ -244,35 +280,35 @@ def _line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
+def _failure(exc: BaseException) -> tuple[int, str]:
+    """The exit code of ``exc`` and the line that reports it."""
+    if isinstance(exc, UsageError | InvalidArgument | PreconditionError):
+        return EXIT_USAGE, f"error: {_line(exc)}"
+    if isinstance(exc, AuditError):
+        return EXIT_FAILED, f"audit failed: {_line(exc)}"
+    if isinstance(exc, KeyboardInterrupt):
+        return 130, "interrupted"
+    if isinstance(exc, BcflError | MissingDependency | OSError):
+        return EXIT_ERROR, f"error: {_line(exc)}"
+    return EXIT_ERROR, f"error: {type(exc).__name__}: {_line(exc)}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``bcfl``; returns the exit code."""
+    """Entry point of ``bcfl``; returns the exit code.
+
+    One line on stderr for an error; with ``--debug`` the traceback first. The exit code is
+    the same with or without ``--debug``.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)  # argparse itself exits 2 on a malformed command line
     try:
         return int(args.fn(args))
-    except (UsageError, InvalidArgument, PreconditionError) as exc:
+    except (Exception, KeyboardInterrupt) as exc:  # the CLI promises one line and a code
+        code, message = _failure(exc)
         if args.debug:
-            raise
-        print(f"bcfl {args.command}: error: {_line(exc)}", file=sys.stderr)
-        return EXIT_USAGE
-    except AuditError as exc:
-        if args.debug:
-            raise
-        print(f"bcfl {args.command}: audit failed: {_line(exc)}", file=sys.stderr)
-        return EXIT_FAILED
-    except (BcflError, MissingDependency, OSError) as exc:
-        if args.debug:
-            raise
-        print(f"bcfl {args.command}: error: {_line(exc)}", file=sys.stderr)
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        print(f"bcfl {args.command}: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # the CLI promises one line unless --debug
-        if args.debug:
-            raise
-        print(f"bcfl {args.command}: error: {type(exc).__name__}: {_line(exc)}", file=sys.stderr)
-        return EXIT_ERROR
+            traceback.print_exc()
+        print(f"bcfl {args.command}: {message}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -169,3 +169,115 @@ def test_demo_usage_errors_exit_2_on_one_line(tmp_path, capsys, argv, message):
     assert main(["demo", *argv, "--out", str(tmp_path), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err and "Traceback" not in err
+
+
+def test_a_rule_precondition_fails_before_any_work(tmp_path, capsys, monkeypatch):
+    """4 hospitals at 30% Byzantine give f=1; Krum needs n > 2f + 2: exit 2 before the data
+    set is even loaded, and no output folder."""
+    from bcfl_engine import rules
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the demo loaded data before checking the rules' preconditions")
+
+    monkeypatch.setattr(data, "load", no_work)
+    out = tmp_path / "out"
+    argv = ["demo", "--clients", "4", "--byzantine", "0.3", "--out", str(out), "--quiet"]
+    for debug in ([], ["--debug"]):
+        assert main([*debug, *argv]) == 2
+        err = capsys.readouterr().err
+        assert f"krum requires {rules.get('krum').precondition.text}" in err
+        assert "f=1" in err and "at least 5 hospitals" in err
+        assert not out.exists()
+    # The f the check uses is the demo's own: at 0.25 of 4, f=1 too, and median (n > 2f) runs.
+    assert attacks.byzantine_count(4, 0.3) == attacks.byzantine_count(4, 0.25) == 1
+
+
+def _summary(byzantine: bool, ckks: bool = False) -> dict:
+    def run(rule, attacked, secure=None, acc=0.9):
+        rounds = [{"round": r, "accuracy": acc} for r in (1, 2)]
+        return {"rule": rule, "attacked": attacked, "secure": secure, "rounds": rounds}
+
+    runs = {}
+    if byzantine:
+        runs["mean, no attack"] = run("mean", False)
+    runs["mean"] = run("mean", byzantine, acc=0.2 if byzantine else 0.9)
+    runs["median"] = run("median", byzantine)
+    if ckks:
+        runs["mean, ckks"] = run("mean", byzantine, "ckks")
+    return {
+        "dataset": "breast_cancer",
+        "metric": "accuracy",
+        "clients": 5,
+        "byzantine_clients": {"3": "sign_flip"} if byzantine else {},
+        "runs": runs,
+    }
+
+
+@pytest.mark.parametrize(
+    ("byzantine", "ckks", "labels"),
+    [
+        (True, False, ["FedAvg (attacked)", "median", "FedAvg, no attack (reference)"]),
+        (True, True, ["FedAvg (attacked)", "median", "FedAvg on CKKS (attacked)",
+                      "FedAvg, no attack (reference)"]),
+        (False, True, ["FedAvg", "median", "FedAvg on CKKS"]),
+    ],
+    ids=["attacked", "attacked-ckks", "no-attack-ckks"],
+)  # fmt: skip
+def test_plot_draws_the_reference_on_top_and_labels_attacked_fedavg(byzantine, ckks, labels):
+    import matplotlib.pyplot as plt
+
+    from bcfl_engine.demo.plot import figure
+
+    fig = figure(_summary(byzantine, ckks))
+    try:
+        (ax,) = fig.axes
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == labels
+        lines = ax.get_lines()
+        assert [line.get_label() for line in lines] == labels
+        if byzantine:  # the reference: drawn last, above every other line, black and dashed
+            ref = lines[-1]
+            assert ref.get_zorder() > max(line.get_zorder() for line in lines[:-1])
+            assert ref.get_linestyle() == "--" and ref.get_color() == "black"
+            assert all(line.get_linestyle() == "-" for line in lines[:-1])
+    finally:
+        plt.close(fig)
+
+
+def test_demo_prints_an_audit_command_that_passes_then_catches_a_tampered_payload(tmp_path, capsys):
+    """A tiny demo on the embedded chain; its printed audit command, run in a fresh process
+    (the demo's chain is gone), rebuilds the chain from bcfl-demo/chain and exits 0; after a
+    stored payload is altered, the same command exits 1."""
+    import shlex
+    import subprocess
+    import sys
+
+    from bcfl_engine.store import PayloadStore
+
+    out = tmp_path / "demo"
+    argv = ["demo", "--rule", "median", "--clients", "4", "--byzantine", "0.25"]
+    assert main([*argv, "--rounds", "1", "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    command = shlex.split(printed[-1])
+    summary = json.loads((out / "summary.json").read_text())
+    task = summary["runs"]["median"]["task"]
+    assert command == [
+        "bcfl", "audit", "--chain", str(out / "chain"), "--task", str(task), "--round", "1",
+        "--store", str(out / "store"),
+    ]  # fmt: skip
+    assert summary["chain"]["audit_command"] == printed[-1].strip()
+    fresh = subprocess.run(
+        [sys.executable, "-m", "bcfl_engine.cli", *command[1:]],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert fresh.returncode == 0, fresh.stderr
+    assert "OK" in fresh.stdout and "result recomputed with median" in fresh.stdout
+    store = PayloadStore(out / "store")
+    victim = store.accepted(task, 1)[0]
+    path = store.path(victim["digest"])
+    data_ = bytearray(path.read_bytes())
+    data_[-1] ^= 1
+    path.write_bytes(bytes(data_))
+    assert main(command[1:]) == 1
+    assert "altered" in capsys.readouterr().out

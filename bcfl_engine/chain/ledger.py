@@ -14,12 +14,13 @@ eth-tester and eth-account are imported on first use (the ``chain`` extra).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
 from ..errors import ChainError, InvalidArgument
 from ..updates import keccak256
-from . import _web3
+from . import _web3, embedded
 from ._deps import need
 from .errors import RoundConflict, RoundExists, TransactionFailed
 from .merkle import ZERO32, MerkleTree, as_bytes32, participant_leaf
@@ -47,16 +48,28 @@ class Ledger:
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
-    def embedded(cls) -> Ledger:
+    def embedded(cls, journal: str | os.PathLike[str] | None = None) -> Ledger:
         """A fresh in-process chain (eth-tester + py-evm, Prague) with a deployed registry.
 
         ``ledger.dev_keys`` holds the private keys of its 10 funded accounts; the first one
-        deploys and sends.
+        deploys and sends. With ``journal`` (a folder), every transaction is recorded there so
+        that :meth:`replay` rebuilds this chain in another process (see :mod:`.embedded`).
         """
         w3, keys = _web3.embedded_chain()
+        if journal is not None:
+            embedded.record(w3, journal)
         ledger = cls.deploy(w3, keys[0])
         ledger.dev_keys = keys
+        if journal is not None:
+            embedded.set_registry(journal, ledger.address)
         return ledger
+
+    @classmethod
+    def replay(cls, journal: str | os.PathLike[str], address: str | None = None) -> Ledger:
+        """Read-only: the registry of an embedded chain rebuilt from its ``journal`` folder
+        (at ``address``, default the journal's registry)."""
+        w3, manifest = embedded.replay(journal)
+        return cls.at(w3, address or manifest["registry"])
 
     @classmethod
     def connect(

@@ -11,7 +11,7 @@ ledger. Rules run in lockstep, so a table per round compares them as the run goe
 from __future__ import annotations
 
 import json
-import math
+import shlex
 import shutil
 import time
 from collections.abc import Callable
@@ -21,13 +21,15 @@ from typing import Any
 
 import torch
 
-from ..errors import InvalidArgument
+from ..errors import InvalidArgument, PreconditionError
 from ..round import AggregationRound, encode_update, sign_payload
 from ..store import PayloadStore
 from ..updates import keccak256
 from . import attacks, data, train
+from .plot import plot
 
 Echo = Callable[[str], None]
+CHAIN_DIR = "chain"  # where the embedded chain's journal goes, in the output folder
 
 
 @dataclass
@@ -72,11 +74,57 @@ def hospital_keys(n: int, seed: int) -> list[bytes]:
     return [keccak256(f"bcfl-demo hospital {seed} {i}".encode()) for i in range(n)]
 
 
-def _ledger(config: DemoConfig) -> Any:
+def rule_f(rule: str, n_byzantine: int) -> int:
+    """The ``f`` the demo gives ``rule`` with ``n_byzantine`` Byzantine hospitals (FedAvg: 0)."""
+    return 0 if rule == "mean" else n_byzantine
+
+
+def check_preconditions(config: DemoConfig) -> None:
+    """PreconditionError, before any work, if a rule cannot tolerate the configured attackers.
+
+    ``f`` is the demo's own (:func:`rule_f` of :func:`~.attacks.byzantine_count`); the
+    condition is the rule's, from :func:`bcfl_engine.rules.get`.
+    """
+    from .. import rules
+
+    n = config.clients
+    n_byzantine = attacks.byzantine_count(n, config.byzantine)
+    for name in config.rules:
+        info = rules.get(name)
+        f = rule_f(name, n_byzantine)
+        try:
+            info.check_precondition(n, f)
+        except PreconditionError as exc:
+            pre = info.precondition
+            hint = (
+                ""
+                if pre is None
+                else f"; with f={f} it needs at least {pre.min_clients(f)} hospitals, "
+                f"and {n} hospitals tolerate at most f={pre.max_f(n)}"
+            )
+            raise PreconditionError(
+                f"{exc} (--clients {n} --byzantine {config.byzantine} gives f={f} Byzantine "
+                f"hospitals){hint}"
+            ) from None
+
+
+def audit_command(chain: str, task: int, round: int, store: Path) -> str:
+    """The ``bcfl audit`` command line that rechecks ``round`` of ``task``."""
+    words = ["bcfl", "audit", "--chain", chain, "--task", str(task), "--round", str(round)]
+    return shlex.join([*words, "--store", str(store)])
+
+
+def _audited_run(runs: list[Run]) -> Run:
+    """The run whose audit command the demo prints: a robust rule under attack if any."""
+    plain = [run for run in runs if run.secure is None] or runs
+    return next((run for run in plain if run.attacked and run.rule != "mean"), plain[0])
+
+
+def _ledger(config: DemoConfig, out: Path) -> Any:
     from ..chain import Ledger
 
     if config.chain is None:
-        return Ledger.embedded()
+        return Ledger.embedded(journal=out / CHAIN_DIR)
     if not config.key:
         raise InvalidArgument(
             "--chain URL needs a funded key: pass --key HEX or set BCFL_CHAIN_KEY"
@@ -97,8 +145,7 @@ def plan_runs(config: DemoConfig, n_byzantine: int, initial: torch.Tensor) -> li
     if attacked:
         runs.append(Run("mean, no attack", "mean", False, None, 0, initial.clone()))
     for rule in config.rules:
-        f = 0 if rule == "mean" else n_byzantine
-        runs.append(Run(rule, rule, attacked, None, f, initial.clone()))
+        runs.append(Run(rule, rule, attacked, None, rule_f(rule, n_byzantine), initial.clone()))
     if config.secure == "ckks":
         runs.append(Run("mean, ckks", "mean", attacked, "ckks", 0, initial.clone()))
     return runs
@@ -118,45 +165,12 @@ def _table(round_no: int, rounds: int, runs: list[Run], metric: str) -> str:
     return "\n".join(lines)
 
 
-def plot(summary: dict[str, Any], path: Path) -> None:
-    """``accuracy.png``: the metric per round for each compared line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    metric = summary["metric"]
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
-    for label, run in summary["runs"].items():
-        ys = [h[metric] if math.isfinite(h[metric]) else float("nan") for h in run["rounds"]]
-        ax.plot(
-            range(1, len(ys) + 1),
-            ys,
-            marker="o",
-            ms=3,
-            label=label,
-            ls="--" if not run["attacked"] else "-",
-        )
-    ax.set_xlabel("round")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel("test accuracy" if metric == "accuracy" else "test RMSE")
-    if metric == "rmse":
-        ax.set_yscale("log")
-    nb = summary["byzantine_clients"]
-    ax.set_title(f"{summary['dataset']}: {summary['clients']} hospitals, {len(nb)} Byzantine")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
 def run_demo(config: DemoConfig, echo: Echo = print) -> dict[str, Any]:
     """Run the demo; write ``summary.json`` and ``accuracy.png`` into ``config.out``."""
     from eth_account import Account
     from tqdm import tqdm
 
+    check_preconditions(config)
     fed = data.load(config.dataset, config.clients, seed=config.seed)
     trainer = train.Trainer(
         fed.n_features, fed.task, hidden=config.hidden, epochs=config.epochs, lr=config.lr
@@ -166,9 +180,11 @@ def run_demo(config: DemoConfig, echo: Echo = print) -> dict[str, Any]:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     if config.chain is None and (out / "store").exists():
-        shutil.rmtree(out / "store")  # its rounds belong to an embedded chain that is gone
+        shutil.rmtree(out / "store")  # its rounds belong to the embedded chain replaced now
+    if config.chain is not None and (out / CHAIN_DIR / "chain.json").exists():
+        shutil.rmtree(out / CHAIN_DIR)  # an earlier embedded chain's, no longer the store's
     store = PayloadStore(out / "store")
-    ledger = _ledger(config)
+    ledger = _ledger(config, out)
     keys = hospital_keys(config.clients, config.seed)
     addresses = [Account.from_key(k).address for k in keys]
     he_keys = public = None
@@ -275,6 +291,11 @@ def run_demo(config: DemoConfig, echo: Echo = print) -> dict[str, Any]:
             f"CKKS FedAvg vs plaintext FedAvg after {config.rounds} rounds: max |param diff| {diff:.3g} "
             f"(preset {he_keys.preset.name!r}, precision {he_keys.preset.precision:.3g} per round)"
         )
+    shown = _audited_run(runs)
+    command = audit_command(
+        config.chain or str(out / CHAIN_DIR), shown.task, config.rounds, out / "store"
+    )
+    summary["chain"]["audit_command"] = command
     (out / "summary.json").write_text(json.dumps(summary, indent=1, allow_nan=True))
     plot(summary, out / "accuracy.png")
     better = "higher" if fed.metric == "accuracy" else "lower"
@@ -283,4 +304,6 @@ def run_demo(config: DemoConfig, echo: Echo = print) -> dict[str, Any]:
         + ", ".join(f"{k} {v:.4f}" for k, v in summary["final"].items())
     )
     echo(f"wrote {out / 'summary.json'} and {out / 'accuracy.png'}; payloads in {out / 'store'}")
+    where = "the node" if config.chain else f"the embedded chain, replayed from {out / CHAIN_DIR}"
+    echo(f"recheck round {config.rounds} of {shown.label} against {where}:\n  {command}")
     return summary
