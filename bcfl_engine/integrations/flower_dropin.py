@@ -156,7 +156,11 @@ class FedAvg(EngineStrategy, flwr_strategy.FedAvg):
     """Flower's FedAvg on the engine (see the module docstring)."""
 
     def __init__(
-        self, *args: Any, backend: str | None = None, on_too_few: str = "skip", **kwargs: Any
+        self,
+        *args: Any,
+        backend: str | None = None,
+        on_too_few: OnTooFew | str = OnTooFew.SKIP,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self._engine(backend, on_too_few)
@@ -172,7 +176,11 @@ class FedMedian(EngineStrategy, flwr_strategy.FedMedian):
     """Flower's FedMedian on the engine (see the module docstring)."""
 
     def __init__(
-        self, *args: Any, backend: str | None = None, on_too_few: str = "skip", **kwargs: Any
+        self,
+        *args: Any,
+        backend: str | None = None,
+        on_too_few: OnTooFew | str = OnTooFew.SKIP,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self._engine(backend, on_too_few)
@@ -192,7 +200,11 @@ class FedTrimmedAvg(EngineStrategy, flwr_strategy.FedTrimmedAvg):
     """Flower's FedTrimmedAvg on the engine (see the module docstring)."""
 
     def __init__(
-        self, *args: Any, backend: str | None = None, on_too_few: str = "skip", **kwargs: Any
+        self,
+        *args: Any,
+        backend: str | None = None,
+        on_too_few: OnTooFew | str = OnTooFew.SKIP,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self._engine(backend, on_too_few)
@@ -213,7 +225,11 @@ class MultiKrum(EngineStrategy, flwr_strategy.MultiKrum):
     """Flower's MultiKrum on the engine (see the module docstring)."""
 
     def __init__(
-        self, *args: Any, backend: str | None = None, on_too_few: str = "skip", **kwargs: Any
+        self,
+        *args: Any,
+        backend: str | None = None,
+        on_too_few: OnTooFew | str = OnTooFew.SKIP,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self._engine(backend, on_too_few)
@@ -233,7 +249,11 @@ class Krum(EngineStrategy, flwr_strategy.Krum):
     """Flower's Krum on the engine (see the module docstring)."""
 
     def __init__(
-        self, *args: Any, backend: str | None = None, on_too_few: str = "skip", **kwargs: Any
+        self,
+        *args: Any,
+        backend: str | None = None,
+        on_too_few: OnTooFew | str = OnTooFew.SKIP,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self._engine(backend, on_too_few)
@@ -253,7 +273,11 @@ class Bulyan(EngineStrategy, flwr_strategy.Bulyan):
     """Flower's Bulyan on the engine (see the module docstring)."""
 
     def __init__(
-        self, *args: Any, backend: str | None = None, on_too_few: str = "skip", **kwargs: Any
+        self,
+        *args: Any,
+        backend: str | None = None,
+        on_too_few: OnTooFew | str = OnTooFew.SKIP,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self._engine(backend, on_too_few)

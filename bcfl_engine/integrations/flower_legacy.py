@@ -5,6 +5,9 @@
 :func:`bcfl_engine.aggregate`, or, given ``rounds``, to the round pipeline with a chain commit
 (the client's address and signature travel in ``FitRes.metrics`` as ``bcfl-address`` and
 ``bcfl-signature``). New code should use :class:`.flower.EngineFedAvg` on the Message API.
+
+Flower's legacy strategy names on the engine (``FedAvg``, ``FedMedian``, ``FedTrimmedAvg``,
+``Krum``, ``Bulyan``) are importable from here too (:mod:`.flower_legacy_dropin`).
 """
 
 from __future__ import annotations
@@ -29,11 +32,13 @@ try:
         parameters_to_ndarrays,
     )
     from flwr.server.client_proxy import ClientProxy
-    from flwr.server.strategy import FedAvg
+    from flwr.server.strategy import FedAvg as FlowerLegacyFedAvg
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependency(
         f"the Flower integration needs flwr ({exc}); pip install 'bcfl_engine[flower]'"
     ) from None
+
+from .flower_legacy_dropin import Bulyan, FedAvg, FedMedian, FedTrimmedAvg, Krum
 
 if TYPE_CHECKING:
     from ..round import AggregationRound
@@ -42,7 +47,7 @@ ADDRESS_KEY = "bcfl-address"
 SIGNATURE_KEY = "bcfl-signature"
 
 
-class LegacyEngineFedAvg(FedAvg):
+class LegacyEngineFedAvg(FlowerLegacyFedAvg):
     """Flower's legacy FedAvg with aggregation by bcfl_engine.
 
     Parameters
@@ -166,3 +171,15 @@ class LegacyEngineFedAvg(FedAvg):
             backend=self.backend,
         )
         return out, [kept[i] for i in (range(len(kept)) if chosen is None else chosen)]
+
+
+__all__ = [
+    "ADDRESS_KEY",
+    "SIGNATURE_KEY",
+    "Bulyan",
+    "FedAvg",
+    "FedMedian",
+    "FedTrimmedAvg",
+    "Krum",
+    "LegacyEngineFedAvg",
+]
