@@ -1,4 +1,8 @@
-"""bcfl_engine as Flower's aggregator: a strategy for the Message API (flwr >= 1.20).
+"""bcfl_engine as Flower's aggregator: strategies for the Message API (flwr >= 1.20).
+
+Flower's own names run on the engine when imported from here: ``FedAvg``, ``FedMedian``,
+``FedTrimmedAvg``, ``Krum``, ``MultiKrum``, ``Bulyan`` (:mod:`.flower_dropin`; swapping the
+import line is the whole change).
 
 :class:`EngineFedAvg` is Flower's ``flwr.serverapp.strategy.FedAvg`` with ``aggregate_train``
 delegated to :func:`bcfl_engine.aggregate`, so any rule of :data:`bcfl_engine.rules.RULES`
@@ -15,8 +19,12 @@ strategy is a weighted mean.
 
 What a client puts in its reply, besides Flower's usual ``ArrayRecord`` and ``MetricRecord``
 (with the weight under ``weighted_by_key``): a ``ConfigRecord`` under :data:`RECORD_KEY` with
-``address`` and ``signature`` (:func:`sign_reply`) when the server commits to a chain, and
-``ckks`` (the ciphertext bytes) under secure aggregation.
+``address`` and ``signature`` (:func:`sign_reply`, over the arrays and the weight) when the
+server commits to a chain, and ``ckks`` (the ciphertext bytes) under secure aggregation.
+
+Every strategy here survives what Flower survives: a reply with NaN or an infinity is left
+out with a warning, too few replies for the rule follow ``on_too_few``
+(:mod:`.flower_policy`), and arrays keep their shapes and dtypes (:mod:`.flower_arrays`).
 
 The legacy ``Strategy.aggregate_fit`` interface is in :mod:`.flower_legacy`.
 """
@@ -316,6 +324,7 @@ class EngineFedAvg(EngineStrategy, FlowerFedAvg):
             params=params,
             pre=self.pre,
             backend=self.backend,
+            stack=got.stack,
         )
         self.last_result = out
         return out, chosen

@@ -164,7 +164,8 @@ def weighted_mean(
     v32 = torch.empty(0)
     if stack.x32.shape[1]:
         w = torch.tensor([weights[i] for i in pos], dtype=torch.float64)
-        v32 = rules.mean(stack.x32[pos], weights=w, backend=backend, check=False)
+        x = stack.x32 if len(pos) == len(stack) else stack.x32[pos]  # zero weights add nothing
+        v32 = rules.mean(x, weights=w, backend=backend, check=False)
     v64 = flower_weighted_mean64(stack.x64, weights) if stack.x64.shape[1] else stack.x64[0]
     return stack.unstack(v32, v64)
 
@@ -204,6 +205,8 @@ def selected_mean(
     backend: str | None = None,
 ) -> list[np.ndarray]:
     """The mean of the chosen clients (weighted by ``weights`` if given, Flower's way)."""
+    if len(chosen) == 1:  # one update: itself, as x * (w / w) = x exactly
+        return stack.unstack(stack.x32[chosen[0]], stack.x64[chosen[0]])
     sub = stack.take(chosen)
     if weights is not None:
         return weighted_mean(sub, [weights[i] for i in chosen], backend)
@@ -232,6 +235,7 @@ def engine_aggregate(
     params: dict[str, Any] | None = None,
     pre: Sequence[Any] = (),
     backend: str | None = None,
+    stack: Stack | None = None,
 ) -> tuple[list[np.ndarray], list[int] | None]:
     """Aggregate with a rule of :mod:`bcfl_engine.rules` (its paper's semantics).
 
@@ -239,7 +243,8 @@ def engine_aggregate(
     Multi-Krum, Bulyan) the clients it selected (else None). Mean, median, trimmed mean and
     the selection rules keep float64 arrays in float64; any other rule, or any ``pre`` step,
     sees the whole model in float32 (:func:`bcfl_engine.aggregate`). ``weights`` go to
-    weighted rules (the mean by example counts, as Flower's FedAvg).
+    weighted rules (the mean by example counts, as Flower's FedAvg). ``stack``: the arrays
+    already stacked (:meth:`Stack.of`), to spare a copy.
     """
     params = dict(params or {})
     info = rules.get(rule)
@@ -249,7 +254,7 @@ def engine_aggregate(
         out = aggregate([list(a) for a in arrays], rule, f, w, backend, pre, **params)
         return [np.asarray(a) for a in out], None
     info.check_precondition(n, f)
-    stack = Stack.of(arrays)
+    stack = Stack.of(arrays) if stack is None else stack
     if rule == "mean":
         return weighted_mean(stack, weights, backend), None
     if rule in ("median", "trimmed_mean"):

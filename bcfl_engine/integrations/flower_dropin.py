@@ -41,7 +41,15 @@ from .flower_arrays import (
     selected_mean,
     weighted_mean,
 )
-from .flower_policy import OnTooFew, as_policy, resolve_f, screen, usable_weights, warn
+from .flower_policy import (
+    OnTooFew,
+    as_policy,
+    finite_rows,
+    resolve_f,
+    screen,
+    usable_weights,
+    warn,
+)
 
 try:
     from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
@@ -57,33 +65,48 @@ Outcome = tuple[list[np.ndarray] | None, list[int] | None]
 
 @dataclass
 class Replies:
-    """The train replies fit to aggregate: contents, arrays (in ``keys`` order), weights, names."""
+    """The train replies fit to aggregate: contents, arrays (in ``keys`` order), weights, names,
+    and their arrays stacked for the engine (:class:`~.flower_arrays.Stack`)."""
 
     contents: list[RecordDict]
     arrays: list[list[np.ndarray]]
     weights: list[float]
     names: list[str]
     keys: list[str]
+    stack: Stack
 
     def __len__(self) -> int:
         return len(self.contents)
 
 
-def read_replies(valid: Sequence[Message], weighted_by_key: str, server_round: int) -> Replies:
-    """The arrays and weights of Flower-validated replies, less those :func:`screen` leaves out."""
+def read_replies(
+    valid: Sequence[Message], weighted_by_key: str, server_round: int
+) -> Replies | None:
+    """The arrays and weights of Flower-validated replies, less those left out (with a
+    warning): a weight that is not a count, other shapes, NaN or infinity; None if none is
+    left."""
     names = [f"node {m.metadata.src_node_id}" for m in valid]
     contents = [m.content for m in valid]
     records = [next(iter(c.array_records.values())) for c in contents]
     keys = list(records[0].keys())
     arrays = [[rec[k].numpy() for k in keys] for rec in records]
     weights = [next(iter(c.metric_records.values()))[weighted_by_key] for c in contents]
-    kept = screen(arrays, weights, names, keys, server_round)
+    kept = screen(arrays, weights, names, keys, server_round, finite=False)
+    if not kept:
+        return None
+    stack = Stack.of([arrays[i] for i in kept])
+    rows = finite_rows(stack, [names[i] for i in kept], keys, server_round)
+    if not rows:
+        return None
+    if len(rows) < len(kept):
+        stack, kept = stack.take(rows), [kept[r] for r in rows]
     return Replies(
         [contents[i] for i in kept],
         [arrays[i] for i in kept],
         [float(weights[i]) for i in kept],  # type: ignore[arg-type]
         [names[i] for i in kept],
         keys,
+        stack,
     )
 
 
@@ -110,7 +133,7 @@ class EngineStrategy:
         if not valid:
             return None, None
         got = read_replies(valid, self.weighted_by_key, server_round)  # type: ignore[attr-defined]
-        if not got:
+        if got is None:
             warn(server_round, "every reply was left out: no aggregate this round")
             return None, None
         out, chosen = combine(got, server_round)
@@ -128,7 +151,7 @@ def to_record(keys: Sequence[str], arrays: Sequence[np.ndarray]) -> ArrayRecord:
 def _fedavg(self: EngineStrategy, got: Replies, server_round: int) -> Outcome:
     if not usable_weights(range(len(got)), got.weights, got.names, server_round):
         return None, None
-    return weighted_mean(Stack.of(got.arrays), got.weights, self.backend), None
+    return weighted_mean(got.stack, got.weights, self.backend), None
 
 
 def _krum_selection(self: Any, got: Replies, server_round: int, m: int) -> Outcome:
@@ -145,7 +168,7 @@ def _krum_selection(self: Any, got: Replies, server_round: int, m: int) -> Outco
             pre.text,
             f,
         )
-    stack = Stack.of(got.arrays)
+    stack = got.stack
     chosen = flower_krum_order(stack.sq_dists(self.backend), f)[:m]
     if not usable_weights(chosen, got.weights, got.names, server_round):
         return None, None
@@ -191,7 +214,7 @@ class FedMedian(EngineStrategy, flwr_strategy.FedMedian):
         """The coordinate-wise median of the replies' arrays."""
 
         def combine(got: Replies, _: int) -> Outcome:
-            return coordinatewise(Stack.of(got.arrays), "median", 0, self.backend), None
+            return coordinatewise(got.stack, "median", 0, self.backend), None
 
         return self._train(server_round, replies, combine)
 
@@ -216,7 +239,7 @@ class FedTrimmedAvg(EngineStrategy, flwr_strategy.FedTrimmedAvg):
 
         def combine(got: Replies, _: int) -> Outcome:
             cut = int(self.beta * len(got))
-            return coordinatewise(Stack.of(got.arrays), "trimmed_mean", cut, self.backend), None
+            return coordinatewise(got.stack, "trimmed_mean", cut, self.backend), None
 
         return self._train(server_round, replies, combine)
 
@@ -297,7 +320,7 @@ class Bulyan(EngineStrategy, flwr_strategy.Bulyan):
         if f is None:
             return None, None
         theta = n - 2 * f
-        stack = Stack.of(got.arrays)
+        stack = got.stack
         if self.selection_rule is select_multikrum:
             chosen = flower_krum_order(stack.sq_dists(self.backend), f)[:theta]
         else:  # the user's own selection rule, on Flower's RecordDicts

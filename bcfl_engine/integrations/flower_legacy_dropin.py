@@ -36,7 +36,15 @@ from .flower_arrays import (
     selected_mean,
     weighted_mean,
 )
-from .flower_policy import OnTooFew, as_policy, resolve_f, screen, usable_weights, warn
+from .flower_policy import (
+    OnTooFew,
+    as_policy,
+    finite_rows,
+    resolve_f,
+    screen,
+    usable_weights,
+    warn,
+)
 
 try:
     from flwr.common import (
@@ -80,11 +88,17 @@ class LegacyEngineStrategy:
         arrays = [parameters_to_ndarrays(res.parameters) for _, res in results]
         weights: list[Any] = [res.num_examples for _, res in results]
         names = [f"client {getattr(proxy, 'cid', i)}" for i, (proxy, _) in enumerate(results)]
-        kept = screen(arrays, weights, names, [str(j) for j in range(len(arrays[0]))], server_round)
-        if not kept:
+        keys = [str(j) for j in range(len(arrays[0]))]
+        kept = screen(arrays, weights, names, keys, server_round, finite=False)
+        stack = Stack.of([arrays[i] for i in kept]) if kept else None
+        if stack is not None:
+            rows = finite_rows(stack, [names[i] for i in kept], keys, server_round)
+            if len(rows) < len(kept):
+                stack, kept = stack.take(rows), [kept[r] for r in rows]
+            kept = kept if rows else []
+        if stack is None or not kept:
             warn(server_round, "every result was left out: no aggregate this round")
             return None, {}
-        stack = Stack.of([arrays[i] for i in kept])
         out, _ = combine(stack, [float(weights[i]) for i in kept], server_round)
         if out is None:
             return None, {}

@@ -19,6 +19,7 @@ import numpy as np
 
 from .. import rules
 from ..errors import InvalidArgument
+from .flower_arrays import Stack
 
 try:
     from flwr.common.logger import log
@@ -116,11 +117,14 @@ def screen(
     names: Sequence[str],
     keys: Sequence[str],
     server_round: int,
+    *,
+    finite: bool = True,
 ) -> list[int]:
     """The replies fit to aggregate, by index; each one left out is named in a warning.
 
     Left out: a weight that is not a finite number >= 0, arrays whose shapes differ from the
-    first kept reply's, an array with NaN or an infinity.
+    first kept reply's, and (unless ``finite`` is False: the caller checks the stacked
+    arrays with :func:`finite_rows`) an array with NaN or an infinity.
     """
     kept: list[int] = []
     for i, (a, w, name) in enumerate(zip(arrays, weights, names, strict=True)):
@@ -133,7 +137,7 @@ def screen(
                 server_round, "left out %s: its array shapes differ from %s's", name, names[kept[0]]
             )
             continue
-        bad = first_nonfinite(a)
+        bad = first_nonfinite(a) if finite else None
         if bad is not None:
             label = keys[bad] if bad < len(keys) else str(bad)
             warn(server_round, "left out %s: array %r holds NaN or infinity", name, label)
@@ -155,3 +159,26 @@ def usable_weights(
             ", ".join(names[i] for i in kept),
         )
     return False
+
+
+def finite_rows(
+    stack: Stack, names: Sequence[str], keys: Sequence[str], server_round: int
+) -> list[int]:
+    """The rows of ``stack`` without NaN or infinity; each other one is named in a warning.
+
+    One pass over the stacked matrices: a finite row sum proves a row finite, and only a row
+    whose sum is not finite (NaN, infinity, or an overflow of huge values) is checked exactly.
+    """
+    sums = stack.x32.sum(dim=1).numpy().astype(np.float64) + stack.x64.sum(axis=1)
+    kept = []
+    for i, total in enumerate(sums.tolist()):
+        if math.isfinite(total):
+            kept.append(i)
+            continue
+        bad = first_nonfinite(stack.unstack(stack.x32[i], stack.x64[i]))
+        if bad is None:
+            kept.append(i)
+        else:
+            label = keys[bad] if bad < len(keys) else str(bad)
+            warn(server_round, "left out %s: array %r holds NaN or infinity", names[i], label)
+    return kept
