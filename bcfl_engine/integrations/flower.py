@@ -41,14 +41,11 @@ from .. import rules
 from ..errors import (
     InvalidArgument,
     MissingDependency,
-    NonFiniteUpdate,
-    PayloadError,
-    ShapeMismatch,
 )
 from ..updates import ParamSpec
 
 try:
-    from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+    from flwr.app import Array, ArrayRecord, Message, MetricRecord
     from flwr.common.logger import log
     from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
@@ -56,7 +53,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         f"the Flower integration needs flwr ({exc}); pip install 'bcfl_engine[flower]'"
     ) from None
 
-from .flower_arrays import SELECTION_RULES, engine_aggregate, paper_selection
+from .flower_arrays import engine_aggregate
+from .flower_chain import RECORD_KEY, commit_arrays, encode_arrays, integer_weight, sign_reply
 from .flower_dropin import (
     Bulyan,
     EngineStrategy,
@@ -68,45 +66,13 @@ from .flower_dropin import (
     Replies,
     to_record,
 )
-from .flower_policy import OnTooFew, as_policy, resolve_f, usable_weights, warn
+from .flower_policy import OnTooFew, resolve_f, usable_weights, warn
 
 if TYPE_CHECKING:
     from ..round import AggregationRound
 
-RECORD_KEY = "bcfl"
 CKKS_KEY = "bcfl-ckks"
 CKKS_WEIGHT_KEY = "bcfl-ckks-weight"
-
-
-def encode_arrays(arrays: Sequence[np.ndarray]) -> bytes:
-    """The bytes a client signs: its arrays flattened in order, float32 little-endian."""
-    flat = ParamSpec.infer(list(arrays)).flatten(list(arrays))
-    return flat.numpy().astype("<f4").tobytes()
-
-
-def sign_reply(
-    arrays: Sequence[np.ndarray],
-    key: Any,
-    task: int,
-    server_round: int,
-    domain: Any,
-    weight: int,
-) -> ConfigRecord:
-    """The ConfigRecord a client adds to its train reply when the server commits rounds.
-
-    ``key`` is the client's secp256k1 private key (32 bytes or hex); ``domain`` is the
-    ledger's :attr:`~bcfl_engine.chain.Ledger.domain` (chain id and registry address);
-    ``weight`` is the ``num-examples`` the reply reports (a positive int): it is signed with
-    the arrays, so no relay can change how much the reply counts.
-    """
-    from ..round import sign_payload
-
-    if isinstance(weight, bool) or not isinstance(weight, (int, np.integer)) or weight <= 0:
-        raise InvalidArgument(f"weight must be a positive int (num-examples); got {weight!r}")
-    payload = sign_payload(
-        key, task, server_round, encode_arrays(arrays), domain, weight=int(weight)
-    )
-    return ConfigRecord({"address": payload.client, "signature": bytes(payload.signature or b"")})
 
 
 def aggregate_arrays(
@@ -127,68 +93,6 @@ def aggregate_arrays(
     w = list(weights) if weights else [1.0] * len(arrays)
     out, _ = engine_aggregate(arrays, w, rule=rule, f=f, params=params, pre=pre, backend=backend)
     return out
-
-
-def _integer_weight(w: float) -> int | None:
-    return int(w) if float(w).is_integer() and w > 0 else None
-
-
-def commit_arrays(
-    rnd: AggregationRound,
-    arrays: Sequence[Sequence[np.ndarray]],
-    weights: Sequence[float],
-    signatures: Sequence[tuple[str, bytes] | None],
-    names: Sequence[str],
-    *,
-    on_too_few: OnTooFew | str = OnTooFew.SKIP,
-) -> tuple[list[np.ndarray] | None, list[str], list[int] | None]:
-    """Run one round through the pipeline: submit each client's signed arrays (with its
-    integer weight), aggregate, commit.
-
-    Returns the aggregate in the clients' structure (None when no reply is left, or too few
-    under ``on_too_few="skip"``: nothing is committed then), the replies left out and why,
-    and the replies that went into the aggregate (for a selection rule, those it selected).
-    A reply that is unsigned, mis-signed, from a non-participant, of the wrong size, not
-    finite, or whose weight is not a positive integer is left out, as a Byzantine-robust
-    aggregator must. ``on_too_few="lower_f"`` lowers the round's ``f`` before it is
-    finalized, so its committed metadata (and any audit) uses the ``f`` it ran with.
-    """
-    from ..round import Payload
-
-    policy = as_policy(on_too_few)
-    spec = ParamSpec.infer(list(arrays[0]))
-    rejected, accepted = [], []
-    for i, (a, w, sig, name) in enumerate(zip(arrays, weights, signatures, names, strict=True)):
-        if sig is None:
-            rejected.append(f"{name}: no signature (ConfigRecord {RECORD_KEY!r}; see sign_reply)")
-            continue
-        count = _integer_weight(w)
-        if count is None:
-            rejected.append(f"{name}: weight {w!r} is not a positive integer count")
-            continue
-        try:
-            rnd.submit(Payload(sig[0], encode_arrays(a), sig[1], weight=count))
-        except (PayloadError, ShapeMismatch, NonFiniteUpdate, InvalidArgument) as exc:
-            rejected.append(f"{name}: {exc}")
-        else:
-            accepted.append(i)
-    if len(rnd) == 0:
-        warn(rnd.round, "no reply was accepted: nothing aggregated or committed")
-        return None, rejected, None
-    f = resolve_f(rnd.rule, len(rnd), rnd.f, policy, rnd.round)
-    if f is None:
-        return None, rejected, None
-    rnd.f = f
-    result = rnd.finalize()
-    out = [np.asarray(a) for a in spec.unflatten(torch.as_tensor(result.update))]
-    used: list[int] = accepted
-    if rnd.rule in SELECTION_RULES and accepted:
-        from ..rules._distances import sq_dists
-
-        x = torch.stack([spec.flatten(list(arrays[i])) for i in accepted])
-        chosen = paper_selection(rnd.rule, sq_dists(x, rnd.backend), f, rnd.params.get("m"))
-        used = [accepted[i] for i in chosen]
-    return out, rejected, used
 
 
 def decrypt_global(
@@ -372,7 +276,7 @@ class EngineFedAvg(EngineStrategy, FlowerFedAvg):
             rec = msg.content.config_records.get(RECORD_KEY)
             metrics = list(msg.content.metric_records.values())
             w = metrics[0].get(self.weighted_by_key) if metrics else None
-            count = _integer_weight(w) if isinstance(w, (int, float)) else None
+            count = integer_weight(w) if isinstance(w, (int, float)) else None
             if rec is None or "ckks" not in rec:
                 warn(server_round, "left out %s: no ciphertext under %r/ckks", name, RECORD_KEY)
             elif count is None:

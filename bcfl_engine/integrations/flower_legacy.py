@@ -19,8 +19,8 @@ import numpy as np
 
 from .. import rules
 from ..errors import InvalidArgument, MissingDependency
-from .flower import commit_arrays
 from .flower_arrays import engine_aggregate
+from .flower_chain import commit_arrays
 from .flower_policy import OnTooFew, as_policy, resolve_f, screen, usable_weights, warn
 
 try:
