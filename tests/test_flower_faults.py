@@ -62,6 +62,30 @@ def test_float64_models_and_0d_int_buffers_keep_shape_dtype_and_precision(rule, 
         assert not np.array_equal(out["w"].ravel(), ref)
 
 
+@pytest.mark.parametrize("rule", ["mean", "median", "krum"])
+def test_narrow_dtypes_come_back_as_they_went_in(rule):
+    rng = np.random.default_rng(13)
+    clients = [
+        {
+            "h": rng.standard_normal(6).astype(np.float16),
+            "i8": rng.integers(-100, 100, 4).astype(np.int8),
+            "u8": rng.integers(0, 255, 3).astype(np.uint8),
+            "flag": np.array(i % 2 == 0),
+            "i32": np.array(rng.integers(0, 10**6), dtype=np.int32),
+        }
+        for i in range(5)
+    ]
+    got, _ = EngineFedAvg(rule, 0 if rule != "median" else 1).aggregate_train(
+        1, replies(clients, [1] * 5)
+    )
+    for k, a in clients[0].items():
+        assert got[k].numpy().dtype == a.dtype and got[k].numpy().shape == a.shape, k
+    if rule == "median":
+        want = np.median(np.stack([c["u8"] for c in clients]).astype(np.float64), axis=0)
+        np.testing.assert_array_equal(got["u8"].numpy(), np.rint(want).astype(np.uint8))
+        assert bool(got["flag"].numpy()) is True  # 3 of 5 are True
+
+
 def test_rules_without_a_float64_path_still_give_the_models_dtypes_back():
     clients = models(5, "float64", seed=6)
     got, _ = EngineFedAvg("geometric_median", 1).aggregate_train(1, replies(clients, [1] * 5))
