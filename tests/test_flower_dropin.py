@@ -141,8 +141,12 @@ def test_multikrum_weights_the_selected_updates_by_their_example_counts():
     assert not np.allclose(got["w"].numpy(), unweighted["w"].numpy())
 
 
-def test_drop_ins_take_flowers_positional_arguments_and_add_two_keywords():
+def test_drop_ins_take_flowers_positional_arguments_and_add_two_keywords(caplog):
     s = ours.Krum(0.5, 0.0, 3, 0, 3, 2, backend="torch", on_too_few="lower_f")
+    with caplog.at_level(logging.INFO):
+        s.summary()
+    assert "Number of malicious nodes: 2" in caplog.text  # Flower's own summary
+    assert "bcfl_engine: backend=torch on_too_few=lower_f" in caplog.text
     assert (s.fraction_train, s.min_train_nodes, s.num_malicious_nodes) == (0.5, 3, 2)
     assert s.backend == "torch" and s.on_too_few is ours.OnTooFew.LOWER_F
     assert ours.FedTrimmedAvg(beta=0.3).beta == 0.3

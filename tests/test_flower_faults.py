@@ -263,7 +263,8 @@ def test_chain_mode_runs_the_strategys_rule_and_signs_the_weight(tmp_path, caplo
         bad = [dict(c) for c in clients]
         bad[4] = {**bad[4], "b": np.full(5, np.nan, np.float32)}
         assert strategy.aggregate_train(1, signed(1, clients=bad)) == (None, None)
-    assert "left out node 4" in caplog.text and ledger.record(task, 1) is None
+    assert strategy.rejected[1] == ["node 4: array 'b' holds NaN or infinity"]
+    assert ledger.record(task, 1) is None and "no later round can be committed" in caplog.text
 
     got, metrics = strategy.aggregate_train(1, signed(1))  # all five: the median, committed
     want = rules.median_reference(flat(as_lists(clients)))

@@ -188,12 +188,11 @@ class EngineFedAvg(EngineStrategy, FlowerFedAvg):
         chain = "committed per round" if self.rounds else "off"
         log(
             20,
-            "\t└──> bcfl_engine: rule=%s f=%d secure=%s chain=%s on_too_few=%s",
+            "\t└──> bcfl_engine: rule=%s f=%d secure=%s chain=%s",
             self.rule,
             self.f,
             self.secure,
             chain,
-            self.on_too_few.value,
         )
 
     def aggregate_train(
@@ -249,7 +248,7 @@ class EngineFedAvg(EngineStrategy, FlowerFedAvg):
         out, rejected, used = commit_arrays(
             rnd, got.arrays, got.weights, signatures, got.names, on_too_few=self.on_too_few
         )
-        self.rejected[server_round] = rejected
+        self.rejected[server_round] = [*got.left_out, *rejected]
         for reason in rejected:
             warn(server_round, "left out %s", reason)
         self.last_result = out

@@ -106,6 +106,14 @@ def commit_arrays(
         return None, rejected, None
     f = resolve_f(rnd.rule, len(rnd), rnd.f, policy, rnd.round)
     if f is None:
+        warn(
+            rnd.round,
+            "round %d of task %s is not committed; the registry takes rounds in order, so "
+            "no later round can be committed before it (on_too_few='lower_f' commits it with "
+            "a lower f)",
+            rnd.round,
+            rnd.task,
+        )
         return None, rejected, None
     rnd.f = f
     result = rnd.finalize()

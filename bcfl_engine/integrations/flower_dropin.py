@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from logging import INFO
 from typing import Any
 
 import numpy as np
@@ -53,6 +54,7 @@ from .flower_policy import (
 
 try:
     from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+    from flwr.common.logger import log
     from flwr.serverapp import strategy as flwr_strategy
     from flwr.serverapp.strategy.multikrum import select_multikrum
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
@@ -74,6 +76,7 @@ class Replies:
     names: list[str]
     keys: list[str]
     stack: Stack
+    left_out: list[str]  # "<name>: <why>" for each reply left out
 
     def __len__(self) -> int:
         return len(self.contents)
@@ -91,11 +94,12 @@ def read_replies(
     keys = list(records[0].keys())
     arrays = [[rec[k].numpy() for k in keys] for rec in records]
     weights = [next(iter(c.metric_records.values()))[weighted_by_key] for c in contents]
-    kept = screen(arrays, weights, names, keys, server_round, finite=False)
+    left_out: list[str] = []
+    kept = screen(arrays, weights, names, keys, server_round, finite=False, reasons=left_out)
     if not kept:
         return None
     stack = Stack.of([arrays[i] for i in kept])
-    rows = finite_rows(stack, [names[i] for i in kept], keys, server_round)
+    rows = finite_rows(stack, [names[i] for i in kept], keys, server_round, left_out)
     if not rows:
         return None
     if len(rows) < len(kept):
@@ -107,6 +111,7 @@ def read_replies(
         [names[i] for i in kept],
         keys,
         stack,
+        left_out,
     )
 
 
@@ -119,6 +124,16 @@ class EngineStrategy:
 
     def _engine(self, backend: str | None, on_too_few: OnTooFew | str) -> None:
         self.backend, self.on_too_few = backend, as_policy(on_too_few)
+
+    def summary(self) -> None:
+        """Flower's summary, then the engine's settings."""
+        super().summary()  # type: ignore[misc]
+        log(
+            INFO,
+            "\t└──> aggregated by bcfl_engine: backend=%s on_too_few=%s",
+            self.backend or "auto",
+            self.on_too_few.value,
+        )
 
     def _train(
         self,

@@ -119,28 +119,29 @@ def screen(
     server_round: int,
     *,
     finite: bool = True,
+    reasons: list[str] | None = None,
 ) -> list[int]:
     """The replies fit to aggregate, by index; each one left out is named in a warning.
 
     Left out: a weight that is not a finite number >= 0, arrays whose shapes differ from the
     first kept reply's, and (unless ``finite`` is False: the caller checks the stacked
-    arrays with :func:`finite_rows`) an array with NaN or an infinity.
+    arrays with :func:`finite_rows`) an array with NaN or an infinity. ``reasons``, if given,
+    receives ``"<name>: <why>"`` for each one left out.
     """
     kept: list[int] = []
     for i, (a, w, name) in enumerate(zip(arrays, weights, names, strict=True)):
         ok_weight = isinstance(w, (int, float)) and not isinstance(w, bool)
         if not ok_weight or not math.isfinite(float(w)) or float(w) < 0:  # type: ignore[arg-type]
-            warn(server_round, "left out %s: its weight %r is not a count >= 0", name, w)
+            _leave_out(server_round, reasons, name, f"its weight {w!r} is not a count >= 0")
             continue
         if kept and [np.shape(x) for x in a] != [np.shape(x) for x in arrays[kept[0]]]:
-            warn(
-                server_round, "left out %s: its array shapes differ from %s's", name, names[kept[0]]
-            )
+            why = f"its array shapes differ from {names[kept[0]]}'s"
+            _leave_out(server_round, reasons, name, why)
             continue
         bad = first_nonfinite(a) if finite else None
         if bad is not None:
             label = keys[bad] if bad < len(keys) else str(bad)
-            warn(server_round, "left out %s: array %r holds NaN or infinity", name, label)
+            _leave_out(server_round, reasons, name, f"array {label!r} holds NaN or infinity")
             continue
         kept.append(i)
     return kept
@@ -162,7 +163,11 @@ def usable_weights(
 
 
 def finite_rows(
-    stack: Stack, names: Sequence[str], keys: Sequence[str], server_round: int
+    stack: Stack,
+    names: Sequence[str],
+    keys: Sequence[str],
+    server_round: int,
+    reasons: list[str] | None = None,
 ) -> list[int]:
     """The rows of ``stack`` without NaN or infinity; each other one is named in a warning.
 
@@ -180,5 +185,12 @@ def finite_rows(
             kept.append(i)
         else:
             label = keys[bad] if bad < len(keys) else str(bad)
-            warn(server_round, "left out %s: array %r holds NaN or infinity", names[i], label)
+            why = f"array {label!r} holds NaN or infinity"
+            _leave_out(server_round, reasons, names[i], why)
     return kept
+
+
+def _leave_out(server_round: int, reasons: list[str] | None, name: str, why: str) -> None:
+    warn(server_round, "left out %s: %s", name, why)
+    if reasons is not None:
+        reasons.append(f"{name}: {why}")
