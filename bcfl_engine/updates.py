@@ -69,6 +69,14 @@ def _dtype_name(t: Any) -> str:
     return str(t.dtype).removeprefix("torch.")
 
 
+def _is_integer(dtype: str) -> bool:
+    return dtype == "bool" or dtype.startswith(("int", "uint"))
+
+
+def _contiguous(a: np.ndarray) -> np.ndarray:
+    return a if a.ndim == 0 or a.flags.c_contiguous else np.ascontiguousarray(a)
+
+
 class ParamSpec:
     """Names, shapes, dtypes and offsets of a model's parameters.
 
@@ -144,7 +152,9 @@ class ParamSpec:
             values = [update]
         parts = []
         for e, v in zip(self.entries, values, strict=True):
-            t = torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v
+            # np.ascontiguousarray makes a 0-d array 1-d (BatchNorm's num_batches_tracked is
+            # 0-d): take a 0-d array's one value as it is.
+            t = torch.from_numpy(_contiguous(v)) if isinstance(v, np.ndarray) else v
             if not isinstance(t, torch.Tensor):
                 raise ShapeMismatch(
                     f"parameter {e.name!r}: expected an array; got {type(v).__name__}"
@@ -175,8 +185,12 @@ class ParamSpec:
         out: list[Any] = []
         for e in self.entries:
             piece = vector[e.offset : e.offset + e.numel].reshape(e.shape)
+            if _is_integer(e.dtype):  # round, not truncate: 2.9999997 is 3
+                piece = piece.round()
             if self.kind == "ndarrays":
-                out.append(piece.detach().cpu().float().numpy().astype(np.dtype(e.dtype)))
+                t = piece.detach().cpu()
+                t = t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+                out.append(t.numpy().astype(np.dtype(e.dtype)))
             else:
                 out.append(piece.to(getattr(torch, e.dtype)).clone())
         if self.kind == "state_dict":

@@ -16,7 +16,7 @@ import torch
 from helpers import assert_close, make_updates
 
 from bcfl_engine import rules
-from bcfl_engine.errors import InvalidArgument, PayloadError
+from bcfl_engine.errors import InvalidArgument
 
 pytest.importorskip("flwr")
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, Metadata, MetricRecord, RecordDict
@@ -168,7 +168,7 @@ def test_message_api_strategy_commits_signed_rounds_to_the_chain(tmp_path):
 
     strategy = EngineFedAvg("mean", rounds=rounds)
     signed = [
-        reply(i, a, i + 1, {RECORD_KEY: sign_reply(a, keys[i], task, 1, ledger.domain)})
+        reply(i, a, i + 1, {RECORD_KEY: sign_reply(a, keys[i], task, 1, ledger.domain, i + 1)})
         for i, a in enumerate(arrays)
     ]
     out, _ = strategy.aggregate_train(1, signed)
@@ -177,7 +177,7 @@ def test_message_api_strategy_commits_signed_rounds_to_the_chain(tmp_path):
     assert ledger.record(task, 1).n == N and audit(ledger, task, 1, tmp_path).ok
     # Round 2: node 1 forges client 1's signature, node 3 sends none: both are left out.
     signed = [
-        reply(i, a, i + 1, {RECORD_KEY: sign_reply(a, keys[i], task, 2, ledger.domain)})
+        reply(i, a, i + 1, {RECORD_KEY: sign_reply(a, keys[i], task, 2, ledger.domain, i + 1)})
         for i, a in enumerate(arrays)
     ]
     signed[1].content[RECORD_KEY] = ConfigRecord(
@@ -191,8 +191,12 @@ def test_message_api_strategy_commits_signed_rounds_to_the_chain(tmp_path):
     flat = torch.tensor(np.concatenate([out[k].numpy().reshape(-1) for k in out]))
     assert_close(flat, reference("mean", 0, kept, [1, 3, 5]))
     assert ledger.record(task, 2).n == 3 and audit(ledger, task, 2, tmp_path).ok
-    with pytest.raises(PayloadError, match="no valid reply"):
-        strategy.aggregate_train(3, [reply(i, a, 1) for i, a in enumerate(arrays)])
+    # Round 3: no reply is signed: no model, nothing committed, and no exception
+    assert strategy.aggregate_train(3, [reply(i, a, 1) for i, a in enumerate(arrays)]) == (
+        None,
+        None,
+    )
+    assert len(strategy.rejected[3]) == N and ledger.history(task)[-1].round == 2
 
     from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 
@@ -200,7 +204,7 @@ def test_message_api_strategy_commits_signed_rounds_to_the_chain(tmp_path):
 
     results = []
     for i, a in enumerate(arrays):
-        sig = sign_reply(a, keys[i], task, 3, ledger.domain)
+        sig = sign_reply(a, keys[i], task, 3, ledger.domain, i + 1)
         metrics = {ADDRESS_KEY: sig["address"], SIGNATURE_KEY: sig["signature"]}
         results.append(
             (None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(a), i + 1, metrics))

@@ -47,6 +47,31 @@ def test_ndarrays_round_trip() -> None:
     np.testing.assert_array_equal(back[0], arrays[0])
 
 
+def test_zero_dim_integer_and_float64_arrays_keep_shape_dtype_and_value() -> None:
+    """BatchNorm's num_batches_tracked is a 0-d int64; a float64 vector comes back exactly."""
+    arrays = [
+        np.array(7, dtype=np.int64),
+        np.array([0.1, 1 / 3], dtype=np.float64),
+        np.array(2.5, dtype=np.float32),
+        np.arange(4, dtype=np.int32)[::2],  # not contiguous
+    ]
+    spec = ParamSpec.infer(arrays)
+    assert [e.shape for e in spec.entries] == [(), (2,), (), (2,)] and spec.dim == 6
+    vec = spec.flatten(arrays, dtype=torch.float64)
+    assert vec.tolist() == [7, 0.1, 1 / 3, 2.5, 0, 2]
+    back = spec.unflatten(vec)
+    assert [(a.shape, a.dtype) for a in back] == [(a.shape, a.dtype) for a in arrays]
+    for got, want in zip(back, arrays, strict=True):
+        np.testing.assert_array_equal(got, want)  # float64 bit for bit
+    # an integer comes back rounded, not truncated: 6.9999995 is 7
+    near = spec.unflatten(vec - torch.tensor([5e-7, 0, 0, 0, 0, 0], dtype=torch.float64))
+    assert near[0] == 7 and near[0].dtype == np.int64
+    sd = {"num_batches_tracked": torch.tensor(3), "w": torch.ones(2)}
+    sd_spec = ParamSpec.infer(sd)
+    sd_back = sd_spec.unflatten(sd_spec.flatten(sd) * 0.9999999)
+    assert sd_back["num_batches_tracked"].shape == () and int(sd_back["num_batches_tracked"]) == 3
+
+
 def test_structure_mismatches_are_named() -> None:
     spec = ParamSpec.infer(state_dict(0))
     bad = state_dict(1)

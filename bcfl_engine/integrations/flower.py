@@ -1,4 +1,8 @@
-"""bcfl_engine as Flower's aggregator: a strategy for the Message API (flwr >= 1.20).
+"""bcfl_engine as Flower's aggregator: strategies for the Message API (flwr >= 1.20).
+
+Flower's own names run on the engine when imported from here: ``FedAvg``, ``FedMedian``,
+``FedTrimmedAvg``, ``Krum``, ``MultiKrum``, ``Bulyan`` (:mod:`.flower_dropin`; swapping the
+import line is the whole change).
 
 :class:`EngineFedAvg` is Flower's ``flwr.serverapp.strategy.FedAvg`` with ``aggregate_train``
 delegated to :func:`bcfl_engine.aggregate`, so any rule of :data:`bcfl_engine.rules.RULES`
@@ -15,8 +19,12 @@ strategy is a weighted mean.
 
 What a client puts in its reply, besides Flower's usual ``ArrayRecord`` and ``MetricRecord``
 (with the weight under ``weighted_by_key``): a ``ConfigRecord`` under :data:`RECORD_KEY` with
-``address`` and ``signature`` (:func:`sign_reply`) when the server commits to a chain, and
-``ckks`` (the ciphertext bytes) under secure aggregation.
+``address`` and ``signature`` (:func:`sign_reply`, over the arrays and the weight) when the
+server commits to a chain, and ``ckks`` (the ciphertext bytes) under secure aggregation.
+
+Every strategy here survives what Flower survives: a reply with NaN or an infinity is left
+out with a warning, too few replies for the rule follow ``on_too_few``
+(:mod:`.flower_policy`), and arrays keep their shapes and dtypes (:mod:`.flower_arrays`).
 
 The legacy ``Strategy.aggregate_fit`` interface is in :mod:`.flower_legacy`.
 """
@@ -30,51 +38,41 @@ import numpy as np
 import torch
 
 from .. import rules
-from ..aggregate import aggregate
 from ..errors import (
     InvalidArgument,
     MissingDependency,
-    NonFiniteUpdate,
-    PayloadError,
-    ShapeMismatch,
 )
 from ..updates import ParamSpec
 
 try:
-    from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+    from flwr.app import Array, ArrayRecord, Message, MetricRecord
     from flwr.common.logger import log
-    from flwr.serverapp.strategy import FedAvg
+    from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependency(
         f"the Flower integration needs flwr ({exc}); pip install 'bcfl_engine[flower]'"
     ) from None
 
+from .flower_arrays import engine_aggregate
+from .flower_chain import RECORD_KEY, commit_arrays, encode_arrays, integer_weight, sign_reply
+from .flower_dropin import (
+    Bulyan,
+    EngineStrategy,
+    FedAvg,
+    FedMedian,
+    FedTrimmedAvg,
+    Krum,
+    MultiKrum,
+    Replies,
+    to_record,
+)
+from .flower_policy import OnTooFew, resolve_f, usable_weights, warn
+
 if TYPE_CHECKING:
     from ..round import AggregationRound
 
-RECORD_KEY = "bcfl"
 CKKS_KEY = "bcfl-ckks"
 CKKS_WEIGHT_KEY = "bcfl-ckks-weight"
-
-
-def encode_arrays(arrays: Sequence[np.ndarray]) -> bytes:
-    """The bytes a client signs: its arrays flattened in order, float32 little-endian."""
-    flat = ParamSpec.infer(list(arrays)).flatten(list(arrays))
-    return flat.numpy().astype("<f4").tobytes()
-
-
-def sign_reply(
-    arrays: Sequence[np.ndarray], key: Any, task: int, server_round: int, domain: Any
-) -> ConfigRecord:
-    """The ConfigRecord a client adds to its train reply when the server commits rounds.
-
-    ``key`` is the client's secp256k1 private key (32 bytes or hex); ``domain`` is the
-    ledger's :attr:`~bcfl_engine.chain.Ledger.domain` (chain id and registry address).
-    """
-    from ..round import sign_payload
-
-    payload = sign_payload(key, task, server_round, encode_arrays(arrays), domain)
-    return ConfigRecord({"address": payload.client, "signature": bytes(payload.signature or b"")})
 
 
 def aggregate_arrays(
@@ -87,55 +85,14 @@ def aggregate_arrays(
     pre: Sequence[Any] = (),
     backend: str | None = None,
 ) -> list[np.ndarray]:
-    """Aggregate clients' lists of arrays (Flower's NDArrays) with ``rule``; same structure out.
+    """Aggregate clients' lists of arrays (Flower's NDArrays) with ``rule``; same structure,
+    shapes and dtypes out (see :func:`.flower_arrays.engine_aggregate`).
 
     ``weights`` (e.g. example counts) go to weighted rules and are ignored by the others.
     """
-    info = rules.get(rule)
-    w = torch.tensor(list(weights), dtype=torch.float64) if weights and info.weighted else None
-    out = aggregate(
-        [list(a) for a in arrays],
-        rule=rule,
-        f=f,
-        weights=w,
-        backend=backend,
-        pre=pre,
-        **(params or {}),
-    )
-    return [np.asarray(a) for a in out]
-
-
-def commit_arrays(
-    rnd: AggregationRound,
-    arrays: Sequence[Sequence[np.ndarray]],
-    weights: Sequence[float],
-    signatures: Sequence[tuple[str, bytes] | None],
-    names: Sequence[str],
-) -> tuple[list[np.ndarray], list[str]]:
-    """Run one round through the pipeline: submit each client's signed arrays, aggregate,
-    commit. Returns the aggregate in the clients' structure and the rejected replies.
-
-    A reply that is unsigned, mis-signed, from a non-participant, of the wrong size or not
-    finite is left out of the round (named in the second list), as a Byzantine-robust
-    aggregator must; PayloadError when no reply is left.
-    """
-    from ..round import Payload
-
-    spec = ParamSpec.infer(list(arrays[0]))
-    rejected = []
-    for a, w, sig, name in zip(arrays, weights, signatures, names, strict=True):
-        if sig is None:
-            rejected.append(f"{name}: no signature (ConfigRecord {RECORD_KEY!r}; see sign_reply)")
-            continue
-        try:
-            rnd.submit(Payload(sig[0], encode_arrays(a), sig[1], weight=int(w)))
-        except (PayloadError, ShapeMismatch, NonFiniteUpdate, InvalidArgument) as exc:
-            rejected.append(f"{name}: {exc}")
-    if len(rnd) == 0:
-        raise PayloadError(f"round {rnd.round}: no valid reply; rejected: {'; '.join(rejected)}")
-    result = rnd.finalize()
-    out = spec.unflatten(torch.as_tensor(result.update))
-    return [np.asarray(a) for a in out], rejected
+    w = list(weights) if weights else [1.0] * len(arrays)
+    out, _ = engine_aggregate(arrays, w, rule=rule, f=f, params=params, pre=pre, backend=backend)
+    return out
 
 
 def decrypt_global(
@@ -156,21 +113,30 @@ def decrypt_global(
     return [np.asarray(a) for a in spec.unflatten(vec / total)]
 
 
-class EngineFedAvg(FedAvg):
+class EngineFedAvg(EngineStrategy, FlowerFedAvg):
     """Flower's FedAvg with aggregation by bcfl_engine: any rule, a chain commit, CKKS.
 
     Parameters
     ----------
     rule, f, params, pre, backend : as in :func:`bcfl_engine.aggregate` (``params`` holds the
-        rule's extra parameters).
+        rule's extra parameters). Arrays keep their shapes and dtypes; mean, median, trimmed
+        mean, Krum, Multi-Krum and Bulyan aggregate float64 arrays in float64.
     rounds : optional ``rounds(server_round) -> AggregationRound``; when given, every server
-        round is collected, aggregated and committed through it (its rule is used); a reply
-        without a valid signature (:func:`sign_reply`) is left out and listed in
-        ``rejected[server_round]``.
+        round is collected, aggregated and committed through it. The rounds must aggregate
+        with this strategy's rule, ``f``, ``params`` and ``pre`` (build them with
+        ``**strategy.round_options``); a round that does not is refused with
+        InvalidArgument at its first use. A reply without a valid signature
+        (:func:`sign_reply`) is left out and listed in ``rejected[server_round]``.
     secure : None or "ckks": clients send ciphertexts, the strategy sums them homomorphically;
         ``he_context`` is then the public context bytes (:meth:`bcfl_engine.he.Keys.public_context`).
+    on_too_few : "skip" (default) or "lower_f" (:class:`~.flower_policy.OnTooFew`): what a
+        round with fewer replies than the rule's precondition needs does. A reply with NaN or
+        an infinity is always left out with a warning.
     **kwargs : passed to ``flwr.serverapp.strategy.FedAvg`` (``fraction_train``,
         ``min_available_nodes``, ``weighted_by_key``, ...).
+
+    Train metrics are aggregated over the replies that went into the model: those left out
+    do not count, and a selection rule (Krum, Multi-Krum, Bulyan) counts the selected ones.
     """
 
     def __init__(
@@ -184,12 +150,14 @@ class EngineFedAvg(FedAvg):
         rounds: Callable[[int], AggregationRound] | None = None,
         secure: str | None = None,
         he_context: bytes | None = None,
+        on_too_few: OnTooFew | str = OnTooFew.SKIP,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         info = rules.get(rule)
         if info.kind != "aggregate":
             raise InvalidArgument(f"{rule!r} is a pre-aggregation step, not a rule")
+        info.check_precondition(info.min_clients(f if isinstance(f, int) else 0), f)
         if secure not in (None, "ckks"):
             raise InvalidArgument(f"secure must be None or 'ckks'; got {secure!r}")
         if secure == "ckks" and (rule != "mean" or pre):
@@ -199,14 +167,21 @@ class EngineFedAvg(FedAvg):
         self.rule, self.f, self.params, self.pre = rule, f, dict(params or {}), tuple(pre)
         if secure == "ckks" and he_context is None:
             raise InvalidArgument("secure='ckks' needs he_context (the public context bytes)")
-        self.backend, self.rounds, self.secure, self.he_context = (
-            backend,
-            rounds,
-            secure,
-            he_context,
-        )
+        self._engine(backend, on_too_few)
+        self.rounds, self.secure, self.he_context = rounds, secure, he_context
         self.last_result: Any = None
         self.rejected: dict[int, list[str]] = {}  # server round -> replies left out, and why
+
+    @property
+    def round_options(self) -> dict[str, Any]:
+        """The keyword arguments that make an AggregationRound aggregate as this strategy."""
+        return {
+            "rule": self.rule,
+            "f": self.f,
+            "params": dict(self.params),
+            "pre": list(self.pre),
+            "backend": self.backend,
+        }
 
     def summary(self) -> None:
         super().summary()
@@ -220,87 +195,124 @@ class EngineFedAvg(FedAvg):
             chain,
         )
 
-    def _weights(self, replies: list[Message]) -> list[float]:
-        out = []
-        for msg in replies:
-            metrics = next(iter(msg.content.metric_records.values()))
-            out.append(float(metrics[self.weighted_by_key]))  # type: ignore[arg-type]
-        return out
-
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Aggregate the train replies of ``server_round`` with the engine."""
-        valid, _ = self._check_and_log_replies(replies, is_train=True, validate=self.secure is None)
-        if not valid:
-            return None, None
-        contents = [msg.content for msg in valid]
-        metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
-        weights = self._weights(valid)
         if self.secure == "ckks":
-            return self._aggregate_ckks(valid, weights), metrics
-        records = [next(iter(c.array_records.values())) for c in contents]
-        keys = list(records[0].keys())
-        for msg, rec in zip(valid, records, strict=True):
-            if list(rec.keys()) != keys:
-                raise PayloadError(
-                    f"node {msg.metadata.src_node_id}: arrays {list(rec.keys())} differ from {keys}"
-                )
-        arrays = [[rec[k].numpy() for k in keys] for rec in records]
+            return self._train_ckks(server_round, replies)
+        return self._train(server_round, replies, self._combine)
+
+    def _combine(self, got: Replies, server_round: int) -> tuple[list[np.ndarray] | None, Any]:
         if self.rounds is not None:
-            names = [f"node {m.metadata.src_node_id}" for m in valid]
-            rnd = self.rounds(server_round)
-            out, self.rejected[server_round] = commit_arrays(
-                rnd, arrays, weights, self._signatures(valid), names
+            return self._commit(got, server_round)
+        if self.rule == "mean" and not usable_weights(
+            range(len(got)), got.weights, got.names, server_round
+        ):
+            return None, None
+        f = resolve_f(self.rule, len(got), self.f, self.on_too_few, server_round)
+        if f is None:
+            return None, None
+        params = dict(self.params)
+        if self.rule == "multi_krum" and params.get("m", 0) > len(got):
+            warn(
+                server_round, "multi_krum: m=%s > %d replies; averaging all", params["m"], len(got)
             )
-            for reason in self.rejected[server_round]:
-                log(30, "bcfl_engine: round %d left out %s", server_round, reason)
-        else:
-            out = aggregate_arrays(
-                arrays,
-                weights,
-                rule=self.rule,
-                f=self.f,
-                params=self.params,
-                pre=self.pre,
-                backend=self.backend,
-            )
+            params["m"] = len(got)
+        out, chosen = engine_aggregate(
+            got.arrays,
+            got.weights,
+            rule=self.rule,
+            f=f,
+            params=params,
+            pre=self.pre,
+            backend=self.backend,
+            stack=got.stack,
+        )
         self.last_result = out
-        return ArrayRecord(
-            {k: Array(np.ascontiguousarray(a)) for k, a in zip(keys, out, strict=True)}
-        ), metrics
+        return out, chosen
 
-    def _signatures(self, replies: list[Message]) -> list[tuple[str, bytes] | None]:
-        out: list[tuple[str, bytes] | None] = []
-        for msg in replies:
-            rec = msg.content.config_records.get(RECORD_KEY)
-            if rec is None or "address" not in rec or "signature" not in rec:
-                out.append(None)
-            else:
-                out.append((str(rec["address"]), bytes(rec["signature"])))  # type: ignore[arg-type]
-        return out
+    def _commit(self, got: Replies, server_round: int) -> tuple[list[np.ndarray] | None, Any]:
+        assert self.rounds is not None
+        rnd = self.rounds(server_round)
+        theirs = (rnd.rule, rnd.f, dict(rnd.params), list(rnd.pre))
+        ours = (self.rule, self.f, dict(self.params), list(self.pre))
+        if theirs != ours:
+            raise InvalidArgument(
+                f"the rounds factory builds rounds with rule={rnd.rule!r}, f={rnd.f}, "
+                f"params={rnd.params}, pre={rnd.pre}, but this strategy aggregates with "
+                f"rule={self.rule!r}, f={self.f}, params={self.params}, pre={list(self.pre)}: "
+                "build them with AggregationRound(..., **strategy.round_options)"
+            )
+        signatures = [self._signature(c) for c in got.contents]
+        out, rejected, used = commit_arrays(
+            rnd, got.arrays, got.weights, signatures, got.names, on_too_few=self.on_too_few
+        )
+        self.rejected[server_round] = [*got.left_out, *rejected]
+        for reason in rejected:
+            warn(server_round, "left out %s", reason)
+        self.last_result = out
+        return out, used
 
-    def _aggregate_ckks(self, replies: list[Message], weights: list[float]) -> ArrayRecord:
+    @staticmethod
+    def _signature(content: Any) -> tuple[str, bytes] | None:
+        rec = content.config_records.get(RECORD_KEY)
+        if rec is None or "address" not in rec or "signature" not in rec:
+            return None
+        return str(rec["address"]), bytes(rec["signature"])
+
+    def _train_ckks(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         from .. import he
 
-        blobs = []
-        for msg in replies:
+        valid, _ = self._check_and_log_replies(replies, is_train=True, validate=False)
+        blobs: list[bytes] = []
+        weights: list[int] = []
+        kept: list[Any] = []
+        for msg in valid:
+            name = f"node {msg.metadata.src_node_id}"
             rec = msg.content.config_records.get(RECORD_KEY)
+            metrics = list(msg.content.metric_records.values())
+            w = metrics[0].get(self.weighted_by_key) if metrics else None
+            count = integer_weight(w) if isinstance(w, (int, float)) else None
             if rec is None or "ckks" not in rec:
-                raise PayloadError(
-                    f"node {msg.metadata.src_node_id}: no ciphertext under {RECORD_KEY!r}/ckks"
-                )
-            blobs.append(bytes(rec["ckks"]))  # type: ignore[arg-type]
-        int_weights = [round(w) for w in weights]
-        if any(w <= 0 or abs(w - round(w)) > 1e-9 for w in weights):
-            raise InvalidArgument(
-                f"CKKS weights are positive integers (example counts); got {weights}"
-            )
-        agg = he.aggregate(blobs, weights=int_weights, context=self.he_context)
+                warn(server_round, "left out %s: no ciphertext under %r/ckks", name, RECORD_KEY)
+            elif count is None:
+                warn(server_round, "left out %s: CKKS weight %r is not a positive integer", name, w)
+            else:
+                blobs.append(bytes(rec["ckks"]))  # type: ignore[arg-type]
+                weights.append(count)
+                kept.append(msg.content)
+        if not blobs:
+            return None, None
+        agg = he.aggregate(blobs, weights=weights, context=self.he_context)
         self.last_result = agg
-        return ArrayRecord(
+        record = ArrayRecord(
             {
                 CKKS_KEY: Array(np.frombuffer(agg, dtype=np.uint8).copy()),
-                CKKS_WEIGHT_KEY: Array(np.array([float(sum(int_weights))], dtype=np.float64)),
+                CKKS_WEIGHT_KEY: Array(np.array([float(sum(weights))], dtype=np.float64)),
             }
         )
+        return record, self.train_metrics_aggr_fn(kept, self.weighted_by_key)
+
+
+__all__ = [
+    "CKKS_KEY",
+    "CKKS_WEIGHT_KEY",
+    "RECORD_KEY",
+    "Bulyan",
+    "EngineFedAvg",
+    "FedAvg",
+    "FedMedian",
+    "FedTrimmedAvg",
+    "Krum",
+    "MultiKrum",
+    "OnTooFew",
+    "aggregate_arrays",
+    "commit_arrays",
+    "decrypt_global",
+    "encode_arrays",
+    "sign_reply",
+    "to_record",
+]

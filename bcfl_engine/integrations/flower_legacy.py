@@ -5,6 +5,9 @@
 :func:`bcfl_engine.aggregate`, or, given ``rounds``, to the round pipeline with a chain commit
 (the client's address and signature travel in ``FitRes.metrics`` as ``bcfl-address`` and
 ``bcfl-signature``). New code should use :class:`.flower.EngineFedAvg` on the Message API.
+
+Flower's legacy strategy names on the engine (``FedAvg``, ``FedMedian``, ``FedTrimmedAvg``,
+``Krum``, ``Bulyan``) are importable from here too (:mod:`.flower_legacy_dropin`).
 """
 
 from __future__ import annotations
@@ -12,9 +15,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from .. import rules
 from ..errors import InvalidArgument, MissingDependency
-from .flower import aggregate_arrays, commit_arrays
+from .flower_arrays import engine_aggregate
+from .flower_chain import commit_arrays
+from .flower_policy import OnTooFew, as_policy, resolve_f, screen, usable_weights, warn
 
 try:
     from flwr.common import (
@@ -25,11 +32,13 @@ try:
         parameters_to_ndarrays,
     )
     from flwr.server.client_proxy import ClientProxy
-    from flwr.server.strategy import FedAvg
+    from flwr.server.strategy import FedAvg as FlowerLegacyFedAvg
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependency(
         f"the Flower integration needs flwr ({exc}); pip install 'bcfl_engine[flower]'"
     ) from None
+
+from .flower_legacy_dropin import Bulyan, FedAvg, FedMedian, FedTrimmedAvg, Krum
 
 if TYPE_CHECKING:
     from ..round import AggregationRound
@@ -38,15 +47,20 @@ ADDRESS_KEY = "bcfl-address"
 SIGNATURE_KEY = "bcfl-signature"
 
 
-class LegacyEngineFedAvg(FedAvg):
+class LegacyEngineFedAvg(FlowerLegacyFedAvg):
     """Flower's legacy FedAvg with aggregation by bcfl_engine.
 
     Parameters
     ----------
-    rule, f, params, pre, backend : as in :func:`bcfl_engine.aggregate`.
+    rule, f, params, pre, backend : as in :func:`bcfl_engine.aggregate`. Arrays keep their
+        shapes and dtypes, float64 stays float64 (see :class:`.flower.EngineFedAvg`).
     rounds : optional ``rounds(server_round) -> AggregationRound`` that collects, aggregates
         and commits each round (clients sign; see the module docstring); results without a
-        valid signature are left out and listed in ``rejected[server_round]``.
+        valid signature are left out and listed in ``rejected[server_round]``. The rounds
+        must aggregate with this strategy's rule, ``f``, ``params`` and ``pre``.
+    on_too_few : "skip" (default) or "lower_f": what a round with fewer results than the
+        rule's precondition needs does (:class:`~.flower_policy.OnTooFew`); a result with NaN
+        or an infinity is left out with a warning.
     **kwargs : passed to ``flwr.server.strategy.FedAvg``.
     """
 
@@ -59,13 +73,16 @@ class LegacyEngineFedAvg(FedAvg):
         pre: Sequence[Any] = (),
         backend: str | None = None,
         rounds: Callable[[int], AggregationRound] | None = None,
+        on_too_few: OnTooFew | str = OnTooFew.SKIP,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if rules.get(rule).kind != "aggregate":
+        info = rules.get(rule)
+        if info.kind != "aggregate":
             raise InvalidArgument(f"{rule!r} is a pre-aggregation step, not a rule")
+        info.check_precondition(info.min_clients(f if isinstance(f, int) else 0), f)
         self.rule, self.f, self.params, self.pre = rule, f, dict(params or {}), tuple(pre)
-        self.backend, self.rounds = backend, rounds
+        self.backend, self.rounds, self.on_too_few = backend, rounds, as_policy(on_too_few)
         self.rejected: dict[int, list[str]] = {}  # server round -> results left out, and why
 
     def __repr__(self) -> str:
@@ -81,31 +98,88 @@ class LegacyEngineFedAvg(FedAvg):
         if not results or (failures and not self.accept_failures):
             return None, {}
         arrays = [parameters_to_ndarrays(res.parameters) for _, res in results]
-        weights = [float(res.num_examples) for _, res in results]
-        if self.rounds is not None:
-            sigs: list[tuple[str, bytes] | None] = [
-                (str(res.metrics[ADDRESS_KEY]), bytes(res.metrics[SIGNATURE_KEY]))  # type: ignore[arg-type]
-                if ADDRESS_KEY in res.metrics and SIGNATURE_KEY in res.metrics
-                else None
-                for _, res in results
-            ]
-            names = [f"client {getattr(proxy, 'cid', i)}" for i, (proxy, _) in enumerate(results)]
-            out, self.rejected[server_round] = commit_arrays(
-                self.rounds(server_round), arrays, weights, sigs, names
-            )
-        else:
-            out = aggregate_arrays(
-                arrays,
-                weights,
-                rule=self.rule,
-                f=self.f,
-                params=self.params,
-                pre=self.pre,
-                backend=self.backend,
-            )
+        weights: list[Any] = [res.num_examples for _, res in results]
+        names = [f"client {getattr(proxy, 'cid', i)}" for i, (proxy, _) in enumerate(results)]
+        keys = [str(j) for j in range(len(arrays[0]))]
+        kept = screen(arrays, weights, names, keys, server_round)
+        if not kept:
+            warn(server_round, "every result was left out: no aggregate this round")
+            return None, {}
+        out, used = self._aggregate(server_round, results, arrays, weights, names, kept)
+        if out is None:
+            return None, {}
         metrics: dict[str, Scalar] = {}
         if self.fit_metrics_aggregation_fn:
             metrics = self.fit_metrics_aggregation_fn(
-                [(res.num_examples, res.metrics) for _, res in results]
+                [(results[i][1].num_examples, results[i][1].metrics) for i in used]
             )
         return ndarrays_to_parameters(out), metrics
+
+    def _aggregate(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, FitRes]],
+        arrays: list[list[np.ndarray]],
+        weights: list[Any],
+        names: list[str],
+        kept: list[int],
+    ) -> tuple[list[np.ndarray] | None, list[int]]:
+        if self.rounds is not None:
+            rnd = self.rounds(server_round)
+            if (rnd.rule, rnd.f, dict(rnd.params), list(rnd.pre)) != (
+                self.rule,
+                self.f,
+                self.params,
+                list(self.pre),
+            ):
+                raise InvalidArgument(
+                    f"the rounds factory builds rounds with rule={rnd.rule!r}, f={rnd.f}, but "
+                    f"this strategy aggregates with rule={self.rule!r}, f={self.f} (and params, "
+                    "pre): build the rounds with the strategy's rule, f, params and pre"
+                )
+            sigs: list[tuple[str, bytes] | None] = []
+            for i in kept:
+                m = results[i][1].metrics
+                ok = ADDRESS_KEY in m and SIGNATURE_KEY in m
+                sigs.append((str(m[ADDRESS_KEY]), bytes(m[SIGNATURE_KEY])) if ok else None)  # type: ignore[arg-type]
+            out, self.rejected[server_round], used = commit_arrays(
+                rnd,
+                [arrays[i] for i in kept],
+                [weights[i] for i in kept],
+                sigs,
+                [names[i] for i in kept],
+                on_too_few=self.on_too_few,
+            )
+            for reason in self.rejected[server_round]:
+                warn(server_round, "left out %s", reason)
+            return out, [kept[i] for i in used or []]
+        w = [float(weights[i]) for i in kept]
+        if self.rule == "mean" and not usable_weights(
+            range(len(kept)), w, [names[i] for i in kept], server_round
+        ):
+            return None, []
+        f = resolve_f(self.rule, len(kept), self.f, self.on_too_few, server_round)
+        if f is None:
+            return None, []
+        out, chosen = engine_aggregate(
+            [arrays[i] for i in kept],
+            w,
+            rule=self.rule,
+            f=f,
+            params=self.params,
+            pre=self.pre,
+            backend=self.backend,
+        )
+        return out, [kept[i] for i in (range(len(kept)) if chosen is None else chosen)]
+
+
+__all__ = [
+    "ADDRESS_KEY",
+    "SIGNATURE_KEY",
+    "Bulyan",
+    "FedAvg",
+    "FedMedian",
+    "FedTrimmedAvg",
+    "Krum",
+    "LegacyEngineFedAvg",
+]

@@ -34,8 +34,8 @@ def make_client_app(byzantine: frozenset[int] = frozenset()) -> ClientApp:
         if "bcfl-registry" in config:  # the server commits rounds: sign what we send
             domain = PayloadDomain(int(config["bcfl-chain-id"]), str(config["bcfl-registry"]))
             ndarrays = [a.numpy() for a in arrays.values()]
-            reply[RECORD_KEY] = sign_reply(
-                ndarrays, hospital_key(pid), int(config["bcfl-task"]), server_round, domain
+            reply[RECORD_KEY] = sign_reply(  # the weight is signed with the arrays
+                ndarrays, hospital_key(pid), int(config["bcfl-task"]), server_round, domain, len(y)
             )
         return Message(reply, reply_to=msg)
 

@@ -34,7 +34,10 @@ def make_server_app(
         )
         store = PayloadStore(Path(out) / "store")
 
+        strategy = EngineFedAvg(rule, f, fraction_evaluate=0.0, min_available_nodes=num_partitions)
+
         def make_round(server_round: int) -> AggregationRound:
+            # the round aggregates with the strategy's rule, f and parameters
             return AggregationRound(
                 ledger,
                 task,
@@ -42,17 +45,15 @@ def make_server_app(
                 store,
                 participants=addresses,
                 dim=tr.dim,
-                rule=rule,
-                f=f,
+                **strategy.round_options,
             )
+
+        strategy.rounds = make_round
 
         def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
             params = tr.spec.flatten(arrays.to_torch_state_dict())
             return MetricRecord({"accuracy": tr.score(params, *fed.test)})
 
-        strategy = EngineFedAvg(
-            rule, f, rounds=make_round, fraction_evaluate=0.0, min_available_nodes=num_partitions
-        )
         train_config = ConfigRecord(
             {"bcfl-task": task, "bcfl-chain-id": ledger.chain_id, "bcfl-registry": ledger.address}
         )

@@ -1,0 +1,128 @@
+"""The Flower integration's side of the round pipeline: what a client signs, and one server
+round of replies submitted, aggregated and committed through an
+:class:`~bcfl_engine.round.AggregationRound`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from ..errors import InvalidArgument, NonFiniteUpdate, PayloadError, ShapeMismatch
+from ..updates import ParamSpec
+from .flower_arrays import SELECTION_RULES, paper_selection
+from .flower_policy import OnTooFew, as_policy, resolve_f, warn
+
+if TYPE_CHECKING:
+    from flwr.app import ConfigRecord
+
+    from ..round import AggregationRound
+
+RECORD_KEY = "bcfl"
+
+
+def encode_arrays(arrays: Sequence[np.ndarray]) -> bytes:
+    """The bytes a client signs: its arrays flattened in order, float32 little-endian (the
+    round's payload format: a float64 model is committed, and aggregated, in float32)."""
+    flat = ParamSpec.infer(list(arrays)).flatten(list(arrays))
+    return flat.numpy().astype("<f4").tobytes()
+
+
+def sign_reply(
+    arrays: Sequence[np.ndarray],
+    key: Any,
+    task: int,
+    server_round: int,
+    domain: Any,
+    weight: int,
+) -> ConfigRecord:
+    """The ConfigRecord a client adds to its train reply when the server commits rounds.
+
+    ``key`` is the client's secp256k1 private key (32 bytes or hex); ``domain`` is the
+    ledger's :attr:`~bcfl_engine.chain.Ledger.domain` (chain id and registry address);
+    ``weight`` is the ``num-examples`` the reply reports (a positive int): it is signed with
+    the arrays, so no relay can change how much the reply counts.
+    """
+    from ..round import sign_payload
+
+    if isinstance(weight, bool) or not isinstance(weight, (int, np.integer)) or weight <= 0:
+        raise InvalidArgument(f"weight must be a positive int (num-examples); got {weight!r}")
+    payload = sign_payload(
+        key, task, server_round, encode_arrays(arrays), domain, weight=int(weight)
+    )
+    from flwr.app import ConfigRecord
+
+    return ConfigRecord({"address": payload.client, "signature": bytes(payload.signature or b"")})
+
+
+def integer_weight(w: float) -> int | None:
+    """``w`` as a positive int (a count of examples), or None if it is not one."""
+    return int(w) if float(w).is_integer() and w > 0 else None
+
+
+def commit_arrays(
+    rnd: AggregationRound,
+    arrays: Sequence[Sequence[np.ndarray]],
+    weights: Sequence[float],
+    signatures: Sequence[tuple[str, bytes] | None],
+    names: Sequence[str],
+    *,
+    on_too_few: OnTooFew | str = OnTooFew.SKIP,
+) -> tuple[list[np.ndarray] | None, list[str], list[int] | None]:
+    """Run one round through the pipeline: submit each client's signed arrays (with its
+    integer weight), aggregate, commit.
+
+    Returns the aggregate in the clients' structure (None when no reply is left, or too few
+    under ``on_too_few="skip"``: nothing is committed then), the replies left out and why,
+    and the replies that went into the aggregate (for a selection rule, those it selected).
+    A reply that is unsigned, mis-signed, from a non-participant, of the wrong size, not
+    finite, or whose weight is not a positive integer is left out, as a Byzantine-robust
+    aggregator must. ``on_too_few="lower_f"`` lowers the round's ``f`` before it is
+    finalized, so its committed metadata (and any audit) uses the ``f`` it ran with.
+    """
+    from ..round import Payload
+
+    policy = as_policy(on_too_few)
+    spec = ParamSpec.infer(list(arrays[0]))
+    rejected, accepted = [], []
+    for i, (a, w, sig, name) in enumerate(zip(arrays, weights, signatures, names, strict=True)):
+        if sig is None:
+            rejected.append(f"{name}: no signature (ConfigRecord {RECORD_KEY!r}; see sign_reply)")
+            continue
+        count = integer_weight(w)
+        if count is None:
+            rejected.append(f"{name}: weight {w!r} is not a positive integer count")
+            continue
+        try:
+            rnd.submit(Payload(sig[0], encode_arrays(a), sig[1], weight=count))
+        except (PayloadError, ShapeMismatch, NonFiniteUpdate, InvalidArgument) as exc:
+            rejected.append(f"{name}: {exc}")
+        else:
+            accepted.append(i)
+    if len(rnd) == 0:
+        warn(rnd.round, "no reply was accepted: nothing aggregated or committed")
+        return None, rejected, None
+    f = resolve_f(rnd.rule, len(rnd), rnd.f, policy, rnd.round)
+    if f is None:
+        warn(
+            rnd.round,
+            "round %d of task %s is not committed; the registry takes rounds in order, so "
+            "no later round can be committed before it (on_too_few='lower_f' commits it with "
+            "a lower f)",
+            rnd.round,
+            rnd.task,
+        )
+        return None, rejected, None
+    rnd.f = f
+    result = rnd.finalize()
+    out = [np.asarray(a) for a in spec.unflatten(torch.as_tensor(result.update))]
+    used: list[int] = accepted
+    if rnd.rule in SELECTION_RULES and accepted:
+        from ..rules._distances import sq_dists
+
+        x = torch.stack([spec.flatten(list(arrays[i])) for i in accepted])
+        chosen = paper_selection(rnd.rule, sq_dists(x, rnd.backend), f, rnd.params.get("m"))
+        used = [accepted[i] for i in chosen]
+    return out, rejected, used

@@ -1,0 +1,360 @@
+"""Flower's own strategy names, aggregating on the engine: swap the import line, nothing else.
+
+``from bcfl_engine.integrations.flower import FedAvg, FedMedian, FedTrimmedAvg, Krum,
+MultiKrum, Bulyan`` gives classes that subclass Flower's (``flwr.serverapp.strategy``), take
+the same constructor arguments (``num_malicious_nodes``, ``beta``, ``num_nodes_to_select``,
+``selection_rule``, and all of FedAvg's), and keep Flower's semantics:
+
+- FedAvg: the mean weighted by example counts; FedMedian: the coordinate-wise median;
+  FedTrimmedAvg: ``int(beta * n)`` values dropped at each end per coordinate;
+- MultiKrum / Krum: the ``num_nodes_to_select`` (Krum: 1) best Krum scores, each summing
+  ``max(1, n - f - 2)`` nearest squared distances, averaged weighted by example counts;
+  the train metrics are those of the selected replies;
+- Bulyan: Multi-Krum selects ``theta = n - 2f``, then per coordinate the mean of the
+  ``theta - 2f`` values closest to the median; metrics of the selected replies.
+
+What differs is what a drop-in must do better: arrays keep their shape and dtype (a 0-d
+integer buffer stays a 0-d integer; float64 stays float64, aggregated in float64 with
+Flower's arithmetic), a reply with NaN or an infinity is left out with a warning, and where
+Flower returns no model (Bulyan below ``n >= 4f + 3``) the ``on_too_few`` policy applies
+(:class:`~.flower_policy.OnTooFew`). Where Flower returns a model although the paper's
+precondition fails (Krum with 3 replies and ``num_malicious_nodes=1``), so do these, with a
+warning that names the guarantee lost. Two keyword-only arguments are added: ``backend``
+(the engine's, None for automatic) and ``on_too_few``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from logging import INFO
+from typing import Any
+
+import numpy as np
+
+from .. import rules
+from ..errors import MissingDependency
+from .flower_arrays import (
+    Stack,
+    bulyan_coordinates,
+    coordinatewise,
+    flower_krum_order,
+    selected_mean,
+    weighted_mean,
+)
+from .flower_policy import (
+    OnTooFew,
+    as_policy,
+    finite_rows,
+    resolve_f,
+    screen,
+    usable_weights,
+    warn,
+)
+
+try:
+    from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+    from flwr.common.logger import log
+    from flwr.serverapp import strategy as flwr_strategy
+    from flwr.serverapp.strategy.multikrum import select_multikrum
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise MissingDependency(
+        f"the Flower integration needs flwr ({exc}); pip install 'bcfl_engine[flower]'"
+    ) from None
+
+Outcome = tuple[list[np.ndarray] | None, list[int] | None]
+
+
+@dataclass
+class Replies:
+    """The train replies fit to aggregate: contents, arrays (in ``keys`` order), weights, names,
+    and their arrays stacked for the engine (:class:`~.flower_arrays.Stack`)."""
+
+    contents: list[RecordDict]
+    arrays: list[list[np.ndarray]]
+    weights: list[float]
+    names: list[str]
+    keys: list[str]
+    stack: Stack
+    left_out: list[str]  # "<name>: <why>" for each reply left out
+
+    def __len__(self) -> int:
+        return len(self.contents)
+
+
+def read_replies(
+    valid: Sequence[Message], weighted_by_key: str, server_round: int
+) -> Replies | None:
+    """The arrays and weights of Flower-validated replies, less those left out (with a
+    warning): a weight that is not a count, other shapes, NaN or infinity; None if none is
+    left."""
+    names = [f"node {m.metadata.src_node_id}" for m in valid]
+    contents = [m.content for m in valid]
+    records = [next(iter(c.array_records.values())) for c in contents]
+    keys = list(records[0].keys())
+    arrays = [[rec[k].numpy() for k in keys] for rec in records]
+    weights = [next(iter(c.metric_records.values()))[weighted_by_key] for c in contents]
+    left_out: list[str] = []
+    kept = screen(arrays, weights, names, keys, server_round, finite=False, reasons=left_out)
+    if not kept:
+        return None
+    stack = Stack.of([arrays[i] for i in kept])
+    rows = finite_rows(stack, [names[i] for i in kept], keys, server_round, left_out)
+    if not rows:
+        return None
+    if len(rows) < len(kept):
+        stack, kept = stack.take(rows), [kept[r] for r in rows]
+    return Replies(
+        [contents[i] for i in kept],
+        [arrays[i] for i in kept],
+        [float(weights[i]) for i in kept],  # type: ignore[arg-type]
+        [names[i] for i in kept],
+        keys,
+        stack,
+        left_out,
+    )
+
+
+class EngineStrategy:
+    """What the engine's Message API strategies share: reading and screening the replies,
+    building the result record, and the train metrics of the replies that went in."""
+
+    backend: str | None
+    on_too_few: OnTooFew
+
+    def _engine(self, backend: str | None, on_too_few: OnTooFew | str) -> None:
+        self.backend, self.on_too_few = backend, as_policy(on_too_few)
+
+    def summary(self) -> None:
+        """Flower's summary, then the engine's settings."""
+        super().summary()  # type: ignore[misc]
+        log(
+            INFO,
+            "\t└──> aggregated by bcfl_engine: backend=%s on_too_few=%s",
+            self.backend or "auto",
+            self.on_too_few.value,
+        )
+
+    def _train(
+        self,
+        server_round: int,
+        replies: Iterable[Message],
+        combine: Callable[[Replies, int], Outcome],
+        validate: bool = True,
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        valid, _ = self._check_and_log_replies(  # type: ignore[attr-defined]
+            replies, is_train=True, validate=validate
+        )
+        if not valid:
+            return None, None
+        got = read_replies(valid, self.weighted_by_key, server_round)  # type: ignore[attr-defined]
+        if got is None:
+            warn(server_round, "every reply was left out: no aggregate this round")
+            return None, None
+        out, chosen = combine(got, server_round)
+        if out is None:
+            return None, None
+        contents = got.contents if chosen is None else [got.contents[i] for i in chosen]
+        metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)  # type: ignore[attr-defined]
+        return to_record(got.keys, out), metrics
+
+
+def to_record(keys: Sequence[str], arrays: Sequence[np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.asarray(a)) for k, a in zip(keys, arrays, strict=True)})
+
+
+def _fedavg(self: EngineStrategy, got: Replies, server_round: int) -> Outcome:
+    if not usable_weights(range(len(got)), got.weights, got.names, server_round):
+        return None, None
+    return weighted_mean(got.stack, got.weights, self.backend), None
+
+
+def _krum_selection(self: Any, got: Replies, server_round: int, m: int) -> Outcome:
+    n, f = len(got), int(self.num_malicious_nodes)
+    pre = rules.get("krum").precondition
+    if pre is not None and not pre.holds(n, f):
+        warn(
+            server_round,
+            "%s with %d replies and num_malicious_nodes=%d: Krum's guarantee (%s) does not "
+            "hold, so %d faulty replies may decide the selection; selecting as Flower does",
+            type(self).__name__,
+            n,
+            f,
+            pre.text,
+            f,
+        )
+    stack = got.stack
+    chosen = flower_krum_order(stack.sq_dists(self.backend), f)[:m]
+    if not usable_weights(chosen, got.weights, got.names, server_round):
+        return None, None
+    return selected_mean(stack, chosen, got.weights, self.backend), chosen
+
+
+class FedAvg(EngineStrategy, flwr_strategy.FedAvg):
+    """Flower's FedAvg on the engine (see the module docstring)."""
+
+    def __init__(
+        self,
+        *args: Any,
+        backend: str | None = None,
+        on_too_few: OnTooFew | str = OnTooFew.SKIP,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._engine(backend, on_too_few)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """The weighted mean of the replies' arrays, by example counts."""
+        return self._train(server_round, replies, lambda g, r: _fedavg(self, g, r))
+
+
+class FedMedian(EngineStrategy, flwr_strategy.FedMedian):
+    """Flower's FedMedian on the engine (see the module docstring)."""
+
+    def __init__(
+        self,
+        *args: Any,
+        backend: str | None = None,
+        on_too_few: OnTooFew | str = OnTooFew.SKIP,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._engine(backend, on_too_few)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """The coordinate-wise median of the replies' arrays."""
+
+        def combine(got: Replies, _: int) -> Outcome:
+            return coordinatewise(got.stack, "median", 0, self.backend), None
+
+        return self._train(server_round, replies, combine)
+
+
+class FedTrimmedAvg(EngineStrategy, flwr_strategy.FedTrimmedAvg):
+    """Flower's FedTrimmedAvg on the engine (see the module docstring)."""
+
+    def __init__(
+        self,
+        *args: Any,
+        backend: str | None = None,
+        on_too_few: OnTooFew | str = OnTooFew.SKIP,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._engine(backend, on_too_few)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Per coordinate, the mean after dropping ``int(beta * n)`` values at each end."""
+
+        def combine(got: Replies, _: int) -> Outcome:
+            cut = int(self.beta * len(got))
+            return coordinatewise(got.stack, "trimmed_mean", cut, self.backend), None
+
+        return self._train(server_round, replies, combine)
+
+
+class MultiKrum(EngineStrategy, flwr_strategy.MultiKrum):
+    """Flower's MultiKrum on the engine (see the module docstring)."""
+
+    def __init__(
+        self,
+        *args: Any,
+        backend: str | None = None,
+        on_too_few: OnTooFew | str = OnTooFew.SKIP,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._engine(backend, on_too_few)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """The weighted mean of the ``num_nodes_to_select`` best-scored replies."""
+
+        def combine(got: Replies, r: int) -> Outcome:
+            return _krum_selection(self, got, r, int(self.num_nodes_to_select))
+
+        return self._train(server_round, replies, combine)
+
+
+class Krum(EngineStrategy, flwr_strategy.Krum):
+    """Flower's Krum on the engine (see the module docstring)."""
+
+    def __init__(
+        self,
+        *args: Any,
+        backend: str | None = None,
+        on_too_few: OnTooFew | str = OnTooFew.SKIP,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._engine(backend, on_too_few)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """The best-scored reply's arrays."""
+
+        def combine(got: Replies, r: int) -> Outcome:
+            return _krum_selection(self, got, r, 1)
+
+        return self._train(server_round, replies, combine)
+
+
+class Bulyan(EngineStrategy, flwr_strategy.Bulyan):
+    """Flower's Bulyan on the engine (see the module docstring)."""
+
+    def __init__(
+        self,
+        *args: Any,
+        backend: str | None = None,
+        on_too_few: OnTooFew | str = OnTooFew.SKIP,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._engine(backend, on_too_few)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Multi-Krum selection of ``n - 2f``, then the mean of the ``n - 4f`` values closest
+        to the median per coordinate; ``on_too_few`` below ``n >= 4f + 3``."""
+        return self._train(server_round, replies, self._combine)
+
+    def _combine(self, got: Replies, server_round: int) -> Outcome:
+        n = len(got)
+        f = resolve_f(
+            "bulyan", n, int(self.num_malicious_nodes), self.on_too_few, server_round, what="Bulyan"
+        )
+        if f is None:
+            return None, None
+        theta = n - 2 * f
+        stack = got.stack
+        if self.selection_rule is select_multikrum:
+            chosen = flower_krum_order(stack.sq_dists(self.backend), f)[:theta]
+        else:  # the user's own selection rule, on Flower's RecordDicts
+            picked = self.selection_rule(got.contents, f, theta)
+            where = {id(c): i for i, c in enumerate(got.contents)}
+            chosen = [where[id(c)] for c in picked]
+        return bulyan_coordinates(stack, chosen, theta - 2 * f), chosen
+
+
+__all__ = [
+    "Bulyan",
+    "EngineStrategy",
+    "FedAvg",
+    "FedMedian",
+    "FedTrimmedAvg",
+    "Krum",
+    "MultiKrum",
+    "OnTooFew",
+    "Replies",
+    "read_replies",
+    "to_record",
+]
