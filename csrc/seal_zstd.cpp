@@ -30,6 +30,7 @@ static_assert(std::is_same<decltype(&ZSTD_getFrameContentSize), Real::GetFrameCo
               "");
 static_assert(std::is_same<decltype(&ZSTD_isError), Real::IsError>::value, "");
 static_assert(std::is_same<decltype(&ZSTD_getErrorName), Real::GetErrorName>::value, "");
+static_assert(ZSTD_MAGICNUMBER == kMagic, "");
 static_assert(ZSTD_CONTENTSIZE_UNKNOWN == kContentSizeUnknown, "");
 static_assert(ZSTD_CONTENTSIZE_ERROR == kContentSizeError, "");
 
@@ -103,12 +104,17 @@ int decompress_frame(const uint8_t* src, int64_t len, uint8_t* dst, int64_t size
   const Api& z = api();
   if (z.source == kNone)
     return codec::fail(msg, "zstd-compressed SEAL body, but no zstd library (%s)", z.detail);
-  // The frame header first: what it declares is checked before anything is decoded. (A decoder
-  // that trusts Frame_Content_Size allocates it: 1 TiB from a 20-byte frame.)
+  // The frame header first: what it declares is checked before anything is decoded (a decoder
+  // that trusts Frame_Content_Size allocates it: 1 TiB from a 20-byte frame). SEAL always
+  // declares it; the Python codec (bcfl_engine/he/seal.py) refuses the same frames.
+  if (len < 4 || codec::rd<uint32_t>(src) != kMagic)
+    return codec::fail(msg, "SEAL body is not a zstd frame (bad magic number)");
   const auto src_len = static_cast<size_t>(len);
   const unsigned long long declared = z.get_frame_content_size(src, src_len);
   if (declared == kContentSizeError) return codec::fail(msg, "zstd frame header invalid");
-  if (declared != kContentSizeUnknown && declared != static_cast<unsigned long long>(size))
+  if (declared == kContentSizeUnknown)
+    return codec::fail(msg, "zstd frame does not declare its content size (SEAL's always do)");
+  if (declared != static_cast<unsigned long long>(size))
     return codec::fail(msg, "zstd frame declares a content size of %llu bytes; expected %lld",
                        declared, static_cast<long long>(size));
   // Exactly one frame, spanning the whole body: ZSTD_decompressDCtx alone would also accept

@@ -33,6 +33,7 @@ struct Signatures {
 struct DCtx;  // ZSTD_DCtx: opaque
 using Fn = Signatures<DCtx>;
 
+constexpr uint32_t kMagic = 0xFD2FB528;                       // ZSTD_MAGICNUMBER
 constexpr unsigned long long kContentSizeUnknown = 0ULL - 1;  // ZSTD_CONTENTSIZE_UNKNOWN
 constexpr unsigned long long kContentSizeError = 0ULL - 2;    // ZSTD_CONTENTSIZE_ERROR
 
@@ -54,8 +55,8 @@ struct Api {
 // The functions, resolved once (thread-safe); source == kNone when there is no library.
 const Api& api();
 
-// Exactly one zstd frame spanning [src, src + len), declaring (if it declares one) a content
-// size of exactly `size`, decoded into [dst, dst + size) and filling it. Checks the frame header
+// Exactly one zstd frame spanning [src, src + len), declaring a content size of exactly `size`,
+// decoded into [dst, dst + size) and filling it. Checks the frame header
 // before decoding anything; allocates nothing but a per-thread context. 0 on success, else 1
 // with a message in msg[kMsgLen] (also when there is no library: api().source == kNone).
 int decompress_frame(const uint8_t* src, int64_t len, uint8_t* dst, int64_t size, char* msg);
