@@ -291,11 +291,17 @@ def parse(blob: bytes | memoryview, layout: Layout) -> tuple[np.ndarray, tuple[i
             raise PayloadError(
                 f"compact version {ver}, flags {flags:#x} not supported (expected 1, bits 0-1)"
             )
-        got = (kk, nn, cc, d, tuple(rest[:4]), rest[4], bool(flags & FLAG_PAIR))
-        want = (k, n, layout.ciphertexts, layout.d, layout.parms_id, layout.scale, layout.pair)
-        if got != want:
+        # Each declared size against the batch's, named: they fix how many bytes follow.
+        for name, value, want in zip(
+            "KNCd", (kk, nn, cc, d), (k, n, layout.ciphertexts, layout.d), strict=True
+        ):
+            if value != want:
+                raise PayloadError(f"compact header: {name}={value}; the batch has {name}={want}")
+        got = (tuple(rest[:4]), rest[4], bool(flags & FLAG_PAIR))
+        if got != (layout.parms_id, layout.scale, layout.pair):
             raise PayloadError(
-                f"compact header (K, N, C, d, parms_id, scale, pair) = {got}; expected {want}"
+                f"compact header (parms_id, scale, pairing) = {got}; expected "
+                f"{(layout.parms_id, layout.scale, layout.pair)}"
             )
         primes_end = COMPACT.size + 8 * k
         if len(buf) < primes_end or np.frombuffer(
