@@ -64,6 +64,10 @@ big += struct.pack("<4Qd", 1, 2, 3, 4, 2.0**40) + struct.pack("<2Q", (1 << 59) +
 meta_huge = bytearray(stored)
 off = wire.parse_proto(memoryview(stored)).spans[0][0] + 16
 meta_huge[off + 41 : off + 57] = struct.pack("<QQ", 1 << 40, 1 << 20)  # N, K
+size_huge = bytearray(stored)
+size_huge[off + 33 : off + 41] = struct.pack("<Q", 1 << 40)  # the ciphertext's size (2 polys)
+count_huge = bytearray(stored)
+count_huge[off + 89 : off + 97] = struct.pack("<Q", 1 << 50)  # the residue array's count
 seal_huge = bytearray(stored)
 seal_huge[off - 8 : off] = struct.pack("<Q", 1 << 62)
 bad_c = bytearray(compact)
@@ -85,6 +89,8 @@ cases = {
     "zstd-no-content-size": with_first_ct(stock, lambda ct: zstd_header(ct, b"\x00\x38")),
     "seal-header-declaring-2^62": bytes(seal_huge),
     "ciphertext-meta-declaring-N2^40-K2^20": bytes(meta_huge),
+    "ciphertext-meta-declaring-size-2^40": bytes(size_huge),
+    "residue-array-declaring-2^50-values": bytes(count_huge),
     "proto-sizes-vs-ciphertexts": more_sizes,
     "proto-truncated": stock[: len(stock) // 2],
 }
@@ -150,6 +156,8 @@ FIELDS = {
         "N=1099511627776, K=1048576",
         "SEAL body holds",
     ],
+    "ciphertext-meta-declaring-size-2^40": ["ciphertext size 1099511627776; expected 2"],
+    "residue-array-declaring-2^50-values": ["residue array holds", "residue array header invalid"],
     "proto-sizes-vs-ciphertexts": ["3 sizes for 2 ciphertexts", "ciphertexts and 3 sizes"],
     "proto-truncated": ["exceeds the", "runs past the end"],
 }

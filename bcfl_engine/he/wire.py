@@ -6,7 +6,12 @@ and ``Serialization::Save``, TenSEAL's ``tensors.proto``, and bytes written by T
 SEAL object (``Serialization::Save``): a 16-byte header ``magic u16 = 0xA15E, header_size u8 =
 16, version_major u8, version_minor u8, compr_mode u8 (0 none, 1 zlib, 2 zstd), reserved u16 = 0,
 size u64`` (the whole object, header included), then the body, compressed as one zlib stream
-(``deflateInit``) or one zstd frame, or stored as is.
+(``deflateInit``) or one zstd frame, or stored as is. SEAL's zstd frames declare their content
+size; both codecs require it and check it against the ciphertext's size before decoding.
+
+Every size a payload declares (compact header, ciphertext count against ``d``, SEAL object size,
+ciphertext metadata, zstd content size) is checked against its byte length and the context
+before anything is allocated for it (``tests/test_he_sizes.py``).
 
 Ciphertext body (SEAL 4.x; 3.x lacks the correction factor and is refused here): ``parms_id
 4 x u64, is_ntt_form u8, size u64 (2 for a fresh ciphertext), poly_modulus_degree u64 (N),
