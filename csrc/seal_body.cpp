@@ -119,6 +119,12 @@ int seal_body(const uint8_t* p, int64_t len, const CkksLayout& lay, uint8_t* out
   const uint8_t* body = p + kSealHeader;
   const int64_t body_len = len - kSealHeader, size = kPrefix + 16 * lay.residues * lay.poly_degree;
   int rc = 0;
+  // At least a byte a residue: see check_body_length in bcfl_engine/he/seal.py.
+  if (p[5] != 0 && body_len < 2 * lay.residues * lay.poly_degree)
+    return fail(msg,
+                "compressed SEAL body of %lld bytes for %lld residues: fewer than one byte a "
+                "residue",
+                (long long)body_len, (long long)(2 * lay.residues * lay.poly_degree));
   switch (p[5]) {
     case 0:
       if (body_len != size)

@@ -73,6 +73,18 @@ seal_huge[off - 8 : off] = struct.pack("<Q", 1 << 62)
 bad_c = bytearray(compact)
 bad_c[12:16] = struct.pack("<I", layout.ciphertexts + 1000)
 more_sizes = stored + bytes([1 << 3, 0x80, 0x08])  # one more `sizes` entry (1024)
+# 100,000 ciphertexts of 27 bytes (a SEAL header, a zstd frame header claiming the right size,
+# an empty RLE block): 3 MB of payload claiming 3.2 GB of residues at this level.
+tiny_frame = bytes.fromhex("28b52ffd") + fcs8(expected) + bytes([0x03, 0, 0])
+tiny = SEAL_HEADER.pack(SEAL_MAGIC, 16, 4, 3, 2, 0, 16 + len(tiny_frame)) + tiny_frame
+first = wire.parse_proto(memoryview(stock))
+many = wire.write_proto(
+    [stock[o : o + n] for o, n in first.spans] + [tiny] * 99_998,
+    (1024,) * 100_000,
+    first.scale,
+    None,
+    False,
+)
 
 cases = {
     "compact-80B-declaring-200GiB": bytes(big),
@@ -93,6 +105,7 @@ cases = {
     "residue-array-declaring-2^50-values": bytes(count_huge),
     "proto-sizes-vs-ciphertexts": more_sizes,
     "proto-truncated": stock[: len(stock) // 2],
+    "100k-tiny-zstd-ciphertexts": many,
 }
 
 valid = {"compact": compact, "stock": stock}
@@ -160,6 +173,11 @@ FIELDS = {
     "residue-array-declaring-2^50-values": ["residue array holds", "residue array header invalid"],
     "proto-sizes-vs-ciphertexts": ["3 sizes for 2 ciphertexts", "ciphertexts and 3 sizes"],
     "proto-truncated": ["exceeds the", "runs past the end"],
+    "100k-tiny-zstd-ciphertexts": [
+        "fewer than one byte a residue",
+        "more than the 2 ciphertexts expected",
+        "100000 ciphertexts and 100000 sizes; expected 2",
+    ],
 }
 
 

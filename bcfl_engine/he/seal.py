@@ -95,17 +95,32 @@ def seal_header(buf: memoryview) -> tuple[int, int, int, int]:
     return major, minor, compr, size
 
 
+def check_body_length(compr: int, body_len: int, residues: int, poly_degree: int) -> None:
+    """A ciphertext body's length against the ``2 K N`` residues it must decode to.
+
+    Stored: exactly ``PREFIX + 16 K N`` bytes. Compressed: at least one byte a residue. Residues
+    are uniform below primes of 12 bits or more (``q = 1 mod 2N``, ``N >= 1024``): 1.5 bytes of
+    entropy each, which no compressor removes (zstd keeps 1.05x of it on stock payloads). A
+    shorter body is forged; it would let a few bytes (one zstd RLE block) claim a ciphertext's
+    worth of batch memory each. Both codecs apply it (csrc/seal_body.cpp).
+    """
+    expected = PREFIX + 16 * residues * poly_degree
+    if compr == COMPR_NONE and body_len != expected:
+        raise PayloadError(f"SEAL body holds {body_len} bytes; expected {expected}")
+    if compr != COMPR_NONE and body_len < 2 * residues * poly_degree:
+        raise PayloadError(
+            f"compressed SEAL body of {body_len} bytes for {2 * residues * poly_degree} "
+            "residues: fewer than one byte a residue"
+        )
+
+
 def seal_body(buf: memoryview, residues: int, poly_degree: int) -> tuple[tuple, memoryview]:
     """Decompress a SEAL ciphertext; (metadata tuple, residue bytes of a size-2 ciphertext)."""
     _, _, compr, _ = seal_header(buf)
     expected = PREFIX + 16 * residues * poly_degree
     body = buf[SEAL_HEADER.size :]
-    if compr == COMPR_NONE:
-        if len(body) != expected:
-            raise PayloadError(f"SEAL body holds {len(body)} bytes; expected {expected}")
-        raw = body
-    else:
-        raw = memoryview(_decompress(compr, body, expected))
+    check_body_length(compr, len(body), residues, poly_degree)
+    raw = body if compr == COMPR_NONE else memoryview(_decompress(compr, body, expected))
     meta = CT_META.unpack_from(raw, 0)
     dmagic, dhsize, _, _, dcompr, dres, dsize = SEAL_HEADER.unpack_from(raw, CT_META.size)
     (count,) = struct.unpack_from("<Q", raw, CT_META.size + SEAL_HEADER.size)

@@ -52,7 +52,9 @@ from .seal import COMPR_ZSTD as COMPR_ZSTD
 from .seal import (
     CT_META,
     PREFIX,
+    SEAL_HEADER,
     _decompress,
+    check_body_length,
     check_residues,
     seal_body,
     seal_header,
@@ -191,9 +193,14 @@ def peek(blob: bytes | memoryview, info: ContextInfo | None = None) -> Layout:
             )
         off, length = proto.spans[0]
         seal_header(buf[off : off + length])
-        meta, _ = seal_body(
-            buf[off : off + length], _residues_of(buf[off : off + length], info), info.poly_degree
-        )
+        k = _residues_of(buf[off : off + length], info)
+        meta, _ = seal_body(buf[off : off + length], k, info.poly_degree)
+        for c, (o, ln) in enumerate(proto.spans):  # what each ciphertext's bytes can hold
+            try:
+                _, _, compr, _ = seal_header(buf[o : o + ln])
+                check_body_length(compr, ln - SEAL_HEADER.size, k, info.poly_degree)
+            except PayloadError as exc:
+                raise PayloadError(f"ciphertext {c}: {exc}") from None
         pid, n, scale, pair = tuple(meta[:4]), meta[6], meta[8], proto.pair
         d, cts = proto.d if pair else sum(proto.sizes), len(proto.spans)
     level = info.level_of(pid)
