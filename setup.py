@@ -56,12 +56,13 @@ if ZSTD_HEADERS not in {"auto", "0", "1"}:
 
 
 def zstd_header() -> str | None:
-    """The directory holding zstd.h among the compiler's usual include paths, or None."""
+    """The directory holding zstd.h among the compiler's default include paths, or None.
+
+    Directories from CPATH and friends count too: whoever sets them sets LIBRARY_PATH as well.
+    """
     dirs = ["/usr/include", "/usr/local/include"]
     for var in ("CPATH", "C_INCLUDE_PATH", "CPLUS_INCLUDE_PATH"):
         dirs += [d for d in os.environ.get(var, "").split(os.pathsep) if d]
-    if os.environ.get("CONDA_PREFIX"):
-        dirs.append(os.path.join(os.environ["CONDA_PREFIX"], "include"))
     return next((d for d in dirs if os.path.exists(os.path.join(d, "zstd.h"))), None)
 
 

@@ -111,7 +111,6 @@ int inflate_zlib(const uint8_t* body, int64_t len, uint8_t* out, int64_t size, c
   return 0;
 }
 
-
 }  // namespace
 
 int seal_body(const uint8_t* p, int64_t len, const CkksLayout& lay, uint8_t* out,
