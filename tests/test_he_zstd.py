@@ -76,7 +76,7 @@ print(json.dumps({
 
 def _source_digest() -> str:
     h = hashlib.sha256()
-    for path in sorted([ROOT / "setup.py", *(ROOT / "csrc").iterdir()]):
+    for path in sorted([ROOT / "setup.py", *(p for p in (ROOT / "csrc").iterdir() if p.is_file())]):
         h.update(path.name.encode() + path.read_bytes())
     h.update(sys.version.encode())
     return h.hexdigest()[:16]
@@ -100,6 +100,7 @@ def headerless_build(
     built = list(out.glob("bcfl_engine/_C*"))
     if not built:
         env = {**os.environ, "BCFL_BUILD_EXT": "1", "BCFL_ZSTD_HEADERS": "0"}
+        env.pop("BCFL_SANITIZE", None)  # loaded into a plain interpreter below
         cmd = [sys.executable, "setup.py", "-q", "build_ext", "--build-lib", str(out)]
         run = subprocess.run(
             [*cmd, "--build-temp", str(out / "obj")],
