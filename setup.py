@@ -5,6 +5,12 @@ BCFL_BUILD_EXT selects how the extension ``bcfl_engine._C`` (csrc/, C++17 + Open
   1               build it or fail the install (CI)
   0               do not build it
 BCFL_NATIVE_ARCH=0 drops ``-march=native`` (set it when building a wheel for other machines).
+BCFL_ZSTD_HEADERS selects how the codec reaches zstd (TenSEAL's default compression):
+  auto (default)  zstd.h found: compile against it and link libzstd; else load libzstd.so.1 at
+                  run time (no headers needed; csrc/seal_zstd.h declares what it calls)
+  1               require zstd.h (fail the build without it)
+  0               never use zstd.h: the run-time path, as on a machine without libzstd-dev
+BCFL_BUILD_JOBS: parallel compile jobs (default: one per CPU).
 """
 
 from __future__ import annotations
@@ -44,10 +50,39 @@ class OptionalBuildExt(build_ext):
             print(f"WARNING: {ext.name} not built ({exc}); CPU paths fall back.", file=sys.stderr)
 
 
+ZSTD_HEADERS = os.environ.get("BCFL_ZSTD_HEADERS", "auto").strip().lower()
+if ZSTD_HEADERS not in {"auto", "0", "1"}:
+    sys.exit(f"BCFL_ZSTD_HEADERS must be auto, 0 or 1; got {ZSTD_HEADERS!r}")
+
+
+def zstd_header() -> str | None:
+    """The directory holding zstd.h among the compiler's default include paths, or None.
+
+    Directories from CPATH and friends count too: whoever sets them sets LIBRARY_PATH as well.
+    """
+    dirs = ["/usr/include", "/usr/local/include"]
+    for var in ("CPATH", "C_INCLUDE_PATH", "CPLUS_INCLUDE_PATH"):
+        dirs += [d for d in os.environ.get(var, "").split(os.pathsep) if d]
+    return next((d for d in dirs if os.path.exists(os.path.join(d, "zstd.h"))), None)
+
+
+def zstd_options() -> dict:
+    """Extension options for zstd: linked against the headers, or loaded at run time (dlopen)."""
+    found = zstd_header() if ZSTD_HEADERS != "0" else None
+    if ZSTD_HEADERS == "1" and found is None:
+        sys.exit("BCFL_ZSTD_HEADERS=1 but no zstd.h (install libzstd-dev)")
+    if found is None:
+        return {"libraries": ["z", "dl"], "define_macros": []}
+    return {"libraries": ["z", "zstd"], "define_macros": [("BCFL_HAVE_ZSTD", "1")]}
+
+
 def extensions() -> list:
     if BUILD_EXT == "0":
         return []
-    from pybind11.setup_helpers import Pybind11Extension
+    from pybind11.setup_helpers import ParallelCompile, Pybind11Extension
+
+    # Sources compile in parallel (setuptools alone compiles one file at a time).
+    ParallelCompile("BCFL_BUILD_JOBS").install()
 
     args = ["-O3", "-fopenmp", "-fno-math-errno"]
     if os.environ.get("BCFL_NATIVE_ARCH", "1") != "0":
@@ -66,10 +101,7 @@ def extensions() -> list:
             cxx_std=17,
             extra_compile_args=args,
             extra_link_args=link,
-            libraries=["z", "zstd"] if os.path.exists("/usr/include/zstd.h") else ["z"],
-            define_macros=[("BCFL_HAVE_ZSTD", "1")]
-            if os.path.exists("/usr/include/zstd.h")
-            else [],
+            **zstd_options(),
         )
     ]
 

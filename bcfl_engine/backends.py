@@ -16,6 +16,7 @@ place that imports the native extension.
 
 from __future__ import annotations
 
+import enum
 import functools
 import importlib
 import os
@@ -73,6 +74,49 @@ def _module_reason(name: str, extra: str) -> str | None:
     except ImportError as exc:
         return f"{name} not importable ({exc}); pip install 'bcfl_engine[{extra}]'"
     return None
+
+
+class ZstdPath(enum.Enum):
+    """Who decodes zstd-compressed SEAL bodies (TenSEAL's default compression) here."""
+
+    HEADERS = "native, built against the zstd headers and linked"
+    RUNTIME = "native, libzstd loaded at run time without headers"
+    PYTHON = "Python codec (zstandard)"
+    NONE = "none"
+
+
+@functools.cache
+def zstd_path() -> tuple[ZstdPath, str]:
+    """The zstd path in use and its detail (the library's path, or why the others are out).
+
+    The extension decodes zstd itself when it was built against ``zstd.h`` or found
+    ``libzstd.so.1`` at run time; otherwise the Python layer decompresses zstd bodies with
+    ``zstandard`` (the ``he`` extra) before the native codec sees them; with neither, zstd
+    payloads are rejected with a :class:`~bcfl_engine.errors.PayloadError`.
+    """
+    mod, reason = _load_native()
+    if mod is not None:
+        source, detail = mod.zstd_info()
+        if source == 1:
+            return ZstdPath.HEADERS, ""
+        if source == 2:
+            return ZstdPath.RUNTIME, detail
+        reason = f"the extension has no zstd: {detail}"
+    missing = _module_reason("zstandard", "he")
+    if missing is None:
+        return ZstdPath.PYTHON, f"{reason}; zstd bodies are decompressed in Python"
+    return ZstdPath.NONE, f"{reason}; {missing}: zstd-compressed TenSEAL payloads are rejected"
+
+
+def native_zstd() -> bool:
+    """Whether the extension decodes zstd bodies itself (else :func:`zstd_path` says who)."""
+    return zstd_path()[0] in (ZstdPath.HEADERS, ZstdPath.RUNTIME)
+
+
+def zstd_line() -> str:
+    """One line for ``bcfl info``: the zstd path and its detail."""
+    path, detail = zstd_path()
+    return f"zstd: {path.value}" + (f": {detail}" if detail else "")
 
 
 def interpret_mode() -> bool:

@@ -7,6 +7,7 @@
 
 #include "mean.h"
 #include "seal_codec.h"
+#include "seal_zstd.h"
 #include "ckks_sum.h"
 #include "ckks_accumulate.h"
 #include "median.h"
@@ -101,6 +102,12 @@ PYBIND11_MODULE(_C, m) {
     py::gil_scoped_release release;
     bcfl::parse_payloads(n, ptr<const uint64_t>(bufs), ptr<const int64_t>(lens), l, ptr<uint64_t>(out),
                          ptr<int32_t>(codes), ptr<uint8_t>(versions), ptr<char>(msgs));
+  });
+  // Who decodes zstd bodies: (0 none | 1 linked against zstd.h | 2 libzstd loaded at run time,
+  // the library's path or why there is none).
+  m.def("zstd_info", [] {
+    const bcfl::zstd::Api& z = bcfl::zstd::api();
+    return py::make_tuple(static_cast<int>(z.source), std::string(z.detail));
   });
   m.def("he_proto_size", [layout](const py::tuple& lay) { return bcfl::proto_size(layout(lay)); });
   // The CKKSVectorProto as a bytes object written in place (no second copy of ~8 MiB).

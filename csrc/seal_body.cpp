@@ -12,12 +12,9 @@
 #include <cstdio>
 
 #include "seal_format.h"
+#include "seal_zstd.h"
 #ifdef __AVX2__
 #include <immintrin.h>
-#endif
-#ifdef BCFL_HAVE_ZSTD
-#include <zstd.h>
-#include <zstd_errors.h>
 #endif
 
 namespace bcfl {
@@ -114,33 +111,6 @@ int inflate_zlib(const uint8_t* body, int64_t len, uint8_t* out, int64_t size, c
   return 0;
 }
 
-#ifdef BCFL_HAVE_ZSTD
-// One frame, decoded in one call straight into out: streaming decode through two output parts
-// (prefix, then residues) went through zstd's window buffer, an extra copy of every byte.
-int inflate_zstd(const uint8_t* body, int64_t len, uint8_t* out, int64_t size, char* msg) {
-  // One decompression context per thread: creating one costs ~100 KB of allocation.
-  thread_local struct Ctx {
-    ZSTD_DCtx* p = ZSTD_createDCtx();
-    ~Ctx() { ZSTD_freeDCtx(p); }
-  } ctx;
-  if (!ctx.p) return fail(msg, "zstd init failed");
-  // Exactly one frame, spanning the whole body: ZSTD_decompressDCtx alone would also accept
-  // several concatenated frames.
-  const size_t frame = ZSTD_findFrameCompressedSize(body, static_cast<size_t>(len));
-  if (ZSTD_isError(frame)) return fail(msg, "zstd body corrupt: %s", ZSTD_getErrorName(frame));
-  if (frame != static_cast<size_t>(len))
-    return fail(msg, "%lld trailing bytes after the zstd frame", (long long)(len - frame));
-  const size_t r = ZSTD_decompressDCtx(ctx.p, out, static_cast<size_t>(size), body, frame);
-  if (ZSTD_isError(r)) {
-    if (ZSTD_getErrorCode(r) == ZSTD_error_dstSize_tooSmall)
-      return fail(msg, "zstd body longer than expected");
-    return fail(msg, "zstd body corrupt: %s", ZSTD_getErrorName(r));
-  }
-  if (r != static_cast<size_t>(size)) return fail(msg, "zstd body shorter than expected");
-  return 0;
-}
-#endif
-
 }  // namespace
 
 int seal_body(const uint8_t* p, int64_t len, const CkksLayout& lay, uint8_t* out,
@@ -148,6 +118,12 @@ int seal_body(const uint8_t* p, int64_t len, const CkksLayout& lay, uint8_t* out
   const uint8_t* body = p + kSealHeader;
   const int64_t body_len = len - kSealHeader, size = kPrefix + 16 * lay.residues * lay.poly_degree;
   int rc = 0;
+  // At least a byte a residue: see check_body_length in bcfl_engine/he/seal.py.
+  if (p[5] != 0 && body_len < 2 * lay.residues * lay.poly_degree)
+    return fail(msg,
+                "compressed SEAL body of %lld bytes for %lld residues: fewer than one byte a "
+                "residue",
+                (long long)body_len, (long long)(2 * lay.residues * lay.poly_degree));
   switch (p[5]) {
     case 0:
       if (body_len != size)
@@ -160,11 +136,7 @@ int seal_body(const uint8_t* p, int64_t len, const CkksLayout& lay, uint8_t* out
       rc = inflate_zlib(body, body_len, out, size, msg);
       break;
     case 2:
-#ifdef BCFL_HAVE_ZSTD
-      rc = inflate_zstd(body, body_len, out, size, msg);
-#else
-      rc = fail(msg, "zstd-compressed SEAL body, but this build has no zstd");
-#endif
+      rc = zstd::decompress_frame(body, body_len, out, size, msg);
       break;
     default:
       return fail(msg, "unknown SEAL compression mode %d", p[5]);

@@ -202,13 +202,21 @@ int compact_header(const uint8_t* buf, int64_t len, const CkksLayout& lay, int64
   if (buf[4] != 1 || (flags & ~3))
     return fail(msg, "compact version %d, flags %#x not supported", buf[4], flags);
   *packed = flags & 1;
-  if (rd<uint16_t>(buf + 6) != lay.residues || rd<uint32_t>(buf + 8) != lay.poly_degree ||
-      rd<uint32_t>(buf + 12) != lay.ciphertexts ||
-      rd<uint64_t>(buf + 16) != static_cast<uint64_t>(lay.d) ||
-      std::memcmp(buf + 24, lay.parms_id, 32) != 0 || !(rd<double>(buf + 56) == lay.scale) ||
+  // Each declared size against the batch's, named: they fix how many bytes follow.
+  const struct {
+    const char* name;
+    uint64_t got, want;
+  } sizes[] = {{"K", rd<uint16_t>(buf + 6), static_cast<uint64_t>(lay.residues)},
+               {"N", rd<uint32_t>(buf + 8), static_cast<uint64_t>(lay.poly_degree)},
+               {"C", rd<uint32_t>(buf + 12), static_cast<uint64_t>(lay.ciphertexts)},
+               {"d", rd<uint64_t>(buf + 16), static_cast<uint64_t>(lay.d)}};
+  for (const auto& f : sizes)
+    if (f.got != f.want)
+      return fail(msg, "compact header: %s=%llu; the batch has %s=%llu", f.name,
+                  (unsigned long long)f.got, f.name, (unsigned long long)f.want);
+  if (std::memcmp(buf + 24, lay.parms_id, 32) != 0 || !(rd<double>(buf + 56) == lay.scale) ||
       ((flags & 2) != 0) != (lay.pair != 0))
-    return fail(msg,
-                "compact header (K, N, C, d, parms_id, scale, pairing) differs from the batch's");
+    return fail(msg, "compact header (parms_id, scale, pairing) differs from the batch's");
   const int64_t k = lay.residues, n = lay.poly_degree;
   if (len < kCompactHeader + 8 * k || std::memcmp(buf + kCompactHeader, lay.primes, 8 * k) != 0)
     return fail(msg, "compact primes differ from the batch's");

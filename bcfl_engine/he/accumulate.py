@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..backends import native
+from ..backends import native, native_zstd
 from ..errors import PayloadError
 from . import wire
 from .ckks_sum import shoup_tables
@@ -62,6 +62,15 @@ def accumulate(
     parser's message.
     """
     n = len(payloads)
+    if not native_zstd():  # the Python codec decompresses zstd bodies for the extension
+        decoded = []
+        for i, blob in enumerate(payloads):
+            try:
+                decoded.append(wire.without_zstd(blob, layout.residues, layout.poly_degree))
+            except PayloadError as exc:
+                name = i if client_ids is None else client_ids[i]
+                raise PayloadError(f"client {name!r}: {exc}") from None
+        payloads = decoded
     views = [np.frombuffer(b, dtype=np.uint8) for b in payloads]
     addrs = np.array([v.ctypes.data if v.size else 0 for v in views], dtype=np.uint64)
     lens = np.array([v.size for v in views], dtype=np.int64)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..backends import _load_native, native
+from ..backends import _load_native, native, native_zstd
 from ..errors import BatchFull, DuplicateClient, InvalidArgument, PayloadError
 from . import wire
 from .accumulate import native_layout
@@ -23,6 +23,13 @@ def _address(blob: Any) -> tuple[np.ndarray, int]:
     """A uint8 view of ``blob`` (no copy) and the address of its first byte."""
     arr = np.frombuffer(blob, dtype=np.uint8)
     return arr, arr.ctypes.data if arr.size else 0
+
+
+def native_input(blob: Any, layout: wire.Layout) -> Any:
+    """``blob`` as the native codec reads it: as is, or with its zstd bodies decompressed by the
+    Python codec when the extension has no zstd library (:func:`~bcfl_engine.backends.zstd_path`).
+    """
+    return blob if native_zstd() else wire.without_zstd(blob, layout.residues, layout.poly_degree)
 
 
 class CiphertextBatch:
@@ -92,7 +99,7 @@ class CiphertextBatch:
     def _parse_row(self, row: int, blob: Any) -> tuple[int, int] | None:
         assert self.layout is not None and self.data is not None
         if self.codec == "native":
-            arr, addr = _address(blob)
+            arr, addr = _address(native_input(blob, self.layout))
             rc, msg, major, minor = native().he_parse(
                 addr, arr.size, self._native_layout, self.data[row].data_ptr()
             )
@@ -151,9 +158,14 @@ class CiphertextBatch:
                 except PayloadError as exc:
                     raise PayloadError(f"client {ids[j]!r}: {exc}") from None
             return out
-        assert self.data is not None
+        assert self.data is not None and self.layout is not None
         n = len(blobs)
-        views = [_address(b) for b in blobs]
+        views = []
+        for j, blob in enumerate(blobs):
+            try:
+                views.append(_address(native_input(blob, self.layout)))
+            except PayloadError as exc:
+                raise PayloadError(f"client {ids[j]!r}: {exc}") from None
         addrs = np.array([a for _, a in views], dtype=np.uint64)
         lens = np.array([v.size for v, _ in views], dtype=np.int64)
         codes = np.zeros(n, dtype=np.int32)

@@ -6,16 +6,43 @@ from __future__ import annotations
 
 import struct
 import zlib
+from typing import Any
 
 import numpy as np
 
 from ..errors import PayloadError
+from .proto import _put_varint, parse_proto
 
 SEAL_MAGIC = 0xA15E
 SEAL_HEADER = struct.Struct("<HBBBBHQ")  # magic, header size, major, minor, compr, reserved, size
 COMPR_NONE, COMPR_ZLIB, COMPR_ZSTD = 0, 1, 2
 CT_META = struct.Struct("<4QBQQQdQ")  # parms_id, ntt, size, N, K, scale, correction factor (73 B)
 PREFIX = CT_META.size + SEAL_HEADER.size + 8  # metadata, DynArray header, count: 97 bytes
+ZSTD_MAGIC = 0xFD2FB528
+_FCS_BYTES = (0, 2, 4, 8)  # Frame_Content_Size bytes by the descriptor's top two bits
+_DICT_BYTES = (0, 1, 2, 4)  # Dictionary_ID bytes by its bottom two bits
+
+
+def zstd_content_size(frame: memoryview) -> int:
+    """The content size a zstd frame's header declares (RFC 8878, 3.1.1.1), read before decoding.
+
+    SEAL always declares it; a frame that does not, or whose header is cut short or malformed,
+    raises :class:`PayloadError`. Both codecs refuse the same frames (csrc/seal_zstd.cpp).
+    """
+    if len(frame) < 5 or struct.unpack_from("<I", frame, 0)[0] != ZSTD_MAGIC:
+        raise PayloadError("SEAL body is not a zstd frame (bad magic number)")
+    fhd = frame[4]
+    single = bool(fhd & 0x20)
+    if fhd & 0x08:
+        raise PayloadError("zstd frame header invalid (reserved bit set)")
+    fcs_bytes = _FCS_BYTES[fhd >> 6] or (1 if single else 0)
+    pos = 5 + (0 if single else 1) + _DICT_BYTES[fhd & 3]
+    if fcs_bytes == 0:
+        raise PayloadError("zstd frame does not declare its content size (SEAL's always do)")
+    if len(frame) < pos + fcs_bytes:
+        raise PayloadError("zstd frame header invalid (cut short)")
+    size = int.from_bytes(frame[pos : pos + fcs_bytes], "little")
+    return size + 256 if fcs_bytes == 2 else size
 
 
 def _decompress(mode: int, body: memoryview, expected: int) -> bytes:
@@ -36,6 +63,12 @@ def _decompress(mode: int, body: memoryview, expected: int) -> bytes:
         raise PayloadError(
             "zstd-compressed SEAL body but neither bcfl_engine._C nor zstandard"
         ) from None
+    # zstandard allocates whatever the frame declares (1 TiB from 20 bytes): check it first.
+    declared = zstd_content_size(body)
+    if declared != expected:
+        raise PayloadError(
+            f"zstd frame declares a content size of {declared} bytes; expected {expected}"
+        )
     try:
         dctx = zstandard.ZstdDecompressor()
         out = dctx.decompress(body, max_output_size=expected + 1, allow_extra_data=False)
@@ -62,17 +95,32 @@ def seal_header(buf: memoryview) -> tuple[int, int, int, int]:
     return major, minor, compr, size
 
 
+def check_body_length(compr: int, body_len: int, residues: int, poly_degree: int) -> None:
+    """A ciphertext body's length against the ``2 K N`` residues it must decode to.
+
+    Stored: exactly ``PREFIX + 16 K N`` bytes. Compressed: at least one byte a residue. Residues
+    are uniform below primes of 12 bits or more (``q = 1 mod 2N``, ``N >= 1024``): 1.5 bytes of
+    entropy each, which no compressor removes (zstd keeps 1.05x of it on stock payloads). A
+    shorter body is forged; it would let a few bytes (one zstd RLE block) claim a ciphertext's
+    worth of batch memory each. Both codecs apply it (csrc/seal_body.cpp).
+    """
+    expected = PREFIX + 16 * residues * poly_degree
+    if compr == COMPR_NONE and body_len != expected:
+        raise PayloadError(f"SEAL body holds {body_len} bytes; expected {expected}")
+    if compr != COMPR_NONE and body_len < 2 * residues * poly_degree:
+        raise PayloadError(
+            f"compressed SEAL body of {body_len} bytes for {2 * residues * poly_degree} "
+            "residues: fewer than one byte a residue"
+        )
+
+
 def seal_body(buf: memoryview, residues: int, poly_degree: int) -> tuple[tuple, memoryview]:
     """Decompress a SEAL ciphertext; (metadata tuple, residue bytes of a size-2 ciphertext)."""
     _, _, compr, _ = seal_header(buf)
     expected = PREFIX + 16 * residues * poly_degree
     body = buf[SEAL_HEADER.size :]
-    if compr == COMPR_NONE:
-        if len(body) != expected:
-            raise PayloadError(f"SEAL body holds {len(body)} bytes; expected {expected}")
-        raw = body
-    else:
-        raw = memoryview(_decompress(compr, body, expected))
+    check_body_length(compr, len(body), residues, poly_degree)
+    raw = body if compr == COMPR_NONE else memoryview(_decompress(compr, body, expected))
     meta = CT_META.unpack_from(raw, 0)
     dmagic, dhsize, _, _, dcompr, dres, dsize = SEAL_HEADER.unpack_from(raw, CT_META.size)
     (count,) = struct.unpack_from("<Q", raw, CT_META.size + SEAL_HEADER.size)
@@ -84,6 +132,44 @@ def seal_body(buf: memoryview, residues: int, poly_degree: int) -> tuple[tuple, 
             f"residue array holds {count} values; expected {2 * residues * poly_degree}"
         )
     return meta, raw[PREFIX : PREFIX + data_bytes]
+
+
+def without_zstd(blob: Any, residues: int, poly_degree: int) -> Any:
+    """``blob`` with each zstd-compressed SEAL body stored instead, decompressed here (zstandard).
+
+    For a native codec without a zstd library: it then reads the stored bodies (``residues`` K
+    and ``poly_degree`` N: the batch's, which fix each body's size). The rest of the
+    payload is kept byte for byte, so that codec still checks everything else; a compact payload
+    or one without zstd bodies is returned as is. Raises :class:`PayloadError` as the Python
+    codec does on a bad zstd body.
+    """
+    buf = memoryview(blob)
+    if bytes(buf[:4]) == b"BCKS":  # compact (wire.COMPACT_MAGIC): no SEAL bodies
+        return blob
+    try:
+        spans = parse_proto(buf).spans
+    except PayloadError:
+        return blob  # the native codec names the framing error
+    zstd = [(o, n) for o, n in spans if n >= 16 and buf[o + 5] == COMPR_ZSTD]
+    if not zstd:
+        return blob
+    size = PREFIX + 16 * residues * poly_degree
+    parts: list[bytes | memoryview] = []
+    pos = 0
+    for off, length in zstd:
+        ct = buf[off : off + length]
+        major, minor, _, _ = seal_header(ct)
+        raw = _decompress(COMPR_ZSTD, ct[16:], size)
+        start = off - 1  # the length varint ends at off; each byte before its last has bit 7 set
+        while start > 0 and buf[start - 1] & 0x80:
+            start -= 1
+        head = bytearray()
+        _put_varint(head, 16 + len(raw))
+        parts += [buf[pos:start], bytes(head)]
+        parts += [SEAL_HEADER.pack(SEAL_MAGIC, 16, major, minor, COMPR_NONE, 0, 16 + len(raw)), raw]
+        pos = off + length
+    parts.append(buf[pos:])
+    return b"".join(parts)
 
 
 def check_residues(x: np.ndarray, primes: tuple[int, ...], where: str) -> None:

@@ -6,7 +6,12 @@ and ``Serialization::Save``, TenSEAL's ``tensors.proto``, and bytes written by T
 SEAL object (``Serialization::Save``): a 16-byte header ``magic u16 = 0xA15E, header_size u8 =
 16, version_major u8, version_minor u8, compr_mode u8 (0 none, 1 zlib, 2 zstd), reserved u16 = 0,
 size u64`` (the whole object, header included), then the body, compressed as one zlib stream
-(``deflateInit``) or one zstd frame, or stored as is.
+(``deflateInit``) or one zstd frame, or stored as is. SEAL's zstd frames declare their content
+size; both codecs require it and check it against the ciphertext's size before decoding.
+
+Every size a payload declares (compact header, ciphertext count against ``d``, SEAL object size,
+ciphertext metadata, zstd content size) is checked against its byte length and the context
+before anything is allocated for it (``tests/test_he_sizes.py``).
 
 Ciphertext body (SEAL 4.x; 3.x lacks the correction factor and is refused here): ``parms_id
 4 x u64, is_ntt_form u8, size u64 (2 for a fresh ciphertext), poly_modulus_degree u64 (N),
@@ -47,12 +52,16 @@ from .seal import COMPR_ZSTD as COMPR_ZSTD
 from .seal import (
     CT_META,
     PREFIX,
+    SEAL_HEADER,
     _decompress,
+    check_body_length,
     check_residues,
     seal_body,
     seal_header,
     write_seal_ciphertext,
+    zstd_content_size,
 )
+from .seal import without_zstd as without_zstd
 
 COMPACT_MAGIC = b"BCKS"
 COMPACT = struct.Struct("<4sBBHIIQ4Qd")  # 64 bytes
@@ -161,41 +170,39 @@ def peek(blob: bytes | memoryview, info: ContextInfo | None = None) -> Layout:
     """
     buf = memoryview(blob)
     if bytes(buf[:4]) == COMPACT_MAGIC:
-        if len(buf) < COMPACT.size:
-            raise PayloadError(f"compact payload of {len(buf)} bytes is shorter than its header")
-        _, _, flags, k, n, _, d, *rest = COMPACT.unpack_from(buf, 0)
-        pid, scale, pair = tuple(rest[:4]), rest[4], bool(flags & FLAG_PAIR)
-        if len(buf) < COMPACT.size + 8 * k:
-            raise PayloadError(
-                f"compact payload of {len(buf)} bytes is shorter than its {k} primes"
-            )
-        primes = tuple(
-            int(q) for q in np.frombuffer(buf[COMPACT.size : COMPACT.size + 8 * k], "<u8")
-        )
+        compact = compact_layout(buf)
         if info is None:
-            if not (1 <= k <= 64 and n in POLY_DEGREES and all(1 < q < 2**60 for q in primes)):
-                raise PayloadError(
-                    f"compact header: K={k}, N={n}, primes {primes} not a CKKS level"
-                )
-            if not 1 <= d <= MAX_CIPHERTEXTS * (n // 2) or not scale > 0:
-                raise PayloadError(f"compact header: d={d}, scale={scale!r} out of range")
-            return Layout(n, primes, pid, scale, chunk_sizes(d, n // 2, pair), d, pair)
+            return compact
+        pid, n, scale = compact.parms_id, compact.poly_degree, compact.scale
+        d: int | None = compact.d
+        pair, cts = compact.pair, compact.ciphertexts
         level = info.level_of(pid)
-        if level is not None and level.primes != primes:
-            raise PayloadError(f"compact primes {primes} are not those of its level {level.primes}")
+        if level is not None and level.primes != compact.primes:
+            raise PayloadError(
+                f"compact primes {compact.primes} are not those of its level {level.primes}"
+            )
     else:
         if info is None:
             raise PayloadError("a TenSEAL payload carries no primes: pass the public context")
         proto = parse_proto(buf)
         if not proto.spans:
             raise PayloadError("CKKSVectorProto holds no ciphertext")
+        if len(proto.sizes) != len(proto.spans):
+            raise PayloadError(
+                f"CKKSVectorProto: {len(proto.sizes)} sizes for {len(proto.spans)} ciphertexts"
+            )
         off, length = proto.spans[0]
         seal_header(buf[off : off + length])
-        meta, _ = seal_body(
-            buf[off : off + length], _residues_of(buf[off : off + length], info), info.poly_degree
-        )
+        k = _residues_of(buf[off : off + length], info)
+        meta, _ = seal_body(buf[off : off + length], k, info.poly_degree)
+        for c, (o, ln) in enumerate(proto.spans):  # what each ciphertext's bytes can hold
+            try:
+                _, _, compr, _ = seal_header(buf[o : o + ln])
+                check_body_length(compr, ln - SEAL_HEADER.size, k, info.poly_degree)
+            except PayloadError as exc:
+                raise PayloadError(f"ciphertext {c}: {exc}") from None
         pid, n, scale, pair = tuple(meta[:4]), meta[6], meta[8], proto.pair
-        d = proto.d if pair else sum(proto.sizes)
+        d, cts = proto.d if pair else sum(proto.sizes), len(proto.spans)
     level = info.level_of(pid)
     if level is None:
         raise PayloadError(
@@ -207,22 +214,65 @@ def peek(blob: bytes | memoryview, info: ContextInfo | None = None) -> Layout:
         raise PayloadError(f"scale {scale!r}; the context's scale is {info.scale!r}")
     if not 1 <= int(d or 0) <= MAX_CIPHERTEXTS * info.slots:
         raise PayloadError(f"vector length {d} out of range [1, {MAX_CIPHERTEXTS * info.slots}]")
+    want = -(-int(d or 0) // (info.slots * (2 if pair else 1)))
+    if want != cts:  # what d declares against the ciphertexts the bytes hold
+        raise PayloadError(f"vector length d={d} needs {want} ciphertexts; the payload holds {cts}")
     sizes = chunk_sizes(int(d or 0), info.slots, pair)
     return Layout(info.poly_degree, level.primes, level.parms_id, scale, sizes, int(d or 0), pair)
+
+
+def compact_layout(buf: memoryview) -> Layout:
+    """The layout a compact payload's header declares, checked against its byte length.
+
+    Every declared size (K, N, C, d) is bounded and the payload must hold exactly the bytes they
+    imply before anything is allocated for it: an 80-byte payload cannot declare 200 GiB.
+    """
+    if len(buf) < COMPACT.size:
+        raise PayloadError(f"compact payload of {len(buf)} bytes is shorter than its header")
+    _, ver, flags, k, n, c, d, *rest = COMPACT.unpack_from(buf, 0)
+    if ver != 1 or flags & ~(FLAG_BITPACKED | FLAG_PAIR):
+        raise PayloadError(
+            f"compact version {ver}, flags {flags:#x} not supported (expected 1, bits 0-1)"
+        )
+    pid, scale, pair = tuple(rest[:4]), rest[4], bool(flags & FLAG_PAIR)
+    if not (1 <= k <= 64 and n in POLY_DEGREES):
+        raise PayloadError(f"compact header: K={k}, N={n} not a CKKS level")
+    if len(buf) < COMPACT.size + 8 * k:
+        raise PayloadError(f"compact payload of {len(buf)} bytes is shorter than its {k} primes")
+    primes = tuple(int(q) for q in np.frombuffer(buf[COMPACT.size : COMPACT.size + 8 * k], "<u8"))
+    if not all(1 < q < 2**60 for q in primes):
+        raise PayloadError(f"compact header: primes {primes} not a CKKS level")
+    if not 1 <= d <= MAX_CIPHERTEXTS * (n // 2) or not scale > 0:
+        raise PayloadError(f"compact header: d={d}, scale={scale!r} out of range")
+    per = (n // 2) * (2 if pair else 1)
+    if c != -(-d // per):
+        raise PayloadError(f"compact header: d={d} reals need {-(-d // per)} ciphertexts; C={c}")
+    packed = bool(flags & FLAG_BITPACKED)
+    want = COMPACT.size + 8 * k + c * 2 * sum(row_bytes(q.bit_length(), n, packed) for q in primes)
+    if len(buf) != want:
+        raise PayloadError(
+            f"compact payload holds {len(buf)} bytes; its header (K={k}, N={n}, C={c}) declares {want}"
+        )
+    return Layout(n, primes, pid, scale, chunk_sizes(d, n // 2, pair), d, pair)
 
 
 def _residues_of(ct: memoryview, info: ContextInfo) -> int:
     """K of a SEAL ciphertext, read from its (decompressed) metadata."""
     _, _, compr, _ = seal_header(ct)
     body = ct[16:]
+    sizes = [PREFIX + 16 * len(level.primes) * info.poly_degree for level in info.levels]
+    if compr == COMPR_ZSTD:  # the frame declares its size: one of the levels', or nothing decoded
+        declared = zstd_content_size(body)
+        if declared not in sizes:
+            raise PayloadError(
+                f"zstd frame declares a content size of {declared} bytes; a ciphertext of this "
+                f"context has one of {sorted(set(sizes))}"
+            )
+        return _k_from(memoryview(_decompress(compr, body, declared)))
     if compr != COMPR_NONE:
-        for level in info.levels:  # the body length depends on K: try each level of the chain
+        for size in sizes:  # the body length depends on K: try each level of the chain
             try:
-                return _k_from(
-                    memoryview(
-                        _decompress(compr, body, PREFIX + 16 * len(level.primes) * info.poly_degree)
-                    )
-                )
+                return _k_from(memoryview(_decompress(compr, body, size)))
             except PayloadError:
                 continue
         raise PayloadError(
@@ -253,11 +303,17 @@ def parse(blob: bytes | memoryview, layout: Layout) -> tuple[np.ndarray, tuple[i
             raise PayloadError(
                 f"compact version {ver}, flags {flags:#x} not supported (expected 1, bits 0-1)"
             )
-        got = (kk, nn, cc, d, tuple(rest[:4]), rest[4], bool(flags & FLAG_PAIR))
-        want = (k, n, layout.ciphertexts, layout.d, layout.parms_id, layout.scale, layout.pair)
-        if got != want:
+        # Each declared size against the batch's, named: they fix how many bytes follow.
+        for name, value, want in zip(
+            "KNCd", (kk, nn, cc, d), (k, n, layout.ciphertexts, layout.d), strict=True
+        ):
+            if value != want:
+                raise PayloadError(f"compact header: {name}={value}; the batch has {name}={want}")
+        got = (tuple(rest[:4]), rest[4], bool(flags & FLAG_PAIR))
+        if got != (layout.parms_id, layout.scale, layout.pair):
             raise PayloadError(
-                f"compact header (K, N, C, d, parms_id, scale, pair) = {got}; expected {want}"
+                f"compact header (parms_id, scale, pairing) = {got}; expected "
+                f"{(layout.parms_id, layout.scale, layout.pair)}"
             )
         primes_end = COMPACT.size + 8 * k
         if len(buf) < primes_end or np.frombuffer(
