@@ -404,3 +404,117 @@ def test_ckks_round_rejects_a_truncated_ciphertext(ledger, tmp_path, ckks_keys):
     with pytest.raises(PayloadError, match=ADDRESSES[1].lower()):
         rnd.submit(sign_payload(KEYS[1], task, 1, blob[:-100], ledger.domain))
     assert len(rnd) == 1
+
+
+def _tenseal_top_level(keys, x):
+    """A stock TenSEAL payload (top level, two primes of the default preset), stored
+    uncompressed: this build's native codec reads no zstd."""
+    import tenseal as ts
+
+    from bcfl_engine.he import wire
+
+    blob = ts.ckks_vector(keys.secret_context, x.tolist()).serialize()
+    layout = wire.peek(blob, keys.info)
+    residues, version = wire.parse(blob, layout)
+    return wire.to_tenseal(residues, layout, layout.scale, version, 0)
+
+
+MISMATCHES = {
+    "length": lambda he, keys, pub: he.encrypt(torch.ones(D + 1).numpy(), pub),
+    "chunks": lambda he, keys, pub: he.encrypt(torch.ones(5000).numpy(), pub),
+    "paired": lambda he, keys, pub: he.encrypt(torch.ones(D).numpy(), pub, pair=True),
+    "level": lambda he, keys, pub: _tenseal_top_level(keys, torch.ones(D).double()),
+}
+
+
+@pytest.mark.parametrize("case", list(MISMATCHES))
+def test_ckks_payload_unlike_the_first_is_rejected_and_the_round_finalizes(
+    ledger, tmp_path, ckks_keys, case
+):
+    from bcfl_engine import he
+
+    task = new_task(ledger)
+    public = ckks_keys.public_context()
+    rnd = AggregationRound(
+        ledger, task, 1, tmp_path, participants=ADDRESSES[:N], secure="ckks", he_context=public
+    )
+    x = make_updates(N, D, seed=11)
+    rnd.submit(sign_payload(KEYS[0], task, 1, he.encrypt(x[0].numpy(), public), ledger.domain))
+    odd = MISMATCHES[case](he, ckks_keys, public)
+    he.CiphertextBatch(public, 1).add("alone", odd)  # a valid payload for the context on its own
+    with pytest.raises(PayloadError, match=ADDRESSES[1].lower()):
+        rnd.submit(sign_payload(KEYS[1], task, 1, odd, ledger.domain))
+    assert len(rnd) == 1 and len(PayloadStore(tmp_path).accepted(task, 1)) == 1
+    for i in range(1, N):
+        rnd.submit(sign_payload(KEYS[i], task, 1, he.encrypt(x[i].numpy(), public), ledger.domain))
+    got = torch.as_tensor(he.decrypt(rnd.finalize().update, ckks_keys.secret_context))[:D]
+    assert float((got - x.double().sum(0)).abs().max()) <= N * ckks_keys.preset.precision
+    report = audit(ledger, task, 1, tmp_path)
+    assert report.ok, report.summary()
+
+
+# ---- restarts: a committed round, a fresh chain on the same store ----------------------------
+
+
+def _files(root: Path) -> list[tuple[Path, bytes]]:
+    return sorted((p, p.read_bytes()) for p in root.rglob("*") if p.is_file())
+
+
+def test_a_committed_round_refuses_payloads_after_a_restart(ledger, tmp_path):
+    from bcfl_engine.chain.errors import RoundConflict
+
+    task = new_task(ledger)
+    ps = payloads(ledger, task, 1, make_updates(N, D, seed=12))
+    first = make_round(ledger, task, tmp_path)
+    for p in ps[:3]:
+        first.submit(p)
+    res = first.finalize()
+    before, block = _files(tmp_path), ledger.w3.eth.block_number
+    again = make_round(ledger, task, tmp_path)  # the aggregator restarted after the commit
+    assert again.committed and again.clients == res.clients
+    with pytest.raises(PayloadError, match="already committed"):
+        again.submit(ps[3])
+    with pytest.raises(PayloadError, match="already committed"):
+        again.submit(ps[0])
+    out = again.finalize()
+    assert (out.root, out.result_digest, out.meta_hash) == (
+        res.root,
+        res.result_digest,
+        res.meta_hash,
+    )
+    assert torch.equal(out.update, res.update) and out.receipt.noop and out.gas_used == res.gas_used
+    assert out.proof(1) == res.proof(1)
+    assert ledger.w3.eth.block_number == block and _files(tmp_path) == before  # nothing sent
+    lost = make_round(ledger, task, tmp_path / "elsewhere")  # a store without its records
+    with pytest.raises(PayloadError, match="already committed"):
+        lost.submit(ps[3])
+    with pytest.raises(RoundConflict, match="holds none"):
+        lost.finalize()
+
+
+def test_a_rerun_on_a_fresh_embedded_chain_is_a_new_run(tmp_path):
+    """Same deterministic chain: task 1 at the same registry address, same clients, one store."""
+    seen, ledgers = [], []
+    for run in range(2):
+        fresh = Ledger.embedded()
+        ledgers.append(fresh)
+        task = new_task(fresh)
+        seen.append((fresh.chain_id, fresh.address, task))
+        x = make_updates(N, D, seed=20 + run)
+        rnd = make_round(fresh, task, tmp_path)
+        assert len(rnd) == 0
+        ps = payloads(fresh, task, 1, x)
+        for p in ps[:2]:
+            rnd.submit(p)
+        resumed = make_round(fresh, task, tmp_path)  # resume within a run still works
+        assert resumed.clients == rnd.clients
+        for p in ps[2:]:
+            resumed.submit(p)
+        res = resumed.finalize()
+        w = torch.arange(1, N + 1, dtype=torch.float64)
+        assert_close(res.update, (w[:, None] * x.double()).sum(0) / w.sum())
+        report = audit(fresh, task, 1, tmp_path)
+        assert report.ok, report.summary()
+    assert seen[0] == seen[1]  # the scenario: nothing but the chain's history tells them apart
+    assert len(list((tmp_path / "rounds").iterdir())) == 2
+    assert audit(ledgers[0], 1, 1, tmp_path).ok  # the first run stays auditable
