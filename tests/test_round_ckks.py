@@ -1,0 +1,128 @@
+"""AggregationRound on CKKS ciphertexts (real TenSEAL keys and payloads), on the embedded chain.
+
+Payloads are compact ones from he.encrypt, or stock TenSEAL ones stored uncompressed: this
+machine's native codec reads no zstd yet.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import make_updates
+
+from bcfl_engine.errors import PayloadError
+from bcfl_engine.round import AggregationRound, audit, sign_payload
+from bcfl_engine.store import PayloadStore
+from bcfl_engine.updates import keccak256
+
+pytest.importorskip("web3")
+pytest.importorskip("tenseal")
+from eth_account import Account
+
+from bcfl_engine.chain import Ledger
+
+N, D = 5, 7
+KEYS = [keccak256(f"test hospital {i}".encode()) for i in range(N)]
+ADDRESSES = [Account.from_key(k).address for k in KEYS]
+
+
+@pytest.fixture(scope="module")
+def ledger():
+    return Ledger.embedded()
+
+
+def new_task(ledger) -> int:
+    return ledger.create_task(aggregator=ledger.sender, participants=ADDRESSES, model_spec=b"t")
+
+
+@pytest.fixture(scope="module")
+def ckks_keys():
+    he = pytest.importorskip("bcfl_engine.he")
+    if not hasattr(he, "encrypt"):
+        pytest.skip("bcfl_engine.he has no encrypt in this build yet")
+    return he.generate_keys("default")
+
+
+def test_ckks_round_decrypts_to_the_weighted_sum_and_audits(ledger, tmp_path, ckks_keys):
+    from bcfl_engine import he
+
+    task = new_task(ledger)
+    public = ckks_keys.public_context()
+    x = make_updates(N, D, seed=9)
+    rnd = AggregationRound(
+        ledger, task, 1, tmp_path, participants=ADDRESSES[:N], secure="ckks", he_context=public
+    )
+    for i in range(N):
+        blob = he.encrypt(x[i].numpy(), public)
+        rnd.submit(sign_payload(KEYS[i], task, 1, blob, ledger.domain, weight=i + 1))
+    res = rnd.finalize()
+    assert isinstance(res.update, bytes) and res.result_digest == keccak256(res.update)
+    w = torch.arange(1, N + 1, dtype=torch.float64)
+    got = torch.as_tensor(he.decrypt(res.update, ckks_keys.secret_context))[:D]
+    expected = (w[:, None] * x.double()).sum(0)
+    # the sum of n ciphertexts is within sum_i w_i * precision of the plaintext weighted sum
+    assert float((got - expected).abs().max()) <= float(w.sum()) * ckks_keys.preset.precision
+    report = audit(ledger, task, 1, tmp_path)
+    assert report.ok, report.summary()
+
+
+def test_ckks_round_rejects_a_truncated_ciphertext(ledger, tmp_path, ckks_keys):
+    from bcfl_engine import he
+
+    task = new_task(ledger)
+    public = ckks_keys.public_context()
+    rnd = AggregationRound(
+        ledger, task, 1, tmp_path, participants=ADDRESSES[:N], secure="ckks", he_context=public
+    )
+    blob = he.encrypt(torch.ones(D).numpy(), public)
+    rnd.submit(sign_payload(KEYS[0], task, 1, blob, ledger.domain))
+    with pytest.raises(PayloadError, match=ADDRESSES[1].lower()):
+        rnd.submit(sign_payload(KEYS[1], task, 1, blob[:-100], ledger.domain))
+    assert len(rnd) == 1
+
+
+def _tenseal_top_level(keys, x):
+    """A stock TenSEAL payload (top level, two primes of the default preset), stored
+    uncompressed: this build's native codec reads no zstd."""
+    import tenseal as ts
+
+    from bcfl_engine.he import wire
+
+    blob = ts.ckks_vector(keys.secret_context, x.tolist()).serialize()
+    layout = wire.peek(blob, keys.info)
+    residues, version = wire.parse(blob, layout)
+    return wire.to_tenseal(residues, layout, layout.scale, version, 0)
+
+
+MISMATCHES = {
+    "length": lambda he, keys, pub: he.encrypt(torch.ones(D + 1).numpy(), pub),
+    "chunks": lambda he, keys, pub: he.encrypt(torch.ones(5000).numpy(), pub),
+    "paired": lambda he, keys, pub: he.encrypt(torch.ones(D).numpy(), pub, pair=True),
+    "level": lambda he, keys, pub: _tenseal_top_level(keys, torch.ones(D).double()),
+}
+
+
+@pytest.mark.parametrize("case", list(MISMATCHES))
+def test_ckks_payload_unlike_the_first_is_rejected_and_the_round_finalizes(
+    ledger, tmp_path, ckks_keys, case
+):
+    from bcfl_engine import he
+
+    task = new_task(ledger)
+    public = ckks_keys.public_context()
+    rnd = AggregationRound(
+        ledger, task, 1, tmp_path, participants=ADDRESSES[:N], secure="ckks", he_context=public
+    )
+    x = make_updates(N, D, seed=11)
+    rnd.submit(sign_payload(KEYS[0], task, 1, he.encrypt(x[0].numpy(), public), ledger.domain))
+    odd = MISMATCHES[case](he, ckks_keys, public)
+    he.CiphertextBatch(public, 1).add("alone", odd)  # a valid payload for the context on its own
+    with pytest.raises(PayloadError, match=ADDRESSES[1].lower()):
+        rnd.submit(sign_payload(KEYS[1], task, 1, odd, ledger.domain))
+    assert len(rnd) == 1 and len(PayloadStore(tmp_path).accepted(task, 1)) == 1
+    for i in range(1, N):
+        rnd.submit(sign_payload(KEYS[i], task, 1, he.encrypt(x[i].numpy(), public), ledger.domain))
+    got = torch.as_tensor(he.decrypt(rnd.finalize().update, ckks_keys.secret_context))[:D]
+    assert float((got - x.double().sum(0)).abs().max()) <= N * ckks_keys.preset.precision
+    report = audit(ledger, task, 1, tmp_path)
+    assert report.ok, report.summary()
