@@ -32,7 +32,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from . import backends, protocol, rules
@@ -45,36 +44,9 @@ from .errors import (
     ShapeMismatch,
 )
 from .protocol import Payload, decode_update, encode_update, leaves_of, sign_payload
+from .round_result import RoundResult, committed_result
 from .store import PayloadStore
 from .updates import UpdateBatch, all_finite
-
-
-@dataclass
-class RoundResult:
-    """What a committed round returns.
-
-    Attributes
-    ----------
-    update : the aggregate: ``[d]`` float32 tensor, or the CKKS ciphertext bytes
-    result_digest, root : the digest of the result bytes, the Merkle root of the leaves
-    leaves, clients : in acceptance order; ``proof(i)`` gives client i's inclusion proof
-    gas_used, seconds : the commit's gas and the aggregation time (a round found committed
-        on chain: the gas the store recorded, 0 seconds, and a receipt with ``noop=True``)
-    """
-
-    update: Any
-    result_digest: bytes
-    root: bytes
-    meta_hash: bytes
-    leaves: list[bytes]
-    clients: list[str]
-    tree: Any
-    receipt: Any
-    seconds: float
-    gas_used: int = field(default=0)
-
-    def proof(self, i: int) -> list[bytes]:
-        return list(self.tree.proof(i))
 
 
 class AggregationRound:
@@ -301,6 +273,10 @@ class AggregationRound:
 
     # ---- aggregating and committing --------------------------------------------------------
 
+    def _decode_result(self, data: bytes) -> Any:
+        assert self.dim is not None
+        return decode_update(data, self.dim)
+
     def _meta(self, backend: str | None) -> dict[str, Any]:
         context = None
         if self.secure == "ckks":
@@ -328,7 +304,13 @@ class AggregationRound:
         if self.result is not None:
             return self.result
         if self._commit is not None:
-            self.result = self._committed_result()
+            self.result = committed_result(
+                self._commit,
+                self._records,
+                self.store,
+                self.key,
+                decode=None if self.secure == "ckks" else self._decode_result,
+            )
             return self.result
         if not self._records:
             raise InvalidArgument(f"round {self.round} of task {self.task} has no accepted payload")
@@ -385,47 +367,6 @@ class AggregationRound:
             gas,
         )
         return self.result
-
-    def _committed_result(self) -> RoundResult:
-        """The result of a round the chain already holds, from this store's records."""
-        from .chain import MerkleTree, Receipt
-        from .chain.errors import RoundConflict
-
-        commit = self._commit
-        assert commit is not None
-        where = f"round {self.round} of task {self.task} is committed on chain"
-        if not self._records:
-            raise RoundConflict(
-                f"{where}, but the store {self.store.root} holds none of its records"
-            )
-        leaves = leaves_of(self.round, self._records)
-        tree = MerkleTree.from_leaves(leaves)
-        if tree.root != commit.updates_root or len(leaves) != commit.n:
-            raise RoundConflict(
-                f"{where} with root 0x{commit.updates_root.hex()} over {commit.n} updates; "
-                f"the store's {len(leaves)} records give 0x{tree.root.hex()}"
-            )
-        result_bytes = self.store.get(commit.result_digest)  # PayloadError if missing/altered
-        update: Any = result_bytes
-        if self.secure != "ckks":
-            assert self.dim is not None
-            update = decode_update(result_bytes, self.dim)
-        saved = self.store.read_round(self.key, self.round) or {}
-        gas = saved.get("gas_used", 0)
-        gas = gas if isinstance(gas, int) and not isinstance(gas, bool) else 0
-        receipt = Receipt(commit.tx_hash, gas, commit.block_number, noop=True)
-        return RoundResult(
-            update,
-            commit.result_digest,
-            tree.root,
-            commit.meta_hash,
-            leaves,
-            self.clients,
-            tree,
-            receipt,
-            0.0,
-            gas,
-        )
 
 
 def _seq(record: Any) -> Any:
