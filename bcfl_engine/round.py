@@ -126,8 +126,12 @@ class AggregationRound:
             if secure == "ckks"
             else UpdateBatch(dim or 1, capacity=len(self.participants), allow_nonfinite=True)
         )
-        self._blobs: list[bytes] = []
-        self._probe: Any = None  # CKKS: a one-row batch holding the round's layout
+        # CKKS: a one-row batch that parses each payload against the round's layout (fixed by
+        # the first accepted one), and the running weighted sum its row is added into: each
+        # ciphertext is parsed once and the round holds one accumulator, whatever n is.
+        self._probe: Any = None
+        self._acc: Any = None
+        self._version: tuple[int, int] | None = None
         self._clients: dict[str, dict[str, Any]] = {}
         self.result: RoundResult | None = None
         self._commit = ledger.record(task, round)  # None unless committed on chain already
@@ -199,12 +203,16 @@ class AggregationRound:
             participants=self.participants,
             domain=self.domain,
         )
-        self._take(record, data, self._check(record["client"], data))
+        self._take(record, self._check(record["client"], data))
 
-    def _take(self, record: dict[str, Any], data: bytes, row: Any) -> None:
+    def _take(self, record: dict[str, Any], row: Any) -> None:
         if self._batch is None:
+            from .he import ckks_sum
+
             self._probe = row
-            self._blobs.append(data)
+            primes = row.layout.primes
+            self._acc = ckks_sum(row.residues, primes, [record["weight"]], acc=self._acc)
+            self._version = self._version or row.versions[0]
         else:
             digest = bytes.fromhex(record["digest"])
             self._batch.add(record["client"], row, float(record["weight"]), digest=digest)
@@ -268,7 +276,7 @@ class AggregationRound:
             "signature": bytes(payload.signature or b"").hex(),
         }
         self.store.accept(self.key, self.round, client, record)  # durable before acknowledged
-        self._take(record, data, row)
+        self._take(record, row)
         return record
 
     # ---- aggregating and committing --------------------------------------------------------
@@ -320,7 +328,14 @@ class AggregationRound:
         t0 = time.perf_counter()
         if self._batch is None:
             meta = self._meta(None)
-            update, result_bytes = _aggregate(meta, self._blobs, weights, self.he_context)
+            from .he.batch import to_tenseal
+
+            probe = self._probe
+            # What he.aggregate writes (the audit recomputes it so): the first TenSEAL
+            # payload's SEAL version, 4.3 for compact ones; integer weights keep the scale.
+            version = self._version or (4, 3)
+            update = to_tenseal(self._acc, probe.layout, None, version, probe.codec)
+            result_bytes = bytes(update)
         else:
             x = self._batch.data
             # Pin the backend in the metadata: an audit must recompute the same bits.

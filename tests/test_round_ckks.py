@@ -126,3 +126,36 @@ def test_ckks_payload_unlike_the_first_is_rejected_and_the_round_finalizes(
     assert float((got - x.double().sum(0)).abs().max()) <= N * ckks_keys.preset.precision
     report = audit(ledger, task, 1, tmp_path)
     assert report.ok, report.summary()
+
+
+@pytest.mark.parametrize("kind", ["compact", "stock"])
+def test_ckks_round_resumed_mid_way_gives_he_aggregates_bytes(ledger, tmp_path, ckks_keys, kind):
+    """The round sums each ciphertext as it is accepted; after a restart it sums the stored
+    ones again; either way the bytes are he.aggregate's over the same payloads and weights."""
+    from bcfl_engine import he
+
+    task = new_task(ledger)
+    public = ckks_keys.public_context()
+    x = make_updates(N, D, seed=13).double()
+    if kind == "compact":
+        blobs = [he.encrypt(x[i].numpy(), public) for i in range(N)]
+    else:
+        blobs = [_tenseal_top_level(ckks_keys, x[i]) for i in range(N)]
+    weights = [3, 1, 2**40, 7, 1]
+
+    def make():
+        return AggregationRound(
+            ledger, task, 1, tmp_path, participants=ADDRESSES, secure="ckks", he_context=public
+        )
+
+    rnd = make()
+    for i in range(2):
+        rnd.submit(sign_payload(KEYS[i], task, 1, blobs[i], ledger.domain, weight=weights[i]))
+    rnd = make()  # restarted
+    assert len(rnd) == 2
+    for i in range(2, N):
+        rnd.submit(sign_payload(KEYS[i], task, 1, blobs[i], ledger.domain, weight=weights[i]))
+    res = rnd.finalize()
+    assert res.update == he.aggregate(blobs, weights, context=public)
+    report = audit(ledger, task, 1, tmp_path)
+    assert report.ok, report.summary()
