@@ -238,3 +238,15 @@ def test_submit_hashes_each_payload_once(ledger, tmp_path, monkeypatch):
     calls.clear()
     rnd.submit(payloads[0])  # a retry is hashed once too, and written nowhere
     assert calls == [4 * D]
+
+
+def test_task_origin_is_the_creating_blocks_hash(ledger):
+    from bcfl_engine.chain.errors import UnknownTask
+
+    task = ledger.create_task(aggregator=ledger.sender, participants=ADDRESSES, model_spec=b"o")
+    origin = ledger.task_origin(task)
+    block = ledger.w3.eth.get_block(ledger.w3.eth.block_number)  # createTask was the last tx
+    assert origin == bytes(block["hash"])
+    assert ledger.as_sender(KEYS[0]).task_origin(task) == origin
+    with pytest.raises(UnknownTask, match="not created"):
+        ledger.task_origin(task + 1000)
