@@ -1,7 +1,9 @@
 """Audit a committed round: recompute it from the payload store, check it against the chain.
 
-The aggregate of a round described by its metadata (:func:`_aggregate`) lives here too:
-:class:`~bcfl_engine.round.AggregationRound` and the audit must compute it the same way. The
+The aggregate of a round described by its metadata (:func:`_aggregate`) lives here too: a
+plaintext :class:`~bcfl_engine.round.AggregationRound` computes it with the same call (a CKKS
+round sums each ciphertext as it accepts it, to the same bytes as :func:`bcfl_engine.he.aggregate`
+here). The
 byte format (payload encoding, digests, leaves, records) is :mod:`bcfl_engine.protocol`'s;
 ``encode_update``, ``decode_update`` and ``leaves_of`` are re-exported here.
 
