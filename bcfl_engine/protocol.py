@@ -71,7 +71,7 @@ def eip712_types() -> dict[str, list[dict[str, str]]]:
 def check_weight(weight: object, who: str = "weight") -> int:
     """``weight`` as an int in ``[1, MAX_WEIGHT]``; InvalidWeight otherwise (bools included)."""
     if isinstance(weight, bool) or not isinstance(weight, int):
-        raise InvalidWeight(f"{who} must be an int; got {type(weight).__name__} {weight!r}")
+        raise InvalidWeight(f"{who} must be an int; got {type(weight).__name__} {weight!r:.60}")
     if not 1 <= weight <= MAX_WEIGHT:
         shown = weight if weight.bit_length() <= 80 else f"an int of {weight.bit_length()} bits"
         raise InvalidWeight(f"{who} must be in [1, 2**64 - 1]; got {shown}")
