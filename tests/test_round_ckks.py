@@ -159,3 +159,29 @@ def test_ckks_round_resumed_mid_way_gives_he_aggregates_bytes(ledger, tmp_path, 
     assert res.update == he.aggregate(blobs, weights, context=public)
     report = audit(ledger, task, 1, tmp_path)
     assert report.ok, report.summary()
+
+
+def test_ckks_submit_hashes_and_parses_each_payload_once(ledger, tmp_path, ckks_keys, monkeypatch):
+    from bcfl_engine import he, protocol
+
+    task = new_task(ledger)
+    public = ckks_keys.public_context()
+    x = make_updates(N, D, seed=14)
+    ps = [
+        sign_payload(KEYS[i], task, 1, he.encrypt(x[i].numpy(), public), ledger.domain)
+        for i in range(N)
+    ]
+    want = he.aggregate([p.data for p in ps], [1] * N, context=public)
+    rnd = AggregationRound(
+        ledger, task, 1, tmp_path, participants=ADDRESSES, secure="ckks", he_context=public
+    )
+    hashed, parsed = [], []
+    digest, add = protocol.payload_digest, he.CiphertextBatch.add
+    monkeypatch.setattr(protocol, "payload_digest", lambda d: hashed.append(1) or digest(d))
+    monkeypatch.setattr(he.CiphertextBatch, "add", lambda s, c, b: parsed.append(c) or add(s, c, b))
+    for p in ps:
+        rnd.submit(p)
+    assert len(hashed) == N and parsed == [a.lower() for a in ADDRESSES]
+    monkeypatch.setattr(he, "aggregate", lambda *a, **k: pytest.fail("parsed again at finalize"))
+    assert rnd.finalize().update == want
+    assert len(parsed) == N
