@@ -185,3 +185,30 @@ def test_ckks_submit_hashes_and_parses_each_payload_once(ledger, tmp_path, ckks_
     monkeypatch.setattr(he, "aggregate", lambda *a, **k: pytest.fail("parsed again at finalize"))
     assert rnd.finalize().update == want
     assert len(parsed) == N
+
+
+@pytest.mark.parametrize("what", ["context", "payload", "result"])
+def test_ckks_audit_names_an_altered_object(ledger, tmp_path, ckks_keys, what):
+    from bcfl_engine import he, protocol
+
+    task = new_task(ledger)
+    public = ckks_keys.public_context()
+    rnd = AggregationRound(
+        ledger, task, 1, tmp_path, participants=ADDRESSES, secure="ckks", he_context=public
+    )
+    x = make_updates(N, D, seed=15)
+    for i in range(N):
+        rnd.submit(sign_payload(KEYS[i], task, 1, he.encrypt(x[i].numpy(), public), ledger.domain))
+    res = rnd.finalize()
+    store = PayloadStore(tmp_path)
+    digest = {
+        "context": protocol.payload_digest(public),
+        "payload": bytes.fromhex(store.accepted(task, 1)[0]["digest"]),
+        "result": res.result_digest,
+    }[what]
+    path = store.path(digest)
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 1
+    path.write_bytes(bytes(raw))
+    report = audit(ledger, task, 1, tmp_path)
+    assert not report.ok and "0x" + digest.hex() in report.summary(), report.summary()
