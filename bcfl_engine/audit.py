@@ -1,12 +1,16 @@
 """Audit a committed round: recompute it from the payload store, check it against the chain.
 
-The helpers that define a round's bytes (payload encoding, leaves, the aggregate of a round
-described by its metadata) live here too: :class:`~bcfl_engine.round.AggregationRound` and
-the audit must compute them the same way.
+The aggregate of a round described by its metadata (:func:`_aggregate`) lives here too: a
+plaintext :class:`~bcfl_engine.round.AggregationRound` computes it with the same call (a CKKS
+round sums each ciphertext as it accepts it, to the same bytes as :func:`bcfl_engine.he.aggregate`
+here). The
+byte format (payload encoding, digests, leaves, records) is :mod:`bcfl_engine.protocol`'s;
+``encode_update``, ``decode_update`` and ``leaves_of`` are re-exported here.
 
-Anyone holding the store (or a copy of the payloads) and a node of the chain can run it:
-``bcfl audit --chain URL --task T --round R --store DIR``. It trusts nothing the aggregator
-says except what the chain holds, and names every difference it finds.
+Anyone holding the store (or a copy of it) and a node of the chain can run it:
+``bcfl audit --chain URL --task T --round R --store DIR``. It opens the store read-only,
+trusts nothing the aggregator says except what the chain holds, and names every difference it
+finds: a malformed or altered record, payload, result or metadata is a finding, never a crash.
 """
 
 from __future__ import annotations
@@ -17,42 +21,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
-from . import rules
+from . import protocol, rules
 from .aggregate import aggregate
-from .errors import AuditError, BackendUnavailable, PayloadError, ShapeMismatch
+from .errors import AuditError, BackendUnavailable, BcflError, PayloadError
+from .protocol import decode_update, encode_update, leaves_of
 from .store import PayloadStore
-from .updates import keccak256
 
-
-def encode_update(vector: torch.Tensor | np.ndarray) -> bytes:
-    """A plaintext update as payload bytes: ``[d]`` float32, little-endian."""
-    return np.ascontiguousarray(np.asarray(vector, dtype="<f4").reshape(-1)).tobytes()
-
-
-def decode_update(data: bytes, dim: int) -> torch.Tensor:
-    """The ``[dim]`` float32 vector in plaintext payload bytes; ShapeMismatch if the size differs."""
-    if len(data) != 4 * dim:
-        raise ShapeMismatch(f"a plaintext update of d={dim} is {4 * dim} bytes; got {len(data)}")
-    return torch.from_numpy(np.frombuffer(data, dtype="<f4").astype(np.float32))
-
-
-def leaves_of(round: int, records: Sequence[dict[str, Any]]) -> list[bytes]:
-    """The Merkle leaves of a round's acceptance records, in their order."""
-    from .chain import leaf_hash
-
-    return [
-        leaf_hash(
-            round,
-            r["client"],
-            bytes.fromhex(r["digest"]),
-            int(r["weight"]),
-            bytes.fromhex(r["salt"]),
-        )
-        for r in records
-    ]
+__all__ = ["AuditReport", "audit", "decode_update", "encode_update", "leaves_of"]
 
 
 def _aggregate(
@@ -113,15 +90,15 @@ def audit(
 ) -> AuditReport:
     """Recompute round ``round`` of ``task`` from ``store`` and check it against ``ledger``.
 
-    Checks, naming whatever differs: every stored payload still hashes to its accepted digest
-    and carries its client's signature; the Merkle root of the leaves and the number of
-    updates equal the commit; the committed metadata is in the store; the aggregate recomputed
-    from the payloads (same rule, parameters and backend) hashes to the committed result
-    digest; the contract accepts every client's inclusion proof.
+    Checks, naming whatever differs: every record is well formed; every stored payload still
+    hashes to its accepted digest and carries its client's signature over its weight; the
+    Merkle root of the leaves and the number of updates equal the commit; the store's round
+    record says what the chain holds; the committed metadata and result are in the store and
+    hash right; the aggregate recomputed from the payloads (same rule, parameters and backend)
+    hashes to the committed result digest; the contract accepts every client's inclusion proof.
+    A folder path is opened read-only.
     """
-    from .chain import MerkleTree, SignedPayload, participant_leaf, verify_payload
-
-    store = store if isinstance(store, PayloadStore) else PayloadStore(store)
+    store = store if isinstance(store, PayloadStore) else PayloadStore(store, readonly=True)
     problems: list[str] = []
     checked: list[str] = []
     commit = ledger.record(task, round)
@@ -129,99 +106,230 @@ def audit(
         return AuditReport(
             task, round, [f"the chain has no commit of task {task} round {round}"], []
         )
-    records = sorted(store.accepted(task, round), key=lambda r: r["seq"])
-    if not records:
+    key = protocol.task_key(ledger.chain_id, ledger.address, task, ledger.task_origin(task))
+    raw = store.accepted(key, round, problems=problems)
+    if not raw and not problems:
         return AuditReport(
             task, round, [f"the store holds no accepted payload of task {task} round {round}"], []
         )
-    saved = store.read_round(task, round) or {}
-    participants = saved.get("participants")
-    if not participants:
-        problems.append("the store's round record (round.json) is missing: participants unknown")
+    records = _check_records(raw, problems)
+    saved = _check_round_record(store.read_round(key, round, problems=problems), problems)
+    participants = _check_saved(ledger, task, round, commit, saved, problems)
+    if participants is None:
         participants = [r["client"] for r in records]
-    elif MerkleTree.from_leaves([participant_leaf(p) for p in participants]).root != (
+    rows = _check_payloads(ledger, task, round, store, records, participants, problems)
+    checked.append(f"{len(rows)} payloads and signatures")
+    leaves = leaves_of(round, records)
+    tree = None
+    if leaves:
+        from .chain import MerkleTree
+
+        tree = MerkleTree.from_leaves(leaves)
+        if tree.root != commit.updates_root:
+            problems.append(
+                f"updates root differs: the stored records give 0x{tree.root.hex()}, "
+                f"the chain has 0x{commit.updates_root.hex()}"
+            )
+    if len(raw) != commit.n:
+        problems.append(
+            f"number of updates differs: the store has {len(raw)}, the chain has {commit.n}"
+        )
+    checked.append("updates root")
+    _check_stored_result(store, commit.result_digest, problems)
+    meta = _read_meta(store, commit.meta_hash, task, round, problems)
+    complete = len(rows) == len(raw) == len(records) and all(d is not None for d in rows)
+    if meta is not None and complete:
+        _recompute(store, meta, rows, records, commit.result_digest, problems)
+        checked.append(f"result recomputed with {meta['rule']}")
+    if tree is not None:
+        rejected = [
+            records[i]["client"]
+            for i in range(len(leaves))
+            if not ledger.verify_inclusion(task, round, leaves[i], tree.proof(i))
+        ]
+        if rejected:
+            problems.append(
+                f"the contract rejects the inclusion proof of {len(rejected)} client(s): "
+                + ", ".join(rejected)
+            )
+        checked.append(f"{len(leaves)} inclusion proofs")
+    return AuditReport(task, round, problems, checked)
+
+
+def _check_records(raw: Sequence[Any], problems: list[str]) -> list[dict[str, Any]]:
+    """The well-formed acceptance records in their order; each malformed one is a finding."""
+    records = []
+    for r in raw:
+        try:
+            records.append(protocol.check_acceptance(r))
+        except PayloadError as exc:
+            who = r.get("client") if isinstance(r, dict) else None
+            problems.append(f"client {who!r:.60}: {exc}" if isinstance(who, str) else str(exc))
+    records.sort(key=lambda r: r["seq"])
+    if [r["seq"] for r in records] != list(range(len(records))):
+        problems.append(
+            f"acceptance records are numbered {[r['seq'] for r in records][:16]}; "
+            f"expected 0 .. {len(records) - 1}, each once"
+        )
+    return records
+
+
+def _check_round_record(saved: Any, problems: list[str]) -> dict[str, Any] | None:
+    if saved is None:
+        problems.append("the store's round record (round.json) is missing: participants unknown")
+        return None
+    try:
+        return protocol.check_round_record(saved)
+    except PayloadError as exc:
+        problems.append(f"the store's round record (round.json) is malformed: {exc}")
+        return None
+
+
+def _check_saved(
+    ledger: Any,
+    task: int,
+    round: int,
+    commit: Any,
+    saved: dict[str, Any] | None,
+    problems: list[str],
+) -> list[str] | None:
+    """Compare the store's round record with the chain; return its participants if they are
+    the task's registered ones."""
+    from .chain import MerkleTree, participant_leaf
+
+    if saved is None:
+        return None
+    held = {
+        "task": task,
+        "round": round,
+        "contract": ledger.address.lower(),
+        "root": commit.updates_root.hex(),
+        "result_digest": commit.result_digest.hex(),
+        "meta_hash": commit.meta_hash.hex(),
+        "n": commit.n,
+    }
+    for k, want in held.items():
+        got = saved[k].lower() if k == "contract" else saved[k]
+        if got != want:
+            name = k.replace("_", " ")
+            problems.append(
+                f"{name} differs: the store's round record has {_show(saved[k])}, "
+                f"the chain has {_show(want)}"
+            )
+    people = saved["participants"]
+    if MerkleTree.from_leaves([participant_leaf(p) for p in people]).root != (
         ledger.task_info(task).participants_root
     ):
         problems.append(
             f"the participants in the store's round record are not those registered for task {task}"
         )
-    rows, intact = [], True
+        return None
+    return list(people)
+
+
+def _show(v: Any) -> str:
+    return f"0x{v}" if isinstance(v, str) and len(v) == 64 else repr(v)
+
+
+def _check_payloads(
+    ledger: Any,
+    task: int,
+    round: int,
+    store: PayloadStore,
+    records: Sequence[dict[str, Any]],
+    participants: Sequence[str],
+    problems: list[str],
+) -> list[bytes | None]:
+    """Each record's payload bytes (None where missing or altered), signatures checked."""
+    from .chain import SignedPayload, verify_payload
+
+    rows: list[bytes | None] = []
     for r in records:
         who = f"client {r['client']} (seq {r['seq']})"
         try:
-            data = store.get(r["digest"], verify=False)
+            data: bytes | None = store.get(r["digest"], verify=False)
         except PayloadError:
             problems.append(f"{who}: payload 0x{r['digest']} is missing from the store")
-            intact = False
-            continue
-        got = keccak256(data)
-        if got.hex() != r["digest"]:
+            data = None
+        if data is not None and (got := protocol.payload_digest(data)).hex() != r["digest"]:
             problems.append(
-                f"{who}: stored payload altered: it hashes to 0x{got.hex()}, accepted digest 0x{r['digest']}"
+                f"{who}: stored payload altered: it hashes to 0x{got.hex()}, "
+                f"accepted digest 0x{r['digest']}"
             )
-            intact = False
-        signed = SignedPayload(
-            task, round, bytes.fromhex(r["digest"]), r["client"], bytes.fromhex(r["signature"])
-        )
+            data = None
+        digest, signature = bytes.fromhex(r["digest"]), bytes.fromhex(r["signature"])
+        signed = SignedPayload(task, round, digest, r["client"], signature, r["weight"])
         try:
             verify_payload(
                 signed, task=task, round=round, participants=participants, domain=ledger.domain
             )
-        except PayloadError as exc:
+        except BcflError as exc:
             problems.append(f"{who}: signature check failed: {exc}")
         rows.append(data)
-    checked.append(f"{len(records)} payloads and signatures")
-    leaves = leaves_of(round, records)
-    tree = MerkleTree.from_leaves(leaves)
-    if tree.root != commit.updates_root:
-        problems.append(
-            f"updates root differs: the stored records give 0x{tree.root.hex()}, the chain has 0x{commit.updates_root.hex()}"
-        )
-    if len(leaves) != commit.n:
-        problems.append(
-            f"number of updates differs: the store has {len(leaves)}, the chain has {commit.n}"
-        )
-    checked.append("updates root")
-    if saved and saved.get("result_digest") != commit.result_digest.hex():
-        problems.append(
-            f"result digest differs: the store's round record has 0x{saved.get('result_digest')}, "
-            f"the chain has 0x{commit.result_digest.hex()}"
-        )
+    return rows
+
+
+def _check_stored_result(store: PayloadStore, digest: bytes, problems: list[str]) -> None:
+    """The result bytes the store holds under the committed result digest, checked."""
     try:
-        meta = json.loads(store.get(commit.meta_hash))
+        data = store.get(digest, verify=False)
+    except PayloadError:
+        problems.append(f"the committed result 0x{digest.hex()} is missing from the store")
+        return
+    if (got := protocol.payload_digest(data)) != digest:
+        problems.append(
+            f"the stored result was altered: it hashes to 0x{got.hex()}, "
+            f"the chain has 0x{digest.hex()}"
+        )
+
+
+def _read_meta(
+    store: PayloadStore, meta_hash: bytes, task: int, round: int, problems: list[str]
+) -> dict[str, Any] | None:
+    where = f"committed metadata 0x{meta_hash.hex()}"
+    try:
+        meta = protocol.check_meta(json.loads(store.get(meta_hash)))
     except (PayloadError, ValueError) as exc:
+        problems.append(f"{where} cannot be read from the store: {exc}")
+        return None
+    if (meta["task"], meta["round"]) != (task, round):
         problems.append(
-            f"committed metadata 0x{commit.meta_hash.hex()} cannot be read from the store: {exc}"
+            f"{where} describes task {meta['task']} round {meta['round']}, "
+            f"not task {task} round {round}"
         )
-        meta = None
-    if meta is not None and intact:
-        he_context = store.get(meta["he_context"]) if meta.get("secure") == "ckks" else None
+        return None
+    return meta
+
+
+def _recompute(
+    store: PayloadStore,
+    meta: dict[str, Any],
+    rows: Sequence[bytes | None],
+    records: Sequence[dict[str, Any]],
+    committed: bytes,
+    problems: list[str],
+) -> None:
+    """Recompute the result from the payloads; a difference or a failure is a finding."""
+    try:
+        he_context = store.get(meta["he_context"]) if meta["secure"] == "ckks" else None
         if he_context is None:
-            inputs: Any = torch.stack([decode_update(d, meta["dim"]) for d in rows])
+            inputs: Any = torch.stack([decode_update(bytes(d or b""), meta["dim"]) for d in rows])
         else:
-            inputs = rows
-        try:
-            _, result_bytes = _aggregate(
-                meta, inputs, [int(r["weight"]) for r in records], he_context
-            )
-            got = keccak256(result_bytes)
-        except BackendUnavailable as exc:  # e.g. a GPU round audited on a CPU-only machine
-            problems.append(f"cannot recompute the result here: {exc}")
-            got = commit.result_digest
-        if got != commit.result_digest:
-            problems.append(
-                f"result digest differs: recomputed 0x{got.hex()} from the stored payloads "
-                f"({meta['rule']}, backend {meta['backend']}), the chain has 0x{commit.result_digest.hex()}"
-            )
-        checked.append(f"result recomputed with {meta['rule']}")
-    rejected = [
-        records[i]["client"]
-        for i in range(len(leaves))
-        if not ledger.verify_inclusion(task, round, leaves[i], tree.proof(i))
-    ]
-    if rejected:
+            inputs = list(rows)
+        _, result_bytes = _aggregate(meta, inputs, [r["weight"] for r in records], he_context)
+    except BackendUnavailable as exc:  # e.g. a GPU round audited on a CPU-only machine
+        problems.append(f"cannot recompute the result here: {exc}")
+        return
+    except Exception as exc:  # the metadata and payloads are untrusted input to the rules:
+        # whatever they make the computation raise is a finding, not a crash.
         problems.append(
-            f"the contract rejects the inclusion proof of {len(rejected)} client(s): {', '.join(rejected)}"
+            f"the result cannot be recomputed from the stored payloads and metadata "
+            f"({meta['rule']}, backend {meta['backend']}): {type(exc).__name__}: {exc}"
         )
-    checked.append(f"{len(leaves)} inclusion proofs")
-    return AuditReport(task, round, problems, checked)
+        return
+    got = protocol.payload_digest(result_bytes)
+    if got != committed:
+        problems.append(
+            f"result digest differs: recomputed 0x{got.hex()} from the stored payloads "
+            f"({meta['rule']}, backend {meta['backend']}), the chain has 0x{committed.hex()}"
+        )

@@ -24,8 +24,9 @@ class NonFiniteUpdate(BcflError, ValueError):
     """An update holds NaN or infinity (or overflows the storage dtype)."""
 
 
-class InvalidWeight(BcflError, ValueError):
-    """A client weight is not a positive finite number."""
+class InvalidWeight(InvalidArgument):
+    """A client weight is not a positive finite number (or, in a round, not an int in
+    ``[1, 2**64 - 1]``)."""
 
 
 class DuplicateClient(BcflError, KeyError):

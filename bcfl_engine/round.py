@@ -2,36 +2,40 @@
 
 :class:`AggregationRound` is what an aggregator runs per round:
 
-1. :meth:`~AggregationRound.submit` checks a client's :class:`Payload` (signature over
-   ``(task, round, keccak(payload))``, participant, duplicate, size, finite values or CKKS
-   parameters), writes it to the :class:`~bcfl_engine.store.PayloadStore` (fsynced) and only
-   then accepts it: a crash after an acceptance loses nothing;
+1. :meth:`~AggregationRound.submit` checks a client's :class:`Payload`: its weight (an int in
+   ``[1, 2**64 - 1]``), its signature over ``(task, round, digest, weight)``, participant,
+   duplicate, then its bytes (size and finite values; a CKKS payload against the round's first
+   accepted one: same length, level and layout); writes it to the
+   :class:`~bcfl_engine.store.PayloadStore` (fsynced) and only then accepts it: a crash after
+   an acceptance loses nothing. Each payload is hashed once, checked once and copied once (a
+   plaintext one into the round's batch buffer).
 2. :meth:`~AggregationRound.finalize` aggregates (any rule on plaintext updates, the
    homomorphic weighted sum on CKKS ciphertexts), hashes the result, builds the Merkle tree
    over ``leaf_hash(round, client, digest, weight, salt)`` in acceptance order and commits the
    root, the result digest and the metadata hash to the ledger in one constant-gas call.
 
-A round created again on the same store resumes: it reads the acceptance records back in
-their order, so it commits the same root. :func:`audit` recomputes a committed round from the
-store and the chain alone and names whatever differs.
+A round created again on the same store and chain resumes: it reads the acceptance records
+back in their order, so it commits the same root; once the round is committed on chain it
+refuses payloads and :meth:`~AggregationRound.finalize` returns the committed result. The
+store keeps a task's rounds under the task's identity on its chain
+(:func:`bcfl_engine.protocol.task_key`): a rerun on a fresh chain is a new run.
+:func:`audit` recomputes a committed round from the store and the chain alone and names
+whatever differs.
 
-Payload bytes: a plaintext update is its flat float32 vector, little-endian
-(:func:`encode_update`); a CKKS update is what :func:`bcfl_engine.he.encrypt` returns.
+The byte format (payload encoding, digest, leaf, signed fields, metadata) is
+:mod:`bcfl_engine.protocol`'s; ``encode_update``, ``decode_update`` and ``leaves_of`` are
+re-exported here.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
-from . import backends, rules
-from .audit import AuditReport, _aggregate, audit, decode_update, encode_update, leaves_of
+from . import backends, protocol, rules
+from .audit import AuditReport, _aggregate, audit
 from .errors import (
     DuplicateClient,
     InvalidArgument,
@@ -39,62 +43,10 @@ from .errors import (
     PayloadError,
     ShapeMismatch,
 )
+from .protocol import Payload, decode_update, encode_update, leaves_of, sign_payload
+from .round_result import RoundResult, committed_result
 from .store import PayloadStore
-from .updates import UpdateBatch, keccak256
-
-FORMAT = "bcfl-round/1"
-
-
-@dataclass(frozen=True)
-class Payload:
-    """What a client sends: its address, the payload bytes, its signature, its weight.
-
-    ``weight`` is a positive integer (the client's sample count); ``salt`` hides the leaf and
-    is drawn by the aggregator when the client sends none.
-    """
-
-    client: str
-    data: bytes
-    signature: bytes | None
-    weight: int = 1
-    salt: bytes | None = None
-
-
-def sign_payload(
-    key: Any, task: int, round: int, data: bytes, domain: Any, weight: int = 1
-) -> Payload:
-    """Client side: sign ``data`` for ``round`` of ``task`` under ``domain`` (the ledger's)."""
-    from .chain import sign_payload as _sign
-
-    signed = _sign(key, task=task, round=round, digest=keccak256(data), domain=domain)
-    return Payload(signed.client, data, signed.signature, weight)
-
-
-@dataclass
-class RoundResult:
-    """What a committed round returns.
-
-    Attributes
-    ----------
-    update : the aggregate: ``[d]`` float32 tensor, or the CKKS ciphertext bytes
-    result_digest, root : keccak256 of the result bytes, the Merkle root of the leaves
-    leaves, clients : in acceptance order; ``proof(i)`` gives client i's inclusion proof
-    gas_used, seconds : the commit's gas and the aggregation time
-    """
-
-    update: Any
-    result_digest: bytes
-    root: bytes
-    meta_hash: bytes
-    leaves: list[bytes]
-    clients: list[str]
-    tree: Any
-    receipt: Any
-    seconds: float
-    gas_used: int = field(default=0)
-
-    def proof(self, i: int) -> list[bytes]:
-        return list(self.tree.proof(i))
+from .updates import UpdateBatch, all_finite
 
 
 class AggregationRound:
@@ -139,7 +91,7 @@ class AggregationRound:
                 raise InvalidArgument(
                     f"a CKKS round sums ciphertexts: rule must be 'mean'; got {rule!r}"
                 )
-        elif not isinstance(dim, int) or dim <= 0:
+        elif not isinstance(dim, int) or isinstance(dim, bool) or dim <= 0:
             raise InvalidArgument(f"a plaintext round needs dim, a positive int; got {dim!r}")
         info = rules.get(rule)
         if info.kind != "aggregate":
@@ -149,6 +101,8 @@ class AggregationRound:
 
         self.ledger, self.task, self.round = ledger, task, round
         self.store = store if isinstance(store, PayloadStore) else PayloadStore(store)
+        if self.store.readonly:
+            raise InvalidArgument(f"a round writes to its store; {self.store} is read-only")
         self.participants = frozenset(address_bytes(p, "participant") for p in participants)
         self._registered = ["0x" + address_bytes(p, "participant").hex() for p in participants]
         self.dim, self.rule, self.f, self.pre = dim, rule, f, list(pre)
@@ -160,16 +114,28 @@ class AggregationRound:
             raise InvalidArgument(
                 f"these {len(participants)} participants (in order) are not the ones registered for task {task}"
             )
-        self._records: list[dict[str, Any]] = []
-        # Plaintext rows are copied once, into the preallocated [participants, d] batch buffer;
-        # ciphertexts stay as bytes until he.aggregate parses them block by block.
-        self._batch = (
-            None if secure == "ckks" else UpdateBatch(dim or 1, capacity=len(self.participants))
+        # The task's identity on its chain names its folder: a fresh chain is a fresh run.
+        self.key = protocol.task_key(
+            ledger.chain_id, ledger.address, task, ledger.task_origin(task)
         )
-        self._blobs: list[bytes] = []
-        self._clients: set[str] = set()
+        self._records: list[dict[str, Any]] = []
+        # Plaintext rows are copied once, into the preallocated [participants, d] batch buffer,
+        # after submit checked them (so the batch does not check them again).
+        self._batch = (
+            None
+            if secure == "ckks"
+            else UpdateBatch(dim or 1, capacity=len(self.participants), allow_nonfinite=True)
+        )
+        # CKKS: a one-row batch that parses each payload against the round's layout (fixed by
+        # the first accepted one), and the running weighted sum its row is added into: each
+        # ciphertext is parsed once and the round holds one accumulator, whatever n is.
+        self._probe: Any = None
+        self._acc: Any = None
+        self._version: tuple[int, int] | None = None
+        self._clients: dict[str, dict[str, Any]] = {}
         self.result: RoundResult | None = None
-        for record in sorted(self.store.accepted(task, round), key=lambda r: r["seq"]):
+        self._commit = ledger.record(task, round)  # None unless committed on chain already
+        for record in sorted(self.store.accepted(self.key, round), key=_seq):
             self._load(record)
 
     def __len__(self) -> int:
@@ -179,21 +145,32 @@ class AggregationRound:
     def clients(self) -> list[str]:
         return [r["client"] for r in self._records]
 
+    @property
+    def committed(self) -> bool:
+        """Whether this round is committed on chain (by this run or an earlier one)."""
+        return self._commit is not None or self.result is not None
+
     # ---- collecting ----------------------------------------------------------------------
 
-    def _decode(self, client: str, data: bytes) -> Any:
+    def _check(self, client: str, data: bytes) -> Any:
+        """The payload's row, checked once: a plaintext vector (a view of ``data``) or, under
+        CKKS, the one-row batch that parsed it against the round's layout."""
         if self.secure == "ckks":
             from . import he
 
-            # Parse once against the public context: PayloadError naming the client and the fault.
-            he.CiphertextBatch(self.he_context, 1).add(client, data)
-            return data
+            if self._probe is None:  # the first payload fixes the round's layout
+                probe = he.CiphertextBatch(self.he_context, 1)
+            else:
+                probe = self._probe
+                probe.reset()
+            probe.add(client, data)  # PayloadError naming the client and the mismatch
+            return probe
         assert self.dim is not None
         try:
-            row = decode_update(data, self.dim)
+            row = protocol.update_view(data, self.dim)
         except ShapeMismatch as exc:
             raise ShapeMismatch(f"client {client}: {exc}") from None
-        if not bool(torch.isfinite(row).all()):
+        if not all_finite(row):
             raise NonFiniteUpdate(f"client {client}: the update holds NaN or infinity")
         return row
 
@@ -201,13 +178,23 @@ class AggregationRound:
         """Take back an accepted payload from the store (resume), checking it again."""
         from .chain import SignedPayload, verify_payload
 
-        data = self.store.get(record["digest"])
+        try:
+            protocol.check_acceptance(record)
+        except PayloadError as exc:
+            raise PayloadError(f"store {self.store.root}, round {self.round}: {exc}") from None
+        if self._commit is not None:  # committed: its records give the result, not its bytes
+            self._records.append(record)
+            self._clients[record["client"]] = record
+            return
+        digest = bytes.fromhex(record["digest"])
+        data = self.store.get(digest)  # hashed once: the bytes must still be those accepted
         signed = SignedPayload(
             self.task,
             self.round,
-            keccak256(data),
+            digest,
             record["client"],
             bytes.fromhex(record["signature"]),
+            record["weight"],
         )
         verify_payload(
             signed,
@@ -216,41 +203,53 @@ class AggregationRound:
             participants=self.participants,
             domain=self.domain,
         )
-        self._take(record, self._decode(record["client"], data))
+        self._take(record, self._check(record["client"], data))
 
     def _take(self, record: dict[str, Any], row: Any) -> None:
         if self._batch is None:
-            self._blobs.append(row)
+            from .he import ckks_sum
+
+            self._probe = row
+            primes = row.layout.primes
+            self._acc = ckks_sum(row.residues, primes, [record["weight"]], acc=self._acc)
+            self._version = self._version or row.versions[0]
         else:
             digest = bytes.fromhex(record["digest"])
             self._batch.add(record["client"], row, float(record["weight"]), digest=digest)
         self._records.append(record)
-        self._clients.add(record["client"])
+        self._clients[record["client"]] = record
 
     def submit(self, payload: Payload) -> dict[str, Any]:
         """Check, store durably and accept ``payload``; return its acceptance record.
 
-        Raises a :class:`~bcfl_engine.errors.PayloadError` subclass (unsigned, bad signature,
-        replay, not a participant), DuplicateClient (another payload from the same client),
-        ShapeMismatch or NonFiniteUpdate, and leaves the round unchanged. Sending an accepted
-        payload again returns its record (clients may retry).
+        Raises InvalidWeight (a weight that is not an int in ``[1, 2**64 - 1]``), a
+        :class:`~bcfl_engine.errors.PayloadError` subclass (unsigned, bad signature or a weight
+        other than the one signed, replay, not a participant, a CKKS payload that does not
+        match the round's first one, a round already committed), DuplicateClient (another
+        payload from the same client), ShapeMismatch or NonFiniteUpdate, and leaves the round
+        and the store unchanged. Sending an accepted payload again returns its record
+        (clients may retry).
         """
         from .chain import SignedPayload, verify_payload
 
-        if self.result is not None:
+        if self.committed:
             raise PayloadError(f"round {self.round} of task {self.task} is already committed")
         if not isinstance(payload, Payload):
             raise InvalidArgument(f"expected a Payload; got {type(payload).__name__}")
-        if (
-            isinstance(payload.weight, bool)
-            or not isinstance(payload.weight, int)
-            or payload.weight <= 0
+        weight = protocol.check_weight(payload.weight, f"client {payload.client}: weight")
+        if payload.salt is not None and (
+            not isinstance(payload.salt, bytes) or len(payload.salt) != 32
         ):
-            raise InvalidArgument(
-                f"client {payload.client}: weight must be an int > 0; got {payload.weight!r}"
-            )
-        digest = keccak256(payload.data)
-        signed = SignedPayload(self.task, self.round, digest, payload.client, payload.signature)
+            raise InvalidArgument(f"client {payload.client}: salt must be 32 bytes")
+        data = payload.data
+        if not isinstance(data, bytes):
+            if not isinstance(data, (bytearray, memoryview)):
+                raise InvalidArgument(f"a payload is bytes; got {type(data).__name__}")
+            data = bytes(data)
+        digest = protocol.payload_digest(data)  # the one hash of this payload
+        signed = SignedPayload(
+            self.task, self.round, digest, payload.client, payload.signature, weight
+        )
         client = verify_payload(
             signed,
             task=self.task,
@@ -258,53 +257,68 @@ class AggregationRound:
             participants=self.participants,
             domain=self.domain,
         )
-        if client in self._clients:
-            held = next(r for r in self._records if r["client"] == client)
-            if held["digest"] == digest.hex() and held["weight"] == payload.weight:
+        held = self._clients.get(client)
+        if held is not None:
+            if held["digest"] == digest.hex() and held["weight"] == weight:
                 return held  # a retry of an accepted payload (e.g. after a restart): idempotent
             raise DuplicateClient(
                 f"client {client} already submitted another payload to round {self.round}"
             )
-        row = self._decode(client, payload.data)
+        row = self._check(client, data)
         salt = payload.salt if payload.salt is not None else os.urandom(32)
-        if len(salt) != 32:
-            raise InvalidArgument(f"client {client}: salt must be 32 bytes; got {len(salt)}")
-        self.store.put(payload.data)
+        self.store.put(data, digest=digest)
         record = {
             "seq": len(self._records),
             "client": client,
             "digest": digest.hex(),
-            "weight": payload.weight,
+            "weight": weight,
             "salt": salt.hex(),
             "signature": bytes(payload.signature or b"").hex(),
         }
-        self.store.accept(self.task, self.round, client, record)  # durable before acknowledged
+        self.store.accept(self.key, self.round, client, record)  # durable before acknowledged
         self._take(record, row)
         return record
 
     # ---- aggregating and committing --------------------------------------------------------
 
+    def _decode_result(self, data: bytes) -> Any:
+        assert self.dim is not None
+        return decode_update(data, self.dim)
+
     def _meta(self, backend: str | None) -> dict[str, Any]:
-        meta: dict[str, Any] = {
-            "format": FORMAT,
-            "task": self.task,
-            "round": self.round,
-            "secure": self.secure,
-            "rule": self.rule,
-            "f": self.f,
-            "params": self.params,
-            "pre": self.pre,
-            "backend": backend,
-            "dim": self.dim,
-        }
+        context = None
         if self.secure == "ckks":
             assert self.he_context is not None
-            meta["he_context"] = self.store.put(self.he_context).hex()
-        return meta
+            context = self.store.put(self.he_context)
+        return protocol.round_meta(
+            task=self.task,
+            round=self.round,
+            secure=self.secure,
+            rule=self.rule,
+            f=self.f,
+            params=self.params,
+            pre=self.pre,
+            backend=backend,
+            dim=self.dim,
+            he_context=context,
+        )
 
     def finalize(self) -> RoundResult:
-        """Aggregate the accepted payloads, commit the round, return its :class:`RoundResult`."""
+        """Aggregate the accepted payloads, commit the round, return its :class:`RoundResult`.
+
+        A round already committed on chain is not committed again: its result is read back
+        from the store (RoundConflict if the store's records are not those the chain holds).
+        """
         if self.result is not None:
+            return self.result
+        if self._commit is not None:
+            self.result = committed_result(
+                self._commit,
+                self._records,
+                self.store,
+                self.key,
+                decode=None if self.secure == "ckks" else self._decode_result,
+            )
             return self.result
         if not self._records:
             raise InvalidArgument(f"round {self.round} of task {self.task} has no accepted payload")
@@ -314,7 +328,14 @@ class AggregationRound:
         t0 = time.perf_counter()
         if self._batch is None:
             meta = self._meta(None)
-            update, result_bytes = _aggregate(meta, self._blobs, weights, self.he_context)
+            from .he.batch import to_tenseal
+
+            probe = self._probe
+            # What he.aggregate writes (the audit recomputes it so): the first TenSEAL
+            # payload's SEAL version, 4.3 for compact ones; integer weights keep the scale.
+            version = self._version or (4, 3)
+            update = to_tenseal(self._acc, probe.layout, None, version, probe.codec)
+            result_bytes = bytes(update)
         else:
             x = self._batch.data
             # Pin the backend in the metadata: an audit must recompute the same bits.
@@ -323,8 +344,7 @@ class AggregationRound:
             update, result_bytes = _aggregate(meta, x, weights, None)
         seconds = time.perf_counter() - t0
         result_digest = self.store.put(result_bytes)
-        meta_bytes = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
-        meta_hash = self.store.put(meta_bytes)
+        meta_hash = self.store.put(protocol.encode_meta(meta))
         leaves = leaves_of(self.round, self._records)
         tree = MerkleTree.from_leaves(leaves)
         record = {
@@ -338,7 +358,7 @@ class AggregationRound:
             "participants": self._registered,
         }
         # Written before the commit: a crash in between replays the same commit (a no-op).
-        self.store.write_round(self.task, self.round, record)
+        self.store.write_round(self.key, self.round, record)
         receipt = self.ledger.commit_round(
             self.task,
             round=self.round,
@@ -348,7 +368,7 @@ class AggregationRound:
             n=len(leaves),
         )
         gas = int(getattr(receipt, "gas_used", 0) or 0)
-        self.store.write_round(self.task, self.round, {**record, "gas_used": gas})
+        self.store.write_round(self.key, self.round, {**record, "gas_used": gas})
         self.result = RoundResult(
             update,
             result_digest,
@@ -362,6 +382,12 @@ class AggregationRound:
             gas,
         )
         return self.result
+
+
+def _seq(record: Any) -> Any:
+    # Sorting must not crash on a malformed record: _load names it.
+    seq = record.get("seq") if isinstance(record, dict) else None
+    return (0, seq) if isinstance(seq, int) and not isinstance(seq, bool) else (1, 0)
 
 
 __all__ = [

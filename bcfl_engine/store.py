@@ -1,18 +1,25 @@
 """A content-addressed payload store on disk: what makes a round survive an aggregator crash.
 
-Every payload a round accepts is written here before it is acknowledged, under its keccak-256
-digest (``objects/ab/cdef...``), and the round's acceptance record (client, digest, weight,
-salt, signature) next to it (``rounds/<task>/<round>/accepted/<client>.json``). Each file is
-written to a temporary name in the same folder, fsynced, renamed over its final name and the
-folder fsynced, so a file is either absent or complete whatever moment the process dies at.
-A restarted :class:`~bcfl_engine.round.AggregationRound` reads the records back and resumes;
-an auditor reads the same files to recompute a committed round.
+Every payload a round accepts is written here before it is acknowledged, under its digest
+(:func:`bcfl_engine.protocol.payload_digest`, ``objects/ab/cdef...``), and the round's
+acceptance record (client, digest, weight, salt, signature) next to it. Each file is written
+to a temporary name in the same folder, fsynced, renamed over its final name and the folder
+fsynced, so a file is either absent or complete whatever moment the process dies at. A
+restarted :class:`~bcfl_engine.round.AggregationRound` reads the records back and resumes; an
+auditor opens the store read-only (``readonly=True``: it creates, repairs and deletes nothing)
+and reads the same files to recompute a committed round.
 
 Layout::
 
-    root/objects/<2 hex>/<62 hex>               payload bytes, named by keccak256(bytes)
+    root/objects/<2 hex>/<62 hex>              payload bytes, named by their digest
     root/rounds/<task>/<round>/accepted/<client>.json
-    root/rounds/<task>/<round>/round.json       what was committed (root, digests, meta)
+    root/rounds/<task>/<round>/round.json      what was committed (root, digests, meta)
+
+``<task>`` is the task's key on its chain (:func:`bcfl_engine.protocol.task_key`:
+``<id>-<chain id>-<registry>-<block>``), so two runs that get the same task id from two
+deployments never share records. A plain task id is accepted too: it names the folder of that
+id if one exists, else the most recently written run of that id (what a caller that knows only
+the id, such as ``bcfl audit --task``, can ask for).
 """
 
 from __future__ import annotations
@@ -21,13 +28,16 @@ import json
 import os
 import re
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
+from . import protocol
 from .errors import InvalidArgument, PayloadError
-from .updates import keccak256
 
 _TMP_PREFIX = ".tmp-"
+STALE_TMP_SECONDS = 15 * 60
+"""A temporary file older than this is a crash's leftover, not another writer's file in flight."""
 _SAFE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 
 
@@ -76,23 +86,48 @@ def _hex(digest: bytes | str) -> str:
 
 
 class PayloadStore:
-    """Payloads by digest and per-round records, in the folder ``root`` (created if missing).
+    """Payloads by digest and per-round records, in the folder ``root``.
 
     Parameters
     ----------
     root : path
-        The store's folder. Temporary files a crash left behind are removed on open.
+        The store's folder, created if missing (unless ``readonly``).
+    readonly : bool
+        Open for reading only (an audit): nothing is created, repaired or deleted, and every
+        write raises InvalidArgument. A writer removes on open the temporary files a crash
+        left behind, those older than :data:`STALE_TMP_SECONDS` only: a younger one may be
+        another process's write in flight.
     """
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, readonly: bool = False) -> None:
         self.root = Path(root)
+        self.readonly = readonly
+        if readonly:
+            return
         (self.root / "objects").mkdir(parents=True, exist_ok=True)
         (self.root / "rounds").mkdir(parents=True, exist_ok=True)
+        self.sweep()
+
+    def sweep(self, older_than: float = STALE_TMP_SECONDS) -> int:
+        """Remove temporary files older than ``older_than`` seconds; return how many."""
+        self._writable()
+        cutoff, removed = time.time() - older_than, 0
         for tmp in self.root.rglob(f"{_TMP_PREFIX}*"):
-            tmp.unlink(missing_ok=True)
+            try:
+                if tmp.stat().st_mtime < cutoff:
+                    tmp.unlink()
+                    removed += 1
+            except FileNotFoundError:  # its writer renamed or removed it meanwhile
+                continue
+        return removed
+
+    def _writable(self) -> None:
+        if self.readonly:
+            raise InvalidArgument(f"the store {self.root} is open read-only")
 
     def __repr__(self) -> str:
-        return f"PayloadStore({str(self.root)!r})"
+        ro = ", readonly=True" if self.readonly else ""
+        return f"PayloadStore({str(self.root)!r}{ro})"
 
     # ---- payloads ------------------------------------------------------------------------
 
@@ -101,16 +136,27 @@ class PayloadStore:
         h = _hex(digest)
         return self.root / "objects" / h[:2] / h[2:]
 
-    def put(self, data: bytes) -> bytes:
-        """Store ``data`` durably; return its keccak-256 digest. Storing it twice is a no-op."""
+    def put(self, data: bytes, *, digest: bytes | None = None) -> bytes:
+        """Store ``data`` durably; return its digest. Storing it again is a no-op.
+
+        ``digest``, when the caller already holds it (:func:`~bcfl_engine.protocol.payload_digest`
+        of ``data``), saves hashing the bytes again. An object already present with the same
+        size is not read back: :meth:`get` and the audit check the bytes against their name.
+        """
+        self._writable()
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise InvalidArgument(f"a payload is bytes; got {type(data).__name__}")
-        data = bytes(data)
-        digest = keccak256(data)
+        if digest is None:
+            digest = protocol.payload_digest(data)
         path = self.path(digest)
-        if not path.exists() or keccak256(path.read_bytes()) != digest:
-            atomic_write(path, data)
-        return digest
+        size = memoryview(data).nbytes
+        try:
+            present = path.stat().st_size == size
+        except FileNotFoundError:
+            present = False
+        if not present:
+            atomic_write(path, data if isinstance(data, bytes) else bytes(data))
+        return bytes.fromhex(_hex(digest))
 
     def has(self, digest: bytes | str) -> bool:
         return self.path(digest).exists()
@@ -129,7 +175,7 @@ class PayloadStore:
                 f"payload 0x{_hex(digest)} is not in the store {self.root}"
             ) from None
         if verify:
-            got = keccak256(data)
+            got = protocol.payload_digest(data)
             if got != bytes.fromhex(_hex(digest)):
                 raise PayloadError(
                     f"stored payload 0x{_hex(digest)} was altered: its bytes hash to 0x{got.hex()}"
@@ -138,40 +184,73 @@ class PayloadStore:
 
     # ---- round records -------------------------------------------------------------------
 
+    def _task_dir(self, task: object) -> Path:
+        name = _name(task, "task")
+        exact = self.root / "rounds" / name
+        if not isinstance(task, int) or isinstance(task, bool) or exact.is_dir():
+            return exact
+        runs = [p for p in (self.root / "rounds").glob(f"{name}-*") if p.is_dir()]
+        return max(runs, key=lambda p: p.stat().st_mtime_ns) if runs else exact
+
     def round_dir(self, task: object, round: int) -> Path:
         if not isinstance(round, int) or isinstance(round, bool) or round < 0:
             raise InvalidArgument(f"round must be an int >= 0; got {round!r}")
-        return self.root / "rounds" / _name(task, "task") / str(round)
+        return self._task_dir(task) / str(round)
 
     def accept(self, task: object, round: int, client: str, record: dict[str, Any]) -> None:
         """Durably record that ``client``'s payload was accepted in ``round`` of ``task``."""
+        self._writable()
         path = self.round_dir(task, round) / "accepted" / f"{_name(client, 'client')}.json"
         atomic_write(path, json.dumps(record, sort_keys=True).encode())
 
-    def accepted(self, task: object, round: int) -> list[dict[str, Any]]:
-        """The acceptance records of a round, sorted by client name."""
+    def accepted(
+        self, task: object, round: int, *, problems: list[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """The acceptance records of a round, sorted by client name.
+
+        A file that is not JSON raises PayloadError, or, given a ``problems`` list, is named
+        there and left out (the audit reports it and goes on). Records are parsed, not checked
+        (see :func:`~bcfl_engine.protocol.check_acceptance`).
+        """
         folder = self.round_dir(task, round) / "accepted"
         if not folder.is_dir():
             return []
         out = []
         for path in sorted(folder.glob("*.json")):
             try:
-                out.append(json.loads(path.read_text()))
+                out.append(json.loads(path.read_bytes()))
             except (OSError, ValueError) as exc:
-                raise PayloadError(f"unreadable acceptance record {path}: {exc}") from None
+                message = f"unreadable acceptance record {path}: {exc}"
+                if problems is None:
+                    raise PayloadError(message) from None
+                problems.append(message)
         return out
 
     def write_round(self, task: object, round: int, record: dict[str, Any]) -> None:
         """Record what was committed for a round (``round.json``)."""
+        self._writable()
         path = self.round_dir(task, round) / "round.json"
         atomic_write(path, json.dumps(record, sort_keys=True, indent=1).encode())
 
-    def read_round(self, task: object, round: int) -> dict[str, Any] | None:
-        """The committed record of a round, or None if the round was not committed."""
+    def read_round(
+        self, task: object, round: int, *, problems: list[str] | None = None
+    ) -> dict[str, Any] | None:
+        """The committed record of a round (a JSON object, its fields not checked), or None.
+
+        A file that is not a JSON object raises PayloadError, or, given ``problems``, is named there
+        and None is returned.
+        """
         path = self.round_dir(task, round) / "round.json"
         if not path.exists():
             return None
         try:
-            return dict(json.loads(path.read_text()))
-        except ValueError as exc:
-            raise PayloadError(f"unreadable round record {path}: {exc}") from None
+            record = json.loads(path.read_bytes())
+            if not isinstance(record, dict):
+                raise ValueError(f"expected a JSON object; got {type(record).__name__}")
+            return record
+        except (OSError, ValueError) as exc:
+            message = f"unreadable round record {path}: {exc}"
+            if problems is None:
+                raise PayloadError(message) from None
+            problems.append(message)
+            return None

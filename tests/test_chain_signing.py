@@ -1,4 +1,4 @@
-"""Client payload signatures: EIP-712 over (task, round, digest); every rejection is typed."""
+"""Client payload signatures: EIP-712 over (task, round, digest, weight); every rejection is typed."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from bcfl_engine.chain.errors import (
     ReplayedPayload,
     UnsignedPayload,
 )
-from bcfl_engine.errors import PayloadError
+from bcfl_engine.errors import InvalidArgument, InvalidWeight, PayloadError
+from bcfl_engine.protocol import MAX_WEIGHT, SIGNED_TYPE
 from bcfl_engine.updates import keccak256
 
 KEYS = [keccak256(f"client {i}".encode()) for i in range(4)]
@@ -28,9 +29,11 @@ DATA = b"model update bytes"
 
 
 def signed(
-    i: int = 0, task: int = 7, round: int = 3, domain: PayloadDomain = DOMAIN
+    i: int = 0, task: int = 7, round: int = 3, domain: PayloadDomain = DOMAIN, weight: int = 1
 ) -> SignedPayload:
-    return sign_payload(KEYS[i], task=task, round=round, digest=keccak256(DATA), domain=domain)
+    return sign_payload(
+        KEYS[i], task=task, round=round, digest=keccak256(DATA), domain=domain, weight=weight
+    )
 
 
 def check(p: SignedPayload, participants: list[str] = ADDRS[:3], **kw: object) -> str:
@@ -69,14 +72,16 @@ def test_the_signature_is_eip712_typed_data() -> None:
         + word(bytes.fromhex("ab" * 20))
     )
     struct = keccak256(
-        keccak256(b"Payload(uint256 task,uint256 round,bytes32 digest)")
+        keccak256(b"Payload(uint256 task,uint256 round,bytes32 digest,uint64 weight)")
         + word(7)
         + word(3)
         + keccak256(DATA)
+        + word(2**64 - 1)
     )
     digest = keccak256(b"\x19\x01" + separator + struct)
-    p = signed(2)
+    p = signed(2, weight=2**64 - 1)
     assert Account._recover_hash(digest, signature=p.signature) == ADDRS[2]
+    assert SIGNED_TYPE == "Payload(uint256 task,uint256 round,bytes32 digest,uint64 weight)"
 
 
 @pytest.mark.parametrize("sig", [None, b""], ids=["none", "empty"])
@@ -122,3 +127,27 @@ def test_non_participants_and_tampered_bytes_are_rejected() -> None:
 def test_every_rejection_is_a_payload_error() -> None:
     for cls in (UnsignedPayload, BadSignature, ReplayedPayload, NotParticipant, DigestMismatch):
         assert issubclass(cls, PayloadError) and issubclass(cls, ValueError)
+
+
+def test_the_weight_is_signed() -> None:
+    p = signed(1, weight=40)
+    assert p.weight == 40 and check(p) == ADDRS[1].lower()
+    with pytest.raises(BadSignature, match="weight 41"):
+        check(dataclasses.replace(p, weight=41))  # reweighted after signing
+
+
+@pytest.mark.parametrize(
+    "weight",
+    [0, -1, MAX_WEIGHT + 1, 2**256, 2**1100, True, 1.0, "1", None],
+    ids=["0", "neg", "2^64", "2^256", "2^1100", "bool", "float", "str", "none"],
+)
+def test_weights_out_of_bounds_are_typed_errors(weight: object) -> None:
+    with pytest.raises(InvalidWeight, match="weight"):
+        signed(weight=weight)  # type: ignore[arg-type]
+    with pytest.raises(InvalidWeight, match="weight"):
+        check(dataclasses.replace(signed(), weight=weight))
+    assert issubclass(InvalidWeight, InvalidArgument)
+
+
+def test_the_largest_weight_signs_and_verifies() -> None:
+    assert check(signed(0, weight=MAX_WEIGHT)) == ADDRS[0].lower()

@@ -222,73 +222,6 @@ def test_resume_from_the_store_commits_the_same_root(ledger, tmp_path):
     assert resumed.finalize().root == MerkleTree.from_leaves(leaves).root
 
 
-def _tampered_round(ledger, tmp_path):
-    task = new_task(ledger)
-    rnd = make_round(ledger, task, tmp_path)
-    for p in payloads(ledger, task, 1, make_updates(N, D, seed=6)):
-        rnd.submit(p)
-    return task, rnd.finalize()
-
-
-def test_audit_names_an_altered_payload(ledger, tmp_path):
-    task, _ = _tampered_round(ledger, tmp_path)
-    store = PayloadStore(tmp_path)
-    victim = store.accepted(task, 1)[2]
-    path = store.path(victim["digest"])
-    raw = bytearray(path.read_bytes())
-    raw[0] ^= 1
-    path.write_bytes(bytes(raw))
-    report = audit(ledger, task, 1, store)
-    assert not report.ok
-    text = report.summary()
-    assert victim["client"] in text and "altered" in text
-    assert "updates root" not in text  # the leaves commit to the accepted digests, not the bytes
-
-
-def test_audit_names_a_result_digest_that_differs(ledger, tmp_path):
-    task, res = _tampered_round(ledger, tmp_path)
-    store = PayloadStore(tmp_path)
-    record = store.read_round(task, 1)
-    record["result_digest"] = "00" * 32
-    store.write_round(task, 1, record)
-    report = audit(ledger, task, 1, store)
-    assert not report.ok and "result digest differs" in report.summary()
-    assert "0x" + res.result_digest.hex() in report.summary()
-
-
-def test_audit_names_participants_that_were_not_registered(ledger, tmp_path):
-    task, _ = _tampered_round(ledger, tmp_path)
-    store = PayloadStore(tmp_path)
-    record = store.read_round(task, 1)
-    record["participants"] = record["participants"][::-1]
-    store.write_round(task, 1, record)
-    report = audit(ledger, task, 1, store)
-    assert not report.ok and "not those registered" in report.summary()
-
-
-def test_audit_catches_an_aggregator_that_commits_a_wrong_result(ledger, tmp_path, monkeypatch):
-    import bcfl_engine.round as round_mod
-
-    honest = round_mod._aggregate
-
-    def lying(*args, **kw):
-        out, raw = honest(*args, **kw)
-        return out, raw[:-1] + bytes([raw[-1] ^ 0x40])
-
-    monkeypatch.setattr(round_mod, "_aggregate", lying)
-    task, res = _tampered_round(ledger, tmp_path)
-    monkeypatch.undo()
-    report = audit(ledger, task, 1, tmp_path)
-    assert not report.ok
-    assert "recomputed" in report.summary() and "0x" + res.result_digest.hex() in report.summary()
-
-
-def test_audit_of_an_uncommitted_round_fails(ledger, tmp_path):
-    task = new_task(ledger)
-    report = audit(ledger, task, 1, tmp_path)
-    assert not report.ok and "no commit" in report.summary()
-
-
 # ---- crash safety: kill the aggregator mid-round, restart it ---------------------------------
 
 AGGREGATOR = textwrap.dedent(
@@ -357,50 +290,68 @@ def test_killed_aggregator_restarts_without_losing_payloads_and_commits_the_same
     assert report.ok, report.summary()
 
 
-# ---- CKKS: the same round on ciphertexts ------------------------------------------------------
+# ---- restarts: a committed round, a fresh chain on the same store ----------------------------
 
 
-@pytest.fixture(scope="module")
-def ckks_keys():
-    he = pytest.importorskip("bcfl_engine.he")
-    if not hasattr(he, "encrypt"):
-        pytest.skip("bcfl_engine.he has no encrypt in this build yet")
-    return he.generate_keys("default")
+def _files(root: Path) -> list[tuple[Path, bytes]]:
+    return sorted((p, p.read_bytes()) for p in root.rglob("*") if p.is_file())
 
 
-def test_ckks_round_decrypts_to_the_weighted_sum_and_audits(ledger, tmp_path, ckks_keys):
-    from bcfl_engine import he
+def test_a_committed_round_refuses_payloads_after_a_restart(ledger, tmp_path):
+    from bcfl_engine.chain.errors import RoundConflict
 
     task = new_task(ledger)
-    public = ckks_keys.public_context()
-    x = make_updates(N, D, seed=9)
-    rnd = AggregationRound(
-        ledger, task, 1, tmp_path, participants=ADDRESSES[:N], secure="ckks", he_context=public
+    ps = payloads(ledger, task, 1, make_updates(N, D, seed=12))
+    first = make_round(ledger, task, tmp_path)
+    for p in ps[:3]:
+        first.submit(p)
+    res = first.finalize()
+    before, block = _files(tmp_path), ledger.w3.eth.block_number
+    again = make_round(ledger, task, tmp_path)  # the aggregator restarted after the commit
+    assert again.committed and again.clients == res.clients
+    with pytest.raises(PayloadError, match="already committed"):
+        again.submit(ps[3])
+    with pytest.raises(PayloadError, match="already committed"):
+        again.submit(ps[0])
+    out = again.finalize()
+    assert (out.root, out.result_digest, out.meta_hash) == (
+        res.root,
+        res.result_digest,
+        res.meta_hash,
     )
-    for i in range(N):
-        blob = he.encrypt(x[i].numpy(), public)
-        rnd.submit(sign_payload(KEYS[i], task, 1, blob, ledger.domain, weight=i + 1))
-    res = rnd.finalize()
-    assert isinstance(res.update, bytes) and res.result_digest == keccak256(res.update)
-    w = torch.arange(1, N + 1, dtype=torch.float64)
-    got = torch.as_tensor(he.decrypt(res.update, ckks_keys.secret_context))[:D]
-    expected = (w[:, None] * x.double()).sum(0)
-    # the sum of n ciphertexts is within sum_i w_i * precision of the plaintext weighted sum
-    assert float((got - expected).abs().max()) <= float(w.sum()) * ckks_keys.preset.precision
-    report = audit(ledger, task, 1, tmp_path)
-    assert report.ok, report.summary()
+    assert torch.equal(out.update, res.update) and out.receipt.noop and out.gas_used == res.gas_used
+    assert out.proof(1) == res.proof(1)
+    assert ledger.w3.eth.block_number == block and _files(tmp_path) == before  # nothing sent
+    lost = make_round(ledger, task, tmp_path / "elsewhere")  # a store without its records
+    with pytest.raises(PayloadError, match="already committed"):
+        lost.submit(ps[3])
+    with pytest.raises(RoundConflict, match="holds none"):
+        lost.finalize()
 
 
-def test_ckks_round_rejects_a_truncated_ciphertext(ledger, tmp_path, ckks_keys):
-    from bcfl_engine import he
-
-    task = new_task(ledger)
-    public = ckks_keys.public_context()
-    rnd = AggregationRound(
-        ledger, task, 1, tmp_path, participants=ADDRESSES[:N], secure="ckks", he_context=public
-    )
-    blob = he.encrypt(torch.ones(D).numpy(), public)
-    rnd.submit(sign_payload(KEYS[0], task, 1, blob, ledger.domain))
-    with pytest.raises(PayloadError, match=ADDRESSES[1].lower()):
-        rnd.submit(sign_payload(KEYS[1], task, 1, blob[:-100], ledger.domain))
-    assert len(rnd) == 1
+def test_a_rerun_on_a_fresh_embedded_chain_is_a_new_run(tmp_path):
+    """Same deterministic chain: task 1 at the same registry address, same clients, one store."""
+    seen, ledgers = [], []
+    for run in range(2):
+        fresh = Ledger.embedded()
+        ledgers.append(fresh)
+        task = new_task(fresh)
+        seen.append((fresh.chain_id, fresh.address, task))
+        x = make_updates(N, D, seed=20 + run)
+        rnd = make_round(fresh, task, tmp_path)
+        assert len(rnd) == 0
+        ps = payloads(fresh, task, 1, x)
+        for p in ps[:2]:
+            rnd.submit(p)
+        resumed = make_round(fresh, task, tmp_path)  # resume within a run still works
+        assert resumed.clients == rnd.clients
+        for p in ps[2:]:
+            resumed.submit(p)
+        res = resumed.finalize()
+        w = torch.arange(1, N + 1, dtype=torch.float64)
+        assert_close(res.update, (w[:, None] * x.double()).sum(0) / w.sum())
+        report = audit(fresh, task, 1, tmp_path)
+        assert report.ok, report.summary()
+    assert seen[0] == seen[1]  # the scenario: nothing but the chain's history tells them apart
+    assert len(list((tmp_path / "rounds").iterdir())) == 2
+    assert audit(ledgers[0], 1, 1, tmp_path).ok  # the first run stays auditable

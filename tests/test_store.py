@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
+import time
 
 import pytest
 
 from bcfl_engine.errors import InvalidArgument, PayloadError
-from bcfl_engine.store import PayloadStore, atomic_write
+from bcfl_engine.store import STALE_TMP_SECONDS, PayloadStore, atomic_write
 from bcfl_engine.updates import keccak256
 
 
@@ -30,10 +32,10 @@ def test_put_is_idempotent_and_empty_payload_is_storable(tmp_path):
     assert store.get(store.put(b"")) == b""
 
 
-def test_put_repairs_an_altered_copy(tmp_path):
+def test_put_repairs_a_truncated_copy(tmp_path):
     store = PayloadStore(tmp_path)
     digest = store.put(b"payload")
-    store.path(digest).write_bytes(b"tampered")
+    store.path(digest).write_bytes(b"payl")
     store.put(b"payload")
     assert store.get(digest) == b"payload"
 
@@ -70,14 +72,59 @@ def test_a_failed_write_leaves_no_file_and_no_temporary(tmp_path, monkeypatch):
     assert list(target.parent.iterdir()) == []
 
 
-def test_temporaries_left_by_a_crash_are_removed_on_open(tmp_path):
+def test_only_stale_temporaries_are_removed_on_open(tmp_path):
     store = PayloadStore(tmp_path)
     digest = store.put(b"kept")
-    leftover = store.path(digest).parent / ".tmp-abc123"
-    leftover.write_bytes(b"half a payl")
+    stale = store.path(digest).parent / ".tmp-abc123"
+    stale.write_bytes(b"half a payl")
+    old = time.time() - STALE_TMP_SECONDS - 60
+    os.utime(stale, (old, old))
+    in_flight = store.path(digest).parent / ".tmp-def456"  # another writer's, being written
+    in_flight.write_bytes(b"half a paylo")
     PayloadStore(tmp_path)
-    assert not leftover.exists()
+    assert not stale.exists()
+    assert in_flight.exists()
     assert store.get(digest) == b"kept"
+
+
+def test_a_read_only_store_creates_changes_and_deletes_nothing(tmp_path):
+    missing = tmp_path / "nowhere"
+    ro = PayloadStore(missing, readonly=True)
+    assert ro.accepted(1, 1) == [] and ro.read_round(1, 1) is None
+    assert not missing.exists()
+    store = PayloadStore(tmp_path / "s")
+    digest = store.put(b"kept")
+    store.accept(7, 1, "0xaa", {"client": "0xaa"})
+    leftover = store.path(digest).parent / ".tmp-abc123"
+    leftover.write_bytes(b"half")
+    old = time.time() - STALE_TMP_SECONDS - 60
+    os.utime(leftover, (old, old))
+    before = sorted((p, p.stat().st_mtime_ns) for p in (tmp_path / "s").rglob("*"))
+    ro = PayloadStore(tmp_path / "s", readonly=True)
+    assert ro.get(digest) == b"kept" and ro.accepted(7, 1) == [{"client": "0xaa"}]
+    for write in (
+        lambda: ro.put(b"new"),
+        lambda: ro.accept(7, 1, "0xbb", {}),
+        lambda: ro.write_round(7, 1, {}),
+        lambda: ro.sweep(),
+    ):
+        with pytest.raises(InvalidArgument, match="read-only"):
+            write()
+    assert sorted((p, p.stat().st_mtime_ns) for p in (tmp_path / "s").rglob("*")) == before
+
+
+def test_put_with_a_known_digest_does_not_hash_again(tmp_path, monkeypatch):
+    from bcfl_engine import protocol
+
+    store = PayloadStore(tmp_path)
+    data = b"payload bytes"
+    digest = keccak256(data)
+    calls = []
+    monkeypatch.setattr(protocol, "payload_digest", lambda d: calls.append(d) or keccak256(d))
+    assert store.put(data, digest=digest) == digest
+    assert store.put(data, digest=digest) == digest  # present: not read back, not hashed
+    assert calls == []
+    assert store.get(digest) == data and len(calls) == 1  # get verifies: one hash
 
 
 def test_acceptance_records_round_trip_sorted_by_client(tmp_path):
@@ -107,3 +154,31 @@ def test_unreadable_record_is_a_payload_error(tmp_path):
     (store.round_dir(1, 1) / "accepted" / "0xaa.json").write_text("{not json")
     with pytest.raises(PayloadError, match="unreadable"):
         store.accepted(1, 1)
+
+
+def test_unreadable_records_can_be_collected_as_problems(tmp_path):
+    store = PayloadStore(tmp_path)
+    store.accept(1, 1, "0xaa", {"client": "0xaa"})
+    store.accept(1, 1, "0xbb", {"client": "0xbb"})
+    (store.round_dir(1, 1) / "accepted" / "0xaa.json").write_text("{not json")
+    (store.round_dir(1, 1) / "round.json").write_text(json.dumps([1, 2]))
+    problems: list[str] = []
+    assert store.accepted(1, 1, problems=problems) == [{"client": "0xbb"}]
+    assert store.read_round(1, 1, problems=problems) is None
+    assert len(problems) == 2 and "0xaa.json" in problems[0] and "JSON object" in problems[1]
+    with pytest.raises(PayloadError, match="unreadable round record"):
+        store.read_round(1, 1)
+
+
+def test_a_task_id_names_its_latest_run(tmp_path):
+    store = PayloadStore(tmp_path)
+    first, second = "3-1-" + "ab" * 20 + "-" + "01" * 8, "3-1-" + "ab" * 20 + "-" + "02" * 8
+    store.write_round(first, 1, {"run": 1})
+    old = time.time() - 100
+    os.utime(store.root / "rounds" / first, (old, old))
+    store.write_round(second, 1, {"run": 2})
+    assert store.read_round(first, 1) == {"run": 1}
+    assert store.read_round(3, 1) == {"run": 2}  # the id alone: the latest run
+    assert store.read_round("3", 1) is None  # a name is taken as is
+    store.write_round(3, 1, {"run": 0})  # a folder of the plain id wins
+    assert store.read_round(3, 1) == {"run": 0}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import functools
 import json
+import os
 from importlib import resources
 from typing import Any
 
@@ -35,11 +36,17 @@ def artifact(name: str) -> dict[str, Any]:
 
 def embedded_chain() -> tuple[Any, list[bytes]]:
     """A fresh in-process chain (eth-tester + py-evm) under Prague rules, the EVM version the
-    contracts are compiled for: web3 and the keys of its 10 funded accounts."""
+    contracts are compiled for: web3 and the keys of its 10 funded accounts.
+
+    The genesis block carries 32 random bytes, so every block hash differs between two chains
+    even when the same transactions run in the same second: a task is told apart from the
+    task of the same id at the same address on another embedded chain by its block's hash.
+    """
     web3 = need("web3")
     tester = need("eth_tester")
     prague = need("eth.vm.forks").PragueVM
-    backend = tester.PyEVMBackend(vm_configuration=((0, prague),))
+    genesis = tester.PyEVMBackend.generate_genesis_params(overrides={"extra_data": os.urandom(32)})
+    backend = tester.PyEVMBackend(genesis_parameters=genesis, vm_configuration=((0, prague),))
     w3 = web3.Web3(web3.EthereumTesterProvider(tester.EthereumTester(backend)))
     return w3, [key.to_bytes() for key in backend.account_keys]
 

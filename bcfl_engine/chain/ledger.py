@@ -22,7 +22,7 @@ from ..errors import ChainError, InvalidArgument
 from ..updates import keccak256
 from . import _web3, embedded
 from ._deps import need
-from .errors import RoundConflict, RoundExists, TransactionFailed
+from .errors import RoundConflict, RoundExists, TransactionFailed, UnknownTask
 from .merkle import ZERO32, MerkleTree, as_bytes32, participant_leaf
 from .records import Meta, Receipt, RoundRecord, TaskInfo, meta_hash
 from .signing import PayloadDomain, SignedPayload, verify_payload
@@ -45,6 +45,7 @@ class Ledger:
         self.from_block = from_block
         self.dev_keys: list[bytes] = []
         self._records: dict[tuple[int, int], RoundRecord] = {}
+        self._origins: dict[int, bytes] = {}
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -119,6 +120,7 @@ class Ledger:
         """This registry, sending from the account of ``key`` (shares the round cache)."""
         other = Ledger(self.w3, self.address, key, from_block=self.from_block)
         other.dev_keys, other._records = self.dev_keys, self._records
+        other._origins = self._origins
         return other
 
     @property
@@ -180,6 +182,27 @@ class Ledger:
     def set_aggregator(self, task: int, aggregator: str) -> Receipt:
         """Hands the aggregator role to ``aggregator`` (owner only)."""
         return self.transact("setAggregator", task, _checksum(self.w3, aggregator))
+
+    def task_origin(self, task: int) -> bytes:
+        """The hash of the block that created ``task`` (from its ``TaskCreated`` event).
+
+        With the chain id, the registry address and the task id, it names one task on one
+        chain: a fresh deployment that hands out the same id at the same address (a new
+        embedded chain, a restarted dev node) has another block hash. UnknownTask if no
+        such event exists.
+        """
+        if task not in self._origins:
+            logs = self.contract.events.TaskCreated.get_logs(
+                argument_filters={"task": task}, from_block=self.from_block
+            )
+            if not logs:
+                raise UnknownTask(
+                    f"task {task} was not created on this registry (no TaskCreated event)",
+                    "UnknownTask",
+                    {"task": task},
+                )
+            self._origins[task] = bytes(logs[0]["blockHash"])  # immutable once mined
+        return self._origins[task]
 
     def task_info(self, task: int) -> TaskInfo:
         owner, aggregator, proot, spec = self.call("getTask", task)

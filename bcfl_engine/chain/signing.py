@@ -1,10 +1,11 @@
-"""Client authentication: secp256k1 signatures over (task, round, payload digest).
+"""Client authentication: secp256k1 signatures over (task, round, payload digest, weight).
 
-Each client signs its payload's digest as EIP-712 typed data,
-``Payload(uint256 task, uint256 round, bytes32 digest)``, in the domain
+Each client signs its payload's digest and its weight as EIP-712 typed data,
+``Payload(uint256 task, uint256 round, bytes32 digest, uint64 weight)``
+(:data:`bcfl_engine.protocol.SIGNED_TYPE`, defined there), in the domain
 ``{name: "bcfl_engine", version: "1", chainId, verifyingContract: registry}``. The domain binds
-a signature to one registry on one chain, the fields to one task and round: a payload replayed
-in another round, task or deployment fails. Wallets show typed data to the signer field by field.
+a signature to one registry on one chain, the fields to one task and round and one weight: a
+payload replayed in another round, task or deployment, or sent with another weight, fails. Wallets show typed data to the signer field by field.
 
 The aggregator calls :func:`verify_payload` before a payload enters a batch: it rejects
 unsigned, mis-signed, replayed (other round or task), non-participant and tampered payloads,
@@ -17,19 +18,11 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
+from .. import protocol
 from ..errors import InvalidArgument
-from ..updates import keccak256
 from ._deps import need
 from .errors import BadSignature, DigestMismatch, NotParticipant, ReplayedPayload, UnsignedPayload
 from .merkle import address_bytes, as_bytes32
-
-_TYPES = {
-    "Payload": [
-        {"name": "task", "type": "uint256"},
-        {"name": "round", "type": "uint256"},
-        {"name": "digest", "type": "bytes32"},
-    ]
-}
 
 
 @dataclass(frozen=True)
@@ -55,9 +48,10 @@ class SignedPayload:
     Attributes
     ----------
     task, round : the task id and round the client signed for.
-    digest : keccak256 of the payload bytes (32 bytes).
+    digest : :func:`~bcfl_engine.protocol.payload_digest` of the payload bytes (32 bytes).
     client : the client's address, ``0x`` hex.
     signature : 65 bytes ``r || s || v``, or None when unsigned.
+    weight : the client's weight (its sample count), signed with the digest.
     """
 
     task: int
@@ -65,25 +59,36 @@ class SignedPayload:
     digest: bytes
     client: str
     signature: bytes | None
+    weight: int = 1
 
 
-def _signable(domain: PayloadDomain, task: int, round: int, digest: bytes) -> Any:
+def _signable(domain: PayloadDomain, task: int, round: int, digest: bytes, weight: int) -> Any:
     messages = need("eth_account.messages")
     return messages.encode_typed_data(
         domain_data=domain.as_eip712(),
-        message_types=_TYPES,
-        message_data={"task": task, "round": round, "digest": digest},
+        message_types=protocol.eip712_types(),
+        message_data={"task": task, "round": round, "digest": digest, "weight": weight},
     )
 
 
 def sign_payload(
-    key: bytes | str, *, task: int, round: int, digest: bytes, domain: PayloadDomain
+    key: bytes | str,
+    *,
+    task: int,
+    round: int,
+    digest: bytes,
+    domain: PayloadDomain,
+    weight: int = 1,
 ) -> SignedPayload:
-    """Signs ``(task, round, digest)`` with the client's private key (32 bytes or hex)."""
+    """Signs ``(task, round, digest, weight)`` with the client's private key (32 bytes or hex).
+
+    ``weight`` must be an int in ``[1, 2**64 - 1]`` (InvalidWeight otherwise).
+    """
     account = need("eth_account").Account.from_key(key)
     digest = as_bytes32(digest, "digest")
-    signed = account.sign_message(_signable(domain, task, round, digest))
-    return SignedPayload(task, round, digest, account.address, bytes(signed.signature))
+    weight = protocol.check_weight(weight)
+    signed = account.sign_message(_signable(domain, task, round, digest, weight))
+    return SignedPayload(task, round, digest, account.address, bytes(signed.signature), weight)
 
 
 def verify_payload(
@@ -104,7 +109,7 @@ def verify_payload(
     participants : addresses allowed to send (the task's participants); a set of 20-byte
         addresses makes the check O(1) per payload.
     domain : the chain and registry signatures are bound to.
-    data : the payload bytes, if at hand: their keccak256 must equal ``payload.digest``.
+    data : the payload bytes, if at hand: their digest must equal ``payload.digest``.
 
     Returns
     -------
@@ -112,8 +117,10 @@ def verify_payload(
 
     Raises
     ------
-    UnsignedPayload, ReplayedPayload, BadSignature, NotParticipant, DigestMismatch
+    UnsignedPayload, ReplayedPayload, BadSignature (also when the weight is not the one
+    signed), NotParticipant, DigestMismatch; InvalidWeight for a weight out of bounds
     """
+    weight = protocol.check_weight(payload.weight, f"weight of {payload.client}")
     if not payload.signature:
         raise UnsignedPayload(f"payload from {payload.client} carries no signature")
     if payload.task != task or payload.round != round:
@@ -127,7 +134,11 @@ def verify_payload(
     try:
         recovered = need("eth_account").Account.recover_message(
             _signable(
-                domain, payload.task, payload.round, as_bytes32(payload.digest, "payload.digest")
+                domain,
+                payload.task,
+                payload.round,
+                as_bytes32(payload.digest, "payload.digest"),
+                weight,
             ),
             signature=payload.signature,
         )
@@ -138,8 +149,9 @@ def verify_payload(
     signer = address_bytes(recovered)
     if signer != claimed:
         raise BadSignature(
-            f"signature over task {task} round {round} was made by 0x{signer.hex()}, "
-            f"not by the claimed client 0x{claimed.hex()}"
+            f"signature over task {task} round {round} (digest, weight {weight}) was made by "
+            f"0x{signer.hex()}, not by the claimed client 0x{claimed.hex()}: another signer, "
+            "or the payload or its weight changed after signing"
         )
     # A set of 20-byte addresses answers in O(1); anything else is normalized first.
     if not (isinstance(participants, (set, frozenset)) and signer in participants):
@@ -148,9 +160,9 @@ def verify_payload(
             raise NotParticipant(
                 f"0x{signer.hex()} is not among the task's {len(allowed)} participants"
             )
-    if data is not None and keccak256(data) != payload.digest:
+    if data is not None and (got := protocol.payload_digest(data)) != payload.digest:
         raise DigestMismatch(
-            f"payload bytes from 0x{signer.hex()} hash to 0x{keccak256(data).hex()}; "
+            f"payload bytes from 0x{signer.hex()} hash to 0x{got.hex()}; "
             f"signed digest is 0x{payload.digest.hex()}"
         )
     return "0x" + signer.hex()

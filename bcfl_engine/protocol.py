@@ -1,0 +1,369 @@
+"""The round's byte format, defined once: what round, audit and the integrations all import.
+
+Nothing here talks to a chain or a disk; every function is pure.
+
+- **payload digest**: :func:`payload_digest` names a payload everywhere (the signature, the
+  store's object name, the leaf, the committed result and metadata); :data:`DIGEST` is its name,
+  recorded in every round's metadata. Changing the hash is one edit here.
+- **payload encoding**: a plaintext update is its flat float32 vector, little-endian
+  (:func:`encode_update`); a CKKS update is what :func:`bcfl_engine.he.encrypt` returns.
+- **what a client signs**: the EIP-712 typed data :data:`SIGNED_TYPE`,
+  ``Payload(uint256 task, uint256 round, bytes32 digest, uint64 weight)``: the weight (the
+  client's sample count) is signed with the payload, so nobody in between can reweight it.
+- **weight bound**: :func:`check_weight`, an int in ``[1, MAX_WEIGHT]`` (a ``uint64``).
+- **leaf**: :func:`leaf_hash` (OpenZeppelin double-hashed ``abi.encode(uint256 round, address
+  client, bytes32 digest, uint256 weight, bytes32 salt)``), what the registry's
+  ``verifyInclusion`` checks a proof against; :func:`leaves_of` over acceptance records.
+- **records**: the acceptance record, the round record (``round.json``) and the metadata a
+  round commits; :func:`check_acceptance`, :func:`check_round_record` and :func:`check_meta`
+  turn a malformed one into a :class:`~bcfl_engine.errors.PayloadError` naming the field.
+- **task key**: :func:`task_key`, the name of a task's folder in the store, from the task's
+  identity on its chain (chain id, registry, task id, hash of the block that created it), so a
+  rerun on a fresh chain never meets an older run's records.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from .chain.merkle import address_bytes, leaf_hash
+from .errors import InvalidArgument, InvalidWeight, PayloadError, ShapeMismatch
+from .updates import keccak256
+
+FORMAT = "bcfl-round/2"
+"""The metadata format of a committed round (1: unsigned weights, one folder per task id)."""
+
+DIGEST = "keccak-256"
+"""The name of :func:`payload_digest`, recorded in each round's metadata."""
+
+MAX_WEIGHT = 2**64 - 1
+"""The largest client weight: what the signed ``uint64 weight`` holds."""
+
+SIGNED_FIELDS: tuple[tuple[str, str], ...] = (
+    ("task", "uint256"),
+    ("round", "uint256"),
+    ("digest", "bytes32"),
+    ("weight", "uint64"),
+)
+SIGNED_TYPE = "Payload(" + ",".join(f"{t} {n}" for n, t in SIGNED_FIELDS) + ")"
+"""The EIP-712 struct a client signs (``encodeType``)."""
+
+
+def payload_digest(data: bytes | memoryview) -> bytes:
+    """The 32-byte digest that names a payload (:data:`DIGEST`)."""
+    return keccak256(data)
+
+
+def eip712_types() -> dict[str, list[dict[str, str]]]:
+    """:data:`SIGNED_FIELDS` as the ``types`` of EIP-712 typed data."""
+    return {"Payload": [{"name": n, "type": t} for n, t in SIGNED_FIELDS]}
+
+
+def check_weight(weight: object, who: str = "weight") -> int:
+    """``weight`` as an int in ``[1, MAX_WEIGHT]``; InvalidWeight otherwise (bools included)."""
+    if isinstance(weight, bool) or not isinstance(weight, int):
+        raise InvalidWeight(f"{who} must be an int; got {type(weight).__name__} {weight!r:.60}")
+    if not 1 <= weight <= MAX_WEIGHT:
+        shown = weight if weight.bit_length() <= 80 else f"an int of {weight.bit_length()} bits"
+        raise InvalidWeight(f"{who} must be in [1, 2**64 - 1]; got {shown}")
+    return weight
+
+
+# ---- what a client sends -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Payload:
+    """What a client sends: its address, the payload bytes, its signature, its weight.
+
+    ``weight`` is an int in ``[1, 2**64 - 1]`` (the client's sample count), signed with the
+    payload; ``salt`` (32 bytes) hides the leaf and is drawn by the aggregator when the client
+    sends none.
+    """
+
+    client: str
+    data: bytes
+    signature: bytes | None
+    weight: int = 1
+    salt: bytes | None = None
+
+
+def sign_payload(
+    key: Any, task: int, round: int, data: bytes, domain: Any, weight: int = 1
+) -> Payload:
+    """Client side: sign ``data`` and ``weight`` for ``round`` of ``task`` under ``domain``
+    (the ledger's). ``weight`` is an int in ``[1, 2**64 - 1]`` (InvalidWeight otherwise)."""
+    from .chain.signing import sign_payload as _sign
+
+    digest = payload_digest(data)
+    signed = _sign(key, task=task, round=round, digest=digest, domain=domain, weight=weight)
+    return Payload(signed.client, data, signed.signature, weight)
+
+
+# ---- plaintext payloads ---------------------------------------------------------------------
+
+
+def encode_update(vector: torch.Tensor | np.ndarray) -> bytes:
+    """A plaintext update as payload bytes: ``[d]`` float32, little-endian."""
+    return np.ascontiguousarray(np.asarray(vector, dtype="<f4").reshape(-1)).tobytes()
+
+
+def _check_size(data: bytes | memoryview, dim: int) -> None:
+    if len(data) != 4 * dim:
+        raise ShapeMismatch(f"a plaintext update of d={dim} is {4 * dim} bytes; got {len(data)}")
+
+
+def decode_update(data: bytes, dim: int) -> torch.Tensor:
+    """The ``[dim]`` float32 vector in plaintext payload bytes (a copy); ShapeMismatch if the
+    size differs."""
+    _check_size(data, dim)
+    return torch.from_numpy(np.frombuffer(data, dtype="<f4").astype(np.float32))
+
+
+def update_view(data: bytes, dim: int) -> torch.Tensor:
+    """:func:`decode_update` without the copy: a read-only ``[dim]`` float32 view of ``data``.
+
+    The caller must not write to it (the bytes are immutable); the round copies it once, into
+    its batch buffer.
+    """
+    _check_size(data, dim)
+    if sys.byteorder != "little":  # the view would read the bytes in the wrong order
+        return decode_update(data, dim)
+    if dim == 0:
+        return torch.empty(0, dtype=torch.float32)
+    with warnings.catch_warnings():  # torch warns that the buffer is read-only: we only read it
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.frombuffer(data, dtype=torch.float32)
+
+
+# ---- leaves -----------------------------------------------------------------------------------
+
+
+def leaves_of(round: int, records: Sequence[Mapping[str, Any]]) -> list[bytes]:
+    """The Merkle leaves of a round's acceptance records, in their order."""
+    return [
+        leaf_hash(
+            round,
+            r["client"],
+            bytes.fromhex(r["digest"]),
+            int(r["weight"]),
+            bytes.fromhex(r["salt"]),
+        )
+        for r in records
+    ]
+
+
+# ---- metadata and store names ------------------------------------------------------------------
+
+
+def encode_meta(meta: Mapping[str, Any]) -> bytes:
+    """The bytes of a round's metadata: JSON, sorted keys, no spaces (every party hashes these)."""
+    return json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
+
+
+def round_meta(
+    *,
+    task: int,
+    round: int,
+    secure: str | None,
+    rule: str,
+    f: int,
+    params: Mapping[str, Any],
+    pre: Sequence[Any],
+    backend: str | None,
+    dim: int | None,
+    he_context: bytes | None = None,
+) -> dict[str, Any]:
+    """The metadata a round commits (its hash goes on chain): what an audit needs to recompute
+    the result bit for bit. ``he_context`` is the digest of the CKKS public context."""
+    meta: dict[str, Any] = {
+        "format": FORMAT,
+        "digest": DIGEST,
+        "signed": SIGNED_TYPE,
+        "task": task,
+        "round": round,
+        "secure": secure,
+        "rule": rule,
+        "f": f,
+        "params": dict(params),
+        "pre": list(pre),
+        "backend": backend,
+        "dim": dim,
+    }
+    if he_context is not None:
+        meta["he_context"] = he_context.hex()
+    return meta
+
+
+def task_key(chain_id: int, registry: str | bytes, task: int, origin: bytes) -> str:
+    """The store's folder name of ``task``: ``<task>-<chain id>-<registry>-<origin[:8]>``.
+
+    ``origin`` is the hash of the block that created the task: two deployments of the same
+    registry at the same address (a fresh embedded chain, a restarted dev node) differ there,
+    so their rounds never share records; the same task on the same chain always maps here, so
+    a restarted aggregator resumes.
+    """
+    if isinstance(task, bool) or not isinstance(task, int) or task < 0:
+        raise InvalidArgument(f"task must be an int >= 0; got {task!r}")
+    if isinstance(chain_id, bool) or not isinstance(chain_id, int) or chain_id < 0:
+        raise InvalidArgument(f"chain_id must be an int >= 0; got {chain_id!r}")
+    if not isinstance(origin, (bytes, bytearray)) or len(origin) != 32:
+        raise InvalidArgument(f"origin must be a 32-byte block hash; got {origin!r}")
+    return (
+        f"{task}-{chain_id}-{address_bytes(registry, 'registry').hex()}-{bytes(origin[:8]).hex()}"
+    )
+
+
+# ---- records: what the store holds, checked field by field ---------------------------------------
+
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
+
+
+def _object(obj: object, what: str) -> dict[str, Any]:
+    if not isinstance(obj, dict):
+        raise PayloadError(f"{what}: expected a JSON object; got {type(obj).__name__}")
+    return obj
+
+
+def _field(rec: Mapping[str, Any], key: str, what: str) -> Any:
+    if key not in rec:
+        raise PayloadError(f"{what}: field {key!r} is missing")
+    return rec[key]
+
+
+def _int(rec: Mapping[str, Any], key: str, what: str, lo: int, hi: int = 2**63 - 1) -> int:
+    v = _field(rec, key, what)
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise PayloadError(f"{what}: field {key!r} must be an int in [{lo}, {hi}]; got {v!r:.80}")
+    return v
+
+
+def _hex(rec: Mapping[str, Any], key: str, what: str, nbytes: int) -> bytes:
+    v = _field(rec, key, what)
+    if not isinstance(v, str) or not re.fullmatch(f"[0-9a-f]{{{2 * nbytes}}}", v):
+        raise PayloadError(
+            f"{what}: field {key!r} must be {2 * nbytes} lower-case hex digits; got {v!r:.80}"
+        )
+    return bytes.fromhex(v)
+
+
+def _address(v: object, what: str, lower: bool = False) -> str:
+    if not isinstance(v, str) or not _ADDRESS.fullmatch(v) or (lower and v != v.lower()):
+        case = "lower-case " if lower else ""
+        raise PayloadError(f"{what} must be a {case}0x-hex 20-byte address; got {v!r:.80}")
+    return v
+
+
+def check_acceptance(obj: object) -> dict[str, Any]:
+    """An acceptance record ``{seq, client, digest, weight, salt, signature}``, checked.
+
+    Returns it unchanged; PayloadError naming the first malformed field.
+    """
+    what = "acceptance record"
+    rec = _object(obj, what)
+    _int(rec, "seq", what, 0)
+    _address(_field(rec, "client", what), f"{what}: field 'client'", lower=True)
+    for key, size in (("digest", 32), ("salt", 32), ("signature", 65)):
+        _hex(rec, key, what, size)
+    try:
+        check_weight(_field(rec, "weight", what), f"{what}: field 'weight'")
+    except InvalidWeight as exc:
+        raise PayloadError(str(exc)) from None
+    return rec
+
+
+def check_round_record(obj: object) -> dict[str, Any]:
+    """A round record (``round.json``: what the aggregator committed), checked."""
+    what = "round record"
+    rec = _object(obj, what)
+    _int(rec, "task", what, 0)
+    _int(rec, "round", what, 1)
+    _int(rec, "n", what, 1)
+    _address(_field(rec, "contract", what), f"{what}: field 'contract'")
+    for key in ("root", "result_digest", "meta_hash"):
+        _hex(rec, key, what, 32)
+    people = _field(rec, "participants", what)
+    if not isinstance(people, list) or not people:
+        raise PayloadError(f"{what}: field 'participants' must be a non-empty list")
+    for i, p in enumerate(people):
+        _address(p, f"{what}: participants[{i}]")
+    if "gas_used" in rec:
+        _int(rec, "gas_used", what, 0)
+    return rec
+
+
+def check_meta(obj: object) -> dict[str, Any]:
+    """The metadata a round committed (:func:`encode_meta`), checked: format, digest, signed
+    type, rule, ``f``, parameters, pre-steps, backend, ``dim`` or the CKKS context's digest."""
+    from . import backends, rules
+
+    what = "round metadata"
+    meta = _object(obj, what)
+    for key, want in (("format", FORMAT), ("digest", DIGEST), ("signed", SIGNED_TYPE)):
+        if _field(meta, key, what) != want:
+            raise PayloadError(f"{what}: {key} {meta[key]!r:.80}; this engine reads {want!r}")
+    _int(meta, "task", what, 0)
+    _int(meta, "round", what, 1)
+    _int(meta, "f", what, 0)
+    rule = _field(meta, "rule", what)
+    if not isinstance(rule, str) or rule not in rules.RULES:
+        raise PayloadError(f"{what}: unknown rule {rule!r:.80}")
+    params = _field(meta, "params", what)
+    if not isinstance(params, dict) or not all(isinstance(k, str) for k in params):
+        raise PayloadError(f"{what}: params must be an object; got {params!r:.80}")
+    pre = _field(meta, "pre", what)
+    ok = isinstance(pre, list) and all(
+        isinstance(p, str) or (isinstance(p, list) and len(p) == 2 and isinstance(p[0], str))
+        for p in pre
+    )
+    if not ok:
+        raise PayloadError(
+            f"{what}: pre must be a list of names or [name, params]; got {pre!r:.80}"
+        )
+    backend = _field(meta, "backend", what)
+    if backend is not None and backend not in backends.BACKENDS:
+        raise PayloadError(f"{what}: unknown backend {backend!r:.80}")
+    secure = _field(meta, "secure", what)
+    if secure == "ckks":
+        _hex(meta, "he_context", what, 32)
+        if _field(meta, "dim", what) is not None:
+            raise PayloadError(f"{what}: a CKKS round has dim null; got {meta['dim']!r:.80}")
+    elif secure is None:
+        _int(meta, "dim", what, 1)
+    else:
+        raise PayloadError(f"{what}: secure must be null or 'ckks'; got {secure!r:.80}")
+    return meta
+
+
+__all__ = [
+    "DIGEST",
+    "FORMAT",
+    "MAX_WEIGHT",
+    "SIGNED_FIELDS",
+    "SIGNED_TYPE",
+    "Payload",
+    "check_acceptance",
+    "check_meta",
+    "check_round_record",
+    "check_weight",
+    "decode_update",
+    "eip712_types",
+    "encode_meta",
+    "encode_update",
+    "leaf_hash",
+    "leaves_of",
+    "payload_digest",
+    "round_meta",
+    "sign_payload",
+    "task_key",
+    "update_view",
+]

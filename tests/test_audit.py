@@ -1,0 +1,109 @@
+"""The audit of committed rounds: it names what differs between the store and the chain.
+
+The fuzz of every record field is in ``test_audit_fuzz.py``.
+"""
+
+from __future__ import annotations
+
+import pytest
+from helpers import make_updates
+
+from bcfl_engine.round import AggregationRound, audit, encode_update, sign_payload
+from bcfl_engine.store import PayloadStore
+from bcfl_engine.updates import keccak256
+
+pytest.importorskip("web3")
+from eth_account import Account
+
+from bcfl_engine.chain import Ledger
+
+N, D = 5, 7
+KEYS = [keccak256(f"audit hospital {i}".encode()) for i in range(N)]
+ADDRESSES = [Account.from_key(k).address for k in KEYS]
+
+
+@pytest.fixture(scope="module")
+def ledger():
+    return Ledger.embedded()
+
+
+def new_task(ledger) -> int:
+    return ledger.create_task(aggregator=ledger.sender, participants=ADDRESSES, model_spec=b"a")
+
+
+def make_round(ledger, task, store):
+    return AggregationRound(ledger, task, 1, store, participants=ADDRESSES, dim=D)
+
+
+def payloads(ledger, task, round, x):
+    return [
+        sign_payload(KEYS[i], task, round, encode_update(x[i]), ledger.domain, weight=i + 1)
+        for i in range(len(x))
+    ]
+
+
+def _tampered_round(ledger, tmp_path):
+    task = new_task(ledger)
+    rnd = make_round(ledger, task, tmp_path)
+    for p in payloads(ledger, task, 1, make_updates(N, D, seed=6)):
+        rnd.submit(p)
+    return task, rnd.finalize()
+
+
+def test_audit_names_an_altered_payload(ledger, tmp_path):
+    task, _ = _tampered_round(ledger, tmp_path)
+    store = PayloadStore(tmp_path)
+    victim = store.accepted(task, 1)[2]
+    path = store.path(victim["digest"])
+    raw = bytearray(path.read_bytes())
+    raw[0] ^= 1
+    path.write_bytes(bytes(raw))
+    report = audit(ledger, task, 1, store)
+    assert not report.ok
+    text = report.summary()
+    assert victim["client"] in text and "altered" in text
+    assert "updates root" not in text  # the leaves commit to the accepted digests, not the bytes
+
+
+def test_audit_names_a_result_digest_that_differs(ledger, tmp_path):
+    task, res = _tampered_round(ledger, tmp_path)
+    store = PayloadStore(tmp_path)
+    record = store.read_round(task, 1)
+    record["result_digest"] = "00" * 32
+    store.write_round(task, 1, record)
+    report = audit(ledger, task, 1, store)
+    assert not report.ok and "result digest differs" in report.summary()
+    assert "0x" + res.result_digest.hex() in report.summary()
+
+
+def test_audit_names_participants_that_were_not_registered(ledger, tmp_path):
+    task, _ = _tampered_round(ledger, tmp_path)
+    store = PayloadStore(tmp_path)
+    record = store.read_round(task, 1)
+    record["participants"] = record["participants"][::-1]
+    store.write_round(task, 1, record)
+    report = audit(ledger, task, 1, store)
+    assert not report.ok and "not those registered" in report.summary()
+
+
+def test_audit_catches_an_aggregator_that_commits_a_wrong_result(ledger, tmp_path, monkeypatch):
+    import bcfl_engine.round as round_mod
+
+    honest = round_mod._aggregate
+
+    def lying(*args, **kw):
+        out, raw = honest(*args, **kw)
+        return out, raw[:-1] + bytes([raw[-1] ^ 0x40])
+
+    monkeypatch.setattr(round_mod, "_aggregate", lying)
+    task, res = _tampered_round(ledger, tmp_path)
+    monkeypatch.undo()
+    report = audit(ledger, task, 1, tmp_path)
+    assert not report.ok
+    assert "recomputed" in report.summary() and "0x" + res.result_digest.hex() in report.summary()
+
+
+def test_audit_of_an_uncommitted_round_fails(ledger, tmp_path):
+    task = new_task(ledger)
+    report = audit(ledger, task, 1, tmp_path)
+    assert not report.ok and "no commit" in report.summary()
