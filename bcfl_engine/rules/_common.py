@@ -35,8 +35,21 @@ def check_updates(x: object, rule: str, *, min_n: int = 1) -> torch.Tensor:
 def check_finite(x: torch.Tensor, rule: str) -> None:
     """Reject NaN/inf: one non-finite value poisons an aggregate."""
     if not all_finite(x):
-        row = int((~torch.isfinite(x)).any(dim=1).nonzero()[0, 0])
-        raise NonFiniteUpdate(f"{rule}: update {row} holds NaN or infinity")
+        raise_nonfinite(x, rule)
+
+
+def raise_nonfinite(x: torch.Tensor, rule: str, rows: torch.Tensor | None = None) -> None:
+    """Raise NonFiniteUpdate naming the first row of ``x`` (among ``rows``, int64 indices, if
+    given) that holds NaN or infinity; return if there is none (a finite input whose result
+    overflowed, which the caller then handles)."""
+    if rows is None:
+        bad = (~torch.isfinite(x)).any(dim=1).nonzero()
+        if bad.numel():
+            raise NonFiniteUpdate(f"{rule}: update {int(bad[0, 0])} holds NaN or infinity")
+        return
+    for i in sorted(int(r) for r in rows.reshape(-1).tolist()):
+        if not bool(torch.isfinite(x[i]).all()):
+            raise NonFiniteUpdate(f"{rule}: update {i} holds NaN or infinity")
 
 
 def check_f(f: object, n: int, rule: str) -> int:
