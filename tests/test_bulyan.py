@@ -140,9 +140,7 @@ def test_coordinate_stage_breaks_ties_as_the_reference(backend: str, theta: int,
         from bcfl_engine.backends import native
 
         got = torch.empty(515)
-        native().bulyan_coordinates(
-            0, x.data_ptr(), 515, idx.data_ptr(), theta, beta, got.data_ptr()
-        )
+        native().bulyan_coordinates(x, idx, beta, got)
     else:
         from bcfl_engine.kernels.bulyan import bulyan_coordinates
 

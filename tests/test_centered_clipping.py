@@ -84,7 +84,9 @@ def test_aggregate_passes_the_rule_parameters() -> None:
 
 def test_centered_clipping_rejects_bad_input() -> None:
     x = make_updates(4, 5)
-    with pytest.raises(PreconditionError, match=r"n > 2f \(Karimireddy et al. 2021\); got n=4, f=2"):
+    with pytest.raises(
+        PreconditionError, match=r"n > 2f \(Karimireddy et al. 2021\); got n=4, f=2"
+    ):
         centered_clipping(x, f=2)
     with pytest.raises(InvalidArgument, match="tau must be a finite number > 0"):
         centered_clipping(x, tau=0.0)

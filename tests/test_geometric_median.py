@@ -103,7 +103,9 @@ def weiszfeld64(x: torch.Tensor, start: torch.Tensor, iters: int = 20000) -> tor
     return v
 
 
-def honest_and_outlier(n: int, d: int, scale: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def honest_and_outlier(
+    n: int, d: int, scale: float, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``n - 1`` honest updates (N(1, 1)) and the same with one more row at ``scale`` in every
     coordinate (the outlier's direction does not depend on ``scale``)."""
     g = torch.Generator().manual_seed(seed)

@@ -37,7 +37,6 @@ import torch
 
 from ..backends import Kernel, dispatch, native
 from ..errors import BackendUnavailable
-from ._common import DTYPE_CODE
 
 # Without the extension: columns per block of the float32 Gram products through torch's BLAS
 # (4096 x n=64 rows = 1 MiB; 2048 was 1.3x slower at n=64, d=1M, one thread, 8192 within 3%),
@@ -115,9 +114,9 @@ def sq_dists_native(x: torch.Tensor) -> torch.Tensor:
         lib = native()
     except BackendUnavailable:
         return gram_to_sq_dists(_gram_blas(x, p))
-    n, d = x.shape
+    n = x.shape[0]
     gram = torch.empty(n, n, dtype=torch.float64)
-    lib.gram_centered(DTYPE_CODE[x.dtype], x.data_ptr(), n, d, p.data_ptr(), gram.data_ptr())
+    lib.gram_centered(x, p, gram)
     return gram_to_sq_dists(gram)
 
 

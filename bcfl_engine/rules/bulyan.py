@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from ..backends import Kernel, choose, dispatch, native
-from ._common import DTYPE_CODE, check_rule_input, contiguous
+from ._common import check_rule_input, contiguous
 from ._distances import (
     iterated_krum,
     sq_dists,
@@ -67,7 +67,7 @@ def _select_native(dist: torch.Tensor, f: int, theta: int) -> torch.Tensor:
     instead of O(n^2); the same rows in the same order."""
     dist = dist.to(torch.float64).contiguous()
     chosen = torch.empty(theta, dtype=torch.int64)
-    native().bulyan_select(dist.data_ptr(), dist.shape[0], f, theta, chosen.data_ptr())
+    native().bulyan_select(dist, f, chosen)
     return chosen
 
 
@@ -76,9 +76,7 @@ def _bulyan_native(x: torch.Tensor, f: int) -> torch.Tensor:
     n, d = x.shape
     idx = _select_native(sq_dists_native(x), f, n - 2 * f)
     out = torch.empty(d, dtype=torch.float32)
-    native().bulyan_coordinates(
-        DTYPE_CODE[x.dtype], x.data_ptr(), d, idx.data_ptr(), idx.numel(), n - 4 * f, out.data_ptr()
-    )
+    native().bulyan_coordinates(x, idx, n - 4 * f, out)
     return out
 
 

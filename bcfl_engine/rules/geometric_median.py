@@ -23,7 +23,7 @@ leaves it where a client at 1e3 does, up to ``tol``):
 
 Squared distances are summed in float32 by the fast paths; a row whose sum overflows or falls
 where float32 squares underflow (a client at 1e19, or within 1e-10 of ``v``) is summed again
-in float64 (:func:`exact_rows`), so finite input never gives an infinite or zero distance.
+in float64 (:func:`~._common.exact_sq_dists`), so finite input never gives an infinite or zero distance.
 
 Each step is one fused pass over ``x`` (:func:`combine_step`): it forms the new point and, from
 the same column tile, every client's distance to it, which the next step's weights need. So
@@ -38,15 +38,16 @@ import torch
 
 from ..backends import Kernel, dispatch, native
 from ._common import (
-    DTYPE_CODE,
     check_count,
     check_f,
     check_positive,
     check_updates,
     check_weights,
     contiguous,
+    exact_sq_dists,
     normalized_weights,
     raise_nonfinite,
+    sq_dists64,
 )
 
 # step(x, coef [n], beta, v_in [d] float32 or None, with_dist)
@@ -56,40 +57,13 @@ Step = Callable[
     tuple[torch.Tensor, torch.Tensor],
 ]
 
-# A float32 sum of squares below this may have lost terms to underflow (squares of terms under
-# 1.1e-19 are subnormal or 0): with d <= 1e9 terms the loss is below 1e9 * 1.2e-38 = 1.2e-29,
-# 1e-9 of 1e-20. Such rows, and rows whose sum overflowed, are summed again in float64.
-RECHECK_BELOW = 1e-20
-# Columns per block of the float64 distances: [n, 16384] float64 temporaries.
-DIST_BLOCK = 1 << 14
-
-
-def sq_dist64(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """``||x_i - v||^2`` in float64 for the rows of ``x`` ``[m, d]``: no overflow or underflow
-    for any finite float32, float16 or bfloat16 input (their squares fit a float64)."""
-    out = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
-    for j0 in range(0, x.shape[1], DIST_BLOCK):
-        diff = x[:, j0 : j0 + DIST_BLOCK].double() - v[j0 : j0 + DIST_BLOCK].double()
-        out += diff.square().sum(dim=1)
-    return out
-
-
-def exact_rows(x: torch.Tensor, v: torch.Tensor, d2: torch.Tensor) -> torch.Tensor:
-    """``d2`` with the rows a float32 sum got wrong (non-finite, or below
-    :data:`RECHECK_BELOW`) summed again in float64. A non-finite ``v`` (non-finite input) is
-    left alone: the caller reports it."""
-    bad = ~torch.isfinite(d2) | (d2 < RECHECK_BELOW)
-    if bool(bad.any()) and bool(torch.isfinite(v).all()):
-        rows = bad.nonzero().reshape(-1)
-        d2 = d2.clone()
-        d2[rows] = sq_dist64(x[rows], v)
-    return d2
-
 
 def weighted_median(values: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """The smallest value with at least half of the weight ``w`` (sums to 1) at or below it."""
     s, order = values.sort()
-    k = int(torch.searchsorted(w[order].cumsum(0), torch.tensor(0.5, dtype=w.dtype, device=w.device)))
+    k = int(
+        torch.searchsorted(w[order].cumsum(0), torch.tensor(0.5, dtype=w.dtype, device=w.device))
+    )
     return s[min(k, s.numel() - 1)]
 
 
@@ -100,7 +74,7 @@ def step_torch(
     v = (coef.float()[:, None] * x.float()).sum(dim=0)
     if v_in is not None:
         v = v + beta * v_in.float()
-    return v, sq_dist64(x, v) if with_dist else v.new_empty(0, dtype=torch.float64)
+    return v, sq_dists64(x, v) if with_dist else v.new_empty(0, dtype=torch.float64)
 
 
 def weiszfeld(
@@ -169,18 +143,8 @@ def step_native(
     v_out = torch.empty(d, dtype=torch.float32)
     dist2 = torch.empty(n if with_dist else 0, dtype=torch.float64)
     vin = v_in.contiguous() if v_in is not None else None
-    native().combine_distances(
-        DTYPE_CODE[x.dtype],
-        x.data_ptr(),
-        n,
-        d,
-        coef.data_ptr(),
-        float(beta),
-        vin.data_ptr() if vin is not None else 0,
-        v_out.data_ptr(),
-        dist2.data_ptr() if with_dist else 0,
-    )
-    return v_out, exact_rows(x, v_out, dist2) if with_dist else dist2
+    native().combine_distances(x, coef, float(beta), vin, v_out, dist2 if with_dist else None)
+    return v_out, exact_sq_dists(x, v_out, dist2) if with_dist else dist2
 
 
 def step_triton(
@@ -190,7 +154,7 @@ def step_triton(
     from ..kernels.geometric_median import combine_distances
 
     v, d2 = combine_distances(x, coef.to(torch.float32), float(beta), v_in, with_dist)
-    return v, exact_rows(x, v, d2) if with_dist else d2
+    return v, exact_sq_dists(x, v, d2) if with_dist else d2
 
 
 def _fast(step: Step) -> Callable[..., torch.Tensor]:

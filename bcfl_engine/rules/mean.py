@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 
 from ..backends import Kernel, dispatch, native
+from ..updates import all_finite
 from ._common import (
-    DTYPE_CODE,
     check_f,
     check_updates,
     check_weights,
@@ -19,7 +19,6 @@ from ._common import (
     normalized_weights,
     raise_nonfinite,
 )
-from ..updates import all_finite
 
 
 def mean_reference(x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -37,7 +36,7 @@ def _mean_native(x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.
     n, d = x.shape
     w = _normalized(weights, n)
     out = torch.empty(d, dtype=torch.float32)
-    native().weighted_mean(DTYPE_CODE[x.dtype], x.data_ptr(), n, d, w.data_ptr(), out.data_ptr())
+    native().weighted_mean(x, w, out)
     return out
 
 

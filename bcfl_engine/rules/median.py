@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..backends import Kernel, dispatch, native
-from ._common import DTYPE_CODE, check_rule_input, contiguous
+from ._common import check_rule_input, contiguous
 
 
 def median_reference(x: torch.Tensor, f: int = 0) -> torch.Tensor:
@@ -26,9 +26,9 @@ def median_reference(x: torch.Tensor, f: int = 0) -> torch.Tensor:
 
 def _median_native(x: torch.Tensor, f: int = 0) -> torch.Tensor:
     x = contiguous(x)
-    n, d = x.shape
+    d = x.shape[1]
     out = torch.empty(d, dtype=torch.float32)
-    native().median(DTYPE_CODE[x.dtype], x.data_ptr(), n, d, out.data_ptr())
+    native().median(x, out)
     return out
 
 

@@ -14,7 +14,7 @@ import torch
 
 from ..backends import Kernel, dispatch, native
 from ..errors import InvalidArgument
-from ._common import DTYPE_CODE, check_finite, check_rule_input, contiguous
+from ._common import check_finite, check_rule_input, contiguous
 from ._distances import krum_order, sq_dists, sq_dists_native, sq_dists_reference, sq_dists_triton
 
 
@@ -47,9 +47,7 @@ def select_mean_native(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     x = contiguous(x)
     idx = idx.to(torch.int64).contiguous()
     out = torch.empty(x.shape[1], dtype=torch.float32)
-    native().select_mean(
-        DTYPE_CODE[x.dtype], x.data_ptr(), x.shape[1], idx.data_ptr(), idx.numel(), out.data_ptr()
-    )
+    native().select_mean(x, idx, out)
     return out
 
 

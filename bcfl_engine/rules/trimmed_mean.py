@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..backends import Kernel, dispatch, native
-from ._common import DTYPE_CODE, check_rule_input, contiguous
+from ._common import check_rule_input, contiguous
 from .median import triton_row_limit
 
 
@@ -23,9 +23,9 @@ def trimmed_mean_reference(x: torch.Tensor, f: int) -> torch.Tensor:
 
 def _trimmed_mean_native(x: torch.Tensor, f: int) -> torch.Tensor:
     x = contiguous(x)
-    n, d = x.shape
+    d = x.shape[1]
     out = torch.empty(d, dtype=torch.float32)
-    native().trimmed_mean(DTYPE_CODE[x.dtype], x.data_ptr(), n, d, f, out.data_ptr())
+    native().trimmed_mean(x, f, out)
     return out
 
 
