@@ -24,7 +24,14 @@ import torch
 
 from ..backends import Kernel, dispatch
 from ..errors import InvalidArgument
-from ._common import check_count, check_f, check_finite, check_positive, check_updates, contiguous
+from ._common import (
+    check_count,
+    check_f,
+    check_positive,
+    check_updates,
+    contiguous,
+    raise_nonfinite,
+)
 from .geometric_median import Step, step_native, step_triton
 
 
@@ -103,7 +110,10 @@ def centered_clipping(
     n_iter : iterations, >= 1 (the paper uses 1 to 3).
     center : ``[d]`` starting point, e.g. the previous aggregate; zeros if None.
     backend : "torch", "native", "triton" or None (automatic).
-    check : reject non-finite updates (an O(n d) scan; off when the batch was validated).
+    check : reject non-finite updates. Costs no pass of its own: a NaN in row ``i`` makes its
+        distance to the center NaN, hence its coefficient and ``v``; an infinity makes its
+        distance infinite, its coefficient 0 and ``0 * inf = nan`` in ``v``. So the result is
+        non-finite, and only then are the rows scanned to name the culprit.
 
     Storage may be float32, float16 or bfloat16; all backends compute in float32 (the fast
     paths accumulate distances in float64).
@@ -129,6 +139,7 @@ def centered_clipping(
         center = center.to(device=x.device, dtype=torch.float32)
         if not bool(torch.isfinite(center).all()):
             raise InvalidArgument(f"{rule}: center holds NaN or infinity")
-    if check:
-        check_finite(x, rule)
-    return dispatch(rule, KERNELS, x, backend, f=f, tau=tau, n_iter=n_iter, center=center)
+    out = dispatch(rule, KERNELS, x, backend, f=f, tau=tau, n_iter=n_iter, center=center)
+    if check and not bool(torch.isfinite(out).all()):
+        raise_nonfinite(x, rule)
+    return out

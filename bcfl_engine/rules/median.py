@@ -64,7 +64,9 @@ def median(
     x : ``[n_clients, dim]`` updates, float32, float16 or bfloat16 (computed in float32).
     f : the number of Byzantine clients to tolerate; the median needs ``n > 2f``.
     backend : "torch", "native", "triton" or None (automatic).
-    check : reject non-finite updates (an O(n d) scan; off when the batch was validated).
+    check : reject non-finite updates: an O(n d) scan of its own (off when the batch was
+        validated). Unlike the mean it cannot be read off the result: the median of a column
+        ignores one NaN or infinity among its extremes.
     """
     x, f = check_rule_input(x, f, "median", check)
     return dispatch("median", KERNELS, x, backend, f)

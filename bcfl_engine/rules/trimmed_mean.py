@@ -16,9 +16,21 @@ from .median import triton_row_limit
 
 
 def trimmed_mean_reference(x: torch.Tensor, f: int) -> torch.Tensor:
-    """Pure-torch trimmed mean of ``x`` ``[n, d]``; float32 ``[d]``."""
+    """Pure-torch trimmed mean of ``x`` ``[n, d]``; float32 ``[d]``. Summed in float64: a float32
+    sum of kept values near 3e38 overflows though their mean is finite."""
     s = x.float().sort(dim=0).values
-    return s[f : s.shape[0] - f].mean(dim=0)
+    return s[f : s.shape[0] - f].mean(dim=0, dtype=torch.float64).float()
+
+
+def _finite_columns(out: torch.Tensor, x: torch.Tensor, f: int) -> torch.Tensor:
+    """``out`` from a kernel that sums in float32, with the columns where that sum overflowed
+    (kept values near 3e38) taken from the reference, which sums in float64. A column of
+    non-finite input stays non-finite."""
+    bad = ~torch.isfinite(out)
+    if bool(bad.any()):
+        cols = bad.nonzero().reshape(-1)
+        out[cols] = trimmed_mean_reference(x[:, cols], f)
+    return out
 
 
 def _trimmed_mean_native(x: torch.Tensor, f: int) -> torch.Tensor:
@@ -26,13 +38,13 @@ def _trimmed_mean_native(x: torch.Tensor, f: int) -> torch.Tensor:
     d = x.shape[1]
     out = torch.empty(d, dtype=torch.float32)
     native().trimmed_mean(x, f, out)
-    return out
+    return _finite_columns(out, x, f)
 
 
 def _trimmed_mean_triton(x: torch.Tensor, f: int) -> torch.Tensor:
     from ..kernels.trimmed_mean import trimmed_mean as trimmed_mean_kernel
 
-    return trimmed_mean_kernel(contiguous(x), f)
+    return _finite_columns(trimmed_mean_kernel(contiguous(x), f), x, f)
 
 
 KERNELS = (
@@ -52,7 +64,9 @@ def trimmed_mean(
     x : ``[n_clients, dim]`` updates, float32, float16 or bfloat16 (computed in float32).
     f : values dropped at each end of every coordinate; requires ``n > 2f``.
     backend : "torch", "native", "triton" or None (automatic).
-    check : reject non-finite updates (an O(n d) scan; off when the batch was validated).
+    check : reject non-finite updates: an O(n d) scan of its own (off when the batch was
+        validated). Unlike the mean it cannot be read off the result: the f largest and f
+        smallest values of a column are dropped, an infinity among them too.
     """
     x, f = check_rule_input(x, f, "trimmed_mean", check)
     return dispatch("trimmed_mean", KERNELS, x, backend, f)
