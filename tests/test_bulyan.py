@@ -8,7 +8,7 @@ import torch
 from helpers import assert_close, make_updates
 
 import bcfl_engine as be
-from bcfl_engine.errors import InvalidArgument, PreconditionError
+from bcfl_engine.errors import InvalidArgument, NonFiniteUpdate, PreconditionError
 from bcfl_engine.rules.bulyan import (
     bulyan,
     bulyan_coordinates_reference,
@@ -171,3 +171,16 @@ def test_bulyan_rejects_bad_input() -> None:
 def test_aggregate_runs_bulyan_by_name() -> None:
     x = make_updates(11, 40, seed=2)
     assert_close(be.aggregate(x, rule="bulyan", f=2), bulyan_reference(x, 2))
+
+
+@pytest.mark.parametrize("row", [0, 5], ids=["first", "middle"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")], ids=str)
+def test_bulyan_names_the_non_finite_update_without_a_scan_of_its_own(
+    backend: str, row: int, value: float
+) -> None:
+    # The check is read off what the rule computes anyway (see its docstring); only then are
+    # rows scanned, to name the culprit.
+    x = make_updates(9, 300, seed=6)
+    x[row, 123] = value
+    with pytest.raises(NonFiniteUpdate, match=f"update {row} "):
+        bulyan(x, f=1, backend=backend)

@@ -207,3 +207,16 @@ def test_geometric_median_rejects_bad_input() -> None:
     x[3, 0] = float("inf")
     with pytest.raises(NonFiniteUpdate, match="update 3"):
         geometric_median(x)
+
+
+@pytest.mark.parametrize("row", [0, 5], ids=["first", "middle"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")], ids=str)
+def test_geometric_median_names_the_non_finite_update_without_a_scan_of_its_own(
+    backend: str, row: int, value: float
+) -> None:
+    # The check is read off what the rule computes anyway (see its docstring); only then are
+    # rows scanned, to name the culprit.
+    x = make_updates(9, 300, seed=6)
+    x[row, 123] = value
+    with pytest.raises(NonFiniteUpdate, match=f"update {row} "):
+        geometric_median(x, f=2, backend=backend, **STEPS)

@@ -17,6 +17,7 @@ from ..backends import Kernel, dispatch, native
 from ..errors import InvalidArgument
 from ._common import (
     FLT_MIN,
+    check_finite,
     check_positive,
     check_updates,
     check_writable,
@@ -116,9 +117,9 @@ def clip(
         output to allocate, and a row within the bound is only read. Not for a batch whose
         rows must stay as received (an audited round).
     backend : "torch", "native", "triton" or None (automatic).
-    check : reject non-finite updates. Costs no pass of its own: a row holding NaN or inf has
-        a non-finite norm, which every kernel returns, and is left unscaled (so in place,
-        ``x`` is unchanged when this raises).
+    check : reject non-finite updates. Without ``inplace`` it costs no pass of its own: a row
+        holding NaN or inf has a non-finite norm, which every kernel returns. In place, ``x``
+        is scanned first (one more read), so that no row is written when this raises.
 
     Storage may be float32, float16 or bfloat16; the output is float32. Norms accumulate in
     float64 in every backend: a finite row never gets an infinite or a zero norm (rows near
@@ -133,6 +134,8 @@ def clip(
                 + ("" if x.is_contiguous() else ", not contiguous")
             )
         check_writable(x, "clip")
+        if check:
+            check_finite(x, "clip")
     out, norms = dispatch("clip", KERNELS, x, backend, max_norm=max_norm, inplace=inplace)
     bad = ~torch.isfinite(norms)
     if check and bool(bad.any()):
