@@ -8,9 +8,10 @@
 // failed check raises bcfl_engine.errors.InvalidArgument; nothing has been read or written.
 #include <pybind11/pybind11.h>
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <cstdint>
-#include <cstdio>
-#include <cstdlib>
 #include <initializer_list>
 #include <string>
 #include <vector>
@@ -57,33 +58,26 @@ const char* name_of(int code) {
   return code >= 0 && code <= kI64 ? names[code] : "?";
 }
 
-// Whether every byte of [lo, hi) lies in a mapping this process may write (/proc/self/maps);
-// true where that file cannot be read (not Linux: nothing to check against).
+// Whether the byte at `addr` may be written, asked of the kernel rather than by writing it
+// (which would SIGSEGV on a read-only page): the byte goes into a pipe and is read back into
+// place; read() fails with EFAULT where the page is not writable. The value is unchanged.
+// About 2 us, where parsing /proc/self/maps (~400 mappings with torch loaded) took ~1 ms per
+// call, 4% of a mean at n=64, d=1M. The GIL is held, so one pipe serves every call.
+bool byte_writable(std::uintptr_t addr) {
+  static int fds[2] = {-1, -1};
+  if (fds[0] < 0 && pipe2(fds, O_CLOEXEC) != 0) return true;  // cannot tell: let it through
+  void* p = reinterpret_cast<void*>(addr);
+  if (write(fds[1], p, 1) != 1) return false;  // not even readable
+  if (read(fds[0], p, 1) == 1) return true;
+  char drain;
+  (void)!read(fds[0], &drain, 1);  // the byte read() could not deliver
+  return false;
+}
+
+// [lo, hi) is writable: its first and last bytes are (a read-only mapping, as np.memmap
+// mode='r', covers a whole buffer).
 bool mapped_writable(std::uintptr_t lo, std::uintptr_t hi) {
-  std::FILE* fh = std::fopen("/proc/self/maps", "r");
-  if (!fh) return true;
-  std::vector<std::pair<std::uintptr_t, std::uintptr_t>> spans;  // writable spans over [lo, hi)
-  bool readonly_overlap = false;
-  char line[512];
-  while (std::fgets(line, sizeof line, fh)) {
-    char* end = nullptr;
-    const std::uintptr_t a = std::strtoull(line, &end, 16);
-    if (!end || *end != '-') continue;
-    const std::uintptr_t b = std::strtoull(end + 1, &end, 16);
-    if (b <= lo || a >= hi) continue;
-    while (end && *end == ' ') ++end;
-    if (end && end[1] == 'w') spans.emplace_back(a, b);
-    else readonly_overlap = true;
-  }
-  std::fclose(fh);
-  if (readonly_overlap) return false;
-  // /proc/self/maps lists mappings in address order: the writable ones must leave no gap.
-  std::uintptr_t at = lo;
-  for (const auto& [a, b] : spans) {
-    if (a > at) return false;
-    if (b > at) at = b;
-  }
-  return at >= hi;
+  return byte_writable(lo) && byte_writable(hi - 1);
 }
 
 struct View {

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import math
+import os
+import sys
 
 import torch
 
@@ -59,28 +62,25 @@ def exact_sq_norms(x: torch.Tensor, sq: torch.Tensor) -> torch.Tensor:
     return exact_sq_dists(x, None, sq)
 
 
-def _mapped_writable(start: int, end: int) -> bool | None:
-    """Whether every byte of ``[start, end)`` lies in a mapping this process may write, from
-    ``/proc/self/maps``; None where that file does not exist (not Linux)."""
+def _byte_writable(addr: int) -> bool:
+    """Whether the byte at ``addr`` may be written, asked of the kernel rather than by writing
+    it (a SIGSEGV on a read-only page): it goes into a pipe and is read back into place, which
+    fails with EFAULT where the page is not writable. The value is unchanged. (The native
+    bindings check their outputs the same way, csrc/bindings.cpp.)"""
+    r, w = os.pipe()
     try:
-        with open("/proc/self/maps", encoding="ascii") as fh:
-            lines = fh.read().splitlines()
-    except OSError:
-        return None
-    spans = []
-    for line in lines:
-        addr, perms = line.split(maxsplit=2)[:2]
-        lo, hi = (int(a, 16) for a in addr.split("-"))
-        if hi > start and lo < end:
-            spans.append((lo, hi, "w" in perms))
-    at = start
-    for lo, hi, w in sorted(spans):
-        if lo > at or not w:
+        cell = (ctypes.c_char * 1).from_address(addr)
+        try:
+            os.write(w, bytes(cell))  # reads the byte: a fault here is an unreadable page
+        except OSError:
             return False
-        at = max(at, hi)
-        if at >= end:
-            return True
-    return at >= end
+        try:
+            return os.readv(r, [memoryview(cell).cast("B")]) == 1
+        except OSError:
+            return False
+    finally:
+        os.close(r)
+        os.close(w)
 
 
 def check_writable(x: torch.Tensor, rule: str) -> None:
@@ -88,10 +88,12 @@ def check_writable(x: torch.Tensor, rule: str) -> None:
     ``np.memmap`` opened ``mode='r'``, a read-only ``mmap``), which a write would turn into a
     SIGSEGV. (A numpy array flagged ``writeable=False`` but stored in writable memory cannot be
     told apart once ``torch.from_numpy`` has wrapped it; torch warns at that call.)"""
-    if x.device.type != "cpu" or x.numel() == 0:
+    if x.device.type != "cpu" or x.numel() == 0 or sys.platform != "linux":
         return
     start = x.data_ptr()
-    if _mapped_writable(start, start + x.numel() * x.element_size()) is False:
+    last = start + x.numel() * x.element_size() - 1
+    # A read-only mapping (np.memmap mode='r') covers a whole buffer: its ends tell.
+    if not (_byte_writable(start) and _byte_writable(last)):
         raise InvalidArgument(
             f"{rule}: cannot write in place into read-only memory (a memory map opened "
             "mode='r'?); pass a writable copy, or inplace=False"
