@@ -116,3 +116,18 @@ def test_centered_clipping_names_the_non_finite_update_without_a_scan_of_its_own
     x[row, 123] = value
     with pytest.raises(NonFiniteUpdate, match=f"update {row} "):
         centered_clipping(x, f=2, backend=backend)
+
+
+@pytest.mark.parametrize("scale", [1e12, 1e19, 1e30], ids=["1e12", "1e19", "1e30"])
+def test_a_far_outlier_pulls_by_at_most_tau(backend: str, scale: float) -> None:
+    # Whatever its distance, the outlier moves v by tau / n per iteration toward itself: its
+    # distance must not overflow (float32 squares of 1e19 do) into a pull of 0 or of inf.
+    g = torch.Generator().manual_seed(3)
+    x = 1.0 + torch.randn(9, 200, generator=g)
+    x[4] = scale
+    got = centered_clipping(x, f=1, tau=1.0, n_iter=3, backend=backend)
+    assert bool(torch.isfinite(got).all())
+    assert_close(got, centered_clipping_reference(x, tau=1.0, n_iter=3), rtol=1e-5, atol=1e-5)
+    # The same as an outlier at 1e6 in the same direction, to float32 rounding.
+    x[4] = 1e6
+    assert_close(got, centered_clipping_reference(x, tau=1.0, n_iter=3), rtol=1e-4, atol=1e-4)

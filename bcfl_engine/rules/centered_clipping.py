@@ -45,15 +45,17 @@ def centered_clipping_reference(
 ) -> torch.Tensor:
     """Pure-torch centered clipping of ``x`` ``[n, d]`` -> float32 ``[d]``.
 
-    Computes in float32. ``f`` is only validated by :func:`centered_clipping`.
+    Computes in float32, norms in float64 (a float32 norm of a row at 1e19 overflows and
+    would drop that row's bounded pull instead of clipping it). ``f`` is only validated by
+    :func:`centered_clipping`.
     """
     xf = x.float()
     v = torch.zeros(x.shape[1], device=x.device) if center is None else center.float()
     for _ in range(n_iter):
         diff = xf - v
-        norms = torch.linalg.vector_norm(diff, dim=1)
+        norms = torch.linalg.vector_norm(diff, dim=1, dtype=torch.float64)
         scale = tau / norms.clamp(min=tau)  # min(1, tau / norm); 1 for a zero difference
-        v = v + (diff * scale[:, None]).mean(dim=0)
+        v = v + (diff * scale.float()[:, None]).mean(dim=0)
     return v
 
 
