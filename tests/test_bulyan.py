@@ -184,3 +184,13 @@ def test_bulyan_names_the_non_finite_update_without_a_scan_of_its_own(
     x[row, 123] = value
     with pytest.raises(NonFiniteUpdate, match=f"update {row} "):
         bulyan(x, f=1, backend=backend)
+
+
+def test_bulyan_of_values_near_the_float32_maximum_is_finite(backend: str) -> None:
+    # The coordinate stage averages beta values near 3e38: finite, as the float64 reference.
+    g = torch.Generator().manual_seed(9)
+    x = 3.3e38 + 1e36 * torch.randn(11, 40, generator=g)
+    x[:, ::3] *= -1
+    got = bulyan(x, f=2, backend=backend)
+    assert bool(torch.isfinite(got).all())
+    assert_close(got, bulyan_reference(x, 2), rtol=1e-6, atol=0)

@@ -29,6 +29,7 @@ from ._distances import (
     sq_dists_reference,
     sq_dists_triton,
 )
+from .median import finite_columns
 
 # Column block of the reference's coordinate stage: [theta, 16384] float64 temporaries.
 REFERENCE_BLOCK = 1 << 14
@@ -88,7 +89,9 @@ def _bulyan_triton(x: torch.Tensor, f: int, check: bool = False) -> torch.Tensor
 
     n = x.shape[0]
     idx = iterated_krum(checked(sq_dists_triton(x), x, "bulyan", check), f, n - 2 * f)
-    return bulyan_coordinates(contiguous(x), idx, n - 4 * f)
+    out = bulyan_coordinates(contiguous(x), idx, n - 4 * f)
+    # Its float32 sums overflow near 3e38: those columns from the reference (float64).
+    return finite_columns(out, x, lambda xc: bulyan_coordinates_reference(xc, idx, n - 4 * f))
 
 
 def _triton_limits(x: torch.Tensor) -> str | None:

@@ -9,6 +9,9 @@ Each coordinate stays within the range of the honest values as long as ``n > 2f`
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
 from ..backends import Kernel, dispatch, native
@@ -16,12 +19,27 @@ from ._common import check_rule_input, contiguous
 
 
 def median_reference(x: torch.Tensor, f: int = 0) -> torch.Tensor:
-    """Pure-torch coordinate-wise median of ``x`` ``[n, d]``; float32 ``[d]``. ``f`` is unused."""
+    """Pure-torch coordinate-wise median of ``x`` ``[n, d]``; float32 ``[d]``. ``f`` is unused.
+    The two middle values of an even ``n`` are averaged in float64: their float32 sum
+    overflows near 3e38."""
     s = x.float().sort(dim=0).values
     n = s.shape[0]
     if n % 2:
         return s[n // 2].clone()
-    return (s[n // 2 - 1] + s[n // 2]) / 2
+    return ((s[n // 2 - 1].double() + s[n // 2].double()) / 2).float()
+
+
+def finite_columns(
+    out: torch.Tensor, x: torch.Tensor, reference: Callable[..., torch.Tensor], *args: Any
+) -> torch.Tensor:
+    """``out`` from a kernel that adds in float32, with the columns where that overflowed
+    (values near 3e38) taken from ``reference(x[:, cols], *args)``, which adds in float64. A
+    column of non-finite input stays non-finite. Costs a look at ``out`` ``[d]``."""
+    bad = ~torch.isfinite(out)
+    if bool(bad.any()):
+        cols = bad.nonzero().reshape(-1)
+        out[cols] = reference(x[:, cols], *args)
+    return out
 
 
 def _median_native(x: torch.Tensor, f: int = 0) -> torch.Tensor:
@@ -29,13 +47,13 @@ def _median_native(x: torch.Tensor, f: int = 0) -> torch.Tensor:
     d = x.shape[1]
     out = torch.empty(d, dtype=torch.float32)
     native().median(x, out)
-    return out
+    return finite_columns(out, x, median_reference)
 
 
 def _median_triton(x: torch.Tensor, f: int = 0) -> torch.Tensor:
     from ..kernels.median import median as median_kernel
 
-    return median_kernel(contiguous(x))
+    return finite_columns(median_kernel(contiguous(x)), x, median_reference)
 
 
 def triton_row_limit(x: torch.Tensor) -> str | None:

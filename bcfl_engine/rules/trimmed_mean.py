@@ -12,7 +12,7 @@ import torch
 
 from ..backends import Kernel, dispatch, native
 from ._common import check_rule_input, contiguous
-from .median import triton_row_limit
+from .median import finite_columns, triton_row_limit
 
 
 def trimmed_mean_reference(x: torch.Tensor, f: int) -> torch.Tensor:
@@ -22,29 +22,18 @@ def trimmed_mean_reference(x: torch.Tensor, f: int) -> torch.Tensor:
     return s[f : s.shape[0] - f].mean(dim=0, dtype=torch.float64).float()
 
 
-def _finite_columns(out: torch.Tensor, x: torch.Tensor, f: int) -> torch.Tensor:
-    """``out`` from a kernel that sums in float32, with the columns where that sum overflowed
-    (kept values near 3e38) taken from the reference, which sums in float64. A column of
-    non-finite input stays non-finite."""
-    bad = ~torch.isfinite(out)
-    if bool(bad.any()):
-        cols = bad.nonzero().reshape(-1)
-        out[cols] = trimmed_mean_reference(x[:, cols], f)
-    return out
-
-
 def _trimmed_mean_native(x: torch.Tensor, f: int) -> torch.Tensor:
     x = contiguous(x)
     d = x.shape[1]
     out = torch.empty(d, dtype=torch.float32)
     native().trimmed_mean(x, f, out)
-    return _finite_columns(out, x, f)
+    return finite_columns(out, x, trimmed_mean_reference, f)
 
 
 def _trimmed_mean_triton(x: torch.Tensor, f: int) -> torch.Tensor:
     from ..kernels.trimmed_mean import trimmed_mean as trimmed_mean_kernel
 
-    return _finite_columns(trimmed_mean_kernel(contiguous(x), f), x, f)
+    return finite_columns(trimmed_mean_kernel(contiguous(x), f), x, trimmed_mean_reference, f)
 
 
 KERNELS = (
