@@ -24,6 +24,7 @@ import torch
 
 from ..backends import Kernel, dispatch
 from ..errors import InvalidArgument
+from ..updates import all_finite
 from ._common import (
     check_count,
     check_f,
@@ -142,6 +143,6 @@ def centered_clipping(
         if not bool(torch.isfinite(center).all()):
             raise InvalidArgument(f"{rule}: center holds NaN or infinity")
     out = dispatch(rule, KERNELS, x, backend, f=f, tau=tau, n_iter=n_iter, center=center)
-    if check and not bool(torch.isfinite(out).all()):
+    if check and not all_finite(out):
         raise_nonfinite(x, rule)
     return out

