@@ -247,16 +247,11 @@ def public_call(
     the kernel row runs it."""
     info = RULES[rule]
     accepted = inspect.signature(info.fn).parameters
-    params = {
-        k: v
-        for k, v in bench.rule_params(rule, x.shape[0], x.shape[1]).items()
-        if k in accepted and k != "f"
-    }
-    f = bench.rule_params(rule, x.shape[0], x.shape[1])["f"]
+    p = bench.rule_params(rule, x.shape[0], x.shape[1])
+    params = {k: v for k, v in p.items() if k in accepted and k != "f"}
     if info.kind == "aggregate":
-        return (lambda: be.aggregate(x, rule=rule, f=f, backend=backend, **params)), None
-    if info.takes_f:
-        params["f"] = f
+        return (lambda: be.aggregate(x, rule=rule, f=p["f"], backend=backend, **params)), None
+    params.update({"f": p["f"]} if info.takes_f else {})
     if "inplace" in accepted:
         return (lambda v: info.fn(v, backend=backend, inplace=True, **params)), x.clone
     return (lambda: info.fn(x, backend=backend, **params)), None
