@@ -128,3 +128,16 @@ def test_multi_krum_names_the_non_finite_update_from_its_distances(
         multi_krum(x, f=2, backend=backend)
     with pytest.raises(NonFiniteUpdate, match=f"update {row} "):
         multi_krum_select(x, 2, backend=backend)
+
+
+def test_multi_krum_of_tiny_updates_selects_as_the_reference(backend: str) -> None:
+    # Squares of 1e-30 underflow float32: a float32 Gram would make every distance 0 and
+    # select by index; the fast paths redo it in float64.
+    x = make_updates(11, 300, seed=12) * 1e-30
+    x[7] *= 50  # far from the others at this scale: never selected
+    want = multi_krum_select_reference(x, 2, 5)
+    assert 7 not in want.tolist()
+    assert torch.equal(multi_krum_select(x, 2, 5, backend=backend), want)
+    assert_close(
+        multi_krum(x, f=2, m=5, backend=backend) / 1e-30, multi_krum_reference(x, 2, 5) / 1e-30
+    )

@@ -37,7 +37,7 @@ import torch
 
 from ..backends import Kernel, dispatch, native
 from ..errors import BackendUnavailable
-from ._common import DIST_BLOCK, raise_nonfinite
+from ._common import DIST_BLOCK, RECHECK_BELOW, raise_nonfinite
 
 # Without the extension: columns per block of the float32 Gram products through torch's BLAS
 # (4096 x n=64 rows = 1 MiB; 2048 was 1.3x slower at n=64, d=1M, one thread, 8192 within 3%),
@@ -131,12 +131,17 @@ def sq_dists_triton(x: torch.Tensor) -> torch.Tensor:
 
 
 def _finite_gram(gram: torch.Tensor, x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """``gram``, or where its float32 products overflowed (rows beyond ~1e19 from the pivot)
-    the same centred Gram in float64, where no finite float32 input overflows
-    (``(2 * 3.4e38)^2 * d`` is far below the float64 maximum). Non-finite input gives a
-    non-finite Gram either way, which :func:`checked` reports."""
-    if bool(torch.isfinite(gram).all()) or not bool(torch.isfinite(p).all()):
+    """``gram``, or where its float32 products overflowed (rows beyond ~1e19 from the pivot) or
+    all underflowed (every row within ~1e-10 of the pivot: updates of 1e-30) the same centred
+    Gram in float64, where no finite float32 input overflows (``(2 * 3.4e38)^2 * d`` is far
+    below the float64 maximum) or underflows. Non-finite input gives a non-finite Gram either
+    way, which :func:`checked` reports."""
+    if not bool(torch.isfinite(p).all()):
         return gram
+    if bool(torch.isfinite(gram).all()) and float(gram.diagonal().max()) >= RECHECK_BELOW:
+        return gram
+    if float(gram.diagonal().max()) == 0.0 and bool((x == p).all()):
+        return gram  # all rows equal: every distance is 0
     n, d = x.shape
     out = torch.zeros(n, n, dtype=torch.float64, device=x.device)
     for j0 in range(0, d, DIST_BLOCK):
