@@ -200,12 +200,13 @@ PYBIND11_MODULE(_C, m) {
   });
 
   // ---- median ----
+  // Both order-statistic kernels return whether every value of x was finite.
   m.def("median", [](py::handle x_, py::handle out_) {
     const View x = storage(x_, "median: x", {-1, -1});
     const View out = view(out_, "median: out", {kF32}, {x.dim(1)}, true);
     no_overlap(out, "median: out", {&x});
     py::gil_scoped_release release;
-    bcfl::median(x.code, x.as<const void>(), x.dim(0), x.dim(1), out.as<float>());
+    return bcfl::median(x.code, x.as<const void>(), x.dim(0), x.dim(1), out.as<float>());
   });
 
   // ---- trimmed_mean ----
@@ -216,7 +217,7 @@ PYBIND11_MODULE(_C, m) {
       invalid("trimmed_mean: needs 0 <= f and 2f < n=" + std::to_string(x.dim(0)) + "; got f=" + std::to_string(f));
     no_overlap(out, "trimmed_mean: out", {&x});
     py::gil_scoped_release release;
-    bcfl::trimmed_mean(x.code, x.as<const void>(), x.dim(0), x.dim(1), f, out.as<float>());
+    return bcfl::trimmed_mean(x.code, x.as<const void>(), x.dim(0), x.dim(1), f, out.as<float>());
   });
 
   // ---- seal_codec ----

@@ -185,3 +185,20 @@ def test_median_of_values_near_the_float32_maximum_is_finite(backend: str) -> No
     want = ((s[3] + s[4]) / 2).float()
     assert_close(median_reference(x), want, rtol=1e-7, atol=0)
     assert_close(median(x, f=1, backend=backend), want, rtol=1e-7, atol=0)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("dtype", list(DTYPES.values()), ids=list(DTYPES))
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")], ids=str)
+def test_median_names_the_non_finite_update_from_its_one_read(
+    backend: str, dtype: torch.dtype, value: float
+) -> None:
+    # The fast paths flag a NaN or an infinity while copying x into their tiles; the median
+    # itself would hide it (one extreme value among 9). Row 0, a middle row, and the last
+    # column (a partial group of lanes).
+    for row, col in ((0, 0), (5, 33), (8, 69)):
+        x = make_updates(9, 70, dtype, seed=3)
+        x[row, col] = value
+        assert bool(torch.isfinite(median(x, f=1, backend=backend, check=False)[:col]).all())
+        with pytest.raises(NonFiniteUpdate, match=f"update {row} "):
+            median(x, f=1, backend=backend)

@@ -209,3 +209,18 @@ def test_trimmed_mean_of_values_near_the_float32_maximum_is_finite(backend: str)
     want = x.double().sort(dim=0).values[2:7].mean(dim=0).float()
     assert_close(trimmed_mean_reference(x, 2), want, rtol=1e-6, atol=0)
     assert_close(trimmed_mean(x, f=2, backend=backend), want, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")], ids=str)
+@pytest.mark.parametrize("f", [0, 1, 3], ids=["f0", "f1", "f3"])
+def test_trimmed_mean_names_the_non_finite_update_from_its_one_read(
+    backend: str, value: float, f: int
+) -> None:
+    # Dropped as an extreme (f >= 1) or kept (f = 0), a NaN or an infinity is flagged by the
+    # tile copy of the fast paths, and named.
+    for row, col in ((0, 0), (4, 40), (8, 69)):
+        x = make_updates(9, 70, seed=5)
+        x[row, col] = value
+        with pytest.raises(NonFiniteUpdate, match=f"update {row} "):
+            trimmed_mean(x, f=f, backend=backend)

@@ -16,13 +16,15 @@ import torch
 
 from ..backends import Kernel, dispatch, native
 from ..updates import all_finite
-from ._common import check_rule_input, contiguous
+from ._common import check_finite, check_rule_input, contiguous, raise_nonfinite
 
 
-def median_reference(x: torch.Tensor, f: int = 0) -> torch.Tensor:
+def median_reference(x: torch.Tensor, f: int = 0, check: bool = False) -> torch.Tensor:
     """Pure-torch coordinate-wise median of ``x`` ``[n, d]``; float32 ``[d]``. ``f`` is unused.
     The two middle values of an even ``n`` are averaged in float64: their float32 sum
-    overflows near 3e38."""
+    overflows near 3e38. ``check``: reject non-finite input first (a scan of its own)."""
+    if check:
+        check_finite(x, "median")
     s = x.float().sort(dim=0).values
     n = s.shape[0]
     if n % 2:
@@ -45,18 +47,22 @@ def finite_columns(
     return out
 
 
-def _median_native(x: torch.Tensor, f: int = 0) -> torch.Tensor:
+def _median_native(x: torch.Tensor, f: int = 0, check: bool = False) -> torch.Tensor:
     x = contiguous(x)
-    d = x.shape[1]
-    out = torch.empty(d, dtype=torch.float32)
-    native().median(x, out)
+    out = torch.empty(x.shape[1], dtype=torch.float32)
+    if not native().median(x, out) and check:
+        raise_nonfinite(x, "median")
     return finite_columns(out, x, median_reference)
 
 
-def _median_triton(x: torch.Tensor, f: int = 0) -> torch.Tensor:
+def _median_triton(x: torch.Tensor, f: int = 0, check: bool = False) -> torch.Tensor:
     from ..kernels.median import median as median_kernel
 
-    return finite_columns(median_kernel(contiguous(x)), x, median_reference)
+    x = contiguous(x)
+    out, finite = median_kernel(x)
+    if not finite and check:
+        raise_nonfinite(x, "median")
+    return finite_columns(out, x, median_reference)
 
 
 def triton_row_limit(x: torch.Tensor) -> str | None:
@@ -85,9 +91,11 @@ def median(
     x : ``[n_clients, dim]`` updates, float32, float16 or bfloat16 (computed in float32).
     f : the number of Byzantine clients to tolerate; the median needs ``n > 2f``.
     backend : "torch", "native", "triton" or None (automatic).
-    check : reject non-finite updates: an O(n d) scan of its own (off when the batch was
-        validated). Unlike the mean it cannot be read off the result: the median of a column
-        ignores one NaN or infinity among its extremes.
+    check : reject non-finite updates. It cannot be read off the result (the median of a
+        column ignores a NaN or an infinity among its extremes), so the fast paths fold it into
+        their one read of ``x``: the tile copy adds ``v - v`` (0, or NaN for NaN and inf) per
+        value; only a non-finite flag makes the rows be scanned, to name the culprit. The torch
+        reference scans first.
     """
-    x, f = check_rule_input(x, f, "median", check)
-    return dispatch("median", KERNELS, x, backend, f)
+    x, f = check_rule_input(x, f, "median", check=False)
+    return dispatch("median", KERNELS, x, backend, f, check=check)
