@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,7 +31,11 @@ def as_matrix(
     if isinstance(updates, np.ndarray):
         if updates.ndim != 2:
             raise InvalidArgument(f"an array of updates must be 2-D [n, d]; got {updates.shape}")
-        return torch.from_numpy(np.ascontiguousarray(updates)), weights, None, False
+        with warnings.catch_warnings():
+            # A read-only array (np.memmap mode='r', writeable=False) is wrapped without a
+            # copy: the rules only read it, and aggregate refuses an in-place step on it.
+            warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+            return torch.from_numpy(np.ascontiguousarray(updates)), weights, None, False
     if isinstance(updates, torch.Tensor):
         if updates.dim() != 2:
             raise InvalidArgument(
@@ -97,6 +102,8 @@ def aggregate(
         if pinfo.kind != "pre":
             raise InvalidArgument(f"{name!r} is not a pre-aggregation step")
         kw = dict(step_params)
+        if kw.get("inplace") and isinstance(updates, np.ndarray) and not updates.flags.writeable:
+            raise InvalidArgument(f"{name}: inplace on a read-only array (writeable=False)")
         if pinfo.takes_f:
             kw.setdefault("f", f)
         x = pinfo.fn(x, backend=backend, check=not validated, **kw)

@@ -5,7 +5,12 @@ Providers, each given the same ``[n, d]`` float32 updates and the same parameter
 geometric median 10 Weiszfeld steps, centered clipping 3 iterations, radii ``sqrt(d)``):
 
 - ``bcfl[native]`` / ``bcfl[triton]``: this engine's fast path (``--backend``, default native on
-  the CPU, triton on CUDA), and ``bcfl[torch]``, its pure-torch reference;
+  the CPU, triton on CUDA), the bare kernel on a batch already checked finite (``check=False``),
+  and ``bcfl[torch]``, its pure-torch reference;
+- ``public``: what a user calls on a raw tensor, ``be.aggregate(x, rule=..., backend=...)``
+  (for the pre-aggregation steps clip and nnm, ``rules.<step>(x, ...)``), with its default
+  finite check; on the same backend as the kernel row, so that its ``bcfl x`` is the cost of the
+  public call over the kernel (1.00: the check costs no pass of its own);
 - ``flower``: ``flwr.server.strategy.aggregate`` (aggregate, aggregate_median,
   aggregate_trimmed_avg, aggregate_krum with ``to_keep`` 0 / ``n - f``, aggregate_bulyan over
   Krum), on lists of ``([ndarray], num_examples)``, numpy on the host;
@@ -22,6 +27,7 @@ more than ``--budget`` seconds; a provider within budget gets as many of ``--rep
 calls as fit in it (at least one).
 
     python benchmarks/robust.py                      # n=64, d=1M and n=1000, d=100k
+    python benchmarks/robust.py --rules mean --peers torch   # the public call against the floor
     python benchmarks/robust.py --quick --json out.json
     python benchmarks/robust.py --device cuda --backend triton   # see benchmarks/gpu.sh
 """
@@ -31,6 +37,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import inspect
 import json
 import math
 import platform
@@ -42,6 +49,7 @@ from typing import Any
 
 import torch
 
+import bcfl_engine as be
 from bcfl_engine import bench
 from bcfl_engine.rules import RULES
 
@@ -231,6 +239,40 @@ def bench_reference(
     return bench.bench_engine(rule, x, "torch", floor_s, repeats=repeats, budget_s=budget_s)
 
 
+def public_call(
+    rule: str, x: torch.Tensor, backend: str
+) -> tuple[Callable[..., Any], Callable[[], Any] | None]:
+    """``(call, setup)``: the public call on the raw tensor ``x`` (the finite check on), with
+    the parameters of :func:`bcfl_engine.bench.rule_params`; clip in place on a fresh copy, as
+    the kernel row runs it."""
+    info = RULES[rule]
+    accepted = inspect.signature(info.fn).parameters
+    p = bench.rule_params(rule, x.shape[0], x.shape[1])
+    params = {k: v for k, v in p.items() if k in accepted and k != "f"}
+    if info.kind == "aggregate":
+        return (lambda: be.aggregate(x, rule=rule, f=p["f"], backend=backend, **params)), None
+    params.update({"f": p["f"]} if info.takes_f else {})
+    if "inplace" in accepted:
+        return (lambda v: info.fn(v, backend=backend, inplace=True, **params)), x.clone
+    return (lambda: info.fn(x, backend=backend, **params)), None
+
+
+def bench_public(
+    rule: str, x: torch.Tensor, backend: str, floor_s: float, repeats: int, budget_s: float
+) -> dict[str, Any]:
+    call, setup = public_call(rule, x, backend)
+    how = "be.aggregate(x)" if RULES[rule].kind == "aggregate" else f"rules.{rule}(x)"
+    try:
+        times = bench.time_call(
+            call, repeats=repeats, setup=setup, sync=bench.sync_for(x.device), budget_s=budget_s
+        )
+    except Exception as exc:  # a failing call is a result of the run, not a crash
+        return bench.result_row(
+            rule, "public", x, floor_s, None, "error", f"{type(exc).__name__}: {exc}"
+        )
+    return bench.result_row(rule, "public", x, floor_s, times, note=f"{how}, {backend}, checked")
+
+
 def run_size(
     n: int, d: int, rules: list[str], args: argparse.Namespace, available: dict[str, str | None]
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -252,6 +294,9 @@ def run_size(
             rule, x, args.backend, floor, repeats=args.repeats, budget_s=args.budget
         )
         group = [fast]
+        if fast["status"] == "ok":
+            used = fast["provider"][len("bcfl[") : -1]
+            group.append(bench_public(rule, x, used, floor, args.repeats, args.budget))
         if fast["status"] == "ok" and not fast["provider"].endswith("[torch]"):
             group.append(bench_reference(rule, x, floor, args.repeats, args.budget))
         for name in args.peers:

@@ -7,6 +7,7 @@
 #include "clip.h"
 
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 
 #include "common.h"
@@ -17,6 +18,21 @@ namespace {
 // Squares are summed in float32 over chunks of 1024, then in float64: the float32 part stays
 // within ~1e-7 relative, and the float64 sum keeps that at d = 1M.
 constexpr int64_t kChunk = 1024;
+// A float32 sum of squares below this may have lost terms to underflow (squares under
+// FLT_MIN): at most d * 1.2e-38, 1e-9 of 1e-20 for d <= 1e9. Such rows, and rows whose float32
+// sum overflowed (values over ~1e19), are summed again in float64, where the square of any
+// finite float32 fits. Same bound as RECHECK_BELOW in bcfl_engine/rules/_common.py.
+constexpr double kRecheckBelow = 1e-20;
+
+template <typename T>
+double sum_sq64(const T* row, int64_t d) {
+  double s = 0.0;
+  for (int64_t j = 0; j < d; ++j) {
+    const double v = static_cast<double>(load(row, j));
+    s += v * v;
+  }
+  return s;
+}
 
 template <typename T>
 void clip_impl(const T* x, int64_t n, int64_t d, double max_norm, float* out, double* norms) {
@@ -44,12 +60,21 @@ void clip_impl(const T* x, int64_t n, int64_t d, double max_norm, float* out, do
       }
       sq += s;
     }
+    if (!std::isfinite(sq) || sq < kRecheckBelow) sq = sum_sq64(row, d);
     const double norm = std::sqrt(sq);
     if (norms) norms[i] = norm;
-    if (norm > max_norm) {
-      const float scale = static_cast<float>(max_norm / norm);
+    // A non-finite norm is a NaN or an infinity in the row: left as it is, for the caller to
+    // report (in place, the input is then unchanged).
+    if (norm > max_norm && std::isfinite(norm)) {
+      const double scale = max_norm / norm;
+      if (scale >= FLT_MIN) {
+        const float s32 = static_cast<float>(scale);
 #pragma omp simd
-      for (int64_t j = 0; j < d; ++j) o[j] *= scale;
+        for (int64_t j = 0; j < d; ++j) o[j] *= s32;
+      } else {  // a float32 scale would be subnormal or 0: scale in float64, round once
+        for (int64_t j = 0; j < d; ++j)
+          o[j] = static_cast<float>(static_cast<double>(o[j]) * scale);
+      }
     }
   }
 }

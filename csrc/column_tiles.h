@@ -100,9 +100,11 @@ constexpr int64_t kPrefetchRows = 4;
 // Copies columns [j0, j0 + m) of x [n, d] into tile groups [(g * (n + 2) + i) * kLanes + l]
 // as float32 with every zero made -0 (keys must agree with float compares, and -0 == +0 does
 // not tell them apart), and fills each group's rows n and n + 1 with the per-lane min and max.
-// Lanes past m hold -0; their results are not written out.
+// Lanes past m hold -0; their results are not written out. Returns whether every value copied
+// was finite: the caller's finite check, folded into the one read of x (a median or a trimmed
+// mean can drop a NaN or an infinity, so their results cannot tell).
 template <typename T>
-void load_tile(const T* x, int64_t n, int64_t d, int64_t j0, int64_t m, float* tile) {
+bool load_tile(const T* x, int64_t n, int64_t d, int64_t j0, int64_t m, float* tile) {
   const int64_t rows = group_rows(n), groups = (m + kLanes - 1) / kLanes;
   for (int64_t g = 0; g < groups; ++g) {
     float* mn = tile + (g * rows + n) * kLanes;
@@ -112,6 +114,8 @@ void load_tile(const T* x, int64_t n, int64_t d, int64_t j0, int64_t m, float* t
     }
   }
   const int64_t full = m / kLanes;
+  // v - v is 0 for a finite v and NaN for NaN or an infinity: one add per value, in lanes.
+  alignas(64) float check[kLanes] = {};
   for (int64_t i = 0; i < n; ++i) {
     const T* src = x + i * d + j0;
     if (i + kPrefetchRows < n) prefetch(src + kPrefetchRows * d, m);
@@ -120,6 +124,7 @@ void load_tile(const T* x, int64_t n, int64_t d, int64_t j0, int64_t m, float* t
       float* mn = tile + (g * rows + n) * kLanes;
       float* mx = mn + kLanes;
       auto put = [&](int l, float v) {
+        check[l] += v - v;
         v = v == 0.0f ? -0.0f : v;
         dst[l] = v;
         mn[l] = v < mn[l] ? v : mn[l];
@@ -136,13 +141,16 @@ void load_tile(const T* x, int64_t n, int64_t d, int64_t j0, int64_t m, float* t
       }
     }
   }
+  bool finite = true;
+  for (int l = 0; l < kLanes; ++l) finite = finite && check[l] == 0.0f;
+  return finite;
 }
 
 // Runs fn(group_tile, out_lanes) for every group of kLanes columns of x [n, d] (group_tile: its
 // n rows, then min and max) and copies the first (valid) lanes of out_lanes to out[j...].
-// OpenMP over column blocks.
+// OpenMP over column blocks. Returns whether every value of x was finite.
 template <typename T, typename Fn>
-void for_each_group(const T* x, int64_t n, int64_t d, float* out, Fn&& fn) {
+bool for_each_group(const T* x, int64_t n, int64_t d, float* out, Fn&& fn) {
   const int64_t d_groups = (d + kLanes - 1) / kLanes;
   const int64_t groups = std::clamp<int64_t>(kTileFloats / (n * kLanes), 1, d_groups);
   const int64_t block = groups * kLanes;
@@ -155,14 +163,15 @@ void for_each_group(const T* x, int64_t n, int64_t d, float* out, Fn&& fn) {
     t.reset(static_cast<float*>(std::aligned_alloc(64, bytes)));
     if (!t) throw std::bad_alloc();
   }
+  int nonfinite = 0;
 #pragma omp parallel num_threads(static_cast<int>(tiles.size()))
   {
     float* tile = tiles[thread_id()].get();
     // Dynamic: the number of passes depends on the data.
-#pragma omp for schedule(dynamic, 4)
+#pragma omp for schedule(dynamic, 4) reduction(| : nonfinite)
     for (int64_t bi = 0; bi < blocks; ++bi) {
       const int64_t j0 = bi * block, m = std::min(block, d - j0);
-      load_tile(x, n, d, j0, m, tile);
+      nonfinite |= load_tile(x, n, d, j0, m, tile) ? 0 : 1;
       for (int64_t g = 0; g * kLanes < m; ++g) {
         alignas(64) float lanes[kLanes];
         fn(tile + g * group_rows(n) * kLanes, lanes);
@@ -171,6 +180,7 @@ void for_each_group(const T* x, int64_t n, int64_t d, float* out, Fn&& fn) {
       }
     }
   }
+  return nonfinite == 0;
 }
 
 }  // namespace select

@@ -8,7 +8,7 @@
 
 namespace bcfl {
 
-// Storage dtypes of an update buffer; codes match bcfl_engine/rules/_native.py.
+// Storage dtypes of an update buffer; bindings.cpp maps torch dtypes to these codes.
 enum DType : int { kF32 = 0, kF16 = 1, kBF16 = 2 };
 
 inline float load(const float* p, std::size_t i) { return p[i]; }

@@ -10,11 +10,11 @@ namespace bcfl {
 
 namespace {
 template <typename T>
-void median_impl(const T* x, int64_t n, int64_t d, float* out) {
+bool median_impl(const T* x, int64_t n, int64_t d, float* out) {
   using namespace select;
   const int32_t r = static_cast<int32_t>((n - 1) / 2);
   const bool even = n % 2 == 0;
-  for_each_group(x, n, d, out, [&](const float* tile, float* lanes) {
+  return for_each_group(x, n, d, out, [&](const float* tile, float* lanes) {
     f32v med[kU];
     if (!even) {
       rank_value(tile, n, r, med);
@@ -35,8 +35,10 @@ void median_impl(const T* x, int64_t n, int64_t d, float* out) {
 }
 }  // namespace
 
-void median(int dtype, const void* x, int64_t n, int64_t d, float* out) {
-  with_dtype(dtype, x, [&](auto* p) { median_impl(p, n, d, out); });
+bool median(int dtype, const void* x, int64_t n, int64_t d, float* out) {
+  bool finite = true;
+  with_dtype(dtype, x, [&](auto* p) { finite = median_impl(p, n, d, out); });
+  return finite;
 }
 
 }  // namespace bcfl

@@ -136,14 +136,16 @@ void trimmed_group(const float* tile, int64_t n, int64_t f, float* lanes) {
 }
 
 template <typename T>
-void trimmed_impl(const T* x, int64_t n, int64_t d, int64_t f, float* out) {
-  for_each_group(x, n, d, out,
+bool trimmed_impl(const T* x, int64_t n, int64_t d, int64_t f, float* out) {
+  return for_each_group(x, n, d, out,
                  [&](const float* tile, float* lanes) { trimmed_group(tile, n, f, lanes); });
 }
 }  // namespace
 
-void trimmed_mean(int dtype, const void* x, int64_t n, int64_t d, int64_t f, float* out) {
-  with_dtype(dtype, x, [&](auto* p) { trimmed_impl(p, n, d, f, out); });
+bool trimmed_mean(int dtype, const void* x, int64_t n, int64_t d, int64_t f, float* out) {
+  bool finite = true;
+  with_dtype(dtype, x, [&](auto* p) { finite = trimmed_impl(p, n, d, f, out); });
+  return finite;
 }
 
 }  // namespace bcfl

@@ -48,6 +48,14 @@ def load_tile(x_ptr, n, d, N_PAD: tl.constexpr, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def nonfinite_sum(tile):
+    """0 when every value of the tile is finite, else NaN (``v - v`` is NaN for NaN and inf; the
+    masked-out places hold 0): the caller's finite check, from the tile already in registers
+    (a median or a trimmed mean can drop a NaN or an infinity, so their results cannot tell)."""
+    return tl.sum(tl.sum(tile - tile, axis=1), axis=0)
+
+
+@triton.jit
 def _key(v):
     b = v.to(tl.int32, bitcast=True)
     return b ^ ((b >> 31) & 0x7FFFFFFF)
@@ -83,8 +91,9 @@ def rank_value(tile, valid, r):
 
 
 @triton.jit
-def _median_kernel(x_ptr, out_ptr, n, d, N_PAD: tl.constexpr, BLOCK: tl.constexpr):
+def _median_kernel(x_ptr, out_ptr, chk_ptr, n, d, N_PAD: tl.constexpr, BLOCK: tl.constexpr):
     cols, valid, tile = load_tile(x_ptr, n, d, N_PAD, BLOCK)
+    tl.store(chk_ptr + tl.program_id(0), nonfinite_sum(tile))
     r = (n - 1) // 2
     lo, chi = rank_value(tile, valid, r)
     # Rank r + 1: tied with rank r if more than r + 1 values are <= it, else the next value up.
@@ -95,10 +104,13 @@ def _median_kernel(x_ptr, out_ptr, n, d, N_PAD: tl.constexpr, BLOCK: tl.constexp
     tl.store(out_ptr + cols, med, mask=cols < d)
 
 
-def median(x: torch.Tensor) -> torch.Tensor:
-    """``x`` ``[n, d]`` contiguous, n <= MAX_ROWS -> float32 ``[d]`` coordinate-wise median."""
+def median(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """``x`` ``[n, d]`` contiguous, n <= MAX_ROWS -> (float32 ``[d]`` coordinate-wise median,
+    whether every value of ``x`` was finite)."""
     n, d = x.shape
     block, n_pad = tile_shape(n, x.device)
+    programs = triton.cdiv(d, block)
     out = torch.empty(d, dtype=torch.float32, device=x.device)
-    _median_kernel[(triton.cdiv(d, block),)](x, out, n, d, N_PAD=n_pad, BLOCK=block)
-    return out
+    chk = torch.empty(programs, dtype=torch.float32, device=x.device)
+    _median_kernel[(programs,)](x, out, chk, n, d, N_PAD=n_pad, BLOCK=block)
+    return out, bool(torch.isfinite(chk).all())

@@ -20,12 +20,13 @@ BLOCK_INTERPRETED = 1 << 14
 def _select_mean_kernel(x_ptr, idx_ptr, out_ptr, m, d, BLOCK: tl.constexpr):
     cols = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < d
-    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    # float64 sums: float32 ones of rows near 3e38 overflow though their mean is finite.
+    acc = tl.zeros([BLOCK], dtype=tl.float64)
     for t in range(0, m):
         # int64 row offset: idx * d passes 2^31 at n=256, d=8M.
         row = tl.load(idx_ptr + t).to(tl.int64)
-        acc += tl.load(x_ptr + row * d + cols, mask=mask, other=0.0).to(tl.float32)
-    tl.store(out_ptr + cols, acc / m, mask=mask)
+        acc += tl.load(x_ptr + row * d + cols, mask=mask, other=0.0).to(tl.float64)
+    tl.store(out_ptr + cols, (acc / m).to(tl.float32), mask=mask)
 
 
 def select_mean(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

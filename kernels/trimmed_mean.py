@@ -12,14 +12,17 @@ import torch
 import triton
 import triton.language as tl
 
-from .median import MAX_ROWS, load_tile, rank_value, tile_shape
+from .median import MAX_ROWS, load_tile, nonfinite_sum, rank_value, tile_shape
 
 __all__ = ["MAX_ROWS", "trimmed_mean"]
 
 
 @triton.jit
-def _trimmed_mean_kernel(x_ptr, out_ptr, n, d, f, N_PAD: tl.constexpr, BLOCK: tl.constexpr):
+def _trimmed_mean_kernel(
+    x_ptr, out_ptr, chk_ptr, n, d, f, N_PAD: tl.constexpr, BLOCK: tl.constexpr
+):
     cols, valid, tile = load_tile(x_ptr, n, d, N_PAD, BLOCK)
+    tl.store(chk_ptr + tl.program_id(0), nonfinite_sum(tile))
     a, le_a = rank_value(tile, valid, f)
     b, _ = rank_value(tile, valid, n - 1 - f)
     inside = valid & (tile > a[:, None]) & (tile < b[:, None])
@@ -30,10 +33,13 @@ def _trimmed_mean_kernel(x_ptr, out_ptr, n, d, f, N_PAD: tl.constexpr, BLOCK: tl
     tl.store(out_ptr + cols, tl.where(a == b, a, mean), mask=cols < d)
 
 
-def trimmed_mean(x: torch.Tensor, f: int) -> torch.Tensor:
-    """``x`` ``[n, d]`` contiguous, n <= MAX_ROWS, n > 2f -> float32 ``[d]`` trimmed mean."""
+def trimmed_mean(x: torch.Tensor, f: int) -> tuple[torch.Tensor, bool]:
+    """``x`` ``[n, d]`` contiguous, n <= MAX_ROWS, n > 2f -> (float32 ``[d]`` trimmed mean,
+    whether every value of ``x`` was finite)."""
     n, d = x.shape
     block, n_pad = tile_shape(n, x.device)
+    programs = triton.cdiv(d, block)
     out = torch.empty(d, dtype=torch.float32, device=x.device)
-    _trimmed_mean_kernel[(triton.cdiv(d, block),)](x, out, n, d, f, N_PAD=n_pad, BLOCK=block)
-    return out
+    chk = torch.empty(programs, dtype=torch.float32, device=x.device)
+    _trimmed_mean_kernel[(programs,)](x, out, chk, n, d, f, N_PAD=n_pad, BLOCK=block)
+    return out, bool(torch.isfinite(chk).all())

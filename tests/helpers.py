@@ -76,3 +76,20 @@ def pick(values: list[float], n: int, d: int, seed: int) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float32)[
         torch.randint(0, len(values), (n, d), generator=g)
     ]
+
+
+def extreme_rows(n: int, d: int, seed: int = 0) -> torch.Tensor:
+    """[n, d] float32 rows of every finite magnitude a float32 sum of squares or of values gets
+    wrong: near the float32 maximum (3e38, where a sum of two overflows), 1e30 and 1e19 (where
+    squares overflow), 1e-30 (where squares underflow), 1, cycling over the rows; each row a
+    Gaussian of its scale (no ties)."""
+    g = torch.Generator().manual_seed(seed)
+    scales = torch.tensor([1e38, 1e30, 1e19, 1e-30, 1.0])[torch.arange(n) % 5]
+    return torch.randn(n, d, generator=g).clamp(-3.0, 3.0) * scales[:, None]
+
+
+def poisoned(x: torch.Tensor, row: int, value: float) -> torch.Tensor:
+    """A copy of ``x`` with ``value`` (NaN or an infinity) at ``[row, d // 2]``."""
+    y = x.clone()
+    y[row, x.shape[1] // 2] = value
+    return y

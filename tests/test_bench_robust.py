@@ -63,6 +63,16 @@ def test_quick_run_prints_the_table_and_writes_json(
     # The engine's fast path comes first in its rule's group; ratios are against it.
     fast = next(r for r in rows if r["rule"] == "geometric_median")
     assert fast["provider"].startswith("bcfl[") and fast["bcfl_speedup"] == 1.0
+    # Next to it, the public call on a raw tensor (finite check on), on the same backend: its
+    # "bcfl x" is what the public call costs over the bare kernel.
+    for rule in RULES.split(","):
+        kernel = next(r for r in rows if r["rule"] == rule)
+        public = by[(rule, "public")]
+        assert public["status"] == "ok", public
+        assert kernel["provider"][5:-1] in public["note"] and "checked" in public["note"]
+        assert math.isclose(public["bcfl_speedup"], public["seconds"] / kernel["seconds"])
+    assert by[("mean", "public")]["note"].startswith("be.aggregate(x)")
+    assert by[("clip", "public")]["note"].startswith("rules.clip(x)")
     byz = by[("geometric_median", "byzfl")]
     assert math.isclose(byz["bcfl_speedup"], byz["seconds"] / fast["seconds"])
 

@@ -8,7 +8,7 @@ import torch
 from helpers import assert_close, make_updates
 
 import bcfl_engine as be
-from bcfl_engine.errors import InvalidArgument, PreconditionError
+from bcfl_engine.errors import InvalidArgument, NonFiniteUpdate, PreconditionError
 from bcfl_engine.rules.bulyan import (
     bulyan,
     bulyan_coordinates_reference,
@@ -140,9 +140,7 @@ def test_coordinate_stage_breaks_ties_as_the_reference(backend: str, theta: int,
         from bcfl_engine.backends import native
 
         got = torch.empty(515)
-        native().bulyan_coordinates(
-            0, x.data_ptr(), 515, idx.data_ptr(), theta, beta, got.data_ptr()
-        )
+        native().bulyan_coordinates(x, idx, beta, got)
     else:
         from bcfl_engine.kernels.bulyan import bulyan_coordinates
 
@@ -173,3 +171,26 @@ def test_bulyan_rejects_bad_input() -> None:
 def test_aggregate_runs_bulyan_by_name() -> None:
     x = make_updates(11, 40, seed=2)
     assert_close(be.aggregate(x, rule="bulyan", f=2), bulyan_reference(x, 2))
+
+
+@pytest.mark.parametrize("row", [0, 5], ids=["first", "middle"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")], ids=str)
+def test_bulyan_names_the_non_finite_update_without_a_scan_of_its_own(
+    backend: str, row: int, value: float
+) -> None:
+    # The check is read off what the rule computes anyway (see its docstring); only then are
+    # rows scanned, to name the culprit.
+    x = make_updates(9, 300, seed=6)
+    x[row, 123] = value
+    with pytest.raises(NonFiniteUpdate, match=f"update {row} "):
+        bulyan(x, f=1, backend=backend)
+
+
+def test_bulyan_of_values_near_the_float32_maximum_is_finite(backend: str) -> None:
+    # The coordinate stage averages beta values near 3e38: finite, as the float64 reference.
+    g = torch.Generator().manual_seed(9)
+    x = 3.3e38 + 1e36 * torch.randn(11, 40, generator=g)
+    x[:, ::3] *= -1
+    got = bulyan(x, f=2, backend=backend)
+    assert bool(torch.isfinite(got).all())
+    assert_close(got, bulyan_reference(x, 2), rtol=1e-6, atol=0)

@@ -84,7 +84,9 @@ def test_aggregate_passes_the_rule_parameters() -> None:
 
 def test_centered_clipping_rejects_bad_input() -> None:
     x = make_updates(4, 5)
-    with pytest.raises(PreconditionError, match=r"n > 2f; got n=4, f=2"):
+    with pytest.raises(
+        PreconditionError, match=r"n > 2f \(Karimireddy et al. 2021\); got n=4, f=2"
+    ):
         centered_clipping(x, f=2)
     with pytest.raises(InvalidArgument, match="tau must be a finite number > 0"):
         centered_clipping(x, tau=0.0)
@@ -101,3 +103,31 @@ def test_centered_clipping_rejects_bad_input() -> None:
     x[1, 4] = float("nan")
     with pytest.raises(NonFiniteUpdate, match="update 1"):
         centered_clipping(x)
+
+
+@pytest.mark.parametrize("row", [0, 5], ids=["first", "middle"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")], ids=str)
+def test_centered_clipping_names_the_non_finite_update_without_a_scan_of_its_own(
+    backend: str, row: int, value: float
+) -> None:
+    # The check is read off what the rule computes anyway (see its docstring); only then are
+    # rows scanned, to name the culprit.
+    x = make_updates(9, 300, seed=6)
+    x[row, 123] = value
+    with pytest.raises(NonFiniteUpdate, match=f"update {row} "):
+        centered_clipping(x, f=2, backend=backend)
+
+
+@pytest.mark.parametrize("scale", [1e12, 1e19, 1e30], ids=["1e12", "1e19", "1e30"])
+def test_a_far_outlier_pulls_by_at_most_tau(backend: str, scale: float) -> None:
+    # Whatever its distance, the outlier moves v by tau / n per iteration toward itself: its
+    # distance must not overflow (float32 squares of 1e19 do) into a pull of 0 or of inf.
+    g = torch.Generator().manual_seed(3)
+    x = 1.0 + torch.randn(9, 200, generator=g)
+    x[4] = scale
+    got = centered_clipping(x, f=1, tau=1.0, n_iter=3, backend=backend)
+    assert bool(torch.isfinite(got).all())
+    assert_close(got, centered_clipping_reference(x, tau=1.0, n_iter=3), rtol=1e-5, atol=1e-5)
+    # The same as an outlier at 1e6 in the same direction, to float32 rounding.
+    x[4] = 1e6
+    assert_close(got, centered_clipping_reference(x, tau=1.0, n_iter=3), rtol=1e-4, atol=1e-4)

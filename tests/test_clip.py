@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import assert_close, make_updates
+from helpers import assert_close, extreme_rows, make_updates, poisoned
 
 import bcfl_engine as be
 from bcfl_engine.errors import InvalidArgument, NonFiniteUpdate
@@ -90,3 +90,50 @@ def test_inplace_clip_needs_contiguous_float32() -> None:
         clip(make_updates(3, 4, torch.float16), max_norm=1.0, inplace=True)
     with pytest.raises(InvalidArgument, match="not contiguous"):
         clip(make_updates(4, 3).t(), max_norm=1.0, inplace=True)
+
+
+def clip64(x: torch.Tensor, max_norm: float) -> torch.Tensor:
+    """The float64 oracle: exact norms, scale and product, rounded to float32 once."""
+    x64 = x.double()
+    norms = torch.linalg.vector_norm(x64, dim=1)
+    scale = torch.where(norms > max_norm, max_norm / norms, torch.ones_like(norms))
+    return (x64 * scale[:, None]).float()
+
+
+@pytest.mark.parametrize("max_norm", [1.0, 1e-35, 1e35], ids=["1", "1e-35", "1e35"])
+@pytest.mark.parametrize("inplace", [False, True], ids=["copy", "inplace"])
+def test_clip_of_extreme_magnitudes_matches_float64(
+    backend: str, max_norm: float, inplace: bool
+) -> None:
+    # Rows at 1e38, 1e30, 1e19 (float32 squares overflow: the norm would be inf and the row
+    # zeroed) and 1e-30 (squares underflow: the norm would be 0 and the row never clipped),
+    # with bounds that make the scale subnormal in float32 (1e-35 / 1e38).
+    x = extreme_rows(10, 1000, seed=3)
+    want = clip64(x, max_norm)
+    src = x.clone()
+    got = clip(src, max_norm=max_norm, backend=backend, inplace=inplace)
+    assert bool(torch.isfinite(got).all())
+    # Where the float32 scale is normal: one rounding of the scale and one of the product,
+    # a few ulps. Subnormal results (bound 1e-35 over d = 1000 terms) keep fewer bits: atol.
+    assert_close(got, want, rtol=1e-6, atol=1e-44)
+    assert_close(got, clip_reference(x, max_norm=max_norm), rtol=1e-6, atol=1e-44)
+    norms = torch.linalg.vector_norm(got.double(), dim=1)
+    assert bool((norms <= max_norm * (1 + 1e-5)).all())
+    if max_norm == 1.0:  # every row but the tiny ones is clipped to the bound, none to 0
+        big = torch.linalg.vector_norm(x.double(), dim=1) > 1.0
+        assert_close(norms[big], torch.full((int(big.sum()),), 1.0, dtype=torch.float64), rtol=1e-5)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=str)
+@pytest.mark.parametrize("inplace", [False, True], ids=["copy", "inplace"])
+def test_clip_names_the_non_finite_row_and_leaves_x_unchanged(
+    backend: str, value: float, inplace: bool
+) -> None:
+    # The check is read off the row norms the kernel returns; a non-finite row is not scaled,
+    # so in place x is unchanged when the error is raised.
+    x = poisoned(make_updates(6, 700, seed=2) * 10, 3, value)
+    before = x.clone()
+    with pytest.raises(NonFiniteUpdate, match="update 3 "):
+        clip(x, max_norm=1.0, backend=backend, inplace=inplace)
+    assert torch.equal(x.isnan(), before.isnan())
+    assert torch.equal(torch.nan_to_num(x), torch.nan_to_num(before))

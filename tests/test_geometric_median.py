@@ -84,13 +84,82 @@ def test_weights_pull_toward_the_heavy_client() -> None:
     assert_close(got, torch.zeros(2), atol=1e-4)
 
 
-def test_native_stops_on_the_objective() -> None:
+def test_native_stops_when_the_point_settles() -> None:
     pytest.importorskip("bcfl_engine._C")
     x = make_updates(11, 300, seed=5)
     w = normalized_weights(None, 11).to(x.device)
     _, it_fixed = weiszfeld(x, w, 1e-6, 7, 0.0, step_native)
     _, it_tol = weiszfeld(x, w, 1e-6, 100, 1e-3, step_native)
     assert it_fixed == 7 and 1 <= it_tol < 7
+
+
+def weiszfeld64(x: torch.Tensor, start: torch.Tensor, iters: int = 20000) -> torch.Tensor:
+    """An oracle: plain Weiszfeld in float64 from ``start`` for a fixed, large number of steps
+    (no smoothing needed: the start is not a data point)."""
+    x64, v = x.double(), start.double()
+    for _ in range(iters):
+        a = 1.0 / torch.linalg.vector_norm(x64 - v, dim=1)
+        v = (a[:, None] * x64).sum(dim=0) / a.sum()
+    return v
+
+
+def honest_and_outlier(
+    n: int, d: int, scale: float, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n - 1`` honest updates (N(1, 1)) and the same with one more row at ``scale`` in every
+    coordinate (the outlier's direction does not depend on ``scale``)."""
+    g = torch.Generator().manual_seed(seed)
+    honest = 1.0 + torch.randn(n - 1, d, generator=g)
+    return honest, torch.cat([honest, torch.full((1, d), scale)])
+
+
+SCALES = [1e12, 1e19, 1e30, 3e38]
+
+
+@pytest.mark.parametrize("n", [3, 11], ids=["n3", "n11"])
+def test_an_outlier_of_any_magnitude_moves_it_no_further(backend: str, n: int) -> None:
+    # The geometric median with one client out of n > 2f at any distance is the point where the
+    # honest clients' unit vectors balance the outlier's: the same point for 1e12 and 3e38.
+    # Checked against plain float64 Weiszfeld, which has no overflow at these magnitudes.
+    d = 257
+    honest, _ = honest_and_outlier(n, d, 1.0, seed=n)
+    oracle = weiszfeld64(torch.cat([honest, torch.full((1, d), 1e12)]), honest.mean(dim=0))
+    spread = float(torch.linalg.vector_norm(honest - honest.mean(dim=0), dim=1).median())
+    for scale in SCALES:
+        _, x = honest_and_outlier(n, d, scale, seed=n)
+        got = geometric_median(x, f=1, backend=backend, max_iter=300, tol=1e-9)
+        assert bool(torch.isfinite(got).all()), scale
+        # 1e-4 of the honest spread: float32 steps, converged to tol 1e-9 of the spread.
+        assert_close(got, oracle.float(), rtol=0, atol=1e-4 * spread)
+
+
+@pytest.mark.parametrize("scale", [1e12, 1e30], ids=["1e12", "1e30"])
+def test_default_settings_resist_a_far_outlier(backend: str, scale: float) -> None:
+    # With the defaults (tol 1e-6, at most 100 steps) a client at 1e12 or 1e30 moves the result
+    # from that of a client at 1e3 by no more than 1e-4 of the honest spread (the stopping rule
+    # is relative to the clients' median distance, not to an objective the outlier dominates).
+    n, d = 11, 1000
+    honest, near = honest_and_outlier(n, d, 1e3, seed=7)
+    _, far = honest_and_outlier(n, d, scale, seed=7)
+    spread = float(torch.linalg.vector_norm(honest - honest.mean(dim=0), dim=1).median())
+    ref = geometric_median(near, f=1, backend=backend)
+    got = geometric_median(far, f=1, backend=backend)
+    assert_close(got, ref, rtol=0, atol=1e-4 * spread)
+    # And the honest median itself is within the classic bound: (n - f) / (n - 2f) times the
+    # honest spread (Minsker 2015, Lemma 2.1, alpha = f / n).
+    alone = geometric_median_reference(honest, max_iter=500, tol=1e-9)
+    assert float((got - alone).norm()) <= 2 * (n - 1) / (n - 2) * spread
+
+
+def test_tiny_updates_have_exact_distances(backend: str) -> None:
+    # Squares of 1e-30 underflow float32 (to 0): the fast paths sum those rows again in
+    # float64, so the median of tiny updates is the median of the same updates scaled up, then
+    # scaled down (float32 values of 1e-30 are normal: only the squares underflow).
+    tiny = 1e-30
+    x = make_updates(7, 300, seed=11)
+    got = geometric_median(x * tiny, backend=backend, eps=1e-60, **STEPS)
+    want = geometric_median_reference(x, eps=1e-60 / tiny, **STEPS)
+    assert_close(got / tiny, want, rtol=RTOL, atol=ATOL)
 
 
 def test_geometric_median_resists_a_byzantine_minority(backend: str) -> None:
@@ -119,7 +188,7 @@ def test_aggregate_wires_weights_and_f() -> None:
 
 def test_geometric_median_rejects_bad_input() -> None:
     x = make_updates(4, 5)
-    with pytest.raises(PreconditionError, match=r"n > 2f; got n=4, f=2"):
+    with pytest.raises(PreconditionError, match=r"n > 2f \(Pillutla et al. 2022\); got n=4, f=2"):
         geometric_median(x, f=2)
     with pytest.raises(InvalidArgument, match="f must be an int"):
         geometric_median(x, f=-1)
@@ -138,3 +207,16 @@ def test_geometric_median_rejects_bad_input() -> None:
     x[3, 0] = float("inf")
     with pytest.raises(NonFiniteUpdate, match="update 3"):
         geometric_median(x)
+
+
+@pytest.mark.parametrize("row", [0, 5], ids=["first", "middle"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")], ids=str)
+def test_geometric_median_names_the_non_finite_update_without_a_scan_of_its_own(
+    backend: str, row: int, value: float
+) -> None:
+    # The check is read off what the rule computes anyway (see its docstring); only then are
+    # rows scanned, to name the culprit.
+    x = make_updates(9, 300, seed=6)
+    x[row, 123] = value
+    with pytest.raises(NonFiniteUpdate, match=f"update {row} "):
+        geometric_median(x, f=2, backend=backend, **STEPS)

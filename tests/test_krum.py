@@ -159,3 +159,16 @@ def test_identical_updates_give_the_reference_update(backend: str) -> None:
     x[[0, 3, 5, 8]] = x[0] * 0.01
     got = krum(x, f=3, backend=backend)
     assert torch.equal(got, krum_reference(x, 3)) and torch.equal(got, x[0])
+
+
+@pytest.mark.parametrize("row", [0, 5], ids=["first", "middle"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")], ids=str)
+def test_krum_names_the_non_finite_update_without_a_scan_of_its_own(
+    backend: str, row: int, value: float
+) -> None:
+    # The check is read off what the rule computes anyway (see its docstring); only then are
+    # rows scanned, to name the culprit.
+    x = make_updates(9, 300, seed=6)
+    x[row, 123] = value
+    with pytest.raises(NonFiniteUpdate, match=f"update {row} "):
+        krum(x, f=2, backend=backend)

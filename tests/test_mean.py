@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import assert_close, make_updates
+from helpers import assert_close, make_updates, poisoned
 
 import bcfl_engine as be
 from bcfl_engine.errors import InvalidArgument, NonFiniteUpdate, PreconditionError
@@ -62,3 +62,30 @@ def test_aggregate_returns_the_structure_of_one_update() -> None:
     np.testing.assert_allclose(out_nd[0], [1.25, 1.25], rtol=1e-6)
     arr = np.arange(6, dtype=np.float32).reshape(3, 2)
     np.testing.assert_allclose(be.aggregate(arr), [2.0, 3.0])
+
+
+@pytest.mark.parametrize("row", [0, 4, 6], ids=["first", "middle", "last"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")], ids=str)
+def test_mean_names_the_non_finite_update_from_its_result(
+    backend: str, row: int, value: float
+) -> None:
+    # The check is read off the result (every weight > 0: a NaN or inf row makes it
+    # non-finite); the rescan names the row, whichever backend made the result.
+    x = poisoned(make_updates(7, 1000, seed=1), row, value)
+    with pytest.raises(NonFiniteUpdate, match=f"update {row} "):
+        mean(x, backend=backend)
+    # A weight that rounds to 0 in float32 still propagates the NaN (0 * inf = nan).
+    w = torch.ones(7, dtype=torch.float64)
+    w[row] = 1e-60
+    with pytest.raises(NonFiniteUpdate, match=f"update {row} "):
+        mean(x, w, backend=backend)
+    assert not bool(torch.isfinite(mean(x, backend=backend, check=False)).all())
+
+
+def test_mean_of_rows_near_the_float32_maximum_is_finite(backend: str) -> None:
+    # A float32 sum of rows at 3e38 can round past the maximum; their mean cannot.
+    x = torch.full((5, 300), 3.4e38)
+    x[1] = -3.4e38
+    got = mean(x, backend=backend)
+    want = x.double().mean(dim=0).float()
+    assert_close(got, want, rtol=1e-6, atol=0)

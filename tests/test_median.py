@@ -172,3 +172,33 @@ def test_median_unchecked_non_finite_input_terminates(backend: str) -> None:
     out = median(x, backend=backend, check=False)
     assert out.shape == (70,)
     assert_close(out[20:], median_reference(x[:, 20:]), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+def test_median_of_values_near_the_float32_maximum_is_finite(backend: str) -> None:
+    # The two middle values of an even n average to a finite value even where their float32
+    # sum overflows: every backend gives the float64 average, rounded once.
+    g = torch.Generator().manual_seed(4)
+    x = 3.3e38 + 1e36 * torch.randn(8, 30, generator=g)
+    x[:, ::4] *= -1
+    s = x.double().sort(dim=0).values
+    want = ((s[3] + s[4]) / 2).float()
+    assert_close(median_reference(x), want, rtol=1e-7, atol=0)
+    assert_close(median(x, f=1, backend=backend), want, rtol=1e-7, atol=0)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("dtype", list(DTYPES.values()), ids=list(DTYPES))
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")], ids=str)
+def test_median_names_the_non_finite_update_from_its_one_read(
+    backend: str, dtype: torch.dtype, value: float
+) -> None:
+    # The fast paths flag a NaN or an infinity while copying x into their tiles; the median
+    # itself would hide it (one extreme value among 9). Row 0, a middle row, and the last
+    # column (a partial group of lanes).
+    for row, col in ((0, 0), (5, 33), (8, 69)):
+        x = make_updates(9, 70, dtype, seed=3)
+        x[row, col] = value
+        assert bool(torch.isfinite(median(x, f=1, backend=backend, check=False)[:col]).all())
+        with pytest.raises(NonFiniteUpdate, match=f"update {row} "):
+            median(x, f=1, backend=backend)

@@ -8,7 +8,7 @@ import torch
 from helpers import assert_close, make_updates
 
 import bcfl_engine as be
-from bcfl_engine.errors import InvalidArgument, PreconditionError
+from bcfl_engine.errors import InvalidArgument, NonFiniteUpdate, PreconditionError
 from bcfl_engine.rules.krum import krum_reference
 from bcfl_engine.rules.mean import mean_reference
 from bcfl_engine.rules.multi_krum import (
@@ -97,3 +97,47 @@ def test_aggregate_passes_m() -> None:
     x = make_updates(11, 40, seed=2)
     got = be.aggregate(x, rule="multi_krum", f=2, m=4)
     assert_close(got, multi_krum_reference(x, 2, 4))
+
+
+@pytest.mark.parametrize("scale", [1e19, 1e30, 1e38], ids=["1e19", "1e30", "1e38"])
+def test_multi_krum_of_huge_updates_is_finite_and_selects_as_the_reference(
+    backend: str, scale: float
+) -> None:
+    # Squared distances of rows at 1e19 and beyond overflow a float32 Gram (the fast paths
+    # then redo it in float64), and a float32 sum of rows near 3e38 overflows (select_mean
+    # sums in float64): the mean of the selected rows stays finite and exact.
+    g = torch.Generator().manual_seed(5)
+    x = scale * (1.0 + 0.1 * torch.randn(11, 333, generator=g))
+    x[3] = -3 * scale  # far from the others: never selected
+    got = multi_krum(x, f=2, backend=backend)
+    assert bool(torch.isfinite(got).all())
+    assert torch.equal(
+        multi_krum_select(x, 2, backend=backend), multi_krum_select_reference(x, 2, 9)
+    )
+    assert_close(got, multi_krum_reference(x, 2, 9), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("row", [0, 5], ids=["pivot-or-first", "middle"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=str)
+def test_multi_krum_names_the_non_finite_update_from_its_distances(
+    backend: str, row: int, value: float
+) -> None:
+    x = make_updates(9, 500, seed=4)
+    x[row, 17] = value
+    with pytest.raises(NonFiniteUpdate, match=f"update {row} "):
+        multi_krum(x, f=2, backend=backend)
+    with pytest.raises(NonFiniteUpdate, match=f"update {row} "):
+        multi_krum_select(x, 2, backend=backend)
+
+
+def test_multi_krum_of_tiny_updates_selects_as_the_reference(backend: str) -> None:
+    # Squares of 1e-30 underflow float32: a float32 Gram would make every distance 0 and
+    # select by index; the fast paths redo it in float64.
+    x = make_updates(11, 300, seed=12) * 1e-30
+    x[7] *= 50  # far from the others at this scale: never selected
+    want = multi_krum_select_reference(x, 2, 5)
+    assert 7 not in want.tolist()
+    assert torch.equal(multi_krum_select(x, 2, 5, backend=backend), want)
+    assert_close(
+        multi_krum(x, f=2, m=5, backend=backend) / 1e-30, multi_krum_reference(x, 2, 5) / 1e-30
+    )

@@ -8,7 +8,7 @@ import torch
 from helpers import assert_close, make_updates
 
 import bcfl_engine as be
-from bcfl_engine.errors import InvalidArgument, PreconditionError
+from bcfl_engine.errors import InvalidArgument, NonFiniteUpdate, PreconditionError
 from bcfl_engine.rules.krum import krum
 from bcfl_engine.rules.nnm import nnm, nnm_reference, nnm_select, nnm_select_reference
 
@@ -85,3 +85,16 @@ def test_aggregate_applies_nnm_before_the_rule() -> None:
     x = make_updates(11, 40, seed=2)
     got = be.aggregate(x, rule="krum", f=2, pre=["nnm"])
     assert torch.equal(got, krum(nnm(x, f=2), f=2))
+
+
+@pytest.mark.parametrize("row", [0, 5], ids=["first", "middle"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")], ids=str)
+def test_nnm_names_the_non_finite_update_without_a_scan_of_its_own(
+    backend: str, row: int, value: float
+) -> None:
+    # The check is read off what the rule computes anyway (see its docstring); only then are
+    # rows scanned, to name the culprit.
+    x = make_updates(9, 300, seed=6)
+    x[row, 123] = value
+    with pytest.raises(NonFiniteUpdate, match=f"update {row} "):
+        nnm(x, f=2, backend=backend)

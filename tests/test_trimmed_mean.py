@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import backend_params
-from helpers import assert_close, make_updates, pick, skewed_columns, ties
+from helpers import assert_close, extreme_rows, make_updates, pick, skewed_columns, ties
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -196,3 +196,31 @@ def test_trimmed_mean_unchecked_non_finite_input_terminates(backend: str) -> Non
     out = trimmed_mean(x, f=2, backend=backend, check=False)
     assert out.shape == (70,)
     assert_close(out[10:], trimmed_mean_reference(x[:, 10:], 2), rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+def test_trimmed_mean_of_values_near_the_float32_maximum_is_finite(backend: str) -> None:
+    # Kept values near 3e38 overflow a float32 sum; the mean of them is finite. The reference
+    # sums in float64; the fast paths redo the columns whose float32 sum overflowed.
+    g = torch.Generator().manual_seed(8)
+    x = 3.0e38 + 1e36 * torch.randn(9, 40, generator=g)
+    x[:, ::3] *= -1  # columns of both signs
+    x[:, 1::5] = extreme_rows(9, 8, seed=2)  # and every other magnitude
+    want = x.double().sort(dim=0).values[2:7].mean(dim=0).float()
+    assert_close(trimmed_mean_reference(x, 2), want, rtol=1e-6, atol=0)
+    assert_close(trimmed_mean(x, f=2, backend=backend), want, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")], ids=str)
+@pytest.mark.parametrize("f", [0, 1, 3], ids=["f0", "f1", "f3"])
+def test_trimmed_mean_names_the_non_finite_update_from_its_one_read(
+    backend: str, value: float, f: int
+) -> None:
+    # Dropped as an extreme (f >= 1) or kept (f = 0), a NaN or an infinity is flagged by the
+    # tile copy of the fast paths, and named.
+    for row, col in ((0, 0), (4, 40), (8, 69)):
+        x = make_updates(9, 70, seed=5)
+        x[row, col] = value
+        with pytest.raises(NonFiniteUpdate, match=f"update {row} "):
+            trimmed_mean(x, f=f, backend=backend)

@@ -2,18 +2,102 @@
 
 from __future__ import annotations
 
+import ctypes
 import math
+import os
+import sys
 
 import torch
 
 from ..errors import InvalidArgument, NonFiniteUpdate
 from ..updates import STORAGE_DTYPES, all_finite
 
-# Codes of the storage dtypes in the native kernels (csrc/common.h).
-DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
-
 # Column block of the streaming rules: 64K floats keeps an [n=64, block] float32 tile in L2.
 BLOCK = 1 << 16
+
+# The smallest normal float32: a scale below it keeps fewer than 24 bits.
+FLT_MIN = float(torch.finfo(torch.float32).tiny)
+# A float32 sum of squares below this may have lost terms to underflow (squares of terms under
+# 1.1e-19 are subnormal or 0): with d <= 1e9 terms the loss is below 1e9 * 1.2e-38 = 1.2e-29,
+# 1e-9 of 1e-20. Such rows, and rows whose float32 sum overflowed (terms over ~1e19), are summed
+# again in float64 (:func:`exact_sq_dists`). csrc/clip.cpp uses the same bound.
+RECHECK_BELOW = 1e-20
+# Columns per block of the float64 sums: [n, 16384] float64 temporaries.
+DIST_BLOCK = 1 << 14
+
+
+def sq_dists64(x: torch.Tensor, v: torch.Tensor | None = None) -> torch.Tensor:
+    """``||x_i - v||^2`` (``||x_i||^2`` without ``v``) in float64 for the rows of ``x``
+    ``[m, d]``: no overflow or underflow for any finite float32, float16 or bfloat16 input (the
+    square of any finite float32 fits a float64)."""
+    out = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
+    for j0 in range(0, x.shape[1], DIST_BLOCK):
+        diff = x[:, j0 : j0 + DIST_BLOCK].double()
+        if v is not None:
+            diff = diff - v[j0 : j0 + DIST_BLOCK].double()
+        out += diff.square().sum(dim=1)
+    return out
+
+
+def row_sq_norms64(x: torch.Tensor) -> torch.Tensor:
+    """``||x_i||^2`` in float64, as :func:`sq_dists64`."""
+    return sq_dists64(x)
+
+
+def exact_sq_dists(x: torch.Tensor, v: torch.Tensor | None, d2: torch.Tensor) -> torch.Tensor:
+    """``d2`` (``||x_i - v||^2`` from float32 sums) with the rows a float32 sum may have got
+    wrong (non-finite, or below :data:`RECHECK_BELOW`) summed again in float64. With a
+    non-finite ``v`` (from non-finite input) ``d2`` is returned as it is: the caller reports."""
+    bad = ~torch.isfinite(d2) | (d2 < RECHECK_BELOW)
+    if not bool(bad.any()) or (v is not None and not bool(torch.isfinite(v).all())):
+        return d2
+    rows = bad.nonzero().reshape(-1)
+    d2 = d2.clone()
+    d2[rows] = sq_dists64(x[rows], v)
+    return d2
+
+
+def exact_sq_norms(x: torch.Tensor, sq: torch.Tensor) -> torch.Tensor:
+    """:func:`exact_sq_dists` for row norms."""
+    return exact_sq_dists(x, None, sq)
+
+
+def _byte_writable(addr: int) -> bool:
+    """Whether the byte at ``addr`` may be written, asked of the kernel rather than by writing
+    it (a SIGSEGV on a read-only page): it goes into a pipe and is read back into place, which
+    fails with EFAULT where the page is not writable. The value is unchanged. (The native
+    bindings check their outputs the same way, csrc/bindings.cpp.)"""
+    r, w = os.pipe()
+    try:
+        cell = (ctypes.c_char * 1).from_address(addr)
+        try:
+            os.write(w, bytes(cell))  # reads the byte: a fault here is an unreadable page
+        except OSError:
+            return False
+        try:
+            return os.readv(r, [memoryview(cell).cast("B")]) == 1
+        except OSError:
+            return False
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def check_writable(x: torch.Tensor, rule: str) -> None:
+    """``x`` may be written in place: InvalidArgument if its memory is mapped read-only (an
+    ``np.memmap`` opened ``mode='r'``, a read-only ``mmap``), which a write would turn into a
+    SIGSEGV. (A numpy array flagged ``writeable=False`` but stored in writable memory cannot be
+    told apart once ``torch.from_numpy`` has wrapped it; torch warns at that call.)"""
+    if x.device.type != "cpu" or x.numel() == 0 or sys.platform != "linux":
+        return
+    start = x.data_ptr()
+    last = start + x.numel() * x.element_size() - 1
+    # A read-only mapping (np.memmap mode='r') covers a whole buffer: its ends tell.
+    if not (_byte_writable(start) and _byte_writable(last)):
+        raise InvalidArgument(
+            f"{rule}: cannot write in place into read-only memory (a memory map opened "
+            "mode='r'?); pass a writable copy, or inplace=False"
+        )
 
 
 def check_updates(x: object, rule: str, *, min_n: int = 1) -> torch.Tensor:
@@ -35,8 +119,21 @@ def check_updates(x: object, rule: str, *, min_n: int = 1) -> torch.Tensor:
 def check_finite(x: torch.Tensor, rule: str) -> None:
     """Reject NaN/inf: one non-finite value poisons an aggregate."""
     if not all_finite(x):
-        row = int((~torch.isfinite(x)).any(dim=1).nonzero()[0, 0])
-        raise NonFiniteUpdate(f"{rule}: update {row} holds NaN or infinity")
+        raise_nonfinite(x, rule)
+
+
+def raise_nonfinite(x: torch.Tensor, rule: str, rows: torch.Tensor | None = None) -> None:
+    """Raise NonFiniteUpdate naming the first row of ``x`` (among ``rows``, int64 indices, if
+    given) that holds NaN or infinity; return if there is none (a finite input whose result
+    overflowed, which the caller then handles)."""
+    if rows is None:
+        bad = (~torch.isfinite(x)).any(dim=1).nonzero()
+        if bad.numel():
+            raise NonFiniteUpdate(f"{rule}: update {int(bad[0, 0])} holds NaN or infinity")
+        return
+    for i in sorted(int(r) for r in rows.reshape(-1).tolist()):
+        if not bool(torch.isfinite(x[i]).all()):
+            raise NonFiniteUpdate(f"{rule}: update {i} holds NaN or infinity")
 
 
 def check_f(f: object, n: int, rule: str) -> int:

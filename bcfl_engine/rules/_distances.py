@@ -37,7 +37,7 @@ import torch
 
 from ..backends import Kernel, dispatch, native
 from ..errors import BackendUnavailable
-from ._common import DTYPE_CODE
+from ._common import DIST_BLOCK, RECHECK_BELOW, raise_nonfinite
 
 # Without the extension: columns per block of the float32 Gram products through torch's BLAS
 # (4096 x n=64 rows = 1 MiB; 2048 was 1.3x slower at n=64, d=1M, one thread, 8192 within 3%),
@@ -114,19 +114,55 @@ def sq_dists_native(x: torch.Tensor) -> torch.Tensor:
     try:
         lib = native()
     except BackendUnavailable:
-        return gram_to_sq_dists(_gram_blas(x, p))
-    n, d = x.shape
+        return gram_to_sq_dists(_finite_gram(_gram_blas(x, p), x, p))
+    n = x.shape[0]
     gram = torch.empty(n, n, dtype=torch.float64)
-    lib.gram_centered(DTYPE_CODE[x.dtype], x.data_ptr(), n, d, p.data_ptr(), gram.data_ptr())
-    return gram_to_sq_dists(gram)
+    lib.gram_centered(x, p, gram)
+    return gram_to_sq_dists(_finite_gram(gram, x, p))
 
 
 def sq_dists_triton(x: torch.Tensor) -> torch.Tensor:
     """GPU fast path of :func:`sq_dists_reference`: the Gram kernel of ``kernels/_distances.py``."""
     from ..kernels._distances import gram
 
+    x = x if x.is_contiguous() else x.contiguous()
     p = x[pivot(x)].float().contiguous()
-    return gram_to_sq_dists(_symmetric(gram(x if x.is_contiguous() else x.contiguous(), p)))
+    return gram_to_sq_dists(_finite_gram(_symmetric(gram(x, p)), x, p))
+
+
+def _finite_gram(gram: torch.Tensor, x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """``gram``, or where its float32 products overflowed (rows beyond ~1e19 from the pivot) or
+    all underflowed (every row within ~1e-10 of the pivot: updates of 1e-30) the same centred
+    Gram in float64, where no finite float32 input overflows (``(2 * 3.4e38)^2 * d`` is far
+    below the float64 maximum) or underflows. Non-finite input gives a non-finite Gram either
+    way, which :func:`checked` reports."""
+    if not bool(torch.isfinite(p).all()):
+        return gram
+    if bool(torch.isfinite(gram).all()) and float(gram.diagonal().max()) >= RECHECK_BELOW:
+        return gram
+    if float(gram.diagonal().max()) == 0.0 and bool((x == p).all()):
+        return gram  # all rows equal: every distance is 0
+    n, d = x.shape
+    out = torch.zeros(n, n, dtype=torch.float64, device=x.device)
+    for j0 in range(0, d, DIST_BLOCK):
+        b = x[:, j0 : j0 + DIST_BLOCK].double() - p[j0 : j0 + DIST_BLOCK].double()
+        out += b @ b.T
+    return out
+
+
+def checked(dist: torch.Tensor, x: torch.Tensor, rule: str, check: bool) -> torch.Tensor:
+    """``dist``, after rejecting non-finite input (with ``check``) without a pass of its own.
+
+    A NaN or an infinity in row ``i`` makes ``D[i, :]`` non-finite in every backend (the
+    reference sums ``(x_i - x_j)^2`` in float64; the Gram paths have ``G_ii`` non-finite, or
+    everything when the pivot is that row), and finite input gives a finite ``D`` (the float64
+    Gram of :func:`_finite_gram`). So only rows with a non-finite distance are scanned, to name
+    the culprit."""
+    if check:
+        bad = ~torch.isfinite(dist).all(dim=1)
+        if bool(bad.any()):
+            raise_nonfinite(x, rule, bad.nonzero().reshape(-1))
+    return dist
 
 
 def _symmetric(upper: torch.Tensor) -> torch.Tensor:

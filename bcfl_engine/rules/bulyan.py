@@ -20,21 +20,24 @@ from __future__ import annotations
 import torch
 
 from ..backends import Kernel, choose, dispatch, native
-from ._common import DTYPE_CODE, check_rule_input, contiguous
+from ._common import check_rule_input, contiguous
 from ._distances import (
+    checked,
     iterated_krum,
     sq_dists,
     sq_dists_native,
     sq_dists_reference,
     sq_dists_triton,
 )
+from .median import finite_columns
 
 # Column block of the reference's coordinate stage: [theta, 16384] float64 temporaries.
 REFERENCE_BLOCK = 1 << 14
 
 
-def _validate(x: object, f: object, check: bool) -> tuple[torch.Tensor, int]:
-    return check_rule_input(x, f, "bulyan", check)
+def _validate(x: object, f: object) -> tuple[torch.Tensor, int]:
+    # Non-finite input is rejected from the distances (:func:`._distances.checked`).
+    return check_rule_input(x, f, "bulyan", check=False)
 
 
 def bulyan_select_reference(x: torch.Tensor, f: int) -> torch.Tensor:
@@ -56,9 +59,10 @@ def bulyan_coordinates_reference(x: torch.Tensor, idx: torch.Tensor, beta: int) 
     return out
 
 
-def bulyan_reference(x: torch.Tensor, f: int) -> torch.Tensor:
+def bulyan_reference(x: torch.Tensor, f: int, check: bool = False) -> torch.Tensor:
     """Pure-torch Bulyan of ``x`` ``[n, d]``: float32 ``[d]``."""
-    idx = bulyan_select_reference(x, f).to(x.device)
+    dist = checked(sq_dists_reference(x), x, "bulyan", check)
+    idx = iterated_krum(dist, f, x.shape[0] - 2 * f).to(x.device)
     return bulyan_coordinates_reference(x, idx, x.shape[0] - 4 * f)
 
 
@@ -67,27 +71,27 @@ def _select_native(dist: torch.Tensor, f: int, theta: int) -> torch.Tensor:
     instead of O(n^2); the same rows in the same order."""
     dist = dist.to(torch.float64).contiguous()
     chosen = torch.empty(theta, dtype=torch.int64)
-    native().bulyan_select(dist.data_ptr(), dist.shape[0], f, theta, chosen.data_ptr())
+    native().bulyan_select(dist, f, chosen)
     return chosen
 
 
-def _bulyan_native(x: torch.Tensor, f: int) -> torch.Tensor:
+def _bulyan_native(x: torch.Tensor, f: int, check: bool = False) -> torch.Tensor:
     x = contiguous(x)
     n, d = x.shape
-    idx = _select_native(sq_dists_native(x), f, n - 2 * f)
+    idx = _select_native(checked(sq_dists_native(x), x, "bulyan", check), f, n - 2 * f)
     out = torch.empty(d, dtype=torch.float32)
-    native().bulyan_coordinates(
-        DTYPE_CODE[x.dtype], x.data_ptr(), d, idx.data_ptr(), idx.numel(), n - 4 * f, out.data_ptr()
-    )
+    native().bulyan_coordinates(x, idx, n - 4 * f, out)
     return out
 
 
-def _bulyan_triton(x: torch.Tensor, f: int) -> torch.Tensor:
+def _bulyan_triton(x: torch.Tensor, f: int, check: bool = False) -> torch.Tensor:
     from ..kernels.bulyan import bulyan_coordinates
 
     n = x.shape[0]
-    idx = iterated_krum(sq_dists_triton(x), f, n - 2 * f)
-    return bulyan_coordinates(contiguous(x), idx, n - 4 * f)
+    idx = iterated_krum(checked(sq_dists_triton(x), x, "bulyan", check), f, n - 2 * f)
+    out = bulyan_coordinates(contiguous(x), idx, n - 4 * f)
+    # Its float32 sums overflow near 3e38: those columns from the reference (float64).
+    return finite_columns(out, x, lambda xc: bulyan_coordinates_reference(xc, idx, n - 4 * f))
 
 
 def _triton_limits(x: torch.Tensor) -> str | None:
@@ -112,8 +116,8 @@ def bulyan_select(
     x: torch.Tensor, f: int, *, backend: str | None = None, check: bool = True
 ) -> torch.Tensor:
     """The ``theta = n - 2f`` rows Bulyan's first stage selects, in order: int64 ``[theta]``."""
-    x, f = _validate(x, f, check)
-    dist = sq_dists(x, backend)
+    x, f = _validate(x, f)
+    dist = checked(sq_dists(x, backend), x, "bulyan", check)
     theta = x.shape[0] - 2 * f
     if choose("bulyan", KERNELS, x, backend).backend == "native":
         return _select_native(dist, f, theta)
@@ -130,7 +134,8 @@ def bulyan(
     x : ``[n_clients, dim]`` updates, float32, float16 or bfloat16.
     f : the number of Byzantine clients to tolerate; Bulyan needs ``n >= 4f + 3``.
     backend : "torch", "native", "triton" or None (automatic).
-    check : reject non-finite updates (an O(n d) scan; off when the batch was validated).
+    check : reject non-finite updates; costs no pass of its own (see
+        :func:`._distances.checked`).
     """
-    x, f = _validate(x, f, check)
-    return dispatch("bulyan", KERNELS, x, backend, f)
+    x, f = _validate(x, f)
+    return dispatch("bulyan", KERNELS, x, backend, f, check=check)

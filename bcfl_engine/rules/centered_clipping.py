@@ -24,7 +24,15 @@ import torch
 
 from ..backends import Kernel, dispatch
 from ..errors import InvalidArgument
-from ._common import check_count, check_f, check_finite, check_positive, check_updates, contiguous
+from ..updates import all_finite
+from ._common import (
+    check_count,
+    check_f,
+    check_positive,
+    check_updates,
+    contiguous,
+    raise_nonfinite,
+)
 from .geometric_median import Step, step_native, step_triton
 
 
@@ -38,15 +46,17 @@ def centered_clipping_reference(
 ) -> torch.Tensor:
     """Pure-torch centered clipping of ``x`` ``[n, d]`` -> float32 ``[d]``.
 
-    Computes in float32. ``f`` is only validated by :func:`centered_clipping`.
+    Computes in float32, norms in float64 (a float32 norm of a row at 1e19 overflows and
+    would drop that row's bounded pull instead of clipping it). ``f`` is only validated by
+    :func:`centered_clipping`.
     """
     xf = x.float()
     v = torch.zeros(x.shape[1], device=x.device) if center is None else center.float()
     for _ in range(n_iter):
         diff = xf - v
-        norms = torch.linalg.vector_norm(diff, dim=1)
+        norms = torch.linalg.vector_norm(diff, dim=1, dtype=torch.float64)
         scale = tau / norms.clamp(min=tau)  # min(1, tau / norm); 1 for a zero difference
-        v = v + (diff * scale[:, None]).mean(dim=0)
+        v = v + (diff * scale.float()[:, None]).mean(dim=0)
     return v
 
 
@@ -103,7 +113,10 @@ def centered_clipping(
     n_iter : iterations, >= 1 (the paper uses 1 to 3).
     center : ``[d]`` starting point, e.g. the previous aggregate; zeros if None.
     backend : "torch", "native", "triton" or None (automatic).
-    check : reject non-finite updates (an O(n d) scan; off when the batch was validated).
+    check : reject non-finite updates. Costs no pass of its own: a NaN in row ``i`` makes its
+        distance to the center NaN, hence its coefficient and ``v``; an infinity makes its
+        distance infinite, its coefficient 0 and ``0 * inf = nan`` in ``v``. So the result is
+        non-finite, and only then are the rows scanned to name the culprit.
 
     Storage may be float32, float16 or bfloat16; all backends compute in float32 (the fast
     paths accumulate distances in float64).
@@ -129,6 +142,7 @@ def centered_clipping(
         center = center.to(device=x.device, dtype=torch.float32)
         if not bool(torch.isfinite(center).all()):
             raise InvalidArgument(f"{rule}: center holds NaN or infinity")
-    if check:
-        check_finite(x, rule)
-    return dispatch(rule, KERNELS, x, backend, f=f, tau=tau, n_iter=n_iter, center=center)
+    out = dispatch(rule, KERNELS, x, backend, f=f, tau=tau, n_iter=n_iter, center=center)
+    if check and not all_finite(out):
+        raise_nonfinite(x, rule)
+    return out

@@ -17,11 +17,19 @@ import torch
 
 from ..backends import Kernel, dispatch
 from ._common import check_rule_input
-from ._distances import krum_order, sq_dists, sq_dists_native, sq_dists_reference, sq_dists_triton
+from ._distances import (
+    checked,
+    krum_order,
+    sq_dists,
+    sq_dists_native,
+    sq_dists_reference,
+    sq_dists_triton,
+)
 
 
-def _validate(x: object, f: object, check: bool) -> tuple[torch.Tensor, int]:
-    return check_rule_input(x, f, "krum", check)
+def _validate(x: object, f: object) -> tuple[torch.Tensor, int]:
+    # Non-finite input is rejected from the distances (:func:`._distances.checked`).
+    return check_rule_input(x, f, "krum", check=False)
 
 
 def krum_select_reference(x: torch.Tensor, f: int) -> int:
@@ -29,17 +37,18 @@ def krum_select_reference(x: torch.Tensor, f: int) -> int:
     return int(krum_order(sq_dists_reference(x), f)[0])
 
 
-def krum_reference(x: torch.Tensor, f: int) -> torch.Tensor:
+def krum_reference(x: torch.Tensor, f: int, check: bool = False) -> torch.Tensor:
     """Pure-torch Krum of ``x`` ``[n, d]``: float32 ``[d]``, the winning update."""
-    return x[krum_select_reference(x, f)].float()
+    dist = checked(sq_dists_reference(x), x, "krum", check)
+    return x[int(krum_order(dist, f)[0])].float()
 
 
-def _krum_native(x: torch.Tensor, f: int) -> torch.Tensor:
-    return x[int(krum_order(sq_dists_native(x), f)[0])].float()
+def _krum_native(x: torch.Tensor, f: int, check: bool = False) -> torch.Tensor:
+    return x[int(krum_order(checked(sq_dists_native(x), x, "krum", check), f)[0])].float()
 
 
-def _krum_triton(x: torch.Tensor, f: int) -> torch.Tensor:
-    return x[int(krum_order(sq_dists_triton(x), f)[0])].float()
+def _krum_triton(x: torch.Tensor, f: int, check: bool = False) -> torch.Tensor:
+    return x[int(krum_order(checked(sq_dists_triton(x), x, "krum", check), f)[0])].float()
 
 
 KERNELS = (
@@ -52,8 +61,8 @@ KERNELS = (
 
 def krum_select(x: torch.Tensor, f: int, *, backend: str | None = None, check: bool = True) -> int:
     """The index of the update Krum selects (see :func:`krum`)."""
-    x, f = _validate(x, f, check)
-    return int(krum_order(sq_dists(x, backend), f)[0])
+    x, f = _validate(x, f)
+    return int(krum_order(checked(sq_dists(x, backend), x, "krum", check), f)[0])
 
 
 def krum(
@@ -66,11 +75,12 @@ def krum(
     x : ``[n_clients, dim]`` updates, float32, float16 or bfloat16.
     f : the number of Byzantine clients to tolerate; Krum needs ``n > 2f + 2``.
     backend : "torch", "native", "triton" or None (automatic).
-    check : reject non-finite updates (an O(n d) scan; off when the batch was validated).
+    check : reject non-finite updates; costs no pass of its own (see
+        :func:`._distances.checked`).
 
     Returns
     -------
     The selected row, converted to float32 (an exact copy of one client's update).
     """
-    x, f = _validate(x, f, check)
-    return dispatch("krum", KERNELS, x, backend, f)
+    x, f = _validate(x, f)
+    return dispatch("krum", KERNELS, x, backend, f, check=check)

@@ -14,20 +14,25 @@ import torch
 
 from ..backends import Kernel, dispatch, native
 from ..errors import InvalidArgument
-from ._common import DTYPE_CODE, check_finite, check_rule_input, contiguous
-from ._distances import krum_order, sq_dists, sq_dists_native, sq_dists_reference, sq_dists_triton
+from ._common import check_rule_input, contiguous
+from ._distances import (
+    checked,
+    krum_order,
+    sq_dists,
+    sq_dists_native,
+    sq_dists_reference,
+    sq_dists_triton,
+)
 
 
-def _validate(x: object, f: object, m: object, check: bool) -> tuple[torch.Tensor, int, int]:
-    # Non-finite values are checked after m.
+def _validate(x: object, f: object, m: object) -> tuple[torch.Tensor, int, int]:
+    # Non-finite input is rejected from the distances (:func:`._distances.checked`).
     x, f = check_rule_input(x, f, "multi_krum", check=False)
     n = x.shape[0]
     if m is None:
         m = n - f
     if not isinstance(m, int) or isinstance(m, bool) or not 1 <= m <= n:
         raise InvalidArgument(f"multi_krum: m must be an int in [1, n={n}]; got {m!r}")
-    if check:
-        check_finite(x, "multi_krum")
     return x, f, m
 
 
@@ -36,9 +41,10 @@ def multi_krum_select_reference(x: torch.Tensor, f: int, m: int) -> torch.Tensor
     return krum_order(sq_dists_reference(x), f)[:m]
 
 
-def multi_krum_reference(x: torch.Tensor, f: int, m: int) -> torch.Tensor:
+def multi_krum_reference(x: torch.Tensor, f: int, m: int, check: bool = False) -> torch.Tensor:
     """Pure-torch Multi-Krum of ``x`` ``[n, d]``: float32 ``[d]``, mean taken in float64."""
-    idx = multi_krum_select_reference(x, f, m).to(x.device)
+    dist = checked(sq_dists_reference(x), x, "multi_krum", check)
+    idx = krum_order(dist, f)[:m].to(x.device)
     return x[idx].double().mean(dim=0).float()
 
 
@@ -47,20 +53,20 @@ def select_mean_native(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     x = contiguous(x)
     idx = idx.to(torch.int64).contiguous()
     out = torch.empty(x.shape[1], dtype=torch.float32)
-    native().select_mean(
-        DTYPE_CODE[x.dtype], x.data_ptr(), x.shape[1], idx.data_ptr(), idx.numel(), out.data_ptr()
-    )
+    native().select_mean(x, idx, out)
     return out
 
 
-def _multi_krum_native(x: torch.Tensor, f: int, m: int) -> torch.Tensor:
-    return select_mean_native(x, krum_order(sq_dists_native(x), f)[:m])
+def _multi_krum_native(x: torch.Tensor, f: int, m: int, check: bool = False) -> torch.Tensor:
+    dist = checked(sq_dists_native(x), x, "multi_krum", check)
+    return select_mean_native(x, krum_order(dist, f)[:m])
 
 
-def _multi_krum_triton(x: torch.Tensor, f: int, m: int) -> torch.Tensor:
+def _multi_krum_triton(x: torch.Tensor, f: int, m: int, check: bool = False) -> torch.Tensor:
     from ..kernels.multi_krum import select_mean
 
-    return select_mean(contiguous(x), krum_order(sq_dists_triton(x), f)[:m])
+    dist = checked(sq_dists_triton(x), x, "multi_krum", check)
+    return select_mean(contiguous(x), krum_order(dist, f)[:m])
 
 
 KERNELS = (
@@ -74,8 +80,8 @@ def multi_krum_select(
     x: torch.Tensor, f: int, m: int | None = None, *, backend: str | None = None, check: bool = True
 ) -> torch.Tensor:
     """The rows Multi-Krum averages, best score first: int64 ``[m]`` (see :func:`multi_krum`)."""
-    x, f, m = _validate(x, f, m, check)
-    return krum_order(sq_dists(x, backend), f)[:m]
+    x, f, m = _validate(x, f, m)
+    return krum_order(checked(sq_dists(x, backend), x, "multi_krum", check), f)[:m]
 
 
 def multi_krum(
@@ -94,7 +100,8 @@ def multi_krum(
     f : the number of Byzantine clients to tolerate; needs ``n > 2f + 2``.
     m : how many updates to average, ``1 <= m <= n``; ``n - f`` if None.
     backend : "torch", "native", "triton" or None (automatic).
-    check : reject non-finite updates (an O(n d) scan; off when the batch was validated).
+    check : reject non-finite updates; costs no pass of its own (see
+        :func:`._distances.checked`).
     """
-    x, f, m = _validate(x, f, m, check)
-    return dispatch("multi_krum", KERNELS, x, backend, f, m)
+    x, f, m = _validate(x, f, m)
+    return dispatch("multi_krum", KERNELS, x, backend, f, m, check=check)

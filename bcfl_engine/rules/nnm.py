@@ -15,15 +15,23 @@ import torch
 
 from ..backends import Kernel, dispatch
 from ._common import check_rule_input, contiguous
-from ._distances import nearest, sq_dists, sq_dists_native, sq_dists_reference, sq_dists_triton
+from ._distances import (
+    checked,
+    nearest,
+    sq_dists,
+    sq_dists_native,
+    sq_dists_reference,
+    sq_dists_triton,
+)
 
 # Column block of the native mixing product for float16/bfloat16 storage (converted to float32
 # per block): 4096 columns x n=64 = 1 MiB, about L2.
 MIX_BLOCK = 4096
 
 
-def _validate(x: object, f: object, check: bool) -> tuple[torch.Tensor, int]:
-    return check_rule_input(x, f, "nnm", check)
+def _validate(x: object, f: object) -> tuple[torch.Tensor, int]:
+    # Non-finite input is rejected from the distances (:func:`._distances.checked`).
+    return check_rule_input(x, f, "nnm", check=False)
 
 
 def nnm_select_reference(x: torch.Tensor, f: int) -> torch.Tensor:
@@ -31,9 +39,10 @@ def nnm_select_reference(x: torch.Tensor, f: int) -> torch.Tensor:
     return nearest(sq_dists_reference(x), x.shape[0] - f)
 
 
-def nnm_reference(x: torch.Tensor, f: int) -> torch.Tensor:
+def nnm_reference(x: torch.Tensor, f: int, check: bool = False) -> torch.Tensor:
     """Pure-torch NNM of ``x`` ``[n, d]``: float32 ``[n, d]``, means taken in float64."""
-    nbr = nnm_select_reference(x, f).to(x.device)
+    dist = checked(sq_dists_reference(x), x, "nnm", check)
+    nbr = nearest(dist, x.shape[0] - f).to(x.device)
     return torch.stack([x[row].double().mean(dim=0) for row in nbr]).float()
 
 
@@ -50,14 +59,16 @@ def _mix_native(x: torch.Tensor, nbr: torch.Tensor) -> torch.Tensor:
     return out.div_(k)
 
 
-def _nnm_native(x: torch.Tensor, f: int) -> torch.Tensor:
-    return _mix_native(x, nearest(sq_dists_native(x), x.shape[0] - f))
+def _nnm_native(x: torch.Tensor, f: int, check: bool = False) -> torch.Tensor:
+    dist = checked(sq_dists_native(x), x, "nnm", check)
+    return _mix_native(x, nearest(dist, x.shape[0] - f))
 
 
-def _nnm_triton(x: torch.Tensor, f: int) -> torch.Tensor:
+def _nnm_triton(x: torch.Tensor, f: int, check: bool = False) -> torch.Tensor:
     from ..kernels.nnm import mix
 
-    return mix(contiguous(x), nearest(sq_dists_triton(x), x.shape[0] - f))
+    dist = checked(sq_dists_triton(x), x, "nnm", check)
+    return mix(contiguous(x), nearest(dist, x.shape[0] - f))
 
 
 KERNELS = (
@@ -72,8 +83,8 @@ def nnm_select(
     x: torch.Tensor, f: int, *, backend: str | None = None, check: bool = True
 ) -> torch.Tensor:
     """The neighbourhoods NNM averages: int64 ``[n, n - f]``, each row's own index first."""
-    x, f = _validate(x, f, check)
-    return nearest(sq_dists(x, backend), x.shape[0] - f)
+    x, f = _validate(x, f)
+    return nearest(checked(sq_dists(x, backend), x, "nnm", check), x.shape[0] - f)
 
 
 def nnm(x: torch.Tensor, *, f: int, backend: str | None = None, check: bool = True) -> torch.Tensor:
@@ -85,7 +96,8 @@ def nnm(x: torch.Tensor, *, f: int, backend: str | None = None, check: bool = Tr
     f : the number of Byzantine clients to tolerate; NNM needs ``n > 2f``. ``f = 0`` averages
         all updates into every row.
     backend : "torch", "native", "triton" or None (automatic).
-    check : reject non-finite updates (an O(n d) scan; off when the batch was validated).
+    check : reject non-finite updates; costs no pass of its own (see
+        :func:`._distances.checked`).
     """
-    x, f = _validate(x, f, check)
-    return dispatch("nnm", KERNELS, x, backend, f)
+    x, f = _validate(x, f)
+    return dispatch("nnm", KERNELS, x, backend, f, check=check)
