@@ -89,6 +89,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _address_or_none(value: object) -> str | None:
+    """``value`` if it is a 20-byte hex address, else None (the caller falls back)."""
+    from .chain.merkle import address_bytes
+
+    try:
+        return "0x" + address_bytes(value, "contract").hex()  # type: ignore[arg-type]
+    except (InvalidArgument, TypeError, ValueError):
+        return None
+
+
 def _cmd_audit(args: argparse.Namespace) -> int:
     from .chain import Ledger
     from .chain.embedded import is_journal
@@ -101,9 +111,11 @@ def _cmd_audit(args: argparse.Namespace) -> int:
             f"--chain {args.chain!r} is neither a node URL (http://HOST:PORT) nor a chain folder "
             "that bcfl demo wrote (DIR/chain, holding chain.json)"
         )
-    store = PayloadStore(args.store)
-    record = store.read_round(args.task, args.round)
-    contract = args.contract or (record or {}).get("contract")
+    # Read-only: an audit creates, repairs and deletes nothing in the aggregator's store. A
+    # malformed round record is the audit's finding (exit 1), not a reason to stop here.
+    store = PayloadStore(args.store, readonly=True)
+    record = store.read_round(args.task, args.round, problems=[]) or {}
+    contract = args.contract or _address_or_none(record.get("contract"))
     if url and not contract:
         raise UsageError(
             f"the store has no committed record of task {args.task} round {args.round}; "

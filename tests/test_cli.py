@@ -234,6 +234,36 @@ def _tampered_copy(store: Path, task: int, into: Path) -> tuple[Path, str]:
     return copy, victim["client"]
 
 
+@pytest.mark.parametrize("damage", ["not json", "contract garbled", "contract missing"])
+def test_audit_of_a_damaged_round_record_is_a_finding_and_writes_nothing(
+    journaled_round, tmp_path, capsys, damage
+):
+    """A tampered round.json is what the audit reports (exit 1), never a crash (exit 3); and
+    the audit opens the store read-only: every file is as it was, a writer's temporary too."""
+    import shutil
+
+    from bcfl_engine.store import PayloadStore
+
+    chain, store, task = journaled_round
+    copy = Path(shutil.copytree(store, tmp_path / "store"))
+    [path] = list(copy.rglob("round.json"))
+    record = json.loads(path.read_text())
+    if damage == "not json":
+        path.write_text("{ not json")
+    elif damage == "contract garbled":
+        path.write_text(json.dumps({**record, "contract": "0xnot-an-address"}))
+    else:
+        path.write_text(json.dumps({k: v for k, v in record.items() if k != "contract"}))
+    in_flight = path.parent / ".tmp-another-writer"
+    in_flight.write_bytes(b"half a payload")
+    before = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()}
+    args = ["audit", "--chain", str(chain), "--task", str(task), "--round", "1"]
+    code, out, err = run_main(capsys, *args, "--store", str(copy))
+    assert code == 1 and "FAILED" in out and "round" in out, (out, err)
+    assert {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()} == before
+    assert PayloadStore(copy, readonly=True).readonly
+
+
 def test_audit_replays_the_embedded_chain_from_its_journal(journaled_round, tmp_path, capsys):
     chain, store, task = journaled_round
     args = ["audit", "--chain", str(chain), "--task", str(task), "--round", "1"]
@@ -396,7 +426,7 @@ def test_each_error_type_has_one_exit_code_with_or_without_debug(
     [
         ("genesis", "genesis_state_root of this embedded chain is"),
         ("chain_id", "chain_id of this embedded chain is"),
-        ("garbled", "line 2 is not a hex transaction"),
+        ("garbled", "line 2 is not a hex transaction and its block hash"),
         ("reordered", "was not mined again"),
         ("registry", "no contract at the recorded registry address"),
     ],

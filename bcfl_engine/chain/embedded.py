@@ -7,15 +7,20 @@ order, and both are deterministic here: eth-tester funds the same 10 accounts (p
 a folder holding
 
 - ``chain.json``: the chain id, the genesis state root and the registry address, and
-- ``transactions``: every raw signed transaction the chain accepted, one ``0x...`` line each,
-  appended and flushed as it is sent,
+- ``transactions``: every raw signed transaction the chain accepted, one line each
+  (``0x<raw transaction> 0x<hash of the block it was mined in>``), appended and flushed as it
+  is sent,
 
 is enough to rebuild the chain in another process (only ``eth_sendRawTransaction`` is
 recorded: :class:`~bcfl_engine.chain.Ledger` signs every transaction locally and sends nothing
 else that changes state): :func:`replay` starts a fresh embedded
 chain, checks that its chain id and genesis state root are the recorded ones, sends the
 transactions again in order, and checks that the registry is back at its recorded address.
-Same deployer, same nonces: same contract address, same tasks, same round commits.
+Same deployer, same nonces: same contract address, same tasks, same round commits. Block
+hashes are not reproduced (every embedded genesis carries random bytes and every block a random
+``prevrandao``), so the replay also returns the map from each replayed block to the hash that
+block had on the recorded chain: a task keeps the origin (the hash of its creating block) that
+names its rounds in the payload store.
 
 No node to install or keep running, nothing listening on a port, and the folder can be copied
 to another machine and audited there. (A local anvil node would need the npm package, which
@@ -36,7 +41,7 @@ from ._deps import need
 MANIFEST = "chain.json"
 TRANSACTIONS = "transactions"
 KIND = "bcfl embedded chain journal"
-VERSION = 1
+VERSION = 2  # 2: each transaction line also names its original block
 
 
 def is_journal(path: str | os.PathLike[str]) -> bool:
@@ -115,8 +120,11 @@ def _recorder(journal: Path) -> type:
             def middleware(method: str, params: Any) -> Any:
                 response = make_request(method, params)
                 if method == "eth_sendRawTransaction" and not response.get("error"):
+                    # The embedded chain mines each transaction at once: its block is known.
+                    receipt = make_request("eth_getTransactionReceipt", [response["result"]])
+                    block = _raw_hex(receipt["result"]["blockHash"])
                     with open(journal, "a", encoding="ascii") as fh:
-                        fh.write(_raw_hex(params[0]) + "\n")
+                        fh.write(f"{_raw_hex(params[0])} {block}\n")
                         fh.flush()
                         os.fsync(fh.fileno())
                 return response
@@ -126,8 +134,9 @@ def _recorder(journal: Path) -> type:
     return JournalRecorder
 
 
-def replay(folder: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:
-    """A fresh embedded chain rebuilt from the journal in ``folder``: ``(web3, manifest)``.
+def replay(folder: str | os.PathLike[str]) -> tuple[Any, dict[str, Any], dict[bytes, bytes]]:
+    """A fresh embedded chain rebuilt from the journal in ``folder``: ``(web3, manifest,
+    blocks)``, where ``blocks`` maps each replayed block's hash to the recorded one.
 
     Raises ChainError if the fresh chain's genesis differs from the recorded one, if a
     recorded transaction is malformed or not mined again, or if no registry ends up at the
@@ -147,18 +156,26 @@ def replay(folder: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:
         lines = (path / TRANSACTIONS).read_text(encoding="ascii").splitlines()
     except (OSError, ValueError) as exc:
         raise ChainError(f"{path / TRANSACTIONS} cannot be read: {exc}") from exc
+    blocks: dict[bytes, bytes] = {}
     for number, line in enumerate(lines, 1):
         where = f"{path / TRANSACTIONS} line {number}"
         try:
-            raw = bytes.fromhex(line.removeprefix("0x"))
+            tx_hex, block_hex = line.split(" ")
+            raw = bytes.fromhex(tx_hex.removeprefix("0x"))
+            original = bytes.fromhex(block_hex.removeprefix("0x"))
         except ValueError:
-            raise ChainError(f"{where} is not a hex transaction: {line[:40]!r}") from None
+            raise ChainError(
+                f"{where} is not a hex transaction and its block hash: {line[:40]!r}"
+            ) from None
+        if len(original) != 32:
+            raise ChainError(f"{where}: the block hash is not 32 bytes")
         try:
             tx_hash = w3.eth.send_raw_transaction(raw)
-            w3.eth.get_transaction_receipt(tx_hash)
+            receipt = w3.eth.get_transaction_receipt(tx_hash)
         except Exception as exc:  # eth-tester's validation errors share no base class
             raise ChainError(f"{where} was not mined again: {exc}") from exc
+        blocks[bytes(receipt["blockHash"])] = original
     registry = manifest.get("registry")
     if not registry or not bytes(w3.eth.get_code(registry)):
         raise ChainError(f"{path}: no contract at the recorded registry address {registry}")
-    return w3, manifest
+    return w3, manifest, blocks

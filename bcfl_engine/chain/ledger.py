@@ -46,6 +46,8 @@ class Ledger:
         self.dev_keys: list[bytes] = []
         self._records: dict[tuple[int, int], RoundRecord] = {}
         self._origins: dict[int, bytes] = {}
+        # Replayed block hash -> the hash it had on the chain it replays (Ledger.replay).
+        self._block_names: dict[bytes, bytes] = {}
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -69,8 +71,10 @@ class Ledger:
     def replay(cls, journal: str | os.PathLike[str], address: str | None = None) -> Ledger:
         """Read-only: the registry of an embedded chain rebuilt from its ``journal`` folder
         (at ``address``, default the journal's registry)."""
-        w3, manifest = embedded.replay(journal)
-        return cls.at(w3, address or manifest["registry"])
+        w3, manifest, blocks = embedded.replay(journal)
+        ledger = cls.at(w3, address or manifest["registry"])
+        ledger._block_names = blocks  # a task's origin is its block's hash on the recorded chain
+        return ledger
 
     @classmethod
     def connect(
@@ -120,7 +124,7 @@ class Ledger:
         """This registry, sending from the account of ``key`` (shares the round cache)."""
         other = Ledger(self.w3, self.address, key, from_block=self.from_block)
         other.dev_keys, other._records = self.dev_keys, self._records
-        other._origins = self._origins
+        other._origins, other._block_names = self._origins, self._block_names
         return other
 
     @property
@@ -201,7 +205,8 @@ class Ledger:
                     "UnknownTask",
                     {"task": task},
                 )
-            self._origins[task] = bytes(logs[0]["blockHash"])  # immutable once mined
+            block = bytes(logs[0]["blockHash"])  # immutable once mined
+            self._origins[task] = self._block_names.get(block, block)
         return self._origins[task]
 
     def task_info(self, task: int) -> TaskInfo:
