@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ..errors import InvalidArgument, NonFiniteUpdate, PayloadError, ShapeMismatch
+from ..protocol import encode_update
 from ..updates import ParamSpec
 from .flower_arrays import SELECTION_RULES, paper_selection
 from .flower_policy import OnTooFew, as_policy, resolve_f, warn
@@ -26,8 +27,7 @@ RECORD_KEY = "bcfl"
 def encode_arrays(arrays: Sequence[np.ndarray]) -> bytes:
     """The bytes a client signs: its arrays flattened in order, float32 little-endian (the
     round's payload format: a float64 model is committed, and aggregated, in float32)."""
-    flat = ParamSpec.infer(list(arrays)).flatten(list(arrays))
-    return flat.numpy().astype("<f4").tobytes()
+    return encode_update(ParamSpec.infer(list(arrays)).flatten(list(arrays)))
 
 
 def sign_reply(
