@@ -16,7 +16,7 @@ from test_flower_dropin import failed, message, models, replies
 
 from bcfl_engine import rules
 from bcfl_engine.errors import InvalidArgument, PreconditionError
-from bcfl_engine.integrations.flower import RECORD_KEY, EngineFedAvg, sign_reply
+from bcfl_engine.integrations.flower import RECORD_KEY, ROUND_KEY, EngineFedAvg, sign_reply
 from bcfl_engine.integrations.flower_legacy import LegacyEngineFedAvg
 from bcfl_engine.rules.bulyan import bulyan_select
 from bcfl_engine.rules.krum import krum_select, krum_select_reference
@@ -218,6 +218,37 @@ def test_legacy_strategy_keeps_dtypes_and_survives_nan_and_too_few(caplog):
 # ---- chain mode ----------------------------------------------------------------------------
 
 
+class TwoNodes:
+    """The little of Flower's Grid that configure_train asks: two connected nodes."""
+
+    run = None
+
+    def get_node_ids(self):
+        return [11, 12]
+
+
+def next_round_in_config(strategy, server_round: int) -> int:
+    """The registry round that ``strategy`` tells its clients to sign for in ``server_round``."""
+    from flwr.app import ArrayRecord
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = (
+        TaskIdentity._run_id,
+        TaskIdentity._node_id,
+        TaskIdentity._task_id,
+    )  # a Message needs its run
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = 1, 0, 1
+    try:
+        messages = list(
+            strategy.configure_train(server_round, ArrayRecord(), ConfigRecord(), TwoNodes())
+        )
+    finally:
+        TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+    rounds = {int(m.content["config"][ROUND_KEY]) for m in messages}
+    assert len(messages) == 2 and len(rounds) == 1
+    return rounds.pop()
+
+
 def test_chain_mode_runs_the_strategys_rule_and_signs_the_weight(tmp_path, caplog):
     pytest.importorskip("web3")
     from eth_account import Account
@@ -266,7 +297,11 @@ def test_chain_mode_runs_the_strategys_rule_and_signs_the_weight(tmp_path, caplo
     assert strategy.rejected[1] == ["node 4: array 'b' holds NaN or infinity"]
     assert ledger.record(task, 1) is None and "no later round can be committed" in caplog.text
 
-    got, metrics = strategy.aggregate_train(1, signed(1))  # all five: the median, committed
+    # Server round 2 collects registry round 1, still open: the train config names it, the
+    # clients sign for it, and its commit is not refused as a gap.
+    assert next_round_in_config(strategy, 2) == 1
+    got, metrics = strategy.aggregate_train(2, signed(1))  # all five: the median, committed
+    assert strategy.chain_rounds.of(3) == 2 and next_round_in_config(strategy, 3) == 2
     want = rules.median_reference(flat(as_lists(clients)))
     np.testing.assert_allclose(got["w"].numpy().ravel(), want[:12].numpy())
     assert got["num_batches_tracked"].numpy().shape == ()

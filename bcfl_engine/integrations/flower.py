@@ -45,7 +45,7 @@ from ..errors import (
 from ..updates import ParamSpec
 
 try:
-    from flwr.app import Array, ArrayRecord, Message, MetricRecord
+    from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
     from flwr.common.logger import log
     from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
@@ -54,7 +54,16 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from None
 
 from .flower_arrays import engine_aggregate
-from .flower_chain import RECORD_KEY, commit_arrays, encode_arrays, integer_weight, sign_reply
+from .flower_chain import (
+    RECORD_KEY,
+    ROUND_KEY,
+    ChainRounds,
+    check_round,
+    commit_arrays,
+    encode_arrays,
+    integer_weight,
+    sign_reply,
+)
 from .flower_dropin import (
     Bulyan,
     EngineStrategy,
@@ -171,6 +180,7 @@ class EngineFedAvg(EngineStrategy, FlowerFedAvg):
         self.rounds, self.secure, self.he_context = rounds, secure, he_context
         self.last_result: Any = None
         self.rejected: dict[int, list[str]] = {}  # server round -> replies left out, and why
+        self.chain_rounds = ChainRounds()
 
     @property
     def round_options(self) -> dict[str, Any]:
@@ -195,13 +205,25 @@ class EngineFedAvg(EngineStrategy, FlowerFedAvg):
             chain,
         )
 
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Any
+    ) -> Iterable[Message]:
+        """Flower's, plus, when rounds are committed, the registry round the clients sign for
+        (:data:`ROUND_KEY`; see :class:`~.flower_chain.ChainRounds`)."""
+        if self.rounds is not None:
+            config[ROUND_KEY] = self.chain_rounds.of(server_round)
+        return super().configure_train(server_round, arrays, config, grid)
+
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Aggregate the train replies of ``server_round`` with the engine."""
         if self.secure == "ckks":
             return self._train_ckks(server_round, replies)
-        return self._train(server_round, replies, self._combine)
+        out = self._train(server_round, replies, self._combine)
+        if self.rounds is not None:
+            self.chain_rounds.settle(out[0] is not None)
+        return out
 
     def _combine(self, got: Replies, server_round: int) -> tuple[list[np.ndarray] | None, Any]:
         if self.rounds is not None:
@@ -234,16 +256,8 @@ class EngineFedAvg(EngineStrategy, FlowerFedAvg):
 
     def _commit(self, got: Replies, server_round: int) -> tuple[list[np.ndarray] | None, Any]:
         assert self.rounds is not None
-        rnd = self.rounds(server_round)
-        theirs = (rnd.rule, rnd.f, dict(rnd.params), list(rnd.pre))
-        ours = (self.rule, self.f, dict(self.params), list(self.pre))
-        if theirs != ours:
-            raise InvalidArgument(
-                f"the rounds factory builds rounds with rule={rnd.rule!r}, f={rnd.f}, "
-                f"params={rnd.params}, pre={rnd.pre}, but this strategy aggregates with "
-                f"rule={self.rule!r}, f={self.f}, params={self.params}, pre={list(self.pre)}: "
-                "build them with AggregationRound(..., **strategy.round_options)"
-            )
+        rnd = self.rounds(self.chain_rounds.of(server_round))
+        check_round(rnd, self.rule, self.f, self.params, self.pre)
         signatures = [self._signature(c) for c in got.contents]
         out, rejected, used = commit_arrays(
             rnd, got.arrays, got.weights, signatures, got.names, on_too_few=self.on_too_few
@@ -301,6 +315,7 @@ __all__ = [
     "CKKS_KEY",
     "CKKS_WEIGHT_KEY",
     "RECORD_KEY",
+    "ROUND_KEY",
     "Bulyan",
     "EngineFedAvg",
     "FedAvg",

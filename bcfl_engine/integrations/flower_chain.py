@@ -22,6 +22,32 @@ if TYPE_CHECKING:
     from ..round import AggregationRound
 
 RECORD_KEY = "bcfl"
+# The train config's key for the registry round that a server round collects (see ChainRounds).
+ROUND_KEY = "bcfl-round"
+
+
+class ChainRounds:
+    """Which registry round each server round collects and commits.
+
+    The registry takes a task's rounds in order, with no gap, but a Flower server round may
+    commit nothing (every reply failed or was rejected, or too few under
+    ``on_too_few="skip"``) and Flower then goes on to the next server round. That round must
+    collect the registry round that is still open, not one past it, or its commit (and every
+    later one) would be refused. The strategy names that round to the clients in the train
+    config under :data:`ROUND_KEY`, and they sign for it (:func:`sign_reply`).
+    """
+
+    def __init__(self) -> None:
+        self.skipped = 0  # server rounds so far that committed nothing
+
+    def of(self, server_round: int) -> int:
+        """The registry round that ``server_round`` collects."""
+        return server_round - self.skipped
+
+    def settle(self, committed: bool) -> None:
+        """Record how the last server round ended."""
+        if not committed:
+            self.skipped += 1
 
 
 def encode_arrays(arrays: Sequence[np.ndarray]) -> bytes:
@@ -40,6 +66,9 @@ def sign_reply(
 ) -> ConfigRecord:
     """The ConfigRecord a client adds to its train reply when the server commits rounds.
 
+    ``server_round`` is the round the reply is for: the registry round the server named in
+    the train config under :data:`ROUND_KEY` (it differs from Flower's ``server-round`` once a
+    server round committed nothing; see :class:`ChainRounds`), else the server round.
     ``key`` is the client's secp256k1 private key (32 bytes or hex); ``domain`` is the
     ledger's :attr:`~bcfl_engine.chain.Ledger.domain` (chain id and registry address);
     ``weight`` is the ``num-examples`` the reply reports (a positive int): it is signed with
@@ -55,6 +84,19 @@ def sign_reply(
     from flwr.app import ConfigRecord
 
     return ConfigRecord({"address": payload.client, "signature": bytes(payload.signature or b"")})
+
+
+def check_round(
+    rnd: AggregationRound, rule: str, f: int, params: dict[str, Any], pre: Sequence[Any]
+) -> None:
+    """InvalidArgument unless ``rnd`` aggregates as the strategy does (rule, f, params, pre)."""
+    if (rnd.rule, rnd.f, dict(rnd.params), list(rnd.pre)) != (rule, f, dict(params), list(pre)):
+        raise InvalidArgument(
+            f"the rounds factory builds rounds with rule={rnd.rule!r}, f={rnd.f}, "
+            f"params={rnd.params}, pre={rnd.pre}, but this strategy aggregates with "
+            f"rule={rule!r}, f={f}, params={params}, pre={list(pre)}: "
+            "build them with AggregationRound(..., **strategy.round_options)"
+        )
 
 
 def integer_weight(w: float) -> int | None:

@@ -20,7 +20,7 @@ import numpy as np
 from .. import rules
 from ..errors import InvalidArgument, MissingDependency
 from .flower_arrays import engine_aggregate
-from .flower_chain import commit_arrays
+from .flower_chain import ROUND_KEY, ChainRounds, check_round, commit_arrays
 from .flower_policy import OnTooFew, as_policy, resolve_f, screen, usable_weights, warn
 
 try:
@@ -84,9 +84,21 @@ class LegacyEngineFedAvg(FlowerLegacyFedAvg):
         self.rule, self.f, self.params, self.pre = rule, f, dict(params or {}), tuple(pre)
         self.backend, self.rounds, self.on_too_few = backend, rounds, as_policy(on_too_few)
         self.rejected: dict[int, list[str]] = {}  # server round -> results left out, and why
+        self.chain_rounds = ChainRounds()
 
     def __repr__(self) -> str:
         return f"LegacyEngineFedAvg(rule={self.rule!r}, f={self.f})"
+
+    def configure_fit(
+        self, server_round: int, parameters: Parameters, client_manager: Any
+    ) -> list[tuple[ClientProxy, Any]]:
+        """Flower's, plus, when rounds are committed, the registry round the clients sign for
+        (``FitIns.config[ROUND_KEY]``; see :class:`~.flower_chain.ChainRounds`)."""
+        out = super().configure_fit(server_round, parameters, client_manager)
+        if self.rounds is not None:
+            for _, ins in out:
+                ins.config[ROUND_KEY] = self.chain_rounds.of(server_round)
+        return out
 
     def aggregate_fit(
         self,
@@ -95,6 +107,17 @@ class LegacyEngineFedAvg(FlowerLegacyFedAvg):
         failures: list[tuple[ClientProxy, FitRes] | BaseException],
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
         """Aggregate the fit results of ``server_round`` with the engine."""
+        out = self._fit(server_round, results, failures)
+        if self.rounds is not None:
+            self.chain_rounds.settle(out[0] is not None)
+        return out
+
+    def _fit(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, FitRes]],
+        failures: list[tuple[ClientProxy, FitRes] | BaseException],
+    ) -> tuple[Parameters | None, dict[str, Scalar]]:
         if not results or (failures and not self.accept_failures):
             return None, {}
         arrays = [parameters_to_ndarrays(res.parameters) for _, res in results]
@@ -125,18 +148,8 @@ class LegacyEngineFedAvg(FlowerLegacyFedAvg):
         kept: list[int],
     ) -> tuple[list[np.ndarray] | None, list[int]]:
         if self.rounds is not None:
-            rnd = self.rounds(server_round)
-            if (rnd.rule, rnd.f, dict(rnd.params), list(rnd.pre)) != (
-                self.rule,
-                self.f,
-                self.params,
-                list(self.pre),
-            ):
-                raise InvalidArgument(
-                    f"the rounds factory builds rounds with rule={rnd.rule!r}, f={rnd.f}, but "
-                    f"this strategy aggregates with rule={self.rule!r}, f={self.f} (and params, "
-                    "pre): build the rounds with the strategy's rule, f, params and pre"
-                )
+            rnd = self.rounds(self.chain_rounds.of(server_round))
+            check_round(rnd, self.rule, self.f, self.params, self.pre)
             sigs: list[tuple[str, bytes] | None] = []
             for i in kept:
                 m = results[i][1].metrics

@@ -7,7 +7,7 @@ from flwr.clientapp import ClientApp
 
 from bcfl_engine.chain import PayloadDomain
 from bcfl_engine.demo import attacks
-from bcfl_engine.integrations.flower import RECORD_KEY, sign_reply
+from bcfl_engine.integrations.flower import RECORD_KEY, ROUND_KEY, sign_reply
 
 from .task import federated, hospital_key, trainer
 
@@ -34,8 +34,11 @@ def make_client_app(byzantine: frozenset[int] = frozenset()) -> ClientApp:
         if "bcfl-registry" in config:  # the server commits rounds: sign what we send
             domain = PayloadDomain(int(config["bcfl-chain-id"]), str(config["bcfl-registry"]))
             ndarrays = [a.numpy() for a in arrays.values()]
-            reply[RECORD_KEY] = sign_reply(  # the weight is signed with the arrays
-                ndarrays, hospital_key(pid), int(config["bcfl-task"]), server_round, domain, len(y)
+            # The registry round the server collects (it lags the server round once a server
+            # round committed nothing); the weight is signed with the arrays.
+            chain_round = int(config.get(ROUND_KEY, server_round))
+            reply[RECORD_KEY] = sign_reply(
+                ndarrays, hospital_key(pid), int(config["bcfl-task"]), chain_round, domain, len(y)
             )
         return Message(reply, reply_to=msg)
 
