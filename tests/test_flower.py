@@ -264,3 +264,33 @@ def test_ckks_strategy_sums_ciphertexts_and_clients_decrypt_the_mean():
     assert_close(flat, reference("mean", 0, arrays, weights), 0, 2 * keys.preset.precision + 1e-7)
     with pytest.raises(InvalidArgument, match="he_context"):
         EngineFedAvg("mean", secure="ckks")
+
+
+def test_ckks_strategy_leaves_out_a_malformed_or_mismatched_ciphertext(caplog):
+    """One hostile reply (a cut ciphertext, or one of another length) is named and left out;
+    the others are summed, bit for bit as he.aggregate sums them on their own."""
+    he = pytest.importorskip("bcfl_engine.he")
+    import logging
+
+    keys = he.generate_keys("default")
+    public = keys.public_context()
+    arrays, weights = client_arrays(4, seed=6), [3, 1, 2, 5]
+    blobs = [he.encrypt(np.concatenate([x.reshape(-1) for x in a]), public) for a in arrays]
+    blobs[1] = blobs[1][: len(blobs[1]) // 2]  # truncated
+    blobs[3] = he.encrypt(np.ones(10_000, dtype=np.float32), public)  # another length
+    replies = []
+    for i, (a, w, blob) in enumerate(zip(arrays, weights, blobs, strict=True)):
+        content = RecordDict(
+            {
+                "metrics": MetricRecord({"num-examples": w}),
+                RECORD_KEY: ConfigRecord({"ckks": blob}),
+            }
+        )
+        replies.append(Message(content, metadata=reply(i, a, w).metadata))
+    strategy = EngineFedAvg("mean", secure="ckks", he_context=public)
+    with caplog.at_level(logging.WARNING):
+        out, _ = strategy.aggregate_train(1, replies)
+    assert "node 1" in caplog.text and "node 3" in caplog.text and "node 0" not in caplog.text
+    want = he.aggregate([blobs[0], blobs[2]], weights=[3, 2], context=public)
+    assert strategy.last_result == want
+    assert float(out["bcfl-ckks-weight"].numpy()[0]) == 5.0

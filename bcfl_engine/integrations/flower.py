@@ -41,6 +41,7 @@ from .. import rules
 from ..errors import (
     InvalidArgument,
     MissingDependency,
+    PayloadError,
 )
 from ..updates import ParamSpec
 
@@ -275,6 +276,22 @@ class EngineFedAvg(EngineStrategy, FlowerFedAvg):
             return None
         return str(rec["address"]), bytes(rec["signature"])
 
+    def _parseable(self, blobs: list[bytes], names: list[str], server_round: int) -> list[int]:
+        """Indices of the ciphertexts that parse against the public context and the first
+        good one (same length, level and layout); each other one is named in a warning."""
+        from .. import he
+
+        batch = he.CiphertextBatch(self.he_context, len(blobs))
+        ok = []
+        for i, blob in enumerate(blobs):
+            try:
+                batch.add(names[i], blob)
+            except PayloadError as exc:
+                warn(server_round, "left out %s: %s", names[i], exc)
+            else:
+                ok.append(i)
+        return ok
+
     def _train_ckks(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -284,6 +301,7 @@ class EngineFedAvg(EngineStrategy, FlowerFedAvg):
         blobs: list[bytes] = []
         weights: list[int] = []
         kept: list[Any] = []
+        names: list[str] = []
         for msg in valid:
             name = f"node {msg.metadata.src_node_id}"
             rec = msg.content.config_records.get(RECORD_KEY)
@@ -298,10 +316,22 @@ class EngineFedAvg(EngineStrategy, FlowerFedAvg):
                 blobs.append(bytes(rec["ckks"]))  # type: ignore[arg-type]
                 weights.append(count)
                 kept.append(msg.content)
+                names.append(name)
+        if blobs:
+            try:
+                agg = he.aggregate(blobs, weights=weights, context=self.he_context)
+            except PayloadError:  # one bad ciphertext: find it, leave it out, sum the others
+                ok = self._parseable(blobs, names, server_round)
+                blobs, weights, kept = (
+                    [blobs[i] for i in ok],
+                    [weights[i] for i in ok],
+                    [kept[i] for i in ok],
+                )
+                agg = he.aggregate(blobs, weights=weights, context=self.he_context) if ok else None
         if not blobs:
             return None, None
-        agg = he.aggregate(blobs, weights=weights, context=self.he_context)
         self.last_result = agg
+        assert agg is not None
         record = ArrayRecord(
             {
                 CKKS_KEY: Array(np.frombuffer(agg, dtype=np.uint8).copy()),
