@@ -327,3 +327,50 @@ def test_chain_mode_runs_the_strategys_rule_and_signs_the_weight(tmp_path, caplo
     chosen = int(krum_select(flat(as_lists(clients[1:])).float(), 0))
     assert metrics["loss"] == pytest.approx(chosen + 1.0)
     np.testing.assert_array_equal(got["w"].numpy(), clients[chosen + 1]["w"])
+
+
+class TwoClients:
+    """The little of Flower's ClientManager that the legacy configure_fit asks."""
+
+    def num_available(self) -> int:
+        return 2
+
+    def sample(self, num_clients, min_num_clients=None, criterion=None):
+        return [object(), object()]
+
+
+def test_legacy_chain_mode_commits_the_open_round_after_a_server_round_commits_nothing(tmp_path):
+    pytest.importorskip("web3")
+    from eth_account import Account
+    from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
+
+    from bcfl_engine.chain import Ledger
+    from bcfl_engine.integrations.flower_legacy import ADDRESS_KEY, SIGNATURE_KEY
+    from bcfl_engine.round import AggregationRound, audit
+    from bcfl_engine.updates import keccak256
+
+    keys = [keccak256(b"legacy chain %d" % i) for i in range(3)]
+    addresses = [Account.from_key(k).address for k in keys]
+    ledger = Ledger.embedded()
+    task = ledger.create_task(aggregator=ledger.sender, participants=addresses, model_spec=b"l")
+    clients = as_lists(models(3, "float32", seed=13))
+    dim = sum(a.size for a in clients[0])
+    strategy = LegacyEngineFedAvg()
+    strategy.rounds = lambda r: AggregationRound(
+        ledger, task, r, tmp_path, participants=addresses, dim=dim, **strategy.round_options
+    )
+    weights = [2, 3, 4]
+    unsigned = fit_results(clients, weights)
+    assert strategy.aggregate_fit(1, unsigned, []) == (None, {})  # nothing signed: no commit
+    fit_ins = strategy.configure_fit(2, ndarrays_to_parameters(clients[0]), TwoClients())
+    [chain_round] = {int(ins.config[ROUND_KEY]) for _, ins in fit_ins}
+    assert chain_round == 1
+    signed = fit_results(clients, weights)
+    for i, (_, res) in enumerate(signed):
+        sig = sign_reply(clients[i], keys[i], task, chain_round, ledger.domain, weights[i])
+        res.metrics.update({ADDRESS_KEY: sig["address"], SIGNATURE_KEY: sig["signature"]})
+    params, _ = strategy.aggregate_fit(2, signed, [])
+    want = sum(np.asarray(c[0], np.float64) * w for c, w in zip(clients, weights, strict=True))
+    np.testing.assert_allclose(parameters_to_ndarrays(params)[0], want / sum(weights), rtol=1e-6)
+    assert ledger.latest_round(task) == 1 and audit(ledger, task, 1, tmp_path).ok
+    assert strategy.chain_rounds.of(3) == 2

@@ -63,6 +63,7 @@ from .flower_chain import (
     commit_arrays,
     encode_arrays,
     integer_weight,
+    round_options,
     sign_reply,
 )
 from .flower_dropin import (
@@ -186,13 +187,7 @@ class EngineFedAvg(EngineStrategy, FlowerFedAvg):
     @property
     def round_options(self) -> dict[str, Any]:
         """The keyword arguments that make an AggregationRound aggregate as this strategy."""
-        return {
-            "rule": self.rule,
-            "f": self.f,
-            "params": dict(self.params),
-            "pre": list(self.pre),
-            "backend": self.backend,
-        }
+        return round_options(self)
 
     def summary(self) -> None:
         super().summary()

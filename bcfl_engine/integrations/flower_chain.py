@@ -86,6 +86,17 @@ def sign_reply(
     return ConfigRecord({"address": payload.client, "signature": bytes(payload.signature or b"")})
 
 
+def round_options(strategy: Any) -> dict[str, Any]:
+    """The keyword arguments that make an AggregationRound aggregate as ``strategy`` does."""
+    return {
+        "rule": strategy.rule,
+        "f": strategy.f,
+        "params": dict(strategy.params),
+        "pre": list(strategy.pre),
+        "backend": strategy.backend,
+    }
+
+
 def check_round(
     rnd: AggregationRound, rule: str, f: int, params: dict[str, Any], pre: Sequence[Any]
 ) -> None:

@@ -20,7 +20,7 @@ import numpy as np
 from .. import rules
 from ..errors import InvalidArgument, MissingDependency
 from .flower_arrays import engine_aggregate
-from .flower_chain import ROUND_KEY, ChainRounds, check_round, commit_arrays
+from .flower_chain import ROUND_KEY, ChainRounds, check_round, commit_arrays, round_options
 from .flower_policy import OnTooFew, as_policy, resolve_f, screen, usable_weights, warn
 
 try:
@@ -85,6 +85,11 @@ class LegacyEngineFedAvg(FlowerLegacyFedAvg):
         self.backend, self.rounds, self.on_too_few = backend, rounds, as_policy(on_too_few)
         self.rejected: dict[int, list[str]] = {}  # server round -> results left out, and why
         self.chain_rounds = ChainRounds()
+
+    @property
+    def round_options(self) -> dict[str, Any]:
+        """The keyword arguments that make an AggregationRound aggregate as this strategy."""
+        return round_options(self)
 
     def __repr__(self) -> str:
         return f"LegacyEngineFedAvg(rule={self.rule!r}, f={self.f})"
