@@ -164,7 +164,7 @@ class EngineFedAvg(EngineStrategy, FlowerFedAvg):
         on_too_few: OnTooFew | str = OnTooFew.SKIP,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(backend=backend, on_too_few=on_too_few, **kwargs)
         info = rules.get(rule)
         if info.kind != "aggregate":
             raise InvalidArgument(f"{rule!r} is a pre-aggregation step, not a rule")
@@ -178,7 +178,6 @@ class EngineFedAvg(EngineStrategy, FlowerFedAvg):
         self.rule, self.f, self.params, self.pre = rule, f, dict(params or {}), tuple(pre)
         if secure == "ckks" and he_context is None:
             raise InvalidArgument("secure='ckks' needs he_context (the public context bytes)")
-        self._engine(backend, on_too_few)
         self.rounds, self.secure, self.he_context = rounds, secure, he_context
         self.last_result: Any = None
         self.rejected: dict[int, list[str]] = {}  # server round -> replies left out, and why

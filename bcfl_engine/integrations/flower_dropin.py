@@ -122,7 +122,15 @@ class EngineStrategy:
     backend: str | None
     on_too_few: OnTooFew
 
-    def _engine(self, backend: str | None, on_too_few: OnTooFew | str) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        backend: str | None = None,
+        on_too_few: OnTooFew | str = OnTooFew.SKIP,
+        **kwargs: Any,
+    ) -> None:
+        """Flower's arguments, plus ``backend`` and ``on_too_few`` (the engine's)."""
+        super().__init__(*args, **kwargs)
         self.backend, self.on_too_few = backend, as_policy(on_too_few)
 
     def summary(self) -> None:
@@ -193,16 +201,6 @@ def _krum_selection(self: Any, got: Replies, server_round: int, m: int) -> Outco
 class FedAvg(EngineStrategy, flwr_strategy.FedAvg):
     """Flower's FedAvg on the engine (see the module docstring)."""
 
-    def __init__(
-        self,
-        *args: Any,
-        backend: str | None = None,
-        on_too_few: OnTooFew | str = OnTooFew.SKIP,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self._engine(backend, on_too_few)
-
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -212,16 +210,6 @@ class FedAvg(EngineStrategy, flwr_strategy.FedAvg):
 
 class FedMedian(EngineStrategy, flwr_strategy.FedMedian):
     """Flower's FedMedian on the engine (see the module docstring)."""
-
-    def __init__(
-        self,
-        *args: Any,
-        backend: str | None = None,
-        on_too_few: OnTooFew | str = OnTooFew.SKIP,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self._engine(backend, on_too_few)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -236,16 +224,6 @@ class FedMedian(EngineStrategy, flwr_strategy.FedMedian):
 
 class FedTrimmedAvg(EngineStrategy, flwr_strategy.FedTrimmedAvg):
     """Flower's FedTrimmedAvg on the engine (see the module docstring)."""
-
-    def __init__(
-        self,
-        *args: Any,
-        backend: str | None = None,
-        on_too_few: OnTooFew | str = OnTooFew.SKIP,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self._engine(backend, on_too_few)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -262,16 +240,6 @@ class FedTrimmedAvg(EngineStrategy, flwr_strategy.FedTrimmedAvg):
 class MultiKrum(EngineStrategy, flwr_strategy.MultiKrum):
     """Flower's MultiKrum on the engine (see the module docstring)."""
 
-    def __init__(
-        self,
-        *args: Any,
-        backend: str | None = None,
-        on_too_few: OnTooFew | str = OnTooFew.SKIP,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self._engine(backend, on_too_few)
-
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -286,16 +254,6 @@ class MultiKrum(EngineStrategy, flwr_strategy.MultiKrum):
 class Krum(EngineStrategy, flwr_strategy.Krum):
     """Flower's Krum on the engine (see the module docstring)."""
 
-    def __init__(
-        self,
-        *args: Any,
-        backend: str | None = None,
-        on_too_few: OnTooFew | str = OnTooFew.SKIP,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self._engine(backend, on_too_few)
-
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -309,16 +267,6 @@ class Krum(EngineStrategy, flwr_strategy.Krum):
 
 class Bulyan(EngineStrategy, flwr_strategy.Bulyan):
     """Flower's Bulyan on the engine (see the module docstring)."""
-
-    def __init__(
-        self,
-        *args: Any,
-        backend: str | None = None,
-        on_too_few: OnTooFew | str = OnTooFew.SKIP,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self._engine(backend, on_too_few)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]

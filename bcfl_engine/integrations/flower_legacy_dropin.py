@@ -73,7 +73,15 @@ class LegacyEngineStrategy:
     accept_failures: bool
     fit_metrics_aggregation_fn: Any
 
-    def _engine(self, backend: str | None, on_too_few: OnTooFew | str) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        backend: str | None = None,
+        on_too_few: OnTooFew | str = OnTooFew.SKIP,
+        **kwargs: Any,
+    ) -> None:
+        """Flower's arguments, plus ``backend`` and ``on_too_few`` (the engine's)."""
+        super().__init__(*args, **kwargs)
         self.backend, self.on_too_few = backend, as_policy(on_too_few)
 
     def _fit(
@@ -113,16 +121,6 @@ class LegacyEngineStrategy:
 class FedAvg(LegacyEngineStrategy, legacy.FedAvg):
     """Flower's legacy FedAvg on the engine (see the module docstring)."""
 
-    def __init__(
-        self,
-        *args: Any,
-        backend: str | None = None,
-        on_too_few: OnTooFew | str = OnTooFew.SKIP,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self._engine(backend, on_too_few)
-
     def aggregate_fit(self, server_round: int, results: Any, failures: Any) -> Any:
         """The mean of the results weighted by their example counts."""
 
@@ -137,16 +135,6 @@ class FedAvg(LegacyEngineStrategy, legacy.FedAvg):
 class FedMedian(LegacyEngineStrategy, legacy.FedMedian):
     """Flower's legacy FedMedian on the engine (see the module docstring)."""
 
-    def __init__(
-        self,
-        *args: Any,
-        backend: str | None = None,
-        on_too_few: OnTooFew | str = OnTooFew.SKIP,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self._engine(backend, on_too_few)
-
     def aggregate_fit(self, server_round: int, results: Any, failures: Any) -> Any:
         """The coordinate-wise median of the results."""
         return self._fit(
@@ -160,16 +148,6 @@ class FedMedian(LegacyEngineStrategy, legacy.FedMedian):
 class FedTrimmedAvg(LegacyEngineStrategy, legacy.FedTrimmedAvg):
     """Flower's legacy FedTrimmedAvg on the engine (see the module docstring)."""
 
-    def __init__(
-        self,
-        *args: Any,
-        backend: str | None = None,
-        on_too_few: OnTooFew | str = OnTooFew.SKIP,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self._engine(backend, on_too_few)
-
     def aggregate_fit(self, server_round: int, results: Any, failures: Any) -> Any:
         """Per coordinate, the mean after dropping ``int(beta * n)`` values at each end."""
 
@@ -182,16 +160,6 @@ class FedTrimmedAvg(LegacyEngineStrategy, legacy.FedTrimmedAvg):
 
 class Krum(LegacyEngineStrategy, legacy.Krum):
     """Flower's legacy Krum (and Multi-Krum with ``num_clients_to_keep``) on the engine."""
-
-    def __init__(
-        self,
-        *args: Any,
-        backend: str | None = None,
-        on_too_few: OnTooFew | str = OnTooFew.SKIP,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self._engine(backend, on_too_few)
 
     def aggregate_fit(self, server_round: int, results: Any, failures: Any) -> Any:
         """The best-scored result, or the weighted mean of the ``num_clients_to_keep`` best."""
@@ -233,15 +201,8 @@ class Krum(LegacyEngineStrategy, legacy.Krum):
 class Bulyan(LegacyEngineStrategy, legacy.Bulyan):
     """Flower's legacy Bulyan on the engine (see the module docstring)."""
 
-    def __init__(
-        self,
-        *args: Any,
-        backend: str | None = None,
-        on_too_few: OnTooFew | str = OnTooFew.SKIP,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._engine(backend, on_too_few)
         if self.first_aggregation_rule is not aggregate_krum:
             raise InvalidArgument(
                 "Bulyan's first stage is Krum here, as the only rule Flower's legacy Bulyan "
