@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -221,12 +222,9 @@ def peek(blob: bytes | memoryview, info: ContextInfo | None = None) -> Layout:
     return Layout(info.poly_degree, level.primes, level.parms_id, scale, sizes, int(d or 0), pair)
 
 
-def compact_layout(buf: memoryview) -> Layout:
-    """The layout a compact payload's header declares, checked against its byte length.
-
-    Every declared size (K, N, C, d) is bounded and the payload must hold exactly the bytes they
-    imply before anything is allocated for it: an 80-byte payload cannot declare 200 GiB.
-    """
+def _compact_header(buf: memoryview) -> tuple[int, int, int, int, int, list[Any]]:
+    """``(flags, K, N, C, d, rest)`` of a compact header of a supported version, unchecked
+    beyond that (the callers check the sizes against the bytes or against a batch)."""
     if len(buf) < COMPACT.size:
         raise PayloadError(f"compact payload of {len(buf)} bytes is shorter than its header")
     _, ver, flags, k, n, c, d, *rest = COMPACT.unpack_from(buf, 0)
@@ -234,6 +232,16 @@ def compact_layout(buf: memoryview) -> Layout:
         raise PayloadError(
             f"compact version {ver}, flags {flags:#x} not supported (expected 1, bits 0-1)"
         )
+    return flags, k, n, c, d, rest
+
+
+def compact_layout(buf: memoryview) -> Layout:
+    """The layout a compact payload's header declares, checked against its byte length.
+
+    Every declared size (K, N, C, d) is bounded and the payload must hold exactly the bytes they
+    imply before anything is allocated for it: an 80-byte payload cannot declare 200 GiB.
+    """
+    flags, k, n, c, d, rest = _compact_header(buf)
     pid, scale, pair = tuple(rest[:4]), rest[4], bool(flags & FLAG_PAIR)
     if not (1 <= k <= 64 and n in POLY_DEGREES):
         raise PayloadError(f"compact header: K={k}, N={n} not a CKKS level")
@@ -296,13 +304,7 @@ def parse(blob: bytes | memoryview, layout: Layout) -> tuple[np.ndarray, tuple[i
     out = np.empty(layout.shape, dtype=np.uint64)
     k, n = layout.residues, layout.poly_degree
     if bytes(buf[:4]) == COMPACT_MAGIC:
-        if len(buf) < COMPACT.size:
-            raise PayloadError(f"compact payload of {len(buf)} bytes is shorter than its header")
-        _, ver, flags, kk, nn, cc, d, *rest = COMPACT.unpack_from(buf, 0)
-        if ver != 1 or flags & ~(FLAG_BITPACKED | FLAG_PAIR):
-            raise PayloadError(
-                f"compact version {ver}, flags {flags:#x} not supported (expected 1, bits 0-1)"
-            )
+        flags, kk, nn, cc, d, rest = _compact_header(buf)
         # Each declared size against the batch's, named: they fix how many bytes follow.
         for name, value, want in zip(
             "KNCd", (kk, nn, cc, d), (k, n, layout.ciphertexts, layout.d), strict=True
