@@ -153,7 +153,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     try:
-        from .bench import FULL_SIZE, QUICK_SIZE, check_size, parse_sizes, run_engine_bench
+        from .bench import FULL_SIZE, QUICK_SIZE, run_engine_bench
+        from .bench_sizes import check_size, parse_sizes
     except ImportError:
         raise BcflError(
             "bcfl bench: the benchmark runner (bcfl_engine.bench) is not in this build"

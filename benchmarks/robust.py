@@ -50,7 +50,8 @@ from typing import Any
 import torch
 
 import bcfl_engine as be
-from bcfl_engine import bench
+from bcfl_engine import bench, bench_sizes
+from bcfl_engine.errors import InvalidArgument
 from bcfl_engine.rules import RULES
 
 SIZES = [(64, 1 << 20), (1000, 100_000)]
@@ -350,20 +351,14 @@ def print_size(rows: list[dict[str, Any]], info: dict[str, Any]) -> None:
     print(bench.format_table(shown, cols))
 
 
-def parse_sizes(text: str) -> list[tuple[int, int]]:
-    out = []
-    for part in text.split(","):
-        n, _, d = part.strip().lower().partition("x")
-        out.append((int(n), int(d)))
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument(
-        "--sizes", type=parse_sizes, help="NxD[,NxD...] (default 64x1048576,1000x100000)"
+        "--sizes",
+        type=bench_sizes.parse_sizes,
+        help="NxD[,NxD...] (default 64x1048576,1000x100000)",
     )
     ap.add_argument("--rules", help="comma-separated rules (default: all)")
     ap.add_argument("--peers", default="flower,byzfl,torch", help="comma-separated peers")
@@ -385,6 +380,11 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(
             f"unknown rules {unknown} or peers {bad_peers}; rules: {list(RULES)}, peers: {list(PEERS)}"
         )
+    for n, d in sizes:  # every size checked before the first is allocated
+        try:
+            bench_sizes.check_size(n, d, args.device)
+        except InvalidArgument as exc:
+            ap.error(str(exc))
     available: dict[str, str | None] = {}
     for name in args.peers:
         try:
