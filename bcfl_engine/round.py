@@ -126,12 +126,13 @@ class AggregationRound:
             if secure == "ckks"
             else UpdateBatch(dim or 1, capacity=len(self.participants), allow_nonfinite=True)
         )
-        # CKKS: a one-row batch that parses each payload against the round's layout (fixed by
-        # the first accepted one), and the running weighted sum its row is added into: each
-        # ciphertext is parsed once and the round holds one accumulator, whatever n is.
-        self._probe: Any = None
-        self._acc: Any = None
-        self._version: tuple[int, int] | None = None
+        # CKKS: each ciphertext is parsed once, against the round's first, and added into one
+        # running sum: the round holds one accumulator, whatever n is.
+        self._sum = None
+        if secure == "ckks":
+            from .he.running_sum import RunningSum
+
+            self._sum = RunningSum(he_context)
         self._clients: dict[str, dict[str, Any]] = {}
         self.result: RoundResult | None = None
         self._commit = ledger.record(task, round)  # None unless committed on chain already
@@ -155,16 +156,8 @@ class AggregationRound:
     def _check(self, client: str, data: bytes) -> Any:
         """The payload's row, checked once: a plaintext vector (a view of ``data``) or, under
         CKKS, the one-row batch that parsed it against the round's layout."""
-        if self.secure == "ckks":
-            from . import he
-
-            if self._probe is None:  # the first payload fixes the round's layout
-                probe = he.CiphertextBatch(self.he_context, 1)
-            else:
-                probe = self._probe
-                probe.reset()
-            probe.add(client, data)  # PayloadError naming the client and the mismatch
-            return probe
+        if self._sum is not None:
+            return self._sum.check(client, data)  # PayloadError naming the client and mismatch
         assert self.dim is not None
         try:
             row = protocol.update_view(data, self.dim)
@@ -206,14 +199,9 @@ class AggregationRound:
         self._take(record, self._check(record["client"], data))
 
     def _take(self, record: dict[str, Any], row: Any) -> None:
-        if self._batch is None:
-            from .he import ckks_sum
-
-            self._probe = row
-            primes = row.layout.primes
-            self._acc = ckks_sum(row.residues, primes, [record["weight"]], acc=self._acc)
-            self._version = self._version or row.versions[0]
-        else:
+        if self._sum is not None:
+            self._sum.add(row, record["weight"])
+        elif self._batch is not None:
             digest = bytes.fromhex(record["digest"])
             self._batch.add(record["client"], row, float(record["weight"]), digest=digest)
         self._records.append(record)
@@ -326,17 +314,11 @@ class AggregationRound:
 
         weights = [int(r["weight"]) for r in self._records]
         t0 = time.perf_counter()
-        if self._batch is None:
+        if self._sum is not None:
             meta = self._meta(None)
-            from .he.batch import to_tenseal
-
-            probe = self._probe
-            # What he.aggregate writes (the audit recomputes it so): the first TenSEAL
-            # payload's SEAL version, 4.3 for compact ones; integer weights keep the scale.
-            version = self._version or (4, 3)
-            update = to_tenseal(self._acc, probe.layout, None, version, probe.codec)
-            result_bytes = bytes(update)
+            update = result_bytes = self._sum.result()  # he.aggregate's bytes (the audit's)
         else:
+            assert self._batch is not None
             x = self._batch.data
             # Pin the backend in the metadata: an audit must recompute the same bits.
             chosen = backends.choose(self.rule, rules.get(self.rule).kernels, x, self.backend)
