@@ -6,6 +6,11 @@
 // tensor, of the dtype and shape the kernel reads, contiguous, outputs in writable memory that
 // does not overlap an input (clip_rows alone may write over its input, float32 in place). A
 // failed check raises bcfl_engine.errors.InvalidArgument; nothing has been read or written.
+//
+// The CKKS bindings (seal_codec, ckks_accumulate, ckks_sum) check the same way: residues and
+// tables are int64 (or uint64) tensors whose shapes follow the layout; payloads are bytes-like
+// objects read through the buffer protocol at their real length, held (so not resized or
+// freed) until the call returns.
 #include <pybind11/pybind11.h>
 
 #include <fcntl.h>
@@ -14,6 +19,7 @@
 #include <cstdint>
 #include <initializer_list>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "mean.h"
@@ -32,12 +38,9 @@
 namespace py = pybind11;
 
 namespace {
-template <typename T>
-T* ptr(std::uintptr_t p) { return reinterpret_cast<T*>(p); }
-
 // ---- checked tensor views (the rules' kernels) ----
 // Codes 0-2 are the storage dtypes of common.h.
-enum Code : int { kF32 = 0, kF16 = 1, kBF16 = 2, kF64 = 3, kI64 = 4 };
+enum Code : int { kF32 = 0, kF16 = 1, kBF16 = 2, kF64 = 3, kI64 = 4, kU64 = 5 };
 
 [[noreturn]] void invalid(const std::string& msg) {
   py::object type = py::module_::import("bcfl_engine.errors").attr("InvalidArgument");
@@ -51,12 +54,13 @@ int code_of(const std::string& dtype) {
   if (dtype == "torch.bfloat16") return kBF16;
   if (dtype == "torch.float64") return kF64;
   if (dtype == "torch.int64") return kI64;
+  if (dtype == "torch.uint64") return kU64;
   return -1;
 }
 
 const char* name_of(int code) {
-  static const char* names[] = {"float32", "float16", "bfloat16", "float64", "int64"};
-  return code >= 0 && code <= kI64 ? names[code] : "?";
+  static const char* names[] = {"float32", "float16", "bfloat16", "float64", "int64", "uint64"};
+  return code >= 0 && code <= kU64 ? names[code] : "?";
 }
 
 // Whether the byte at `addr` may be written, asked of the kernel rather than by writing it
@@ -152,11 +156,140 @@ void check_rows(const View& idx, int64_t n, const char* name) {
 }
 
 bool none(py::handle h) { return h.is_none(); }
+
+// ---- the CKKS bindings: payload bytes and layouts ----
+std::string type_name(py::handle h) { return py::str(py::type::handle_of(h).attr("__name__")); }
+
+// One bytes-like object's buffer (PEP 3118), released when this goes (with the GIL held).
+class Bytes {
+ public:
+  Bytes(py::handle obj, const std::string& name, bool write = false) {
+    if (PyObject_GetBuffer(obj.ptr(), &buf_, write ? PyBUF_WRITABLE : PyBUF_SIMPLE) != 0) {
+      PyErr_Clear();
+      invalid(name + ": expected a contiguous" + (write ? " writable" : "") +
+              " bytes-like object; got " + type_name(obj));
+    }
+    held_ = true;
+    span.data = reinterpret_cast<std::uintptr_t>(buf_.buf);
+    span.nbytes = static_cast<int64_t>(buf_.len);
+    if (write && span.nbytes > 0 && !mapped_writable(span.data, span.data + static_cast<std::uintptr_t>(span.nbytes)))
+      invalid(name + ": is in read-only memory (a memory map opened mode='r'?)");
+  }
+  Bytes(Bytes&& o) noexcept : span(o.span), buf_(o.buf_), held_(o.held_) { o.held_ = false; }
+  Bytes(const Bytes&) = delete;
+  Bytes& operator=(const Bytes&) = delete;
+  Bytes& operator=(Bytes&&) = delete;
+  ~Bytes() {
+    if (held_) PyBuffer_Release(&buf_);
+  }
+  View span;  // data and nbytes: for no_overlap
+
+ private:
+  Py_buffer buf_{};
+  bool held_ = false;
+};
+
+// A sequence of payloads: each one's buffer, and the address and length arrays the kernels read.
+struct Payloads {
+  std::vector<Bytes> held;
+  std::vector<uint64_t> addrs;
+  std::vector<int64_t> lens;
+  int64_t n() const { return static_cast<int64_t>(held.size()); }
+};
+
+Payloads payloads(py::handle seq, const std::string& name) {
+  if (!PySequence_Check(seq.ptr()) || PyBytes_Check(seq.ptr()) || PyByteArray_Check(seq.ptr()) ||
+      PyUnicode_Check(seq.ptr()) || PyObject_CheckBuffer(seq.ptr()))
+    invalid(name + ": expected a sequence of bytes-like objects; got " + type_name(seq));
+  const py::sequence items = py::reinterpret_borrow<py::sequence>(seq);
+  Payloads p;
+  const size_t n = items.size();
+  p.held.reserve(n);
+  p.addrs.reserve(n);
+  p.lens.reserve(n);
+  for (size_t i = 0; i < n; ++i) {
+    p.held.emplace_back(items[i], name + "[" + std::to_string(i) + "]");
+    p.addrs.push_back(static_cast<uint64_t>(p.held.back().span.data));
+    p.lens.push_back(p.held.back().span.nbytes);
+  }
+  return p;
+}
+
+// `out` shares no byte with any payload.
+void no_overlap(const View& out, const char* name, const Payloads& in) {
+  for (const Bytes& b : in.held) no_overlap(out, name, {&b.span});
+}
+
+// Primes in (1, 2^60): Shoup's multiplication and the lazy sums assume it.
+void check_primes(const View& q, const char* name) {
+  const uint64_t* p = q.as<const uint64_t>();
+  for (int64_t k = 0; k < q.dim(0); ++k)
+    if (p[k] < 2 || p[k] >= (uint64_t{1} << 60))
+      invalid(std::string(name) + ": primes must be in (1, 2^60); got " + std::to_string(p[k]));
+}
+
+// A layout travels as the tuple (N, K, C, d, pair, scale, primes [K], parms_id [4], sizes [C]),
+// the three arrays int64 (or uint64) tensors.
+struct Layout {
+  bcfl::CkksLayout l{};
+  View primes, parms_id, sizes;
+  int64_t C() const { return l.ciphertexts; }
+  int64_t K() const { return l.residues; }
+  int64_t N() const { return l.poly_degree; }
+};
+
+Layout layout_of(py::handle t, const std::string& fn) {
+  const std::string name = fn + ": layout";
+  if (!py::isinstance<py::tuple>(t) || py::len(t) != 9)
+    invalid(name + ": expected the tuple (N, K, C, d, pair, scale, primes, parms_id, sizes); got " +
+            type_name(t) + (py::isinstance<py::tuple>(t) ? " of " + std::to_string(py::len(t)) : ""));
+  const py::tuple tup = py::reinterpret_borrow<py::tuple>(t);
+  Layout lay;
+  int64_t f[5];
+  try {
+    for (size_t i = 0; i < 5; ++i) f[i] = tup[i].cast<int64_t>();
+    lay.l.scale = tup[5].cast<double>();
+  } catch (const py::cast_error&) {
+    invalid(name + ": N, K, C, d and pair must be ints and scale a float");
+  }
+  const int64_t N = f[0], K = f[1], C = f[2], d = f[3], pair = f[4];
+  // SEAL's bounds: N a power of two up to 2^17 (SEAL_POLY_MOD_DEGREE_MAX), K up to 64
+  // (SEAL_COEFF_MOD_COUNT_MAX); they also keep proto_size's products far from overflow.
+  if (N < 2 || N > (int64_t{1} << 17) || (N & (N - 1)) != 0 || K < 1 || K > 64 || C < 1 ||
+      C > (int64_t{1} << 32) || d < 0 || (pair != 0 && pair != 1))
+    invalid(name + ": needs N a power of two in [2, 2^17], 1 <= K <= 64, C >= 1, d >= 0, pair 0 or 1;"
+            " got N=" + std::to_string(N) + ", K=" + std::to_string(K) + ", C=" + std::to_string(C) +
+            ", d=" + std::to_string(d) + ", pair=" + std::to_string(pair));
+  lay.primes = view(tup[6], (name + " primes").c_str(), {kI64, kU64}, {K});
+  lay.parms_id = view(tup[7], (name + " parms_id").c_str(), {kI64, kU64}, {4});
+  lay.sizes = view(tup[8], (name + " sizes").c_str(), {kI64}, {C});
+  check_primes(lay.primes, (name + " primes").c_str());
+  lay.l = bcfl::CkksLayout{N, K, C, d, static_cast<int32_t>(pair), lay.l.scale,
+                           lay.primes.as<const uint64_t>(), lay.parms_id.as<const uint64_t>(),
+                           lay.sizes.as<const int64_t>()};
+  return lay;
+}
+
+// An output of the layout's residues: `lead` [C, 2, K, N] (lead = -1: none), int64 or uint64,
+// writable, overlapping none of the layout's arrays.
+View residues_out(py::handle t, const char* name, const Layout& lay, int64_t lead = -1) {
+  const View v = lead < 0 ? view(t, name, {kI64, kU64}, {lay.C(), 2, lay.K(), lay.N()}, true)
+                          : view(t, name, {kI64, kU64}, {lead, lay.C(), 2, lay.K(), lay.N()}, true);
+  no_overlap(v, name, {&lay.primes, &lay.parms_id, &lay.sizes});
+  return v;
+}
+
+// The weight tables of ckks_sum / he_accumulate: both None or both [n, K].
+std::pair<View, View> weight_tables(py::handle w_, py::handle ws_, const char* fn, int64_t n, int64_t K) {
+  if (none(w_) != none(ws_)) invalid(std::string(fn) + ": w and wshoup must both be None or both tensors");
+  if (none(w_)) return {View{}, View{}};
+  return {view(w_, (std::string(fn) + ": w").c_str(), {kI64, kU64}, {n, K}),
+          view(ws_, (std::string(fn) + ": wshoup").c_str(), {kI64, kU64}, {n, K})};
+}
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "bcfl_engine native kernels (C++17, OpenMP)";
-  using gil = py::call_guard<py::gil_scoped_release>;
 
   // ---- mean ----
   m.def("weighted_mean", [](py::handle x_, py::handle w_, py::handle out_) {
@@ -222,32 +355,47 @@ PYBIND11_MODULE(_C, m) {
   });
 
   // ---- seal_codec ----
-  // A layout travels as the tuple (N, K, C, d, pair, scale, primes*, parms_id*, sizes*).
-  auto layout = [](const py::tuple& t) {
-    return bcfl::CkksLayout{t[0].cast<int64_t>(), t[1].cast<int64_t>(), t[2].cast<int64_t>(),
-                            t[3].cast<int64_t>(), t[4].cast<int32_t>(), t[5].cast<double>(),
-                            ptr<const uint64_t>(t[6].cast<std::uintptr_t>()),
-                            ptr<const uint64_t>(t[7].cast<std::uintptr_t>()),
-                            ptr<const int64_t>(t[8].cast<std::uintptr_t>())};
-  };
-  m.def("he_parse", [layout](std::uintptr_t buf, int64_t len, const py::tuple& lay, std::uintptr_t out) {
-    const bcfl::CkksLayout l = layout(lay);
+  // he_parse(payload, layout, out [C, 2, K, N]) -> (code, message, major, minor).
+  m.def("he_parse", [](py::handle blob_, py::handle lay_, py::handle out_) {
+    const Layout lay = layout_of(lay_, "he_parse");
+    const Bytes blob(blob_, "he_parse: payload");
+    const View out = residues_out(out_, "he_parse: out", lay);
+    no_overlap(out, "he_parse: out", {&blob.span});
     char msg[bcfl::kMsgLen];
     uint8_t version[2];
     int rc;
     {
       py::gil_scoped_release release;
-      rc = bcfl::parse_payload(ptr<const uint8_t>(buf), len, l, ptr<uint64_t>(out), version, msg);
+      rc = bcfl::parse_payload(blob.span.as<const uint8_t>(), blob.span.nbytes, lay.l,
+                               out.as<uint64_t>(), version, msg);
     }
     return py::make_tuple(rc, rc ? std::string(msg) : std::string(), version[0], version[1]);
   });
-  m.def("he_parse_many", [layout](int64_t n, std::uintptr_t bufs, std::uintptr_t lens, const py::tuple& lay,
-                                  std::uintptr_t out, std::uintptr_t codes, std::uintptr_t versions,
-                                  std::uintptr_t msgs) {
-    const bcfl::CkksLayout l = layout(lay);
-    py::gil_scoped_release release;
-    bcfl::parse_payloads(n, ptr<const uint64_t>(bufs), ptr<const int64_t>(lens), l, ptr<uint64_t>(out),
-                         ptr<int32_t>(codes), ptr<uint8_t>(versions), ptr<char>(msgs));
+  // he_parse_many(payloads, layout, out [n, C, 2, K, N]) -> (index of the first bad payload or
+  // -1, its message, [(major, minor)] * n).
+  m.def("he_parse_many", [](py::handle blobs_, py::handle lay_, py::handle out_) {
+    const Layout lay = layout_of(lay_, "he_parse_many");
+    const Payloads in = payloads(blobs_, "he_parse_many: payloads");
+    const int64_t n = in.n();
+    const View out = residues_out(out_, "he_parse_many: out", lay, n);
+    no_overlap(out, "he_parse_many: out", in);
+    std::vector<int32_t> codes(static_cast<size_t>(n));
+    std::vector<uint8_t> versions(static_cast<size_t>(2 * n));
+    std::vector<char> msgs(static_cast<size_t>(n * bcfl::kMsgLen));
+    {
+      py::gil_scoped_release release;
+      bcfl::parse_payloads(n, in.addrs.data(), in.lens.data(), lay.l, out.as<uint64_t>(), codes.data(),
+                           versions.data(), msgs.data());
+    }
+    int64_t bad = -1;
+    for (int64_t i = 0; i < n && bad < 0; ++i)
+      if (codes[static_cast<size_t>(i)]) bad = i;
+    py::list vs(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i)
+      vs[static_cast<size_t>(i)] = py::make_tuple(versions[static_cast<size_t>(2 * i)],
+                                                   versions[static_cast<size_t>(2 * i + 1)]);
+    const std::string msg = bad >= 0 ? std::string(&msgs[static_cast<size_t>(bad * bcfl::kMsgLen)]) : "";
+    return py::make_tuple(bad, msg, vs);
   });
   // Who decodes zstd bodies: (0 none | 1 linked against zstd.h | 2 libzstd loaded at run time,
   // the library's path or why there is none).
@@ -255,55 +403,83 @@ PYBIND11_MODULE(_C, m) {
     const bcfl::zstd::Api& z = bcfl::zstd::api();
     return py::make_tuple(static_cast<int>(z.source), std::string(z.detail));
   });
-  m.def("he_proto_size", [layout](const py::tuple& lay) { return bcfl::proto_size(layout(lay)); });
-  // The CKKSVectorProto as a bytes object written in place (no second copy of ~8 MiB).
-  m.def("he_proto_bytes", [layout](std::uintptr_t data, const py::tuple& lay, double scale, int major,
-                                   int minor) {
-    const bcfl::CkksLayout l = layout(lay);
-    const int64_t size = bcfl::proto_size(l);
+  m.def("he_proto_size", [](py::handle lay_) { return bcfl::proto_size(layout_of(lay_, "he_proto_size").l); });
+  // he_proto_bytes(data [C, 2, K, N], layout, scale, major, minor): the CKKSVectorProto as a
+  // bytes object written in place (no second copy of ~8 MiB).
+  m.def("he_proto_bytes", [](py::handle data_, py::handle lay_, double scale, int major, int minor) {
+    const Layout lay = layout_of(lay_, "he_proto_bytes");
+    const View data = view(data_, "he_proto_bytes: data", {kI64, kU64}, {lay.C(), 2, lay.K(), lay.N()});
+    const int64_t size = bcfl::proto_size(lay.l);
     PyObject* obj = PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(size));
     if (!obj) throw py::error_already_set();
     auto* out = reinterpret_cast<uint8_t*>(PyBytes_AS_STRING(obj));
     {
       py::gil_scoped_release release;
-      bcfl::write_proto(ptr<const uint64_t>(data), l, scale, major, minor, out);
+      bcfl::write_proto(data.as<const uint64_t>(), lay.l, scale, major, minor, out);
     }
     return py::reinterpret_steal<py::bytes>(obj);
   });
-  m.def("he_write_proto", [layout](std::uintptr_t data, const py::tuple& lay, double scale, int major,
-                                   int minor, std::uintptr_t out) {
-    const bcfl::CkksLayout l = layout(lay);
+  // he_write_proto(data [C, 2, K, N], layout, scale, major, minor, out): the same bytes into the
+  // first he_proto_size(layout) bytes of the writable buffer `out`.
+  m.def("he_write_proto", [](py::handle data_, py::handle lay_, double scale, int major, int minor,
+                             py::handle out_) {
+    const Layout lay = layout_of(lay_, "he_write_proto");
+    const View data = view(data_, "he_write_proto: data", {kI64, kU64}, {lay.C(), 2, lay.K(), lay.N()});
+    const Bytes out(out_, "he_write_proto: out", true);
+    const int64_t size = bcfl::proto_size(lay.l);
+    if (out.span.nbytes < size)
+      invalid("he_write_proto: out must hold " + std::to_string(size) + " bytes; got " +
+              std::to_string(out.span.nbytes));
+    no_overlap(out.span, "he_write_proto: out", {&data, &lay.primes, &lay.parms_id, &lay.sizes});
     py::gil_scoped_release release;
-    bcfl::write_proto(ptr<const uint64_t>(data), l, scale, major, minor, ptr<uint8_t>(out));
+    bcfl::write_proto(data.as<const uint64_t>(), lay.l, scale, major, minor, out.span.as<uint8_t>());
   });
 
   // ---- ckks_accumulate ----
-  // Returns (index of the first bad payload or -1, its message).
-  m.def("he_accumulate", [layout](int64_t n, std::uintptr_t bufs, std::uintptr_t lens,
-                                  const py::tuple& lay, std::uintptr_t w, std::uintptr_t ws,
-                                  std::uintptr_t acc, std::uintptr_t versions) {
-    const bcfl::CkksLayout l = layout(lay);
+  // he_accumulate(payloads, layout, w [n, K] | None, wshoup [n, K] | None, acc [C, 2, K, N])
+  // -> (index of the first bad payload or -1, its message, [(major, minor)] * n).
+  m.def("he_accumulate", [](py::handle blobs_, py::handle lay_, py::handle w_, py::handle ws_,
+                            py::handle acc_) {
+    const Layout lay = layout_of(lay_, "he_accumulate");
+    const Payloads in = payloads(blobs_, "he_accumulate: payloads");
+    const int64_t n = in.n();
+    const auto [w, ws] = weight_tables(w_, ws_, "he_accumulate", n, lay.K());
+    const View acc = residues_out(acc_, "he_accumulate: acc", lay);
+    no_overlap(acc, "he_accumulate: acc", {&w, &ws});
+    no_overlap(acc, "he_accumulate: acc", in);
+    std::vector<uint8_t> versions(static_cast<size_t>(2 * n));
     char msg[bcfl::kMsgLen] = {0};
     int64_t bad;
     {
       py::gil_scoped_release release;
-      bad = bcfl::accumulate_payloads(n, ptr<const uint64_t>(bufs), ptr<const int64_t>(lens), l,
-                                      ptr<const uint64_t>(w), ptr<const uint64_t>(ws),
-                                      ptr<uint64_t>(acc), ptr<uint8_t>(versions), msg);
+      bad = bcfl::accumulate_payloads(n, in.addrs.data(), in.lens.data(), lay.l, w.as<const uint64_t>(),
+                                      ws.as<const uint64_t>(), acc.as<uint64_t>(), versions.data(), msg);
     }
-    return py::make_tuple(bad, bad >= 0 ? std::string(msg) : std::string());
+    py::list vs(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i)
+      vs[static_cast<size_t>(i)] = py::make_tuple(versions[static_cast<size_t>(2 * i)],
+                                                   versions[static_cast<size_t>(2 * i + 1)]);
+    return py::make_tuple(bad, bad >= 0 ? std::string(msg) : std::string(), vs);
   });
 
   // ---- ckks_sum ----
-  m.def(
-      "ckks_sum",
-      [](std::uintptr_t x, int64_t n, int64_t rows, int64_t N, int64_t K, std::uintptr_t primes,
-         std::uintptr_t w, std::uintptr_t ws, std::uintptr_t acc, std::uintptr_t out) {
-        bcfl::ckks_sum(ptr<const uint64_t>(x), n, rows, N, K, ptr<const uint64_t>(primes),
-                       ptr<const uint64_t>(w), ptr<const uint64_t>(ws), ptr<const uint64_t>(acc),
-                       ptr<uint64_t>(out));
-      },
-      gil());
+  // ckks_sum(x [n, C, 2, K, N], primes [K], w [n, K] | None, wshoup [n, K] | None,
+  //          acc [C, 2, K, N] | None, out [C, 2, K, N]); acc may be out itself (in place).
+  m.def("ckks_sum", [](py::handle x_, py::handle q_, py::handle w_, py::handle ws_, py::handle acc_,
+                       py::handle out_) {
+    const View x = view(x_, "ckks_sum: x", {kI64, kU64}, {-1, -1, 2, -1, -1});
+    const int64_t n = x.dim(0), C = x.dim(1), K = x.dim(3), N = x.dim(4);
+    const View q = view(q_, "ckks_sum: primes", {kI64, kU64}, {K});
+    check_primes(q, "ckks_sum: primes");
+    const auto [w, ws] = weight_tables(w_, ws_, "ckks_sum", n, K);
+    const View acc = none(acc_) ? View{} : view(acc_, "ckks_sum: acc", {kI64, kU64}, {C, 2, K, N});
+    const View out = view(out_, "ckks_sum: out", {kI64, kU64}, {C, 2, K, N}, true);
+    no_overlap(out, "ckks_sum: out", {&x, &q, &w, &ws});
+    if (acc.data != out.data) no_overlap(out, "ckks_sum: out", {&acc});
+    py::gil_scoped_release release;
+    bcfl::ckks_sum(x.as<const uint64_t>(), n, C * 2 * K, N, K, q.as<const uint64_t>(), w.as<const uint64_t>(),
+                   ws.as<const uint64_t>(), acc.as<const uint64_t>(), out.as<uint64_t>());
+  });
 
   // ---- _distances ----
   // The centred Gram matrix of krum, multi_krum, bulyan and nnm: G [n, n] float64, written whole.

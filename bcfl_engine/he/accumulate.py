@@ -23,23 +23,24 @@ from . import wire
 from .ckks_sum import shoup_tables
 
 
-def native_layout(layout: wire.Layout) -> tuple[tuple, list[np.ndarray]]:
-    """The layout tuple the extension takes, and the arrays it points into (keep them alive)."""
-    arrays = [
-        np.array(layout.primes, dtype=np.uint64),
-        np.array(layout.parms_id, dtype=np.uint64),
-        np.array(layout.sizes, dtype=np.int64),
-    ]
-    lay = (
+def native_layout(layout: wire.Layout) -> tuple:
+    """The layout tuple the extension takes: ``(N, K, C, d, pair, scale, primes, parms_id,
+    sizes)``, the three arrays int64 tensors (primes and parms_id the bits of their uint64)."""
+
+    def bits(values: Sequence[int]) -> torch.Tensor:
+        return torch.from_numpy(np.array(values, dtype=np.uint64).view(np.int64))
+
+    return (
         layout.poly_degree,
         layout.residues,
         layout.ciphertexts,
         layout.d,
         int(layout.pair),
         layout.scale,
-        *(a.ctypes.data for a in arrays),
+        bits(layout.primes),
+        bits(layout.parms_id),
+        torch.tensor(layout.sizes, dtype=torch.int64),
     )
-    return lay, arrays
 
 
 def accumulate(
@@ -61,7 +62,6 @@ def accumulate(
     :class:`~bcfl_engine.errors.PayloadError` naming the first such client, with the batch
     parser's message.
     """
-    n = len(payloads)
     if not native_zstd():  # the Python codec decompresses zstd bodies for the extension
         decoded = []
         for i, blob in enumerate(payloads):
@@ -71,30 +71,12 @@ def accumulate(
                 name = i if client_ids is None else client_ids[i]
                 raise PayloadError(f"client {name!r}: {exc}") from None
         payloads = decoded
-    views = [np.frombuffer(b, dtype=np.uint8) for b in payloads]
-    addrs = np.array([v.ctypes.data if v.size else 0 for v in views], dtype=np.uint64)
-    lens = np.array([v.size for v in views], dtype=np.int64)
-    lay, keep = native_layout(layout)
-    tables: tuple[torch.Tensor, ...] = ()
-    w_ptr = ws_ptr = 0
+    w = ws = None
     if weights is not None:
         w, ws = shoup_tables(weights, layout.primes)
-        tables = (w, ws)  # alive until the call returns
-        w_ptr, ws_ptr = w.data_ptr(), ws.data_ptr()
     acc = torch.zeros(layout.shape, dtype=torch.int64)
-    versions = np.zeros((n, 2), dtype=np.uint8)
-    bad, msg = native().he_accumulate(
-        n,
-        addrs.ctypes.data,
-        lens.ctypes.data,
-        lay,
-        w_ptr,
-        ws_ptr,
-        acc.data_ptr(),
-        versions.ctypes.data,
-    )
+    bad, msg, versions = native().he_accumulate(payloads, native_layout(layout), w, ws, acc)
     if bad >= 0:
         name = bad if client_ids is None else client_ids[bad]
         raise PayloadError(f"client {name!r}: {msg}")
-    del keep, tables
     return acc, [(int(a), int(b)) if a else None for a, b in versions]

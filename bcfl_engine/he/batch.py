@@ -19,12 +19,6 @@ from .keys import ContextInfo, context_info
 CODECS = ("native", "python")
 
 
-def _address(blob: Any) -> tuple[np.ndarray, int]:
-    """A uint8 view of ``blob`` (no copy) and the address of its first byte."""
-    arr = np.frombuffer(blob, dtype=np.uint8)
-    return arr, arr.ctypes.data if arr.size else 0
-
-
 def native_input(blob: Any, layout: wire.Layout) -> Any:
     """``blob`` as the native codec reads it: as is, or with its zstd bodies decompressed by the
     Python codec when the extension has no zstd library (:func:`~bcfl_engine.backends.zstd_path`).
@@ -80,7 +74,7 @@ class CiphertextBatch:
         self.layout = layout
         self.data = torch.empty((self.capacity, *layout.shape), dtype=torch.int64)
         # The extension's layout tuple points into these arrays: they live as long as the batch.
-        self._native_layout, self._layout_arrays = native_layout(layout)
+        self._native_layout = native_layout(layout)
 
     def _check_id(self, client_id: Any, pending: Sequence[Any] = ()) -> None:
         if client_id in self.client_ids or client_id in pending:
@@ -99,9 +93,8 @@ class CiphertextBatch:
     def _parse_row(self, row: int, blob: Any) -> tuple[int, int] | None:
         assert self.layout is not None and self.data is not None
         if self.codec == "native":
-            arr, addr = _address(native_input(blob, self.layout))
             rc, msg, major, minor = native().he_parse(
-                addr, arr.size, self._native_layout, self.data[row].data_ptr()
+                native_input(blob, self.layout), self._native_layout, self.data[row]
             )
             if rc:
                 raise PayloadError(msg)
@@ -159,33 +152,17 @@ class CiphertextBatch:
                     raise PayloadError(f"client {ids[j]!r}: {exc}") from None
             return out
         assert self.data is not None and self.layout is not None
-        n = len(blobs)
-        views = []
+        inputs = []
         for j, blob in enumerate(blobs):
             try:
-                views.append(_address(native_input(blob, self.layout)))
+                inputs.append(native_input(blob, self.layout))
             except PayloadError as exc:
                 raise PayloadError(f"client {ids[j]!r}: {exc}") from None
-        addrs = np.array([a for _, a in views], dtype=np.uint64)
-        lens = np.array([v.size for v, _ in views], dtype=np.int64)
-        codes = np.zeros(n, dtype=np.int32)
-        versions = np.zeros((n, 2), dtype=np.uint8)
-        msgs = np.zeros((n, 200), dtype=np.uint8)  # kMsgLen in csrc/seal_codec.h
-        native().he_parse_many(
-            n,
-            addrs.ctypes.data,
-            lens.ctypes.data,
-            self._native_layout,
-            self.data[start].data_ptr(),
-            codes.ctypes.data,
-            versions.ctypes.data,
-            msgs.ctypes.data,
+        bad, msg, versions = native().he_parse_many(
+            inputs, self._native_layout, self.data[start : start + len(inputs)]
         )
-        bad = np.flatnonzero(codes)
-        if bad.size:
-            j = int(bad[0])
-            msg = bytes(msgs[j]).split(b"\0", 1)[0].decode(errors="replace")
-            raise PayloadError(f"client {ids[j]!r}: {msg}")
+        if bad >= 0:
+            raise PayloadError(f"client {ids[bad]!r}: {msg}")
         return [(int(a), int(b)) if a else None for a, b in versions]
 
     @property
@@ -268,7 +245,5 @@ def to_tenseal(
     res = residues.detach().cpu().contiguous()
     if codec != "native":
         return wire.to_tenseal(res.numpy().view(np.uint64), layout, scale, version)
-    lay, keep = native_layout(layout)
-    out: bytes = native().he_proto_bytes(res.data_ptr(), lay, scale, version[0], version[1])
-    del keep
+    out: bytes = native().he_proto_bytes(res, native_layout(layout), scale, version[0], version[1])
     return out

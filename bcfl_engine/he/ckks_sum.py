@@ -81,17 +81,10 @@ def _sum_native(
     weights: Sequence[int] | None = None,
     acc: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    n, c, _, k, N = x.shape
     q = torch.tensor(list(primes), dtype=torch.int64)
     out = torch.empty(x.shape[1:], dtype=torch.int64)
-    w_ptr = ws_ptr = 0
-    if weights is not None:
-        w, ws = shoup_tables(weights, primes)
-        w_ptr, ws_ptr = w.data_ptr(), ws.data_ptr()
-    acc_ptr = 0 if acc is None else acc.contiguous().data_ptr()
-    native().ckks_sum(
-        x.data_ptr(), n, c * 2 * k, N, k, q.data_ptr(), w_ptr, ws_ptr, acc_ptr, out.data_ptr()
-    )
+    w, ws = (None, None) if weights is None else shoup_tables(weights, primes)
+    native().ckks_sum(x, q, w, ws, None if acc is None else acc.contiguous(), out)
     return out
 
 
