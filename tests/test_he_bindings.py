@@ -10,6 +10,7 @@ memory. Every defect raises InvalidArgument and leaves every argument as it was.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -51,13 +52,13 @@ WEIGHTS = [3, 1, 4]
 PROTO_SIZE = C_.he_proto_size(native_layout(LAYOUT))
 
 
-def lay(**fields: Any) -> tuple:
-    """The native layout tuple, with fields replaced by name."""
-    t = list(native_layout(LAYOUT))
-    names = ["N", "K", "C", "d", "pair", "scale", "primes", "parms_id", "sizes"]
-    for name, value in fields.items():
-        t[names.index(name)] = value
-    return tuple(t)
+def lay(layout: wire.Layout = LAYOUT) -> Any:
+    """The extension's CkksLayout of ``layout``."""
+    return native_layout(layout)
+
+
+# The layout as the bindings took it before CkksLayout: a tuple holding addresses.
+OLD_TUPLE = (N, K, C, D, 0, LAYOUT.scale, 12345678, 12345678, 12345678)
 
 
 def zeros(*shape: int, dtype: torch.dtype = torch.int64) -> torch.Tensor:
@@ -162,19 +163,14 @@ def _cases() -> dict[str, tuple[Callable[..., Any], Callable[[], tuple]]]:
         # he_parse
         "parse-out-dtype": (C_.he_parse, lambda: parse_args(out=zeros(*SHAPE, dtype=torch.int32))),
         "parse-payload-type": (C_.he_parse, lambda: parse_args(blob="not bytes")),
-        "parse-layout-primes-dtype": (
-            C_.he_parse,
-            lambda: parse_args(lay=lay(primes=torch.tensor(PRIMES, dtype=torch.float64))),
-        ),
         "parse-out-strided": (C_.he_parse, lambda: parse_args(out=strided(*SHAPE))),
         "parse-payload-strided": (C_.he_parse, lambda: parse_args(blob=memoryview(BLOBS[0])[::2])),
         "parse-out-shape": (C_.he_parse, lambda: parse_args(out=zeros(C, 2, K, N // 2))),
         "parse-layout-sizes-short": (
             C_.he_parse,
-            lambda: parse_args(lay=lay(sizes=torch.tensor(LAYOUT.sizes[:-1]))),
+            lambda: parse_args(lay=lay(dataclasses.replace(LAYOUT, sizes=LAYOUT.sizes[:-1]))),
         ),
-        "parse-layout-power-of-two": (C_.he_parse, lambda: parse_args(lay=lay(N=N + 1))),
-        "parse-layout-address": (C_.he_parse, lambda: parse_args(lay=lay(primes=12345678))),
+        "parse-layout-address": (C_.he_parse, lambda: parse_args(lay=OLD_TUPLE)),
         "parse-out-overlaps-payload": (
             C_.he_parse,
             lambda: parse_args(blob=p_blob, out=p_out.view(SHAPE)),
@@ -216,7 +212,7 @@ def _cases() -> dict[str, tuple[Callable[..., Any], Callable[[], tuple]]]:
             C_.he_proto_bytes,
             lambda: proto_bytes_args(data=zeros(C - 1, 2, K, N)),
         ),
-        "proto_bytes-layout-tuple": (C_.he_proto_bytes, lambda: proto_bytes_args(lay=lay()[:8])),
+        "proto_bytes-layout-tuple": (C_.he_proto_bytes, lambda: proto_bytes_args(lay=OLD_TUPLE)),
         # he_write_proto
         "write_proto-data-dtype": (
             C_.he_write_proto,
@@ -315,11 +311,10 @@ MESSAGES = {
     "strided": "contiguous",
     "shape": "shape must be",
     "short": "",  # a tensor's "shape must be"; he_write_proto's "must hold"
-    "power": "power of two",
-    "address": "expected a torch.Tensor",
+    "address": "expected a bcfl_engine._C.CkksLayout",
     "overlaps": "overlaps an input",
     "sequence": "expected a sequence",
-    "tuple": "expected the tuple",
+    "tuple": "expected a bcfl_engine._C.CkksLayout",
     "readonly": "writable bytes-like",
     "without": "both be None or both tensors",
     "large": "in (1, 2^60)",
@@ -334,6 +329,30 @@ def expected_message(case: str) -> str:
                 return "must hold" if case.startswith("write_proto") else "shape must be"
             return MESSAGES[word]
     raise AssertionError(f"{case}: no expected message")
+
+
+BAD_LAYOUTS = {
+    "N-not-a-power-of-two": dict(N=N + 1),
+    "N-too-large": dict(N=1 << 18),
+    "no-primes": dict(primes=()),
+    "prime-too-large": dict(primes=(PRIMES[0], 2**60 + 33)),
+    "prime-not-an-int": dict(primes=(1.5e9,)),
+    "prime-negative": dict(primes=(-7,)),
+    "primes-a-string": dict(primes="123"),
+    "parms_id-short": dict(parms_id=(1, 2, 3)),
+    "no-sizes": dict(sizes=()),
+    "d-negative": dict(d=-1),
+    "pair-2": dict(pair=2),
+}
+
+
+@pytest.mark.parametrize("defect", list(BAD_LAYOUTS))
+def test_a_bad_layout_is_refused_when_built(defect: str) -> None:
+    good = dict(N=N, d=D, pair=0, scale=LAYOUT.scale, primes=PRIMES, parms_id=(1, 2, 3, 4),
+                sizes=LAYOUT.sizes)  # fmt: skip
+    assert C_.CkksLayout(**good).shape == SHAPE
+    with pytest.raises(InvalidArgument, match="CkksLayout"):
+        C_.CkksLayout(**{**good, **BAD_LAYOUTS[defect]})
 
 
 def snapshot(args: Any) -> Any:

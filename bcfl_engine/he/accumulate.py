@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..backends import native, native_zstd
@@ -23,23 +22,17 @@ from . import wire
 from .ckks_sum import shoup_tables
 
 
-def native_layout(layout: wire.Layout) -> tuple:
-    """The layout tuple the extension takes: ``(N, K, C, d, pair, scale, primes, parms_id,
-    sizes)``, the three arrays int64 tensors (primes and parms_id the bits of their uint64)."""
-
-    def bits(values: Sequence[int]) -> torch.Tensor:
-        return torch.from_numpy(np.array(values, dtype=np.uint64).view(np.int64))
-
-    return (
+def native_layout(layout: wire.Layout) -> Any:
+    """``layout`` as the extension's ``CkksLayout``, checked once (N a power of two, primes in
+    (1, 2^60), ...) and holding its own copy of the primes, parms_id and sizes."""
+    return native().CkksLayout(
         layout.poly_degree,
-        layout.residues,
-        layout.ciphertexts,
         layout.d,
         int(layout.pair),
         layout.scale,
-        bits(layout.primes),
-        bits(layout.parms_id),
-        torch.tensor(layout.sizes, dtype=torch.int64),
+        layout.primes,
+        layout.parms_id,
+        layout.sizes,
     )
 
 
