@@ -5,7 +5,8 @@ and bytes-like objects (never addresses). Each one is called here with a good se
 (its result checked against the Python codec or the torch reference) and then with one defect
 at a time: a wrong dtype, a non-contiguous array, a shape that disagrees with the layout, an
 output that overlaps an input, a buffer shorter than the layout says, an output in read-only
-memory. Every defect raises InvalidArgument and leaves every argument as it was.
+memory, a layout that is not a checked CkksLayout. Every defect raises InvalidArgument and
+leaves every argument as it was. A CkksLayout refuses bad fields when it is built.
 """
 
 from __future__ import annotations
@@ -453,3 +454,18 @@ def test_read_only_outputs_are_refused_not_written(tmp_path: Path) -> None:
     # The tensors' memory is refused by the writability probe, not by a dtype or shape check.
     assert all(o.endswith("(read-only)") for o in outcomes if "write_proto" not in o), outcomes
     assert np.array_equal(np.fromfile(path, dtype=np.int64), data)
+
+
+def test_the_python_codec_needs_no_extension(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Only the native codec builds a CkksLayout: a pure-Python install still parses.
+    from bcfl_engine.he import accumulate, batch
+
+    def missing() -> Any:
+        raise ImportError("no extension")
+
+    monkeypatch.setattr(accumulate, "native", missing)
+    monkeypatch.setattr(batch, "native", missing)
+    b = batch.CiphertextBatch(layout=LAYOUT, codec="python", capacity=NCLIENTS)
+    for i, blob in enumerate(BLOBS):
+        b.add(i, blob)
+    assert torch.equal(b.residues, X)

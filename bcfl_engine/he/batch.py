@@ -73,8 +73,8 @@ class CiphertextBatch:
     def _set_layout(self, layout: wire.Layout) -> None:
         self.layout = layout
         self.data = torch.empty((self.capacity, *layout.shape), dtype=torch.int64)
-        # The extension's layout tuple points into these arrays: they live as long as the batch.
-        self._native_layout = native_layout(layout)
+        # Checked once for the batch (the python codec may run without the extension).
+        self._native_layout = native_layout(layout) if self.codec == "native" else None
 
     def _check_id(self, client_id: Any, pending: Sequence[Any] = ()) -> None:
         if client_id in self.client_ids or client_id in pending:
