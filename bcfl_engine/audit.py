@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,7 +117,11 @@ def audit(
     participants = _check_saved(ledger, task, round, commit, saved, problems)
     if participants is None:
         participants = [r["client"] for r in records]
-    rows = _check_payloads(ledger, task, round, store, records, participants, problems)
+    meta = _read_meta(store, commit.meta_hash, task, round, problems)
+    # The payload digest the round recorded (keccak-256 before bcfl-round/3); unreadable
+    # metadata is a finding already, and the payloads are then checked with today's digest.
+    hasher = protocol.digest_function(meta["digest"]) if meta else protocol.payload_digest
+    rows = _check_payloads(ledger, task, round, store, records, participants, problems, hasher)
     checked.append(f"{len(rows)} payloads and signatures")
     leaves = leaves_of(round, records)
     tree = None
@@ -135,11 +139,10 @@ def audit(
             f"number of updates differs: the store has {len(raw)}, the chain has {commit.n}"
         )
     checked.append("updates root")
-    _check_stored_result(store, commit.result_digest, problems)
-    meta = _read_meta(store, commit.meta_hash, task, round, problems)
+    _check_stored_result(store, commit.result_digest, problems, hasher)
     complete = len(rows) == len(raw) == len(records) and all(d is not None for d in rows)
     if meta is not None and complete:
-        _recompute(store, meta, rows, records, commit.result_digest, problems)
+        _recompute(store, meta, rows, records, commit.result_digest, problems, hasher)
         checked.append(f"result recomputed with {meta['rule']}")
     if tree is not None:
         rejected = [
@@ -239,6 +242,7 @@ def _check_payloads(
     records: Sequence[dict[str, Any]],
     participants: Sequence[str],
     problems: list[str],
+    hasher: Callable[[bytes], bytes],
 ) -> list[bytes | None]:
     """Each record's payload bytes (None where missing or altered), signatures checked."""
     from .chain import SignedPayload, verify_payload
@@ -251,7 +255,7 @@ def _check_payloads(
         except PayloadError:
             problems.append(f"{who}: payload 0x{r['digest']} is missing from the store")
             data = None
-        if data is not None and (got := protocol.payload_digest(data)).hex() != r["digest"]:
+        if data is not None and (got := hasher(data)).hex() != r["digest"]:
             problems.append(
                 f"{who}: stored payload altered: it hashes to 0x{got.hex()}, "
                 f"accepted digest 0x{r['digest']}"
@@ -269,14 +273,16 @@ def _check_payloads(
     return rows
 
 
-def _check_stored_result(store: PayloadStore, digest: bytes, problems: list[str]) -> None:
+def _check_stored_result(
+    store: PayloadStore, digest: bytes, problems: list[str], hasher: Callable[[bytes], bytes]
+) -> None:
     """The result bytes the store holds under the committed result digest, checked."""
     try:
         data = store.get(digest, verify=False)
     except PayloadError:
         problems.append(f"the committed result 0x{digest.hex()} is missing from the store")
         return
-    if (got := protocol.payload_digest(data)) != digest:
+    if (got := hasher(data)) != digest:
         problems.append(
             f"the stored result was altered: it hashes to 0x{got.hex()}, "
             f"the chain has 0x{digest.hex()}"
@@ -288,7 +294,7 @@ def _read_meta(
 ) -> dict[str, Any] | None:
     where = f"committed metadata 0x{meta_hash.hex()}"
     try:
-        meta = protocol.check_meta(json.loads(store.get(meta_hash)))
+        meta = protocol.check_meta(json.loads(store.get(meta_hash, hasher=protocol.meta_hash)))
     except (PayloadError, ValueError) as exc:
         problems.append(f"{where} cannot be read from the store: {exc}")
         return None
@@ -308,10 +314,12 @@ def _recompute(
     records: Sequence[dict[str, Any]],
     committed: bytes,
     problems: list[str],
+    hasher: Callable[[bytes], bytes],
 ) -> None:
     """Recompute the result from the payloads; a difference or a failure is a finding."""
     try:
-        he_context = store.get(meta["he_context"]) if meta["secure"] == "ckks" else None
+        ckks = meta["secure"] == "ckks"
+        he_context = store.get(meta["he_context"], hasher=hasher) if ckks else None
         if he_context is None:
             inputs: Any = torch.stack([decode_update(bytes(d or b""), meta["dim"]) for d in rows])
         else:
@@ -327,7 +335,7 @@ def _recompute(
             f"({meta['rule']}, backend {meta['backend']}): {type(exc).__name__}: {exc}"
         )
         return
-    got = protocol.payload_digest(result_bytes)
+    got = hasher(result_bytes)
     if got != committed:
         problems.append(
             f"result digest differs: recomputed 0x{got.hex()} from the stored payloads "

@@ -326,7 +326,8 @@ class AggregationRound:
             update, result_bytes = _aggregate(meta, x, weights, None)
         seconds = time.perf_counter() - t0
         result_digest = self.store.put(result_bytes)
-        meta_hash = self.store.put(protocol.encode_meta(meta))
+        meta_bytes = protocol.encode_meta(meta)
+        meta_hash = self.store.put(meta_bytes, digest=protocol.meta_hash(meta_bytes))
         leaves = leaves_of(self.round, self._records)
         tree = MerkleTree.from_leaves(leaves)
         record = {

@@ -29,6 +29,7 @@ import os
 import re
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -161,11 +162,19 @@ class PayloadStore:
     def has(self, digest: bytes | str) -> bool:
         return self.path(digest).exists()
 
-    def get(self, digest: bytes | str, *, verify: bool = True) -> bytes:
+    def get(
+        self,
+        digest: bytes | str,
+        *,
+        verify: bool = True,
+        hasher: Callable[[bytes], bytes] | None = None,
+    ) -> bytes:
         """The payload of ``digest``.
 
         Raises PayloadError when it is missing or, with ``verify``, when the stored bytes no
-        longer hash to ``digest`` (the file was altered).
+        longer hash to ``digest`` (the file was altered) under ``hasher``:
+        :func:`~bcfl_engine.protocol.payload_digest` unless given (the metadata is named by
+        :func:`~bcfl_engine.protocol.meta_hash`, an older round's payloads by keccak-256).
         """
         path = self.path(digest)
         try:
@@ -175,7 +184,7 @@ class PayloadStore:
                 f"payload 0x{_hex(digest)} is not in the store {self.root}"
             ) from None
         if verify:
-            got = protocol.payload_digest(data)
+            got = (hasher or protocol.payload_digest)(data)
             if got != bytes.fromhex(_hex(digest)):
                 raise PayloadError(
                     f"stored payload 0x{_hex(digest)} was altered: its bytes hash to 0x{got.hex()}"

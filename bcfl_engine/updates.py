@@ -348,12 +348,15 @@ class UpdateBatch:
             raise InvalidArgument(f"client {client_id!r} is not in this batch") from None
 
     def digest(self, i: int) -> bytes:
-        """The digest of row ``i``: the one given to :meth:`add`, else keccak256 of its bytes."""
+        """The digest of row ``i``: the one given to :meth:`add`, else
+        :func:`~bcfl_engine.protocol.payload_digest` of its bytes."""
         if not 0 <= i < len(self):
             raise InvalidArgument(f"row must be in [0, {len(self)}); got {i}")
         d = self._digests[i]
         if d is None:
-            d = keccak256(
+            from .protocol import payload_digest  # protocol imports this module
+
+            d = payload_digest(
                 self._buf[i].detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()
             )
             self._digests[i] = d

@@ -107,3 +107,37 @@ def test_audit_of_an_uncommitted_round_fails(ledger, tmp_path):
     task = new_task(ledger)
     report = audit(ledger, task, 1, tmp_path)
     assert not report.ok and "no commit" in report.summary()
+
+
+def test_a_round_committed_with_keccak_payload_digests_still_audits(ledger, tmp_path, monkeypatch):
+    # A round of format bcfl-round/2 (payloads named by keccak-256), made by patching today's
+    # engine back to it; the audit then runs unpatched and picks keccak-256 from its metadata.
+    from bcfl_engine import protocol
+
+    with monkeypatch.context() as old:
+        old.setattr(protocol, "payload_digest", keccak256)
+        old.setattr(protocol, "DIGEST", "keccak-256")
+        old.setattr(protocol, "FORMAT", "bcfl-round/2")
+        task, res = _tampered_round(ledger, tmp_path)
+    store = PayloadStore(tmp_path)
+    records = store.accepted(task, 1)
+    assert all(store.path(r["digest"]).exists() for r in records)
+    assert res.result_digest == keccak256(store.get(res.result_digest, hasher=keccak256))
+    report = audit(ledger, task, 1, tmp_path)
+    assert report.ok, report.summary()
+    # ... and it still finds an altered payload, hashing with keccak-256.
+    path = store.path(records[1]["digest"])
+    path.write_bytes(path.read_bytes() + b"!")
+    report = audit(ledger, task, 1, tmp_path)
+    assert not report.ok and "stored payload altered" in report.summary()
+
+
+def test_a_blake3_round_names_its_payloads_by_blake3(ledger, tmp_path):
+    from blake3 import blake3
+
+    task, res = _tampered_round(ledger, tmp_path)
+    store = PayloadStore(tmp_path)
+    for r in store.accepted(task, 1):
+        assert blake3(store.get(r["digest"], verify=False)).hexdigest() == r["digest"]
+    assert res.result_digest == blake3(encode_update(res.update)).digest()
+    assert audit(ledger, task, 1, tmp_path).ok

@@ -19,7 +19,7 @@ from bcfl_engine.chain.errors import (
     UnsignedPayload,
 )
 from bcfl_engine.errors import InvalidArgument, InvalidWeight, PayloadError
-from bcfl_engine.protocol import MAX_WEIGHT, SIGNED_TYPE
+from bcfl_engine.protocol import MAX_WEIGHT, SIGNED_TYPE, payload_digest
 from bcfl_engine.updates import keccak256
 
 KEYS = [keccak256(f"client {i}".encode()) for i in range(4)]
@@ -32,7 +32,7 @@ def signed(
     i: int = 0, task: int = 7, round: int = 3, domain: PayloadDomain = DOMAIN, weight: int = 1
 ) -> SignedPayload:
     return sign_payload(
-        KEYS[i], task=task, round=round, digest=keccak256(DATA), domain=domain, weight=weight
+        KEYS[i], task=task, round=round, digest=payload_digest(DATA), domain=domain, weight=weight
     )
 
 
@@ -75,7 +75,7 @@ def test_the_signature_is_eip712_typed_data() -> None:
         keccak256(b"Payload(uint256 task,uint256 round,bytes32 digest,uint64 weight)")
         + word(7)
         + word(3)
-        + keccak256(DATA)
+        + payload_digest(DATA)
         + word(2**64 - 1)
     )
     digest = keccak256(b"\x19\x01" + separator + struct)
@@ -151,3 +151,160 @@ def test_weights_out_of_bounds_are_typed_errors(weight: object) -> None:
 
 def test_the_largest_weight_signs_and_verifies() -> None:
     assert check(signed(0, weight=MAX_WEIGHT)) == ADDRS[0].lower()
+
+
+# ---- libsecp256k1 recovery against eth-account ----------------------------------------------
+
+SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+
+
+def high_s(sig: bytes) -> bytes:
+    """The other valid signature of the same message: ``(r, n - s)`` with v flipped."""
+    s = int.from_bytes(sig[32:64], "big")
+    return sig[:32] + (SECP256K1_N - s).to_bytes(32, "big") + bytes([55 - sig[64]])
+
+
+@pytest.mark.parametrize(
+    "task, round, weight, chain_id",
+    [(7, 3, 1, 31337), (0, 1, MAX_WEIGHT, 1), (2**255, 2**256 - 1, 12345, 2**64)],
+    ids=["typical", "zero-task-max-weight", "huge-words"],
+)
+def test_our_eip712_digest_is_eth_accounts_byte_for_byte(
+    task: int, round: int, weight: int, chain_id: int
+) -> None:
+    from eth_account.messages import _hash_eip191_message, encode_typed_data
+
+    from bcfl_engine.chain import eip712_digest
+    from bcfl_engine.protocol import eip712_types
+
+    domain = PayloadDomain(chain_id=chain_id, registry="0x" + "cd" * 20)
+    digest = payload_digest(b"x" * 100)
+    theirs = _hash_eip191_message(
+        encode_typed_data(
+            domain_data=domain.as_eip712(),
+            message_types=eip712_types(),
+            message_data={"task": task, "round": round, "digest": digest, "weight": weight},
+        )
+    )
+    assert eip712_digest(domain, task, round, digest, weight) == theirs
+    assert eip712_digest(domain, task, round, digest, weight) == theirs  # cached separator
+    with pytest.raises(InvalidArgument, match="uint64"):
+        eip712_digest(domain, task, round, digest, 2**64)
+
+
+def _variants(sig: bytes) -> dict[str, bytes]:
+    flip = bytearray(sig)
+    flip[5] ^= 0x40
+    flip_s = bytearray(sig)
+    flip_s[40] ^= 0x01
+    return {
+        "valid": sig,
+        "v-0-or-1": sig[:64] + bytes([sig[64] - 27]),
+        "tampered-r": bytes(flip),
+        "tampered-s": bytes(flip_s),
+        "v-2": sig[:64] + b"\x02",
+        "v-26": sig[:64] + b"\x1a",
+        "v-29": sig[:64] + b"\x1d",
+        "r-zero": bytes(32) + sig[32:],
+        "s-zero": sig[:32] + bytes(32) + sig[64:],
+        "r-at-n": SECP256K1_N.to_bytes(32, "big") + sig[32:],
+        "short": sig[:64],
+        "long": sig + b"\x00",
+    }
+
+
+@pytest.mark.parametrize("name", list(_variants(b"\x01" * 64 + b"\x1b")))
+def test_recovery_agrees_with_eth_account(name: str) -> None:
+    from bcfl_engine.chain.signing import _recover, eip712_digest
+
+    p = signed(1, weight=5)
+    sig = _variants(p.signature or b"")[name]
+    message = eip712_digest(DOMAIN, 7, 3, p.digest, 5)
+    try:
+        theirs: str | None = Account._recover_hash(message, signature=sig).lower()
+    except Exception:
+        theirs = None
+    try:
+        ours: str | None = "0x" + _recover(message, sig, "client").hex()
+    except BadSignature:
+        ours = None
+    assert ours == theirs
+    # verify_payload accepts exactly when eth-account recovers the claimed client.
+    q = dataclasses.replace(p, signature=sig)
+    if theirs == ADDRS[1].lower():
+        assert check(q) == theirs
+    else:
+        with pytest.raises(BadSignature):
+            check(q)
+
+
+def test_a_high_s_signature_is_rejected() -> None:
+    # eth-account's recover_message accepts the high-s twin (same signer); the engine keeps
+    # EIP-2's low-s rule, as OpenZeppelin's ECDSA.recover does: one signature per payload.
+    p = signed(2)
+    sig = p.signature or b""
+    assert int.from_bytes(sig[32:64], "big") <= SECP256K1_N // 2  # eth-account signs low-s
+    twin = high_s(sig)
+    from bcfl_engine.chain.signing import eip712_digest
+
+    message = eip712_digest(DOMAIN, 7, 3, p.digest, 1)
+    assert Account._recover_hash(message, signature=twin) == ADDRS[2]
+    with pytest.raises(BadSignature, match="high s"):
+        check(dataclasses.replace(p, signature=twin))
+    assert check(p) == ADDRS[2].lower()
+
+
+def _outcome(fn, *args, **kw) -> object:
+    try:
+        return fn(*args, **kw)
+    except Exception as exc:
+        return (type(exc), str(exc))
+
+
+def test_the_batch_check_answers_as_the_single_one() -> None:
+    from bcfl_engine.chain import verify_payloads
+
+    good = [signed(i, weight=i + 1) for i in range(3)]
+    burst = [
+        *good,
+        signed(3),  # not a participant
+        dataclasses.replace(good[0], signature=high_s(good[0].signature or b"")),
+        dataclasses.replace(good[1], signature=None),
+        dataclasses.replace(good[1], weight=99),  # not the signed weight
+        dataclasses.replace(good[2], weight=0),  # out of bounds: InvalidWeight
+        signed(0, round=2),  # replayed
+        dataclasses.replace(good[2], signature=(good[2].signature or b"")[:64]),
+    ]
+    data = [DATA] * len(burst)
+    data[1] = DATA + b"!"  # tampered bytes: DigestMismatch for that one only
+    data[2] = None
+    for workers in (None, 1, 4):
+        got = verify_payloads(
+            burst,
+            task=7,
+            round=3,
+            participants=ADDRS[:3],
+            domain=DOMAIN,
+            data=data,
+            workers=workers,
+        )
+        assert len(got) == len(burst)
+        for p, d, g in zip(burst, data, got, strict=True):
+            want = _outcome(check, p, data=d)
+            assert (g if isinstance(g, str) else (type(g), str(g))) == want
+    kinds = [type(g).__name__ if not isinstance(g, str) else "ok" for g in got]
+    assert kinds == [
+        "ok",
+        "DigestMismatch",
+        "ok",
+        "NotParticipant",
+        "BadSignature",
+        "UnsignedPayload",
+        "BadSignature",
+        "InvalidWeight",
+        "ReplayedPayload",
+        "BadSignature",
+    ]
+    assert verify_payloads([], task=7, round=3, participants=ADDRS, domain=DOMAIN) == []
+    with pytest.raises(InvalidArgument, match="data holds 1"):
+        verify_payloads(good, task=7, round=3, participants=ADDRS, domain=DOMAIN, data=[DATA])

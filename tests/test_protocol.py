@@ -148,6 +148,36 @@ def test_metadata_round_trips_and_is_checked():
             protocol.check_meta(bad)
 
 
+def test_the_payload_digest_is_blake3_and_old_names_still_map():
+    # BLAKE3's published test vector for "abc" (not computed by the package under test).
+    abc = "6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85"
+    assert protocol.DIGEST == "blake3-256" and protocol.payload_digest(b"abc").hex() == abc
+    assert protocol.payload_digest(memoryview(b"abc")).hex() == abc
+    assert protocol.digest_function("blake3-256") is protocol.payload_digest
+    assert protocol.digest_function("keccak-256")(b"abc") == keccak256(b"abc")
+    with pytest.raises(PayloadError, match="unknown payload digest"):
+        protocol.digest_function("sha-256")
+    # The metadata hash stays keccak-256 (the chain commits it; the audit reads it first).
+    assert protocol.meta_hash(b'{"a":1}') == keccak256(b'{"a":1}')
+
+
+def test_metadata_of_a_keccak_round_still_reads_and_digests_do_not_mix():
+    import json
+
+    meta = protocol.round_meta(
+        task=1, round=2, secure=None, rule="mean", f=0, params={}, pre=[], backend="torch", dim=D
+    )
+    old = {**meta, "format": "bcfl-round/2", "digest": "keccak-256"}
+    assert protocol.check_meta(json.loads(protocol.encode_meta(old))) == old
+    for bad in (
+        {**meta, "digest": "keccak-256"},  # format 3 names its payloads with BLAKE3
+        {**old, "digest": protocol.DIGEST},
+        {**meta, "format": ["bcfl-round/3"]},
+    ):
+        with pytest.raises(PayloadError):
+            protocol.check_meta(bad)
+
+
 # ---- the round's submit path --------------------------------------------------------------------
 
 pytest.importorskip("web3")

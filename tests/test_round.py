@@ -17,7 +17,7 @@ import pytest
 import torch
 from helpers import assert_close, make_updates
 
-from bcfl_engine import rules
+from bcfl_engine import protocol, rules
 from bcfl_engine.errors import (
     DuplicateClient,
     InvalidArgument,
@@ -97,7 +97,7 @@ def test_round_result_equals_the_rule_reference_and_audit_passes(ledger, tmp_pat
         (1e-4, 1e-5) if rule == "geometric_median" else (1e-5, 1e-6)
     )  # iterative: stops at tol 1e-6
     assert_close(res.update, expected, *tol)
-    assert res.result_digest == keccak256(encode_update(res.update))
+    assert res.result_digest == protocol.payload_digest(encode_update(res.update))
     assert res.gas_used > 0 and res.clients == [a.lower() for a in ADDRESSES[:N]]
     rec = ledger.record(task, 1)
     assert (rec.updates_root, rec.result_digest, rec.n) == (res.root, res.result_digest, N)
@@ -218,7 +218,7 @@ def test_resume_from_the_store_commits_the_same_root(ledger, tmp_path):
     assert resumed.clients == first.clients
     for p in ps[3:]:
         resumed.submit(p)
-    leaves = [leaf_hash(1, p.client, keccak256(p.data), p.weight, p.salt) for p in ps]
+    leaves = [leaf_hash(1, p.client, protocol.payload_digest(p.data), p.weight, p.salt) for p in ps]
     assert resumed.finalize().root == MerkleTree.from_leaves(leaves).root
 
 
@@ -282,7 +282,7 @@ def test_killed_aggregator_restarts_without_losing_payloads_and_commits_the_same
     assert done.returncode == 0, done.stderr[-2000:]
     out = done.stdout.split("\n")
     assert out[0] == "resumed 3" and sum(x.startswith("accepted") for x in out) == N - 3
-    leaves = [leaf_hash(1, p.client, keccak256(p.data), p.weight, p.salt) for p in ps]
+    leaves = [leaf_hash(1, p.client, protocol.payload_digest(p.data), p.weight, p.salt) for p in ps]
     expected = MerkleTree.from_leaves(leaves).root
     assert f"root {expected.hex()}" in out
     assert anvil.record(task, 1).updates_root == expected

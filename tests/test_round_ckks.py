@@ -10,6 +10,7 @@ import pytest
 import torch
 from helpers import make_updates
 
+from bcfl_engine import protocol
 from bcfl_engine.errors import PayloadError
 from bcfl_engine.round import AggregationRound, audit, sign_payload
 from bcfl_engine.store import PayloadStore
@@ -56,7 +57,9 @@ def test_ckks_round_decrypts_to_the_weighted_sum_and_audits(ledger, tmp_path, ck
         blob = he.encrypt(x[i].numpy(), public)
         rnd.submit(sign_payload(KEYS[i], task, 1, blob, ledger.domain, weight=i + 1))
     res = rnd.finalize()
-    assert isinstance(res.update, bytes) and res.result_digest == keccak256(res.update)
+    assert isinstance(res.update, bytes) and res.result_digest == protocol.payload_digest(
+        res.update
+    )
     w = torch.arange(1, N + 1, dtype=torch.float64)
     got = torch.as_tensor(he.decrypt(res.update, ckks_keys.secret_context))[:D]
     expected = (w[:, None] * x.double()).sum(0)

@@ -13,11 +13,13 @@ from bcfl_engine.store import STALE_TMP_SECONDS, PayloadStore, atomic_write
 from bcfl_engine.updates import keccak256
 
 
-def test_put_get_by_keccak_digest(tmp_path):
+def test_put_get_by_payload_digest(tmp_path):
+    from blake3 import blake3
+
     store = PayloadStore(tmp_path)
     data = bytes(range(256)) * 3
     digest = store.put(data)
-    assert digest == keccak256(data)
+    assert digest == blake3(data).digest() != keccak256(data)
     assert store.has(digest) and store.has(digest.hex()) and store.has("0x" + digest.hex())
     assert store.get(digest) == data
     assert store.path(digest).parent.name == digest.hex()[:2]
@@ -118,9 +120,10 @@ def test_put_with_a_known_digest_does_not_hash_again(tmp_path, monkeypatch):
 
     store = PayloadStore(tmp_path)
     data = b"payload bytes"
-    digest = keccak256(data)
+    digest = protocol.payload_digest(data)
     calls = []
-    monkeypatch.setattr(protocol, "payload_digest", lambda d: calls.append(d) or keccak256(d))
+    real = protocol.payload_digest
+    monkeypatch.setattr(protocol, "payload_digest", lambda d: calls.append(d) or real(d))
     assert store.put(data, digest=digest) == digest
     assert store.put(data, digest=digest) == digest  # present: not read back, not hashed
     assert calls == []

@@ -138,11 +138,13 @@ def test_spooled_batch_lives_in_a_file(tmp_path) -> None:
     np.testing.assert_array_equal(on_disk, np.arange(1000, dtype=np.float32))
 
 
-def test_digest_is_keccak_of_the_row_unless_given() -> None:
+def test_digest_is_the_payload_digest_of_the_row_unless_given() -> None:
+    from bcfl_engine.protocol import payload_digest
+
     batch = UpdateBatch(3, capacity=3)
     batch.add("a", torch.tensor([1.0, 2.0, 3.0]))
     batch.add("b", torch.zeros(3), digest=b"\x01" * 32)
-    assert batch.digest(0) == keccak256(np.array([1, 2, 3], dtype="<f4").tobytes())
+    assert batch.digest(0) == payload_digest(np.array([1, 2, 3], dtype="<f4").tobytes())
     assert batch.digest(1) == b"\x01" * 32
     # Ethereum's keccak256 of the empty string, a known constant.
     assert keccak256(b"").hex().startswith("c5d2460186f7233c927e7db2dcc703c0")

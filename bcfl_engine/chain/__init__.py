@@ -19,7 +19,14 @@ from .merkle import (
     verify_proof,
 )
 from .records import Receipt, RoundRecord, TaskInfo, meta_hash
-from .signing import PayloadDomain, SignedPayload, sign_payload, verify_payload
+from .signing import (
+    PayloadDomain,
+    SignedPayload,
+    eip712_digest,
+    sign_payload,
+    verify_payload,
+    verify_payloads,
+)
 
 __all__ = [
     "AnvilNode",
@@ -31,6 +38,7 @@ __all__ = [
     "SignedPayload",
     "TaskInfo",
     "contribution_leaf",
+    "eip712_digest",
     "hash_pair",
     "leaf_hash",
     "meta_hash",
@@ -39,5 +47,6 @@ __all__ = [
     "round_root",
     "sign_payload",
     "verify_payload",
+    "verify_payloads",
     "verify_proof",
 ]

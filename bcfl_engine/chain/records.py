@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import InvalidArgument
-from ..updates import keccak256
 from .merkle import as_bytes32, round_root
 
 Meta = bytes | str | Mapping[str, Any]
@@ -62,10 +60,12 @@ def meta_hash(meta: Meta) -> bytes:
     """
     if isinstance(meta, (bytes, bytearray)):
         return as_bytes32(meta, "meta (bytes are taken as the 32-byte metadata hash)")
+    from .. import protocol  # protocol imports this package
+
     if isinstance(meta, str):
-        return keccak256(meta.encode())
+        return protocol.meta_hash(meta.encode())
     if isinstance(meta, Mapping):
-        return keccak256(json.dumps(meta, sort_keys=True, separators=(",", ":")).encode())
+        return protocol.meta_hash(protocol.encode_meta(meta))
     raise InvalidArgument(
         f"meta must be a 32-byte hash, str or a mapping; got {type(meta).__name__}"
     )
