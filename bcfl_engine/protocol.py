@@ -2,7 +2,7 @@
 
 Nothing here talks to a chain or a disk; every function is pure.
 
-- **payload digest**: :func:`payload_digest` (BLAKE3-256, about 15x keccak-256 per core) names
+- **payload digest**: :func:`payload_digest` (BLAKE3-256: 24x keccak-256 on 1 MiB, one core) names
   a payload everywhere (the signature, the store's object name, the leaf, the committed result);
   :data:`DIGEST` is its name, recorded in every round's metadata, and :func:`digest_function`
   maps a recorded name back to its function, so a round committed with keccak-256 (format
@@ -71,8 +71,8 @@ SIGNED_TYPE = "Payload(" + ",".join(f"{t} {n}" for n, t in SIGNED_FIELDS) + ")"
 def payload_digest(data: bytes | bytearray | memoryview) -> bytes:
     """The 32-byte digest that names a payload: BLAKE3-256 (:data:`DIGEST`).
 
-    One thread: 1 MiB hashes ~15x faster than with keccak-256 on this machine (see
-    ``benchmarks/`` for the ratio); the round hashes each payload once and passes it along.
+    One thread: 1 MiB hashes in 1/24 of keccak-256's time on a 2-core x86 machine (~5.8 GB/s
+    against 0.24); the round hashes each payload once and passes the digest along.
     """
     return blake3(data).digest()
 

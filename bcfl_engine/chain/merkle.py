@@ -84,7 +84,7 @@ def leaf_hash(round: int, client: str | bytes, digest: bytes, weight: int, salt:
     ----------
     round : the round number (>= 1 on chain).
     client : the client's address (``0x`` hex or 20 bytes).
-    digest : keccak256 of the client's payload, 32 bytes.
+    digest : the payload digest (:func:`bcfl_engine.protocol.payload_digest`), 32 bytes.
     weight : the client's integer weight (e.g. its sample count).
     salt : 32 random bytes kept off chain, so a leaf reveals nothing about who took part.
     """
