@@ -280,3 +280,14 @@ def test_task_origin_is_the_creating_blocks_hash(ledger):
     assert ledger.as_sender(KEYS[0]).task_origin(task) == origin
     with pytest.raises(UnknownTask, match="not created"):
         ledger.task_origin(task + 1000)
+
+
+@pytest.mark.parametrize(
+    "first", ["bcfl_engine.protocol", "bcfl_engine.chain.signing", "bcfl_engine.store"]
+)
+def test_the_digest_modules_import_in_any_order(first):
+    import subprocess
+    import sys
+
+    code = f"import {first}; import bcfl_engine.chain.signing as s, bcfl_engine.protocol as p"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -185,3 +185,18 @@ def test_a_task_id_names_its_latest_run(tmp_path):
     assert store.read_round("3", 1) is None  # a name is taken as is
     store.write_round(3, 1, {"run": 0})  # a folder of the plain id wins
     assert store.read_round(3, 1) == {"run": 0}
+
+
+def test_get_verifies_with_the_hash_it_is_given(tmp_path):
+    # The metadata is named by keccak-256 (protocol.meta_hash), payloads by BLAKE3.
+    from bcfl_engine import protocol
+
+    store = PayloadStore(tmp_path)
+    meta = b'{"format":"bcfl-round/3"}'
+    name = store.put(meta, digest=protocol.meta_hash(meta))
+    assert name == keccak256(meta) and store.get(name, hasher=protocol.meta_hash) == meta
+    with pytest.raises(PayloadError, match="altered"):
+        store.get(name)  # its BLAKE3 is another name
+    store.path(name).write_bytes(meta + b" ")
+    with pytest.raises(PayloadError, match="altered"):
+        store.get(name, hasher=protocol.meta_hash)
