@@ -42,6 +42,7 @@ from .flower_arrays import (
     selected_mean,
     weighted_mean,
 )
+from .flower_npy import StackPool, npy_bytes, npy_view
 from .flower_policy import (
     OnTooFew,
     as_policy,
@@ -54,6 +55,7 @@ from .flower_policy import (
 
 try:
     from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+    from flwr.common.constant import SType
     from flwr.common.logger import log
     from flwr.serverapp import strategy as flwr_strategy
     from flwr.serverapp.strategy.multikrum import select_multikrum
@@ -82,23 +84,44 @@ class Replies:
         return len(self.contents)
 
 
+def array_of(a: Array) -> np.ndarray:
+    """A Flower ``Array``'s ndarray: a read-only view over its .npy bytes where they are plain
+    (:func:`~.flower_npy.npy_view`), else Flower's own conversion."""
+    if a.stype != SType.NUMPY:
+        return a.numpy()
+    return npy_view(a.data)
+
+
+def array_from(a: np.ndarray) -> Array:
+    """``a`` as a Flower ``Array``, serialized once (:func:`~.flower_npy.npy_bytes`)."""
+    a = np.asarray(a)
+    if a.dtype.hasobject or a.dtype.fields is not None:
+        return Array(a)
+    shape = tuple(int(s) for s in a.shape)
+    return Array(dtype=str(a.dtype), shape=shape, stype=SType.NUMPY, data=npy_bytes(a))
+
+
 def read_replies(
-    valid: Sequence[Message], weighted_by_key: str, server_round: int
+    valid: Sequence[Message],
+    weighted_by_key: str,
+    server_round: int,
+    pool: StackPool | None = None,
 ) -> Replies | None:
     """The arrays and weights of Flower-validated replies, less those left out (with a
     warning): a weight that is not a count, other shapes, NaN or infinity; None if none is
-    left."""
+    left. The arrays are views over the replies' bytes, stacked once into ``pool``'s
+    matrices if given."""
     names = [f"node {m.metadata.src_node_id}" for m in valid]
     contents = [m.content for m in valid]
     records = [next(iter(c.array_records.values())) for c in contents]
     keys = list(records[0].keys())
-    arrays = [[rec[k].numpy() for k in keys] for rec in records]
+    arrays = [[array_of(rec[k]) for k in keys] for rec in records]
     weights = [next(iter(c.metric_records.values()))[weighted_by_key] for c in contents]
     left_out: list[str] = []
     kept = screen(arrays, weights, names, keys, server_round, finite=False, reasons=left_out)
     if not kept:
         return None
-    stack = Stack.of([arrays[i] for i in kept])
+    stack = Stack.of([arrays[i] for i in kept], pool)
     rows = finite_rows(stack, [names[i] for i in kept], keys, server_round, left_out)
     if not rows:
         return None
@@ -132,6 +155,7 @@ class EngineStrategy:
         """Flower's arguments, plus ``backend`` and ``on_too_few`` (the engine's)."""
         super().__init__(*args, **kwargs)
         self.backend, self.on_too_few = backend, as_policy(on_too_few)
+        self.stack_pool = StackPool()
 
     def summary(self) -> None:
         """Flower's summary, then the engine's settings."""
@@ -155,7 +179,12 @@ class EngineStrategy:
         )
         if not valid:
             return None, None
-        got = read_replies(valid, self.weighted_by_key, server_round)  # type: ignore[attr-defined]
+        got = read_replies(
+            valid,
+            self.weighted_by_key,  # type: ignore[attr-defined]
+            server_round,
+            self.stack_pool,
+        )
         if got is None:
             warn(server_round, "every reply was left out: no aggregate this round")
             return None, None
@@ -168,7 +197,7 @@ class EngineStrategy:
 
 
 def to_record(keys: Sequence[str], arrays: Sequence[np.ndarray]) -> ArrayRecord:
-    return ArrayRecord({k: Array(np.asarray(a)) for k, a in zip(keys, arrays, strict=True)})
+    return ArrayRecord({k: array_from(a) for k, a in zip(keys, arrays, strict=True)})
 
 
 def _fedavg(self: EngineStrategy, got: Replies, server_round: int) -> Outcome:
