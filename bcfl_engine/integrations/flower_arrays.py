@@ -61,6 +61,35 @@ class Slot:
         return int(np.prod(self.shape, dtype=np.int64))
 
 
+def layout(first: Sequence[np.ndarray]) -> tuple[tuple[Slot, ...], int, int]:
+    """The slots of one client's arrays, and the lengths ``d32`` and ``d64`` they fill."""
+    slots, d32, d64 = [], 0, 0
+    for a in first:
+        a = np.asarray(a)
+        wide = is_wide(a.dtype)
+        slots.append(Slot(tuple(a.shape), a.dtype, wide, d64 if wide else d32))
+        if wide:
+            d64 += slots[-1].size
+        else:
+            d32 += slots[-1].size
+    return tuple(slots), d32, d64
+
+
+def unstack(
+    slots: Sequence[Slot], v32: torch.Tensor | np.ndarray, v64: np.ndarray
+) -> list[np.ndarray]:
+    """Aggregated vectors back to arrays of the slots' shapes and dtypes: new arrays, never
+    views of ``v32`` or ``v64`` (integer arrays rounded to nearest)."""
+    v32 = np.asarray(v32.cpu() if isinstance(v32, torch.Tensor) else v32)
+    out = []
+    for s in slots:
+        piece = (v64 if s.wide else v32)[s.offset : s.offset + s.size]
+        if s.dtype.kind in "iub":  # an integer buffer stays an integer: round to nearest
+            piece = np.rint(piece)
+        out.append(piece.astype(s.dtype).reshape(s.shape))
+    return out
+
+
 @dataclass
 class Stack:
     """``n`` clients' arrays as a float32 ``x32`` ``[n, d32]`` and a float64 ``x64`` ``[n, d64]``."""
@@ -76,15 +105,7 @@ class Stack:
         same size), else into fresh ones."""
         if not arrays:
             raise InvalidArgument("no client arrays to stack")
-        slots, d32, d64 = [], 0, 0
-        for a in arrays[0]:
-            a = np.asarray(a)
-            wide = is_wide(a.dtype)
-            slots.append(Slot(tuple(a.shape), a.dtype, wide, d64 if wide else d32))
-            if wide:
-                d64 += slots[-1].size
-            else:
-                d32 += slots[-1].size
+        slots, d32, d64 = layout(arrays[0])
         n = len(arrays)
         if pool is not None:
             x32, x64 = pool.get(n, d32, d64)
@@ -98,7 +119,7 @@ class Stack:
                 if a.shape != s.shape:
                     raise InvalidArgument(f"client {i}, array {j}: shape {a.shape}, not {s.shape}")
                 (x64 if s.wide else x32)[i, s.offset : s.offset + s.size] = a.reshape(-1)
-        return cls(torch.from_numpy(x32), x64, tuple(slots))
+        return cls(torch.from_numpy(x32), x64, slots)
 
     def __len__(self) -> int:
         return int(self.x32.shape[0])
@@ -109,14 +130,7 @@ class Stack:
 
     def unstack(self, v32: torch.Tensor | np.ndarray, v64: np.ndarray) -> list[np.ndarray]:
         """Aggregated vectors back to arrays of the clients' shapes and dtypes."""
-        v32 = np.asarray(v32.cpu() if isinstance(v32, torch.Tensor) else v32)
-        out = []
-        for s in self.slots:
-            piece = (v64 if s.wide else v32)[s.offset : s.offset + s.size]
-            if s.dtype.kind in "iub":  # an integer buffer stays an integer: round to nearest
-                piece = np.rint(piece)
-            out.append(piece.astype(s.dtype).reshape(s.shape))
-        return out
+        return unstack(self.slots, v32, v64)
 
     def sq_dists(self, backend: str | None = None) -> torch.Tensor:
         """Squared distances between clients' whole models: float64 ``[n, n]`` (the engine's

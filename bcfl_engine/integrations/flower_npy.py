@@ -14,7 +14,9 @@ structured dtype, Fortran order, an unknown version).
 from __future__ import annotations
 
 import ast
+import functools
 import io
+import math
 import struct
 
 import numpy as np
@@ -39,8 +41,21 @@ def parse_npy_header(data: bytes | memoryview) -> tuple[np.dtype, tuple[int, ...
     end = start + hlen
     if len(mv) < end:
         return None
+    got = _header_fields(bytes(mv[start:end]))
+    if got is None:
+        return None
+    dtype, shape, count = got
+    if len(mv) - end != count * dtype.itemsize:
+        return None
+    return dtype, shape, end
+
+
+@functools.lru_cache(maxsize=256)
+def _header_fields(text: bytes) -> tuple[np.dtype, tuple[int, ...], int] | None:
+    """``(dtype, shape, element count)`` of a plain header's dict literal, else None; cached,
+    as a round's replies repeat the same few headers."""
     try:
-        header = ast.literal_eval(bytes(mv[start:end]).decode("latin1"))
+        header = ast.literal_eval(text.decode("latin1"))
     except (ValueError, SyntaxError, UnicodeDecodeError, MemoryError, RecursionError):
         return None
     if not isinstance(header, dict) or header.get("fortran_order") is not False:
@@ -58,10 +73,7 @@ def parse_npy_header(data: bytes | memoryview) -> tuple[np.dtype, tuple[int, ...
         return None
     if dtype.itemsize == 0:
         return None
-    count = int(np.prod(shape, dtype=np.int64))
-    if len(mv) - end != count * dtype.itemsize:
-        return None
-    return dtype, shape, end
+    return dtype, shape, math.prod(shape)
 
 
 def npy_view(data: bytes | memoryview) -> np.ndarray:
@@ -71,7 +83,7 @@ def npy_view(data: bytes | memoryview) -> np.ndarray:
     if got is None:
         return np.load(io.BytesIO(bytes(data)), allow_pickle=False)
     dtype, shape, offset = got
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)
     return np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape)
 
 
@@ -93,7 +105,7 @@ def npy_bytes(a: np.ndarray) -> bytes:
         np.save(buf, a, allow_pickle=False)
         return buf.getvalue()
     a = a if a.flags.c_contiguous else a.copy(order="C")
-    return npy_header(a.dtype, tuple(a.shape)) + memoryview(a.reshape(-1).view(np.uint8))
+    return npy_header(a.dtype, tuple(a.shape)) + a.reshape(-1).view(np.uint8).data
 
 
 class StackPool:
