@@ -2,7 +2,8 @@
 
 The weighted mean needs no matrix of all replies: :func:`streamed_mean` adds each reply's
 float32 arrays, scaled by its share of the weights, into a float32 accumulator (Flower's
-FedAvg sums in float32 too), and each wide array (float64, 32/64-bit integers) into a
+FedAvg sums in float32 too; numpy, single-threaded: 128 small parallel torch ops stall on a
+loaded machine), and each wide array (float64, 32/64-bit integers) into a
 float64 one with exactly the arithmetic of :func:`~.flower_arrays.flower_weighted_mean64`,
 so float64 models come out bit for bit as from Flower. Reading a reply's arrays as views
 over its bytes (:func:`~.flower_npy.npy_view`), a round touches each byte once.
@@ -16,11 +17,9 @@ caller stacks the replies, screens them and names the ones it leaves out.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 
 from .flower_arrays import Slot, layout, unstack
 
@@ -50,26 +49,26 @@ def streamed_mean(
             if a.dtype != s.dtype or a.shape != s.shape:
                 return None
     total = sum(weights)  # Flower's normalization, as flower_weighted_mean64
-    acc32 = torch.zeros(d32, dtype=torch.float32)
+    acc32 = np.zeros(d32, np.float32)
+    tmp32 = np.empty(d32, np.float32)
     acc64: np.ndarray | None = None
-    with warnings.catch_warnings():  # read-only views are read, never written
-        warnings.simplefilter("ignore", UserWarning)
-        for client, w in zip(arrays, weights, strict=True):
-            share = w / total
-            row64 = np.empty(d64, np.float64) if d64 else None
-            for s, a in zip(slots, client, strict=True):
-                if s.wide:
-                    assert row64 is not None
-                    row64[s.offset : s.offset + s.size] = a.reshape(-1)
-                else:
-                    part = acc32[s.offset : s.offset + s.size]
-                    part.add_(torch.from_numpy(a.reshape(-1)), alpha=share)
-            if row64 is not None:
-                if acc64 is None:
-                    acc64 = row64 * share
-                else:
-                    acc64 += row64 * share
-    if d32 and not bool(torch.isfinite(acc32).all()):
+    for client, w in zip(arrays, weights, strict=True):
+        share = w / total
+        row64 = np.empty(d64, np.float64) if d64 else None
+        for s, a in zip(slots, client, strict=True):
+            if s.wide:
+                assert row64 is not None
+                row64[s.offset : s.offset + s.size] = a.reshape(-1)
+            else:  # float32 times a Python float stays float32, as in Flower's FedAvg
+                np.multiply(a.reshape(-1), share, out=tmp32[s.offset : s.offset + s.size])
+        if d32:
+            acc32 += tmp32
+        if row64 is not None:
+            if acc64 is None:
+                acc64 = row64 * share
+            else:
+                acc64 += row64 * share
+    if d32 and not np.isfinite(acc32).all():
         return None
     v64 = acc64 if acc64 is not None else np.empty(0, np.float64)
     if d64 and not math.isfinite(float(np.sum(v64))):
