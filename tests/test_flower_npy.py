@@ -243,3 +243,38 @@ def test_last_result_arrays_never_alias_the_pool(rule: str) -> None:
         np.testing.assert_array_equal(a, k)
         for buf in s.stack_pool.get(6, 25, 4):
             assert not np.shares_memory(a, buf)
+
+
+def test_fedavg_streams_without_the_pool_and_stacks_only_to_screen_a_nan() -> None:
+    s = ours.FedAvg()
+    assert s.aggregate_train(1, replies(model(1)))[0] is not None
+    assert len(s.stack_pool) == 0  # streamed: no batch
+    clients = model(2)
+    clients[0]["w"] = np.full_like(clients[0]["w"], np.inf)
+    out, _ = s.aggregate_train(2, replies(clients))
+    assert out is not None and np.isfinite(out["w"].numpy()).all()
+    assert len(s.stack_pool) == 1  # the stacked path named and left out the bad reply
+
+
+def test_legacy_fedavg_streams_and_matches_flower() -> None:
+    from flwr.common import Code, FitRes, Status
+    from flwr.server import strategy as legacy
+
+    from bcfl_engine.integrations import flower_legacy as ours_legacy
+
+    clients = model(4)
+    keys = ("w", "b", "d")
+
+    def results() -> list:
+        return [
+            (None, FitRes(Status(Code.OK, ""), to_parameters([c[k] for k in keys]), 2 + i, {}))
+            for i, c in enumerate(clients)
+        ]
+
+    s = ours_legacy.FedAvg()
+    got, _ = s.aggregate_fit(1, results(), [])
+    want, _ = legacy.FedAvg().aggregate_fit(1, results(), [])
+    assert len(s.stack_pool) == 0
+    for g, w in zip(parameters_to_ndarrays(got), parameters_to_ndarrays(want), strict=True):
+        assert g.dtype == w.dtype and g.shape == w.shape
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)

@@ -46,6 +46,7 @@ from .flower_policy import (
     usable_weights,
     warn,
 )
+from .flower_stream import streamed_mean
 
 try:
     from flwr.common import (
@@ -96,6 +97,7 @@ class LegacyEngineStrategy:
         results: list[tuple[ClientProxy, FitRes]],
         failures: list[tuple[ClientProxy, FitRes] | BaseException],
         combine: Combine,
+        stream: bool = False,
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
         if not results or (failures and not self.accept_failures):
             return None, {}
@@ -104,6 +106,11 @@ class LegacyEngineStrategy:
         names = [f"client {getattr(proxy, 'cid', i)}" for i, (proxy, _) in enumerate(results)]
         keys = [str(j) for j in range(len(arrays[0]))]
         kept = screen(arrays, weights, names, keys, server_round, finite=False)
+        streamed = None
+        if stream and kept:  # None where a weight is 0 or a value not finite: stacked path
+            streamed = streamed_mean([arrays[i] for i in kept], [float(weights[i]) for i in kept])
+        if streamed is not None:
+            return to_parameters(streamed), self._fit_metrics(results, kept)
         stack = Stack.of([arrays[i] for i in kept], self.stack_pool) if kept else None
         if stack is not None:
             rows = finite_rows(stack, [names[i] for i in kept], keys, server_round)
@@ -116,12 +123,17 @@ class LegacyEngineStrategy:
         out, _ = combine(stack, [float(weights[i]) for i in kept], server_round)
         if out is None:
             return None, {}
-        metrics: dict[str, Scalar] = {}
-        if self.fit_metrics_aggregation_fn:  # as Flower's: every result that went in
-            metrics = self.fit_metrics_aggregation_fn(
-                [(results[i][1].num_examples, results[i][1].metrics) for i in kept]
-            )
-        return to_parameters(out), metrics
+        return to_parameters(out), self._fit_metrics(results, kept)
+
+    def _fit_metrics(
+        self, results: list[tuple[ClientProxy, FitRes]], kept: list[int]
+    ) -> dict[str, Scalar]:
+        """As Flower's: the metrics of every result that went in."""
+        if not self.fit_metrics_aggregation_fn:
+            return {}
+        return self.fit_metrics_aggregation_fn(
+            [(results[i][1].num_examples, results[i][1].metrics) for i in kept]
+        )
 
 
 class FedAvg(LegacyEngineStrategy, legacy.FedAvg):
@@ -135,7 +147,7 @@ class FedAvg(LegacyEngineStrategy, legacy.FedAvg):
                 return None, None
             return weighted_mean(stack, w, self.backend), None
 
-        return self._fit(server_round, results, failures, combine)
+        return self._fit(server_round, results, failures, combine, stream=True)
 
 
 class FedMedian(LegacyEngineStrategy, legacy.FedMedian):
