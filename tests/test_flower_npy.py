@@ -93,6 +93,8 @@ def test_unusual_headers_fall_back_to_np_load() -> None:
     assert parse_npy_header(good[:-4]) is None  # truncated data
     assert parse_npy_header(b"not an npy file at all") is None
     assert parse_npy_header(good[:6] + b"\x09" + good[7:]) is None  # unknown version
+    extra = good.replace(b"'shape': (5,), }" + b" " * 6, b"'shape': (5,), 'x': 1}")
+    assert len(extra) == len(good) and parse_npy_header(extra) is None  # an unknown key
     with pytest.raises(ValueError):
         npy_view(good[:-4])  # np.load's own error for a truncated file
 

@@ -58,7 +58,9 @@ def _header_fields(text: bytes) -> tuple[np.dtype, tuple[int, ...], int] | None:
         header = ast.literal_eval(text.decode("latin1"))
     except (ValueError, SyntaxError, UnicodeDecodeError, MemoryError, RecursionError):
         return None
-    if not isinstance(header, dict) or header.get("fortran_order") is not False:
+    if not isinstance(header, dict) or set(header) != {"descr", "fortran_order", "shape"}:
+        return None
+    if header["fortran_order"] is not False:
         return None
     descr, shape = header.get("descr"), header.get("shape")
     if not isinstance(descr, str) or not isinstance(shape, tuple):
