@@ -215,10 +215,14 @@ class EngineFedAvg(EngineStrategy, FlowerFedAvg):
         """Aggregate the train replies of ``server_round`` with the engine."""
         if self.secure == "ckks":
             return self._train_ckks(server_round, replies)
-        out = self._train(server_round, replies, self._combine)
+        stream = self.rule == "mean" and not self.pre and self.rounds is None and self.f == 0
+        out = self._train(server_round, replies, self._combine, stream=stream)
         if self.rounds is not None:
             self.chain_rounds.settle(out[0] is not None)
         return out
+
+    def _streamed(self, out: list[np.ndarray]) -> None:
+        self.last_result = out
 
     def _combine(self, got: Replies, server_round: int) -> tuple[list[np.ndarray] | None, Any]:
         if self.rounds is not None:

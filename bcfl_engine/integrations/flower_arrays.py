@@ -32,6 +32,7 @@ from ..errors import InvalidArgument
 from ..rules._distances import iterated_krum, krum_order, krum_scores, sq_dists
 from ..rules._distances import sq_dists_reference as sq_dists_float64
 from ..rules.bulyan import bulyan_coordinates_reference
+from .flower_npy import StackPool
 
 # Rules with a float64 path here; any other rule (or a pre step) sees the whole model in
 # float32 and its wide arrays are cast back afterwards.
@@ -60,6 +61,35 @@ class Slot:
         return int(np.prod(self.shape, dtype=np.int64))
 
 
+def layout(first: Sequence[np.ndarray]) -> tuple[tuple[Slot, ...], int, int]:
+    """The slots of one client's arrays, and the lengths ``d32`` and ``d64`` they fill."""
+    slots, d32, d64 = [], 0, 0
+    for a in first:
+        a = np.asarray(a)
+        wide = is_wide(a.dtype)
+        slots.append(Slot(tuple(a.shape), a.dtype, wide, d64 if wide else d32))
+        if wide:
+            d64 += slots[-1].size
+        else:
+            d32 += slots[-1].size
+    return tuple(slots), d32, d64
+
+
+def unstack(
+    slots: Sequence[Slot], v32: torch.Tensor | np.ndarray, v64: np.ndarray
+) -> list[np.ndarray]:
+    """Aggregated vectors back to arrays of the slots' shapes and dtypes: new arrays, never
+    views of ``v32`` or ``v64`` (integer arrays rounded to nearest)."""
+    v32 = np.asarray(v32.cpu() if isinstance(v32, torch.Tensor) else v32)
+    out = []
+    for s in slots:
+        piece = (v64 if s.wide else v32)[s.offset : s.offset + s.size]
+        if s.dtype.kind in "iub":  # an integer buffer stays an integer: round to nearest
+            piece = np.rint(piece)
+        out.append(piece.astype(s.dtype).reshape(s.shape))
+    return out
+
+
 @dataclass
 class Stack:
     """``n`` clients' arrays as a float32 ``x32`` ``[n, d32]`` and a float64 ``x64`` ``[n, d64]``."""
@@ -69,21 +99,18 @@ class Stack:
     slots: tuple[Slot, ...]
 
     @classmethod
-    def of(cls, arrays: Sequence[Sequence[np.ndarray]]) -> Stack:
-        """Stack clients' lists of arrays (same shapes and dtype kinds; the first sets them)."""
+    def of(cls, arrays: Sequence[Sequence[np.ndarray]], pool: StackPool | None = None) -> Stack:
+        """Stack clients' lists of arrays (same shapes and dtype kinds; the first sets them),
+        into ``pool``'s reused matrices if given (valid until the pool's next round of the
+        same size), else into fresh ones."""
         if not arrays:
             raise InvalidArgument("no client arrays to stack")
-        slots, d32, d64 = [], 0, 0
-        for a in arrays[0]:
-            a = np.asarray(a)
-            wide = is_wide(a.dtype)
-            slots.append(Slot(tuple(a.shape), a.dtype, wide, d64 if wide else d32))
-            if wide:
-                d64 += slots[-1].size
-            else:
-                d32 += slots[-1].size
+        slots, d32, d64 = layout(arrays[0])
         n = len(arrays)
-        x32, x64 = np.empty((n, d32), np.float32), np.empty((n, d64), np.float64)
+        if pool is not None:
+            x32, x64 = pool.get(n, d32, d64)
+        else:
+            x32, x64 = np.empty((n, d32), np.float32), np.empty((n, d64), np.float64)
         for i, client in enumerate(arrays):
             if len(client) != len(slots):
                 raise InvalidArgument(f"client {i}: {len(client)} arrays, expected {len(slots)}")
@@ -92,7 +119,7 @@ class Stack:
                 if a.shape != s.shape:
                     raise InvalidArgument(f"client {i}, array {j}: shape {a.shape}, not {s.shape}")
                 (x64 if s.wide else x32)[i, s.offset : s.offset + s.size] = a.reshape(-1)
-        return cls(torch.from_numpy(x32), x64, tuple(slots))
+        return cls(torch.from_numpy(x32), x64, slots)
 
     def __len__(self) -> int:
         return int(self.x32.shape[0])
@@ -103,14 +130,7 @@ class Stack:
 
     def unstack(self, v32: torch.Tensor | np.ndarray, v64: np.ndarray) -> list[np.ndarray]:
         """Aggregated vectors back to arrays of the clients' shapes and dtypes."""
-        v32 = np.asarray(v32.cpu() if isinstance(v32, torch.Tensor) else v32)
-        out = []
-        for s in self.slots:
-            piece = (v64 if s.wide else v32)[s.offset : s.offset + s.size]
-            if s.dtype.kind in "iub":  # an integer buffer stays an integer: round to nearest
-                piece = np.rint(piece)
-            out.append(piece.astype(s.dtype).reshape(s.shape))
-        return out
+        return unstack(self.slots, v32, v64)
 
     def sq_dists(self, backend: str | None = None) -> torch.Tensor:
         """Squared distances between clients' whole models: float64 ``[n, n]`` (the engine's
@@ -236,6 +256,7 @@ def engine_aggregate(
     pre: Sequence[Any] = (),
     backend: str | None = None,
     stack: Stack | None = None,
+    pool: StackPool | None = None,
 ) -> tuple[list[np.ndarray], list[int] | None]:
     """Aggregate with a rule of :mod:`bcfl_engine.rules` (its paper's semantics).
 
@@ -244,17 +265,19 @@ def engine_aggregate(
     the selection rules keep float64 arrays in float64; any other rule, or any ``pre`` step,
     sees the whole model in float32 (:func:`bcfl_engine.aggregate`). ``weights`` go to
     weighted rules (the mean by example counts, as Flower's FedAvg). ``stack``: the arrays
-    already stacked (:meth:`Stack.of`), to spare a copy.
+    already stacked (:meth:`Stack.of`), to spare a copy; else stacked into ``pool`` if given.
     """
     params = dict(params or {})
     info = rules.get(rule)
     n = len(arrays)
     if rule not in SPLIT_RULES or pre:
         w = torch.tensor(list(weights), dtype=torch.float64) if info.weighted else None
-        out = aggregate([list(a) for a in arrays], rule, f, w, backend, pre, **params)
+        # views over a reply's bytes are read-only; the general path gets writable copies
+        own = [[x if np.asarray(x).flags.writeable else np.array(x) for x in a] for a in arrays]
+        out = aggregate(own, rule, f, w, backend, pre, **params)
         return [np.asarray(a) for a in out], None
     info.check_precondition(n, f)
-    stack = Stack.of(arrays) if stack is None else stack
+    stack = Stack.of(arrays, pool) if stack is None else stack
     if rule == "mean":
         return weighted_mean(stack, weights, backend), None
     if rule in ("median", "trimmed_mean"):

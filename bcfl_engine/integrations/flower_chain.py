@@ -4,6 +4,7 @@ round of replies submitted, aggregated and committed through an
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -116,6 +117,22 @@ def integer_weight(w: float) -> int | None:
 
 
 def commit_arrays(
+    rnd: AggregationRound,
+    arrays: Sequence[Sequence[np.ndarray]],
+    weights: Sequence[float],
+    signatures: Sequence[tuple[str, bytes] | None],
+    names: Sequence[str],
+    *,
+    on_too_few: OnTooFew | str = OnTooFew.SKIP,
+) -> tuple[list[np.ndarray] | None, list[str], list[int] | None]:
+    """:func:`_commit_arrays`; the arrays may be read-only views over the replies' bytes,
+    which the pipeline reads and never writes (torch's warning about them is silenced)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "The given NumPy array is not writable", UserWarning)
+        return _commit_arrays(rnd, arrays, weights, signatures, names, on_too_few=on_too_few)
+
+
+def _commit_arrays(
     rnd: AggregationRound,
     arrays: Sequence[Sequence[np.ndarray]],
     weights: Sequence[float],

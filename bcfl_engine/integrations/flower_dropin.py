@@ -42,6 +42,7 @@ from .flower_arrays import (
     selected_mean,
     weighted_mean,
 )
+from .flower_npy import StackPool, npy_bytes, npy_view
 from .flower_policy import (
     OnTooFew,
     as_policy,
@@ -51,9 +52,11 @@ from .flower_policy import (
     usable_weights,
     warn,
 )
+from .flower_stream import streamed_mean
 
 try:
     from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+    from flwr.common.constant import SType
     from flwr.common.logger import log
     from flwr.serverapp import strategy as flwr_strategy
     from flwr.serverapp.strategy.multikrum import select_multikrum
@@ -68,51 +71,99 @@ Outcome = tuple[list[np.ndarray] | None, list[int] | None]
 @dataclass
 class Replies:
     """The train replies fit to aggregate: contents, arrays (in ``keys`` order), weights, names,
-    and their arrays stacked for the engine (:class:`~.flower_arrays.Stack`)."""
+    and once screened for NaN and infinity (:func:`stack_replies`), their arrays stacked for
+    the engine (:class:`~.flower_arrays.Stack`)."""
 
     contents: list[RecordDict]
     arrays: list[list[np.ndarray]]
     weights: list[float]
     names: list[str]
     keys: list[str]
-    stack: Stack
     left_out: list[str]  # "<name>: <why>" for each reply left out
+    stacked: Stack | None = None
 
     def __len__(self) -> int:
         return len(self.contents)
 
+    @property
+    def stack(self) -> Stack:
+        """The stacked arrays (:func:`stack_replies` has run)."""
+        if self.stacked is None:
+            raise RuntimeError("the replies are not stacked yet: call stack_replies")
+        return self.stacked
+
+
+def array_of(a: Array) -> np.ndarray:
+    """A Flower ``Array``'s ndarray: a read-only view over its .npy bytes where they are plain
+    (:func:`~.flower_npy.npy_view`), else Flower's own conversion."""
+    if a.stype != SType.NUMPY:
+        return a.numpy()
+    return npy_view(a.data)
+
+
+def array_from(a: np.ndarray) -> Array:
+    """``a`` as a Flower ``Array``, serialized once (:func:`~.flower_npy.npy_bytes`)."""
+    a = np.asarray(a)
+    if a.dtype.hasobject or a.dtype.fields is not None:
+        return Array(a)
+    shape = tuple(int(s) for s in a.shape)
+    return Array(dtype=str(a.dtype), shape=shape, stype=SType.NUMPY, data=npy_bytes(a))
+
 
 def read_replies(
-    valid: Sequence[Message], weighted_by_key: str, server_round: int
+    valid: Sequence[Message],
+    weighted_by_key: str,
+    server_round: int,
+    pool: StackPool | None = None,
+    stack: bool = True,
 ) -> Replies | None:
     """The arrays and weights of Flower-validated replies, less those left out (with a
     warning): a weight that is not a count, other shapes, NaN or infinity; None if none is
-    left."""
+    left. The arrays are views over the replies' bytes, stacked once into ``pool``'s
+    matrices if given; ``stack=False`` stops before stacking and the NaN screen (the caller
+    runs :func:`stack_replies` if it needs them)."""
     names = [f"node {m.metadata.src_node_id}" for m in valid]
     contents = [m.content for m in valid]
     records = [next(iter(c.array_records.values())) for c in contents]
     keys = list(records[0].keys())
-    arrays = [[rec[k].numpy() for k in keys] for rec in records]
+    arrays = [[array_of(rec[k]) for k in keys] for rec in records]
     weights = [next(iter(c.metric_records.values()))[weighted_by_key] for c in contents]
     left_out: list[str] = []
     kept = screen(arrays, weights, names, keys, server_round, finite=False, reasons=left_out)
     if not kept:
         return None
-    stack = Stack.of([arrays[i] for i in kept])
-    rows = finite_rows(stack, [names[i] for i in kept], keys, server_round, left_out)
-    if not rows:
-        return None
-    if len(rows) < len(kept):
-        stack, kept = stack.take(rows), [kept[r] for r in rows]
-    return Replies(
+    got = Replies(
         [contents[i] for i in kept],
         [arrays[i] for i in kept],
         [float(weights[i]) for i in kept],  # type: ignore[arg-type]
         [names[i] for i in kept],
         keys,
-        stack,
         left_out,
     )
+    return stack_replies(got, server_round, pool) if stack else got
+
+
+def stack_replies(got: Replies, server_round: int, pool: StackPool | None = None) -> Replies | None:
+    """``got`` stacked (into ``pool`` if given), less the replies with NaN or infinity (each
+    named in a warning and in ``left_out``); None if none is left."""
+    stack = Stack.of(got.arrays, pool)
+    rows = finite_rows(stack, got.names, got.keys, server_round, got.left_out)
+    if not rows:
+        return None
+    if len(rows) < len(got):
+        stack = stack.take(rows)
+        pick = rows
+        return Replies(
+            [got.contents[i] for i in pick],
+            [got.arrays[i] for i in pick],
+            [got.weights[i] for i in pick],
+            [got.names[i] for i in pick],
+            got.keys,
+            got.left_out,
+            stack,
+        )
+    got.stacked = stack
+    return got
 
 
 class EngineStrategy:
@@ -132,6 +183,7 @@ class EngineStrategy:
         """Flower's arguments, plus ``backend`` and ``on_too_few`` (the engine's)."""
         super().__init__(*args, **kwargs)
         self.backend, self.on_too_few = backend, as_policy(on_too_few)
+        self.stack_pool = StackPool()
 
     def summary(self) -> None:
         """Flower's summary, then the engine's settings."""
@@ -149,13 +201,29 @@ class EngineStrategy:
         replies: Iterable[Message],
         combine: Callable[[Replies, int], Outcome],
         validate: bool = True,
+        stream: bool = False,
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Flower's checks, the replies read and screened, ``combine``d, as Flower's result.
+        ``stream``: the rule is the weighted mean, computed without stacking the replies
+        where it can (:func:`~.flower_stream.streamed_mean`)."""
         valid, _ = self._check_and_log_replies(  # type: ignore[attr-defined]
             replies, is_train=True, validate=validate
         )
         if not valid:
             return None, None
-        got = read_replies(valid, self.weighted_by_key, server_round)  # type: ignore[attr-defined]
+        got = read_replies(
+            valid,
+            self.weighted_by_key,  # type: ignore[attr-defined]
+            server_round,
+            self.stack_pool,
+            stack=not stream,
+        )
+        if got is not None and stream:
+            streamed = streamed_mean(got.arrays, got.weights)  # None where a weight is 0
+            if streamed is not None:
+                self._streamed(streamed)
+                return to_record(got.keys, streamed), self._metrics(got.contents)
+            got = stack_replies(got, server_round, self.stack_pool)
         if got is None:
             warn(server_round, "every reply was left out: no aggregate this round")
             return None, None
@@ -163,12 +231,17 @@ class EngineStrategy:
         if out is None:
             return None, None
         contents = got.contents if chosen is None else [got.contents[i] for i in chosen]
-        metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)  # type: ignore[attr-defined]
-        return to_record(got.keys, out), metrics
+        return to_record(got.keys, out), self._metrics(contents)
+
+    def _metrics(self, contents: list[RecordDict]) -> MetricRecord | None:
+        return self.train_metrics_aggr_fn(contents, self.weighted_by_key)  # type: ignore[attr-defined]
+
+    def _streamed(self, out: list[np.ndarray]) -> None:
+        """Called with a weighted mean computed by :func:`~.flower_stream.streamed_mean`."""
 
 
 def to_record(keys: Sequence[str], arrays: Sequence[np.ndarray]) -> ArrayRecord:
-    return ArrayRecord({k: Array(np.asarray(a)) for k, a in zip(keys, arrays, strict=True)})
+    return ArrayRecord({k: array_from(a) for k, a in zip(keys, arrays, strict=True)})
 
 
 def _fedavg(self: EngineStrategy, got: Replies, server_round: int) -> Outcome:
@@ -205,7 +278,7 @@ class FedAvg(EngineStrategy, flwr_strategy.FedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """The weighted mean of the replies' arrays, by example counts."""
-        return self._train(server_round, replies, lambda g, r: _fedavg(self, g, r))
+        return self._train(server_round, replies, lambda g, r: _fedavg(self, g, r), stream=True)
 
 
 class FedMedian(EngineStrategy, flwr_strategy.FedMedian):
@@ -304,5 +377,6 @@ __all__ = [
     "OnTooFew",
     "Replies",
     "read_replies",
+    "stack_replies",
     "to_record",
 ]

@@ -21,6 +21,7 @@ from .. import rules
 from ..errors import InvalidArgument, MissingDependency
 from .flower_arrays import engine_aggregate
 from .flower_chain import ROUND_KEY, ChainRounds, check_round, commit_arrays, round_options
+from .flower_npy import StackPool, tensors_to_arrays
 from .flower_policy import OnTooFew, as_policy, resolve_f, screen, usable_weights, warn
 
 try:
@@ -28,8 +29,6 @@ try:
         FitRes,
         Parameters,
         Scalar,
-        ndarrays_to_parameters,
-        parameters_to_ndarrays,
     )
     from flwr.server.client_proxy import ClientProxy
     from flwr.server.strategy import FedAvg as FlowerLegacyFedAvg
@@ -38,7 +37,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         f"the Flower integration needs flwr ({exc}); pip install 'bcfl_engine[flower]'"
     ) from None
 
-from .flower_legacy_dropin import Bulyan, FedAvg, FedMedian, FedTrimmedAvg, Krum
+from .flower_legacy_dropin import Bulyan, FedAvg, FedMedian, FedTrimmedAvg, Krum, to_parameters
 
 if TYPE_CHECKING:
     from ..round import AggregationRound
@@ -83,6 +82,7 @@ class LegacyEngineFedAvg(FlowerLegacyFedAvg):
         info.check_precondition(info.min_clients(f if isinstance(f, int) else 0), f)
         self.rule, self.f, self.params, self.pre = rule, f, dict(params or {}), tuple(pre)
         self.backend, self.rounds, self.on_too_few = backend, rounds, as_policy(on_too_few)
+        self.stack_pool = StackPool()
         self.rejected: dict[int, list[str]] = {}  # server round -> results left out, and why
         self.chain_rounds = ChainRounds()
 
@@ -125,7 +125,7 @@ class LegacyEngineFedAvg(FlowerLegacyFedAvg):
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
         if not results or (failures and not self.accept_failures):
             return None, {}
-        arrays = [parameters_to_ndarrays(res.parameters) for _, res in results]
+        arrays = [tensors_to_arrays(res.parameters.tensors) for _, res in results]
         weights: list[Any] = [res.num_examples for _, res in results]
         names = [f"client {getattr(proxy, 'cid', i)}" for i, (proxy, _) in enumerate(results)]
         keys = [str(j) for j in range(len(arrays[0]))]
@@ -141,7 +141,7 @@ class LegacyEngineFedAvg(FlowerLegacyFedAvg):
             metrics = self.fit_metrics_aggregation_fn(
                 [(results[i][1].num_examples, results[i][1].metrics) for i in used]
             )
-        return ndarrays_to_parameters(out), metrics
+        return to_parameters(out), metrics
 
     def _aggregate(
         self,
@@ -187,6 +187,7 @@ class LegacyEngineFedAvg(FlowerLegacyFedAvg):
             params=self.params,
             pre=self.pre,
             backend=self.backend,
+            pool=self.stack_pool,
         )
         return out, [kept[i] for i in (range(len(kept)) if chosen is None else chosen)]
 

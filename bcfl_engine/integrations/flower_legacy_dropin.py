@@ -36,6 +36,7 @@ from .flower_arrays import (
     selected_mean,
     weighted_mean,
 )
+from .flower_npy import StackPool, arrays_to_tensors, tensors_to_arrays
 from .flower_policy import (
     OnTooFew,
     as_policy,
@@ -45,14 +46,13 @@ from .flower_policy import (
     usable_weights,
     warn,
 )
+from .flower_stream import streamed_mean
 
 try:
     from flwr.common import (
         FitRes,
         Parameters,
         Scalar,
-        ndarrays_to_parameters,
-        parameters_to_ndarrays,
     )
     from flwr.server import strategy as legacy
     from flwr.server.client_proxy import ClientProxy
@@ -61,6 +61,12 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise MissingDependency(
         f"the Flower integration needs flwr ({exc}); pip install 'bcfl_engine[flower]'"
     ) from None
+
+
+def to_parameters(arrays: list[np.ndarray]) -> Parameters:
+    """Arrays as Flower's legacy ``Parameters`` (.npy bytes, each serialized once)."""
+    return Parameters(tensors=arrays_to_tensors(arrays), tensor_type="numpy.ndarray")
+
 
 Combine = Callable[[Stack, list[float], int], tuple[list[np.ndarray] | None, list[int] | None]]
 
@@ -83,6 +89,7 @@ class LegacyEngineStrategy:
         """Flower's arguments, plus ``backend`` and ``on_too_few`` (the engine's)."""
         super().__init__(*args, **kwargs)
         self.backend, self.on_too_few = backend, as_policy(on_too_few)
+        self.stack_pool = StackPool()
 
     def _fit(
         self,
@@ -90,15 +97,21 @@ class LegacyEngineStrategy:
         results: list[tuple[ClientProxy, FitRes]],
         failures: list[tuple[ClientProxy, FitRes] | BaseException],
         combine: Combine,
+        stream: bool = False,
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
         if not results or (failures and not self.accept_failures):
             return None, {}
-        arrays = [parameters_to_ndarrays(res.parameters) for _, res in results]
+        arrays = [tensors_to_arrays(res.parameters.tensors) for _, res in results]
         weights: list[Any] = [res.num_examples for _, res in results]
         names = [f"client {getattr(proxy, 'cid', i)}" for i, (proxy, _) in enumerate(results)]
         keys = [str(j) for j in range(len(arrays[0]))]
         kept = screen(arrays, weights, names, keys, server_round, finite=False)
-        stack = Stack.of([arrays[i] for i in kept]) if kept else None
+        streamed = None
+        if stream and kept:  # None where a weight is 0 or a value not finite: stacked path
+            streamed = streamed_mean([arrays[i] for i in kept], [float(weights[i]) for i in kept])
+        if streamed is not None:
+            return to_parameters(streamed), self._fit_metrics(results, kept)
+        stack = Stack.of([arrays[i] for i in kept], self.stack_pool) if kept else None
         if stack is not None:
             rows = finite_rows(stack, [names[i] for i in kept], keys, server_round)
             if len(rows) < len(kept):
@@ -110,12 +123,17 @@ class LegacyEngineStrategy:
         out, _ = combine(stack, [float(weights[i]) for i in kept], server_round)
         if out is None:
             return None, {}
-        metrics: dict[str, Scalar] = {}
-        if self.fit_metrics_aggregation_fn:  # as Flower's: every result that went in
-            metrics = self.fit_metrics_aggregation_fn(
-                [(results[i][1].num_examples, results[i][1].metrics) for i in kept]
-            )
-        return ndarrays_to_parameters(out), metrics
+        return to_parameters(out), self._fit_metrics(results, kept)
+
+    def _fit_metrics(
+        self, results: list[tuple[ClientProxy, FitRes]], kept: list[int]
+    ) -> dict[str, Scalar]:
+        """As Flower's: the metrics of every result that went in."""
+        if not self.fit_metrics_aggregation_fn:
+            return {}
+        return self.fit_metrics_aggregation_fn(
+            [(results[i][1].num_examples, results[i][1].metrics) for i in kept]
+        )
 
 
 class FedAvg(LegacyEngineStrategy, legacy.FedAvg):
@@ -129,7 +147,7 @@ class FedAvg(LegacyEngineStrategy, legacy.FedAvg):
                 return None, None
             return weighted_mean(stack, w, self.backend), None
 
-        return self._fit(server_round, results, failures, combine)
+        return self._fit(server_round, results, failures, combine, stream=True)
 
 
 class FedMedian(LegacyEngineStrategy, legacy.FedMedian):
