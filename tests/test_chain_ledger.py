@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from bcfl_engine.protocol import payload_digest
+
 pytest.importorskip("web3", reason="the chain extra provides web3 and eth-tester")
 
 from eth_account import Account
@@ -280,7 +282,7 @@ def test_participants_root_and_payload_checks(actors: Actors) -> None:
     assert actors.stranger.is_participant(t, p[3], tree.proof(3))
     assert not actors.stranger.is_participant(t, actors.stranger.sender, tree.proof(3))
     payload = sign_payload(
-        actors.keys[3], task=t, round=1, digest=keccak256(b"u"), domain=actors.agg.domain
+        actors.keys[3], task=t, round=1, digest=payload_digest(b"u"), domain=actors.agg.domain
     )
     assert (
         actors.agg.verify_payload(payload, task=t, round=1, participants=p, data=b"u")
