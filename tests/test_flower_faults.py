@@ -295,7 +295,9 @@ def test_chain_mode_runs_the_strategys_rule_and_signs_the_weight(tmp_path, caplo
         bad[4] = {**bad[4], "b": np.full(5, np.nan, np.float32)}
         assert strategy.aggregate_train(1, signed(1, clients=bad)) == (None, None)
     assert strategy.rejected[1] == ["node 4: array 'b' holds NaN or infinity"]
-    assert ledger.record(task, 1) is None and "no later round can be committed" in caplog.text
+    assert (
+        ledger.record(task, 1) is None and "the next server round collects it again" in caplog.text
+    )
 
     # Server round 2 collects registry round 1, still open: the train config names it, the
     # clients sign for it, and its commit is not refused as a gap.

@@ -125,22 +125,6 @@ def commit_arrays(
     *,
     on_too_few: OnTooFew | str = OnTooFew.SKIP,
 ) -> tuple[list[np.ndarray] | None, list[str], list[int] | None]:
-    """:func:`_commit_arrays`; the arrays may be read-only views over the replies' bytes,
-    which the pipeline reads and never writes (torch's warning about them is silenced)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "The given NumPy array is not writable", UserWarning)
-        return _commit_arrays(rnd, arrays, weights, signatures, names, on_too_few=on_too_few)
-
-
-def _commit_arrays(
-    rnd: AggregationRound,
-    arrays: Sequence[Sequence[np.ndarray]],
-    weights: Sequence[float],
-    signatures: Sequence[tuple[str, bytes] | None],
-    names: Sequence[str],
-    *,
-    on_too_few: OnTooFew | str = OnTooFew.SKIP,
-) -> tuple[list[np.ndarray] | None, list[str], list[int] | None]:
     """Run one round through the pipeline: submit each client's signed arrays (with its
     integer weight), aggregate, commit.
 
@@ -151,48 +135,54 @@ def _commit_arrays(
     finite, or whose weight is not a positive integer is left out, as a Byzantine-robust
     aggregator must. ``on_too_few="lower_f"`` lowers the round's ``f`` before it is
     finalized, so its committed metadata (and any audit) uses the ``f`` it ran with.
+
+    The arrays may be read-only views over the replies' bytes, which the pipeline reads and
+    never writes (torch's warning about them is silenced).
     """
     from ..round import Payload
 
-    policy = as_policy(on_too_few)
-    spec = ParamSpec.infer(list(arrays[0]))
-    rejected, accepted = [], []
-    for i, (a, w, sig, name) in enumerate(zip(arrays, weights, signatures, names, strict=True)):
-        if sig is None:
-            rejected.append(f"{name}: no signature (ConfigRecord {RECORD_KEY!r}; see sign_reply)")
-            continue
-        count = integer_weight(w)
-        if count is None:
-            rejected.append(f"{name}: weight {w!r} is not a positive integer count")
-            continue
-        try:
-            rnd.submit(Payload(sig[0], encode_arrays(a), sig[1], weight=count))
-        except (PayloadError, ShapeMismatch, NonFiniteUpdate, InvalidArgument) as exc:
-            rejected.append(f"{name}: {exc}")
-        else:
-            accepted.append(i)
-    if len(rnd) == 0:
-        warn(rnd.round, "no reply was accepted: nothing aggregated or committed")
-        return None, rejected, None
-    f = resolve_f(rnd.rule, len(rnd), rnd.f, policy, rnd.round)
-    if f is None:
-        warn(
-            rnd.round,
-            "round %d of task %s is not committed; the registry takes rounds in order, so "
-            "no later round can be committed before it (on_too_few='lower_f' commits it with "
-            "a lower f)",
-            rnd.round,
-            rnd.task,
-        )
-        return None, rejected, None
-    rnd.f = f
-    result = rnd.finalize()
-    out = [np.asarray(a) for a in spec.unflatten(torch.as_tensor(result.update))]
-    used: list[int] = accepted
-    if rnd.rule in SELECTION_RULES and accepted:
-        from ..rules._distances import sq_dists
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "The given NumPy array is not writable", UserWarning)
+        policy = as_policy(on_too_few)
+        spec = ParamSpec.infer(list(arrays[0]))
+        rejected, accepted = [], []
+        for i, (a, w, sig, name) in enumerate(zip(arrays, weights, signatures, names, strict=True)):
+            if sig is None:
+                rejected.append(
+                    f"{name}: no signature (ConfigRecord {RECORD_KEY!r}; see sign_reply)"
+                )
+                continue
+            count = integer_weight(w)
+            if count is None:
+                rejected.append(f"{name}: weight {w!r} is not a positive integer count")
+                continue
+            try:
+                rnd.submit(Payload(sig[0], encode_arrays(a), sig[1], weight=count))
+            except (PayloadError, ShapeMismatch, NonFiniteUpdate, InvalidArgument) as exc:
+                rejected.append(f"{name}: {exc}")
+            else:
+                accepted.append(i)
+        if len(rnd) == 0:
+            warn(rnd.round, "no reply was accepted: nothing aggregated or committed")
+            return None, rejected, None
+        f = resolve_f(rnd.rule, len(rnd), rnd.f, policy, rnd.round)
+        if f is None:
+            warn(
+                rnd.round,
+                "round %d of task %s is not committed; the next server round collects it again "
+                "(see ChainRounds; on_too_few='lower_f' commits it now with a lower f)",
+                rnd.round,
+                rnd.task,
+            )
+            return None, rejected, None
+        rnd.f = f
+        result = rnd.finalize()
+        out = [np.asarray(a) for a in spec.unflatten(torch.as_tensor(result.update))]
+        used: list[int] = accepted
+        if rnd.rule in SELECTION_RULES and accepted:
+            from ..rules._distances import sq_dists
 
-        x = torch.stack([spec.flatten(list(arrays[i])) for i in accepted])
-        chosen = paper_selection(rnd.rule, sq_dists(x, rnd.backend), f, rnd.params.get("m"))
-        used = [accepted[i] for i in chosen]
-    return out, rejected, used
+            x = torch.stack([spec.flatten(list(arrays[i])) for i in accepted])
+            chosen = paper_selection(rnd.rule, sq_dists(x, rnd.backend), f, rnd.params.get("m"))
+            used = [accepted[i] for i in chosen]
+        return out, rejected, used
