@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from bcfl_engine import aggregate
+from bcfl_engine.protocol import payload_digest
 from bcfl_engine.updates import keccak256
 
 
@@ -110,7 +111,7 @@ def pipeline(x: torch.Tensor, repeats: int) -> dict[str, float]:
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
             for p in payloads:
-                sp = SignedPayload(task, 1, keccak256(p.data), p.client, p.signature)
+                sp = SignedPayload(task, 1, payload_digest(p.data), p.client, p.signature)
                 verify_payload(sp, task=task, round=1, participants=addresses, domain=ledger.domain)
             parts["signatures"].append(time.perf_counter() - t0)
             store = PayloadStore(tmp + "/probe")
@@ -124,7 +125,12 @@ def pipeline(x: torch.Tensor, repeats: int) -> dict[str, float]:
                 batch.add(str(i), x[i])
             parts["copy"].append(time.perf_counter() - t0)
             records = [
-                {"client": a, "digest": keccak256(p.data).hex(), "weight": 1, "salt": "00" * 32}
+                {
+                    "client": a,
+                    "digest": payload_digest(p.data).hex(),
+                    "weight": 1,
+                    "salt": "00" * 32,
+                }
                 for a, p in zip(addresses, payloads, strict=True)
             ]
             t0 = time.perf_counter()
