@@ -121,7 +121,7 @@ def audit(
     # The payload digest the round recorded (keccak-256 before bcfl-round/3); unreadable
     # metadata is a finding already, and the payloads are then checked with today's digest.
     hasher = protocol.digest_function(meta["digest"]) if meta else protocol.payload_digest
-    rows = _check_payloads(ledger, task, round, store, records, participants, problems, hasher)
+    rows = _check_payloads(ledger, task, round, store, key, records, participants, problems, hasher)
     checked.append(f"{len(rows)} payloads and signatures")
     leaves = leaves_of(round, records)
     tree = None
@@ -239,6 +239,7 @@ def _check_payloads(
     task: int,
     round: int,
     store: PayloadStore,
+    key: str,
     records: Sequence[dict[str, Any]],
     participants: Sequence[str],
     problems: list[str],
@@ -251,7 +252,7 @@ def _check_payloads(
     for r in records:
         who = f"client {r['client']} (seq {r['seq']})"
         try:
-            data: bytes | None = store.get(r["digest"], verify=False)
+            data: bytes | None = store.payload(key, round, r["digest"])
         except PayloadError:
             problems.append(f"{who}: payload 0x{r['digest']} is missing from the store")
             data = None

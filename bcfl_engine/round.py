@@ -37,6 +37,7 @@ from typing import Any
 from . import backends, protocol, rules
 from .audit import AuditReport, _aggregate, audit
 from .errors import (
+    BcflError,
     DuplicateClient,
     InvalidArgument,
     NonFiniteUpdate,
@@ -136,8 +137,7 @@ class AggregationRound:
         self._clients: dict[str, dict[str, Any]] = {}
         self.result: RoundResult | None = None
         self._commit = ledger.record(task, round)  # None unless committed on chain already
-        for record in sorted(self.store.accepted(self.key, round), key=_seq):
-            self._load(record)
+        self._load(sorted(self.store.accepted(self.key, round), key=_seq))
 
     def __len__(self) -> int:
         return len(self._records)
@@ -153,11 +153,16 @@ class AggregationRound:
 
     # ---- collecting ----------------------------------------------------------------------
 
-    def _check(self, client: str, data: bytes) -> Any:
+    def _rows(self, capacity: int) -> Any:
+        """Where a burst's payloads are checked into: under CKKS a batch parsed against the
+        round's layout, else None (a plaintext row is a view of its payload)."""
+        return None if self._sum is None else self._sum.batch(max(capacity, 1))
+
+    def _check(self, client: str, data: bytes, rows: Any) -> Any:
         """The payload's row, checked once: a plaintext vector (a view of ``data``) or, under
-        CKKS, the one-row batch that parsed it against the round's layout."""
-        if self._sum is not None:
-            return self._sum.check(client, data)  # PayloadError naming the client and mismatch
+        CKKS, its index in ``rows`` (parsed against the round's layout)."""
+        if rows is not None:
+            return rows.add(client, data)  # PayloadError naming the client and mismatch
         assert self.dim is not None
         try:
             row = protocol.update_view(data, self.dim)
@@ -167,45 +172,60 @@ class AggregationRound:
             raise NonFiniteUpdate(f"client {client}: the update holds NaN or infinity")
         return row
 
-    def _load(self, record: dict[str, Any]) -> None:
-        """Take back an accepted payload from the store (resume), checking it again."""
-        from .chain import SignedPayload, verify_payload
+    def _take(self, records: list[dict[str, Any]], rows: list[Any], batch: Any) -> None:
+        """Add a durable group's checked rows to the round."""
+        if self._sum is not None:
+            self._sum.add(batch, [r["weight"] for r in records])
+        elif self._batch is not None:
+            for record, row in zip(records, rows, strict=True):
+                digest = bytes.fromhex(record["digest"])
+                self._batch.add(record["client"], row, float(record["weight"]), digest=digest)
+        self._remember(records)
 
-        try:
-            protocol.check_acceptance(record)
-        except PayloadError as exc:
-            raise PayloadError(f"store {self.store.root}, round {self.round}: {exc}") from None
-        if self._commit is not None:  # committed: its records give the result, not its bytes
+    def _remember(self, records: list[dict[str, Any]]) -> None:
+        for record in records:
             self._records.append(record)
             self._clients[record["client"]] = record
+
+    def _load(self, records: list[dict[str, Any]]) -> None:
+        """Take back the accepted payloads from the store (resume), checking them again."""
+        from .chain import SignedPayload, verify_payloads
+
+        for record in records:
+            try:
+                protocol.check_acceptance(record)
+            except PayloadError as exc:
+                raise PayloadError(f"store {self.store.root}, round {self.round}: {exc}") from None
+        if self._commit is not None:  # committed: its records give the result, not its bytes
+            self._remember(records)
             return
-        digest = bytes.fromhex(record["digest"])
-        data = self.store.get(digest)  # hashed once: the bytes must still be those accepted
-        signed = SignedPayload(
-            self.task,
-            self.round,
-            digest,
-            record["client"],
-            bytes.fromhex(record["signature"]),
-            record["weight"],
-        )
-        verify_payload(
+        signed, datas = [], []
+        for record in records:
+            digest = bytes.fromhex(record["digest"])
+            # Hashed once: the bytes must still be those accepted.
+            datas.append(
+                self.store.payload(self.key, self.round, digest, hasher=protocol.payload_digest)
+            )
+            signature = bytes.fromhex(record["signature"])
+            signed.append(
+                SignedPayload(
+                    self.task, self.round, digest, record["client"], signature, record["weight"]
+                )
+            )
+        checks = verify_payloads(
             signed,
             task=self.task,
             round=self.round,
             participants=self.participants,
             domain=self.domain,
         )
-        self._take(record, self._check(record["client"], data))
-
-    def _take(self, record: dict[str, Any], row: Any) -> None:
-        if self._sum is not None:
-            self._sum.add(row, record["weight"])
-        elif self._batch is not None:
-            digest = bytes.fromhex(record["digest"])
-            self._batch.add(record["client"], row, float(record["weight"]), digest=digest)
-        self._records.append(record)
-        self._clients[record["client"]] = record
+        batch = self._rows(len(records))
+        rows = []
+        for record, data, check in zip(records, datas, checks, strict=True):
+            if isinstance(check, BcflError):
+                raise check
+            rows.append(self._check(record["client"], data, batch))
+        self._take(records, rows, batch)
 
     def submit(self, payload: Payload) -> dict[str, Any]:
         """Check, store durably and accept ``payload``; return its acceptance record.
@@ -216,12 +236,97 @@ class AggregationRound:
         match the round's first one, a round already committed), DuplicateClient (another
         payload from the same client), ShapeMismatch or NonFiniteUpdate, and leaves the round
         and the store unchanged. Sending an accepted payload again returns its record
-        (clients may retry).
+        (clients may retry). The payload is durable (a group of one) before this returns.
         """
-        from .chain import SignedPayload, verify_payload
+        [result] = self.submit_many([payload], workers=1)
+        if isinstance(result, BcflError):
+            raise result
+        return result
+
+    def submit_many(
+        self, payloads: Sequence[Payload], *, workers: int | None = None
+    ) -> list[dict[str, Any] | BcflError]:
+        """:meth:`submit` a burst with one group commit; one result per payload, in order.
+
+        Each payload is checked as :meth:`submit` checks it (signatures recovered on a pool of
+        ``workers`` threads, see :func:`~bcfl_engine.chain.verify_payloads`); the accepted ones
+        are written as one group of the round's log and made durable with one fsync before
+        any is acknowledged. A result is the payload's acceptance record, or the typed error
+        that payload alone raised: a bad payload rejects only itself (a second payload of a
+        client in the same burst is a DuplicateClient, unless it is the same payload). A round
+        already committed raises PayloadError; a failed write raises and accepts none.
+        """
+        from .chain import SignedPayload, verify_payloads
 
         if self.committed:
             raise PayloadError(f"round {self.round} of task {self.task} is already committed")
+        results: list[dict[str, Any] | BcflError | None] = [None] * len(payloads)
+        todo: list[tuple[int, Payload, bytes, bytes, int]] = []
+        for i, payload in enumerate(payloads):
+            try:
+                data, weight = self._parse(payload)
+            except (PayloadError, InvalidArgument) as exc:
+                results[i] = exc
+                continue
+            todo.append((i, payload, data, protocol.payload_digest(data), weight))
+        checks = verify_payloads(
+            [
+                SignedPayload(self.task, self.round, d, p.client, p.signature, w)
+                for _, p, _, d, w in todo
+            ],
+            task=self.task,
+            round=self.round,
+            participants=self.participants,
+            domain=self.domain,
+            workers=workers,
+        )
+        batch = self._rows(len(todo))
+        group: dict[str, dict[str, Any]] = {}
+        records: list[dict[str, Any]] = []
+        datas: list[bytes] = []
+        rows: list[Any] = []
+        for (i, payload, data, digest, weight), client in zip(todo, checks, strict=True):
+            if isinstance(client, BcflError):
+                results[i] = client
+                continue
+            held = self._clients.get(client) or group.get(client)
+            if held is not None:
+                # A retry of an accepted payload (after a restart, say) is idempotent.
+                same = held["digest"] == digest.hex() and held["weight"] == weight
+                results[i] = (
+                    held
+                    if same
+                    else DuplicateClient(
+                        f"client {client} already submitted another payload to round {self.round}"
+                    )
+                )
+                continue
+            try:
+                row = self._check(client, data, batch)
+            except (PayloadError, ShapeMismatch, NonFiniteUpdate) as exc:
+                results[i] = exc
+                continue
+            salt = payload.salt if payload.salt is not None else os.urandom(32)
+            record = {
+                "seq": len(self._records) + len(records),
+                "client": client,
+                "digest": digest.hex(),
+                "weight": weight,
+                "salt": salt.hex(),
+                "signature": bytes(payload.signature or b"").hex(),
+            }
+            group[client] = results[i] = record
+            records.append(record)
+            datas.append(data)
+            rows.append(row)
+        if records:
+            self.store.append(self.key, self.round, records, datas)  # durable before acknowledged
+            self._take(records, rows, batch)
+        assert all(r is not None for r in results)  # every payload got its answer
+        return results  # type: ignore[return-value]
+
+    def _parse(self, payload: Any) -> tuple[bytes, int]:
+        """A payload's bytes and checked weight (before its digest and signature)."""
         if not isinstance(payload, Payload):
             raise InvalidArgument(f"expected a Payload; got {type(payload).__name__}")
         weight = protocol.check_weight(payload.weight, f"client {payload.client}: weight")
@@ -234,38 +339,7 @@ class AggregationRound:
             if not isinstance(data, (bytearray, memoryview)):
                 raise InvalidArgument(f"a payload is bytes; got {type(data).__name__}")
             data = bytes(data)
-        digest = protocol.payload_digest(data)  # the one hash of this payload
-        signed = SignedPayload(
-            self.task, self.round, digest, payload.client, payload.signature, weight
-        )
-        client = verify_payload(
-            signed,
-            task=self.task,
-            round=self.round,
-            participants=self.participants,
-            domain=self.domain,
-        )
-        held = self._clients.get(client)
-        if held is not None:
-            if held["digest"] == digest.hex() and held["weight"] == weight:
-                return held  # a retry of an accepted payload (e.g. after a restart): idempotent
-            raise DuplicateClient(
-                f"client {client} already submitted another payload to round {self.round}"
-            )
-        row = self._check(client, data)
-        salt = payload.salt if payload.salt is not None else os.urandom(32)
-        self.store.put(data, digest=digest)
-        record = {
-            "seq": len(self._records),
-            "client": client,
-            "digest": digest.hex(),
-            "weight": weight,
-            "salt": salt.hex(),
-            "signature": bytes(payload.signature or b"").hex(),
-        }
-        self.store.accept(self.key, self.round, client, record)  # durable before acknowledged
-        self._take(record, row)
-        return record
+        return data, weight
 
     # ---- aggregating and committing --------------------------------------------------------
 

@@ -7,10 +7,13 @@ aggregator restarted after its commit), without committing again.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import protocol
+from .errors import PayloadError
 from .protocol import leaves_of
 from .store import PayloadStore
 
@@ -55,7 +58,7 @@ def committed_result(
     the update; None keeps the bytes, a CKKS aggregate).
 
     RoundConflict when the records are not those committed; PayloadError when the result
-    bytes are missing or altered. The receipt says ``noop=True``: nothing was sent.
+    bytes or the metadata are missing or altered. The receipt says ``noop=True``: nothing was sent.
     """
     from .chain import MerkleTree, Receipt
     from .chain.errors import RoundConflict
@@ -70,7 +73,17 @@ def committed_result(
             f"{where} with root 0x{commit.updates_root.hex()} over {commit.n} updates; "
             f"the store's {len(leaves)} records give 0x{tree.root.hex()}"
         )
-    result_bytes = store.get(commit.result_digest)
+    # The result is named by the payload digest the round recorded (keccak-256 before
+    # bcfl-round/3): an older committed round resumes too.
+    try:
+        meta = protocol.check_meta(
+            json.loads(store.get(commit.meta_hash, hasher=protocol.meta_hash))
+        )
+    except ValueError as exc:  # not JSON (a PayloadError is a ValueError too: kept as is)
+        if isinstance(exc, PayloadError):
+            raise
+        raise PayloadError(f"{where}; its stored metadata is unreadable: {exc}") from None
+    result_bytes = store.get(commit.result_digest, hasher=protocol.digest_function(meta["digest"]))
     update = result_bytes if decode is None else decode(result_bytes)
     saved = store.read_round(key, commit.round) or {}
     gas = saved.get("gas_used", 0)

@@ -1,19 +1,25 @@
-"""A content-addressed payload store on disk: what makes a round survive an aggregator crash.
+"""The payload store on disk: what makes a round survive an aggregator crash.
 
-Every payload a round accepts is written here before it is acknowledged, under its digest
-(:func:`bcfl_engine.protocol.payload_digest`, ``objects/ab/cdef...``), and the round's
-acceptance record (client, digest, weight, salt, signature) next to it. Each file is written
-to a temporary name in the same folder, fsynced, renamed over its final name and the folder
-fsynced, so a file is either absent or complete whatever moment the process dies at. A
-restarted :class:`~bcfl_engine.round.AggregationRound` reads the records back and resumes; an
-auditor opens the store read-only (``readonly=True``: it creates, repairs and deletes nothing)
-and reads the same files to recompute a committed round.
+Every payload a round accepts is written here before it is acknowledged, with the round's
+acceptance record (client, digest, weight, salt, signature): payloads that arrive together go
+into one group of the round's append-only log, made durable with one fsync
+(:mod:`bcfl_engine.round_log` owns that format). Single objects (a round's result, its
+metadata, a CKKS context) are content-addressed files named by their digest, each written to a
+temporary name in the same folder, fsynced, renamed over its final name and the folder fsynced.
+Whatever moment the process dies at, a file is absent or complete and a log holds whole groups
+only. A restarted :class:`~bcfl_engine.round.AggregationRound` reads the records back and
+resumes; an auditor opens the store read-only (``readonly=True``: it creates, repairs and
+deletes nothing) and reads the same files to recompute a committed round.
 
 Layout::
 
-    root/objects/<2 hex>/<62 hex>              payload bytes, named by their digest
-    root/rounds/<task>/<round>/accepted/<client>.json
+    root/objects/<2 hex>/<62 hex>              result, metadata, context: bytes named by digest
+    root/rounds/<task>/<round>/accepted.log    groups: records + payloads, one fsync each
     root/rounds/<task>/<round>/round.json      what was committed (root, digests, meta)
+
+A store written before the log existed keeps each record in
+``rounds/<task>/<round>/accepted/<client>.json`` and each payload under ``objects/``; those
+are still read (before the log's records), never written.
 
 ``<task>`` is the task's key on its chain (:func:`bcfl_engine.protocol.task_key`:
 ``<id>-<chain id>-<registry>-<block>``), so two runs that get the same task id from two
@@ -35,6 +41,7 @@ from typing import Any
 
 from . import protocol
 from .errors import InvalidArgument, PayloadError
+from .round_log import RoundLog
 
 _TMP_PREFIX = ".tmp-"
 STALE_TMP_SECONDS = 15 * 60
@@ -103,6 +110,7 @@ class PayloadStore:
     def __init__(self, root: str | os.PathLike[str], *, readonly: bool = False) -> None:
         self.root = Path(root)
         self.readonly = readonly
+        self._logs: dict[Path, RoundLog] = {}
         if readonly:
             return
         (self.root / "objects").mkdir(parents=True, exist_ok=True)
@@ -206,26 +214,39 @@ class PayloadStore:
             raise InvalidArgument(f"round must be an int >= 0; got {round!r}")
         return self._task_dir(task) / str(round)
 
-    def accept(self, task: object, round: int, client: str, record: dict[str, Any]) -> None:
-        """Durably record that ``client``'s payload was accepted in ``round`` of ``task``."""
+    def log(self, task: object, round: int) -> RoundLog:
+        """The log of a round's groups (opened once per store: a writer repairs a torn tail)."""
+        path = self.round_dir(task, round) / "accepted.log"
+        log = self._logs.get(path)
+        if log is None:
+            log = self._logs[path] = RoundLog(path, readonly=self.readonly)
+        return log
+
+    def append(
+        self,
+        task: object,
+        round: int,
+        records: list[dict[str, Any]],
+        payloads: list[bytes | memoryview],
+    ) -> None:
+        """Durably record one group of accepted payloads of ``round`` of ``task`` (one fsync):
+        ``records[i]`` is the acceptance record of ``payloads[i]``."""
         self._writable()
-        path = self.round_dir(task, round) / "accepted" / f"{_name(client, 'client')}.json"
-        atomic_write(path, json.dumps(record, sort_keys=True).encode())
+        self.log(task, round).append(records, payloads)
 
     def accepted(
         self, task: object, round: int, *, problems: list[str] | None = None
     ) -> list[dict[str, Any]]:
-        """The acceptance records of a round, sorted by client name.
+        """The acceptance records of a round, in the order they were written.
 
-        A file that is not JSON raises PayloadError, or, given a ``problems`` list, is named
-        there and left out (the audit reports it and goes on). Records are parsed, not checked
+        A damaged record (a file that is not JSON, a log group that fails its check) raises
+        PayloadError, or, given a ``problems`` list, is named there and left out (the audit
+        reports it and goes on). Records are parsed, not checked
         (see :func:`~bcfl_engine.protocol.check_acceptance`).
         """
-        folder = self.round_dir(task, round) / "accepted"
-        if not folder.is_dir():
-            return []
         out = []
-        for path in sorted(folder.glob("*.json")):
+        folder = self.round_dir(task, round) / "accepted"
+        for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
             try:
                 out.append(json.loads(path.read_bytes()))
             except (OSError, ValueError) as exc:
@@ -233,7 +254,29 @@ class PayloadStore:
                 if problems is None:
                     raise PayloadError(message) from None
                 problems.append(message)
-        return out
+        log = self.log(task, round)
+        if log.problems:
+            if problems is None:
+                raise PayloadError(log.problems[0])
+            problems.extend(log.problems)
+        return out + log.records
+
+    def payload(
+        self,
+        task: object,
+        round: int,
+        digest: bytes | str,
+        *,
+        hasher: Callable[[bytes], bytes] | None = None,
+    ) -> bytes:
+        """The payload of ``digest`` accepted in ``round`` of ``task`` (from the round's log, or
+        ``objects/`` for a store written before it). PayloadError when it is missing or, given
+        ``hasher``, when its bytes no longer hash to ``digest``."""
+        h = _hex(digest)
+        log = self.log(task, round)
+        if log.locate(h) is not None:
+            return log.payload(h, hasher=hasher)
+        return self.get(h, verify=hasher is not None, hasher=hasher)
 
     def write_round(self, task: object, round: int, record: dict[str, Any]) -> None:
         """Record what was committed for a round (``round.json``)."""

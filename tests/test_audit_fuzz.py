@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from helpers import make_updates
+from store_tools import edit_log, flip_payload_byte, log_path, replace_payload
 
 from bcfl_engine import protocol
 from bcfl_engine.round import AggregationRound, audit, encode_update, sign_payload
@@ -65,13 +66,17 @@ def corrupted_copy(honest, tmp_path) -> tuple[Path, int, str, PayloadStore]:
     return tmp_path / "s", task, key, PayloadStore(tmp_path / "s")
 
 
-def edit_json(path: Path, key: str, value: object) -> None:
-    record = json.loads(path.read_text())
+def edited(record: dict, key: str, value: object) -> dict:
+    record = dict(record)
     if value is DROP:
         del record[key]
     else:
         record[key] = value
-    path.write_text(json.dumps(record))
+    return record
+
+
+def edit_json(path: Path, key: str, value: object) -> None:
+    path.write_text(json.dumps(edited(json.loads(path.read_text()), key, value)))
 
 
 def assert_finding(ledger, task, root, *words):
@@ -106,7 +111,13 @@ ACCEPTANCE_CASES = {
 def test_a_corrupted_acceptance_record_is_a_finding(ledger, honest, tmp_path, field, value):
     root, task, key, store = corrupted_copy(honest, tmp_path)
     victim = sorted(store.accepted(key, 1), key=lambda r: r["seq"])[1]  # weight 2, seq 1
-    edit_json(store.round_dir(key, 1) / "accepted" / f"{victim['client']}.json", field, value)
+    # The attacker rewrites the log with fresh group checks: the record's content is the finding.
+    edit_log(
+        store,
+        key,
+        1,
+        lambda entries: [(edited(r, field, value) if r == victim else r, p) for r, p in entries],
+    )
     assert_finding(ledger, task, root)
 
 
@@ -137,7 +148,7 @@ def test_a_corrupted_round_record_is_a_finding(ledger, honest, tmp_path, field, 
 
 
 FILE_CASES = ["not-json", "a-list", "empty-object", "deleted", "empty-file"]
-FILES = [("acceptance", c) for c in [*FILE_CASES, "extra-copy"]] + [
+FILES = [("acceptance", c) for c in [*FILE_CASES, "extra-copy", "garbled-group"]] + [
     ("round", c) for c in FILE_CASES
 ]
 
@@ -146,11 +157,25 @@ FILES = [("acceptance", c) for c in [*FILE_CASES, "extra-copy"]] + [
 def test_an_unreadable_record_file_is_a_finding(ledger, honest, tmp_path, kind, case):
     root, task, key, store = corrupted_copy(honest, tmp_path)
     folder = store.round_dir(key, 1)
-    path = (
-        sorted((folder / "accepted").glob("*.json"))[0]
-        if kind == "acceptance"
-        else folder / "round.json"
-    )
+    if kind == "acceptance":
+        # Records live in the round's log: each case rewrites it (fresh checks) or breaks it.
+        first = {"not-json": "{not json", "a-list": [1, 2], "empty-object": {}}.get(case)
+        path = log_path(store, key, 1)
+        if case == "deleted":
+            path.unlink()
+        elif case == "empty-file":
+            path.write_bytes(b"")
+        elif case == "garbled-group":  # a byte of the first group's records, its check stale
+            raw = bytearray(path.read_bytes())
+            raw[30] ^= 0x20
+            path.write_bytes(bytes(raw))
+        elif case == "extra-copy":
+            edit_log(store, key, 1, lambda entries: [*entries, entries[0]])
+        else:
+            edit_log(store, key, 1, lambda entries: [(first, entries[0][1]), *entries[1:]])
+        assert_finding(ledger, task, root)
+        return
+    path = folder / "round.json"
     if case == "not-json":
         path.write_text("{not json")
     elif case == "a-list":
@@ -159,8 +184,6 @@ def test_an_unreadable_record_file_is_a_finding(ledger, honest, tmp_path, kind, 
         path.write_text("{}")
     elif case == "deleted":
         path.unlink()
-    elif case == "extra-copy":
-        shutil.copy(path, folder / "accepted" / "0xcopy.json")
     else:
         path.write_bytes(b"")
     assert_finding(ledger, task, root)
@@ -176,6 +199,17 @@ def test_an_altered_or_missing_object_is_a_finding(ledger, honest, tmp_path, wha
         "result": res.result_digest,
         "meta": res.meta_hash,
     }[what]
+    if what == "payload":
+        if how == "deleted":  # its record and bytes cut out of the log
+            edit_log(store, key, 1, lambda entries: entries[1:])
+            assert_finding(ledger, task, root, "number of updates differs")
+        elif how == "truncated":
+            replace_payload(store, key, 1, digest.hex(), lambda p: p[:-1])
+            assert_finding(ledger, task, root, "0x" + digest.hex())
+        else:
+            flip_payload_byte(store, key, 1, digest.hex(), at=-1)
+            assert_finding(ledger, task, root, "0x" + digest.hex())
+        return
     path = store.path(digest)
     raw = path.read_bytes()
     if how == "deleted":
@@ -190,8 +224,7 @@ def test_an_altered_or_missing_object_is_a_finding(ledger, honest, tmp_path, wha
 def test_random_byte_corruption_of_records_never_raises(ledger, honest, tmp_path):
     root, task, key, store = corrupted_copy(honest, tmp_path)
     rng = random.Random(1234)
-    paths = [*sorted((store.round_dir(key, 1) / "accepted").glob("*.json"))]
-    paths.append(store.round_dir(key, 1) / "round.json")
+    paths = [log_path(store, key, 1), store.round_dir(key, 1) / "round.json"]
     originals = {p: p.read_bytes() for p in paths}
     found = 0
     for _ in range(40):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from store_tools import replace_payload
 
 from bcfl_engine.cli import main
 
@@ -154,8 +155,7 @@ def test_audit_passes_then_fails_naming_the_altered_payload(anvil_ledger, tmp_pa
     assert "OK" in ok.stdout and "3 inclusion proofs" in ok.stdout
     store = PayloadStore(tmp_path)
     victim = store.accepted(task, 1)[1]
-    path = store.path(victim["digest"])
-    path.write_bytes(path.read_bytes()[::-1])
+    replace_payload(store, task, 1, victim["digest"], lambda p: p[::-1])
     capsys.readouterr()
     assert main(args) == 1
     out = capsys.readouterr().out
@@ -229,8 +229,7 @@ def _tampered_copy(store: Path, task: int, into: Path) -> tuple[Path, str]:
 
     copy = Path(shutil.copytree(store, into))
     victim = PayloadStore(copy).accepted(task, 1)[1]
-    path = PayloadStore(copy).path(victim["digest"])
-    path.write_bytes(path.read_bytes()[::-1])
+    replace_payload(PayloadStore(copy), task, 1, victim["digest"], lambda p: p[::-1])
     return copy, victim["client"]
 
 

@@ -10,6 +10,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from store_tools import flip_payload_byte
 
 from bcfl_engine.cli import main
 from bcfl_engine.demo import attacks, data
@@ -275,9 +276,6 @@ def test_demo_prints_an_audit_command_that_passes_then_catches_a_tampered_payloa
     assert "OK" in fresh.stdout and "result recomputed with median" in fresh.stdout
     store = PayloadStore(out / "store")
     victim = store.accepted(task, 1)[0]
-    path = store.path(victim["digest"])
-    data_ = bytearray(path.read_bytes())
-    data_[-1] ^= 1
-    path.write_bytes(bytes(data_))
+    flip_payload_byte(store, task, 1, victim["digest"], at=-1)
     assert main(command[1:]) == 1
     assert "altered" in capsys.readouterr().out

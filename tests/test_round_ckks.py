@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers import make_updates
+from store_tools import flip_payload_byte
 
 from bcfl_engine import protocol
 from bcfl_engine.errors import PayloadError
@@ -209,9 +210,12 @@ def test_ckks_audit_names_an_altered_object(ledger, tmp_path, ckks_keys, what):
         "payload": bytes.fromhex(store.accepted(task, 1)[0]["digest"]),
         "result": res.result_digest,
     }[what]
-    path = store.path(digest)
-    raw = bytearray(path.read_bytes())
-    raw[len(raw) // 2] ^= 1
-    path.write_bytes(bytes(raw))
+    if what == "payload":
+        flip_payload_byte(store, task, 1, digest.hex(), at=1000)
+    else:
+        path = store.path(digest)
+        raw = bytearray(path.read_bytes())
+        raw[len(raw) // 2] ^= 1
+        path.write_bytes(bytes(raw))
     report = audit(ledger, task, 1, tmp_path)
     assert not report.ok and "0x" + digest.hex() in report.summary(), report.summary()

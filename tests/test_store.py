@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from bcfl_engine import protocol
 from bcfl_engine.errors import InvalidArgument, PayloadError
 from bcfl_engine.store import STALE_TMP_SECONDS, PayloadStore, atomic_write
 from bcfl_engine.updates import keccak256
@@ -96,7 +97,7 @@ def test_a_read_only_store_creates_changes_and_deletes_nothing(tmp_path):
     assert not missing.exists()
     store = PayloadStore(tmp_path / "s")
     digest = store.put(b"kept")
-    store.accept(7, 1, "0xaa", {"client": "0xaa"})
+    store.append(7, 1, [{"client": "0xaa"}], [b"payload"])
     leftover = store.path(digest).parent / ".tmp-abc123"
     leftover.write_bytes(b"half")
     old = time.time() - STALE_TMP_SECONDS - 60
@@ -106,7 +107,7 @@ def test_a_read_only_store_creates_changes_and_deletes_nothing(tmp_path):
     assert ro.get(digest) == b"kept" and ro.accepted(7, 1) == [{"client": "0xaa"}]
     for write in (
         lambda: ro.put(b"new"),
-        lambda: ro.accept(7, 1, "0xbb", {}),
+        lambda: ro.append(7, 1, [{}], [b""]),
         lambda: ro.write_round(7, 1, {}),
         lambda: ro.sweep(),
     ):
@@ -130,13 +131,14 @@ def test_put_with_a_known_digest_does_not_hash_again(tmp_path, monkeypatch):
     assert store.get(digest) == data and len(calls) == 1  # get verifies: one hash
 
 
-def test_acceptance_records_round_trip_sorted_by_client(tmp_path):
+def test_acceptance_records_round_trip_in_the_order_written(tmp_path):
     store = PayloadStore(tmp_path)
     assert store.accepted(7, 1) == []
-    for client, seq in [("0xbb", 0), ("0xaa", 1), ("0xcc", 2)]:
-        store.accept(7, 1, client, {"client": client, "seq": seq})
-    store.accept(7, 2, "0xaa", {"client": "0xaa", "seq": 0})
-    assert [r["client"] for r in store.accepted(7, 1)] == ["0xaa", "0xbb", "0xcc"]
+    store.append(7, 1, [{"client": "0xbb", "seq": 0}], [b"b"])
+    store.append(7, 1, [{"client": "0xaa", "seq": 1}, {"client": "0xcc", "seq": 2}], [b"a", b"c"])
+    store.append(7, 2, [{"client": "0xaa", "seq": 0}], [b"a2"])
+    assert [r["client"] for r in store.accepted(7, 1)] == ["0xbb", "0xaa", "0xcc"]
+    assert [r["client"] for r in PayloadStore(tmp_path).accepted(7, 1)] == ["0xbb", "0xaa", "0xcc"]
     assert len(store.accepted(7, 2)) == 1
     assert store.read_round(7, 1) is None
     store.write_round(7, 1, {"root": "ab"})
@@ -148,12 +150,33 @@ def test_acceptance_records_round_trip_sorted_by_client(tmp_path):
 )
 def test_names_that_could_escape_the_store_are_rejected(tmp_path, task):
     with pytest.raises(InvalidArgument, match="task"):
-        PayloadStore(tmp_path).accept(task, 1, "0xaa", {})
+        PayloadStore(tmp_path).append(task, 1, [{}], [b""])
+
+
+def legacy_accept(store: PayloadStore, task: int, round: int, client: str, record: dict) -> None:
+    """A record as a store written before the round log kept it: one file per client."""
+    atomic_write(
+        store.round_dir(task, round) / "accepted" / f"{client}.json", json.dumps(record).encode()
+    )
+
+
+def test_a_store_written_before_the_log_is_still_read(tmp_path):
+    store = PayloadStore(tmp_path)
+    digest = store.put(b"old payload")
+    legacy_accept(store, 1, 1, "0xaa", {"client": "0xaa", "digest": digest.hex()})
+    new = protocol.payload_digest(b"new")
+    store.append(1, 1, [{"client": "0xbb", "digest": new.hex()}], [b"new"])
+    ro = PayloadStore(tmp_path, readonly=True)
+    assert [r["client"] for r in ro.accepted(1, 1)] == ["0xaa", "0xbb"]
+    assert ro.payload(1, 1, digest) == b"old payload"
+    assert ro.payload(1, 1, new, hasher=protocol.payload_digest) == b"new"
+    with pytest.raises(PayloadError, match="not in the store"):
+        ro.payload(1, 1, "11" * 32)
 
 
 def test_unreadable_record_is_a_payload_error(tmp_path):
     store = PayloadStore(tmp_path)
-    store.accept(1, 1, "0xaa", {"client": "0xaa"})
+    legacy_accept(store, 1, 1, "0xaa", {"client": "0xaa"})
     (store.round_dir(1, 1) / "accepted" / "0xaa.json").write_text("{not json")
     with pytest.raises(PayloadError, match="unreadable"):
         store.accepted(1, 1)
@@ -161,8 +184,8 @@ def test_unreadable_record_is_a_payload_error(tmp_path):
 
 def test_unreadable_records_can_be_collected_as_problems(tmp_path):
     store = PayloadStore(tmp_path)
-    store.accept(1, 1, "0xaa", {"client": "0xaa"})
-    store.accept(1, 1, "0xbb", {"client": "0xbb"})
+    legacy_accept(store, 1, 1, "0xaa", {"client": "0xaa"})
+    legacy_accept(store, 1, 1, "0xbb", {"client": "0xbb"})
     (store.round_dir(1, 1) / "accepted" / "0xaa.json").write_text("{not json")
     (store.round_dir(1, 1) / "round.json").write_text(json.dumps([1, 2]))
     problems: list[str] = []

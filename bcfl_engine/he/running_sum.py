@@ -10,6 +10,7 @@ that recomputes it with that function gets the same digest.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from ..errors import InvalidArgument
@@ -27,34 +28,37 @@ class RunningSum:
 
     def __init__(self, context: Any) -> None:
         self.context = context
-        self._probe: CiphertextBatch | None = None  # one row: the payload being checked
+        self._layout: Any = None  # fixed by the first payload summed
+        self._codec = "python"
         self._acc: Any = None
         self._version: tuple[int, int] | None = None
 
-    def check(self, client: str, data: bytes) -> CiphertextBatch:
-        """Parse ``data`` (PayloadError naming ``client`` and the mismatch); the parsed row is
-        what :meth:`add` takes. The first payload fixes the layout."""
-        if self._probe is None:
-            probe = CiphertextBatch(self.context, 1)
-        else:
-            probe = self._probe
-            probe.reset()
-        probe.add(client, data)
-        return probe
+    def batch(self, capacity: int) -> CiphertextBatch:
+        """An empty batch for a burst of up to ``capacity`` payloads: :meth:`CiphertextBatch.add`
+        parses each one (PayloadError naming the client and the mismatch) against the round's
+        layout, or, before any was summed, against the burst's first good one."""
+        return CiphertextBatch(self.context, capacity, layout=self._layout)
 
-    def add(self, row: CiphertextBatch, weight: int) -> None:
-        """Add the row :meth:`check` parsed, times the integer ``weight``."""
-        assert row.layout is not None  # check() parsed a payload into it
-        self._probe = row
-        self._acc = ckks_sum(row.residues, row.layout.primes, [weight], acc=self._acc)
-        self._version = self._version or row.versions[0]
+    def check(self, client: str, data: bytes) -> CiphertextBatch:
+        """``data`` parsed into a one-row batch (PayloadError naming ``client``)."""
+        row = self.batch(1)
+        row.add(client, data)
+        return row
+
+    def add(self, rows: CiphertextBatch, weights: Sequence[int]) -> None:
+        """Add the payloads parsed into ``rows``, times their integer ``weights``."""
+        if not len(rows):
+            return
+        assert rows.layout is not None and len(weights) == len(rows)
+        self._layout, self._codec = self._layout or rows.layout, rows.codec
+        self._acc = ckks_sum(rows.residues, rows.layout.primes, list(weights), acc=self._acc)
+        self._version = self._version or next((v for v in rows.versions if v), None)
 
     def result(self) -> bytes:
         """The sum as CKKSVectorProto bytes: the first TenSEAL payload's SEAL version (4.3 for
         compact payloads); integer weights keep the scale."""
-        probe = self._probe
-        if probe is None or probe.layout is None:
+        if self._layout is None:
             raise InvalidArgument("the running sum holds no ciphertext yet")
         return bytes(
-            to_tenseal(self._acc, probe.layout, None, self._version or (4, 3), probe.codec)
+            to_tenseal(self._acc, self._layout, None, self._version or (4, 3), self._codec)
         )
