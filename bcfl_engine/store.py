@@ -35,7 +35,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -226,8 +226,8 @@ class PayloadStore:
         self,
         task: object,
         round: int,
-        records: list[dict[str, Any]],
-        payloads: list[bytes | memoryview],
+        records: Sequence[dict[str, Any]],
+        payloads: Sequence[bytes | memoryview],
     ) -> None:
         """Durably record one group of accepted payloads of ``round`` of ``task`` (one fsync):
         ``records[i]`` is the acceptance record of ``payloads[i]``."""
