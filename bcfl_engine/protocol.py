@@ -146,7 +146,8 @@ def encode_update(vector: torch.Tensor | np.ndarray) -> bytes:
     return np.ascontiguousarray(np.asarray(vector, dtype="<f4").reshape(-1)).tobytes()
 
 
-def _check_size(data: bytes | memoryview, dim: int) -> None:
+def check_update_size(data: bytes | memoryview, dim: int) -> None:
+    """ShapeMismatch unless ``data`` is the size of a plaintext update of ``dim`` values."""
     if len(data) != 4 * dim:
         raise ShapeMismatch(f"a plaintext update of d={dim} is {4 * dim} bytes; got {len(data)}")
 
@@ -154,7 +155,7 @@ def _check_size(data: bytes | memoryview, dim: int) -> None:
 def decode_update(data: bytes, dim: int) -> torch.Tensor:
     """The ``[dim]`` float32 vector in plaintext payload bytes (a copy); ShapeMismatch if the
     size differs."""
-    _check_size(data, dim)
+    check_update_size(data, dim)
     return torch.from_numpy(np.frombuffer(data, dtype="<f4").astype(np.float32))
 
 
@@ -164,7 +165,7 @@ def update_view(data: bytes, dim: int) -> torch.Tensor:
     The caller must not write to it (the bytes are immutable); the round copies it once, into
     its batch buffer.
     """
-    _check_size(data, dim)
+    check_update_size(data, dim)
     if sys.byteorder != "little":  # the view would read the bytes in the wrong order
         return decode_update(data, dim)
     if dim == 0:

@@ -34,6 +34,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from . import backends, protocol, rules
 from .audit import AuditReport, _aggregate, audit
 from .errors import (
@@ -47,7 +49,7 @@ from .errors import (
 from .protocol import Payload, decode_update, encode_update, leaves_of, sign_payload
 from .round_result import RoundResult, committed_result
 from .store import PayloadStore
-from .updates import UpdateBatch, all_finite
+from .updates import UpdateBatch, rows_finite
 
 
 class AggregationRound:
@@ -153,33 +155,53 @@ class AggregationRound:
 
     # ---- collecting ----------------------------------------------------------------------
 
-    def _rows(self, capacity: int) -> Any:
-        """Where a burst's payloads are checked into: under CKKS a batch parsed against the
-        round's layout, else None (a plaintext row is a view of its payload)."""
-        return None if self._sum is None else self._sum.batch(max(capacity, 1))
+    def _check_group(self, group: list[tuple[str, bytes]]) -> tuple[list[BcflError | None], Any]:
+        """Check the contents of a group of ``(client, bytes)`` once: each one's error or None,
+        and what :meth:`_take` adds. Under CKKS each payload is parsed against the round's
+        layout into a batch; a plaintext one is copied into the round's free batch rows (its
+        one copy), checked finite there, and the rows are claimed once the group is durable."""
+        errors: list[BcflError | None] = [None] * len(group)
+        if self._sum is not None:
+            batch = self._sum.batch(max(len(group), 1))
+            for j, (client, data) in enumerate(group):
+                try:
+                    batch.add(client, data)  # PayloadError naming the client and mismatch
+                except PayloadError as exc:
+                    errors[j] = exc
+            return errors, batch
+        assert self.dim is not None and self._batch is not None
+        sized = []
+        for j, (client, data) in enumerate(group):
+            try:
+                protocol.check_update_size(data, self.dim)
+                sized.append(j)
+            except ShapeMismatch as exc:
+                errors[j] = ShapeMismatch(f"client {client}: {exc}")
+        rows = self._batch.free_rows(len(sized))
+        buf = rows.numpy()
+        for r, j in enumerate(sized):
+            buf[r] = np.frombuffer(group[j][1], dtype="<f4")
+        finite = rows_finite(rows)
+        if not all(finite):
+            for r, j in enumerate(sized):
+                if not finite[r]:
+                    errors[j] = NonFiniteUpdate(
+                        f"client {group[j][0]}: the update holds NaN or infinity"
+                    )
+            keep = [r for r in range(len(sized)) if finite[r]]
+            rows[: len(keep)] = rows[keep].clone()  # the good rows first, in order
+        return errors, None
 
-    def _check(self, client: str, data: bytes, rows: Any) -> Any:
-        """The payload's row, checked once: a plaintext vector (a view of ``data``) or, under
-        CKKS, its index in ``rows`` (parsed against the round's layout)."""
-        if rows is not None:
-            return rows.add(client, data)  # PayloadError naming the client and mismatch
-        assert self.dim is not None
-        try:
-            row = protocol.update_view(data, self.dim)
-        except ShapeMismatch as exc:
-            raise ShapeMismatch(f"client {client}: {exc}") from None
-        if not all_finite(row):
-            raise NonFiniteUpdate(f"client {client}: the update holds NaN or infinity")
-        return row
-
-    def _take(self, records: list[dict[str, Any]], rows: list[Any], batch: Any) -> None:
+    def _take(self, records: list[dict[str, Any]], batch: Any) -> None:
         """Add a durable group's checked rows to the round."""
         if self._sum is not None:
             self._sum.add(batch, [r["weight"] for r in records])
         elif self._batch is not None:
-            for record, row in zip(records, rows, strict=True):
-                digest = bytes.fromhex(record["digest"])
-                self._batch.add(record["client"], row, float(record["weight"]), digest=digest)
+            self._batch.claim(
+                [r["client"] for r in records],
+                [float(r["weight"]) for r in records],
+                [bytes.fromhex(r["digest"]) for r in records],
+            )
         self._remember(records)
 
     def _remember(self, records: list[dict[str, Any]]) -> None:
@@ -219,13 +241,16 @@ class AggregationRound:
             participants=self.participants,
             domain=self.domain,
         )
-        batch = self._rows(len(records))
-        rows = []
-        for record, data, check in zip(records, datas, checks, strict=True):
+        for check in checks:
             if isinstance(check, BcflError):
                 raise check
-            rows.append(self._check(record["client"], data, batch))
-        self._take(records, rows, batch)
+        errors, batch = self._check_group(
+            [(r["client"], data) for r, data in zip(records, datas, strict=True)]
+        )
+        for error in errors:
+            if error is not None:
+                raise error
+        self._take(records, batch)
 
     def submit(self, payload: Payload) -> dict[str, Any]:
         """Check, store durably and accept ``payload``; return its acceptance record.
@@ -280,11 +305,8 @@ class AggregationRound:
             domain=self.domain,
             workers=workers,
         )
-        batch = self._rows(len(todo))
-        group: dict[str, dict[str, Any]] = {}
-        records: list[dict[str, Any]] = []
-        datas: list[bytes] = []
-        rows: list[Any] = []
+        group: dict[str, dict[str, Any]] = {}  # client -> its entry in this burst
+        fresh: list[tuple[int, Payload, bytes, bytes, int, str]] = []
         for (i, payload, data, digest, weight), client in zip(todo, checks, strict=True):
             if isinstance(client, BcflError):
                 results[i] = client
@@ -301,10 +323,14 @@ class AggregationRound:
                     )
                 )
                 continue
-            try:
-                row = self._check(client, data, batch)
-            except (PayloadError, ShapeMismatch, NonFiniteUpdate) as exc:
-                results[i] = exc
+            group[client] = {"digest": digest.hex(), "weight": weight, "at": i}
+            fresh.append((i, payload, data, digest, weight, client))
+        errors, batch = self._check_group([(f[5], f[2]) for f in fresh])
+        records: list[dict[str, Any]] = []
+        datas: list[bytes] = []
+        for (i, payload, data, digest, weight, client), error in zip(fresh, errors, strict=True):
+            if error is not None:
+                results[i] = error
                 continue
             salt = payload.salt if payload.salt is not None else os.urandom(32)
             record = {
@@ -315,13 +341,16 @@ class AggregationRound:
                 "salt": salt.hex(),
                 "signature": bytes(payload.signature or b"").hex(),
             }
-            group[client] = results[i] = record
             records.append(record)
             datas.append(data)
-            rows.append(row)
+            results[i] = record
         if records:
             self.store.append(self.key, self.round, records, datas)  # durable before acknowledged
-            self._take(records, rows, batch)
+            self._take(records, batch)
+        # A same-payload repeat within the burst gets the record its first copy got.
+        for i, r in enumerate(results):
+            if isinstance(r, dict) and "at" in r:
+                results[i] = results[r["at"]]
         assert all(r is not None for r in results)  # every payload got its answer
         return results  # type: ignore[return-value]
 

@@ -51,6 +51,16 @@ def all_finite(x: torch.Tensor) -> bool:
     return bool(torch.isfinite(x).all())
 
 
+def rows_finite(x: torch.Tensor) -> list[bool]:
+    """For each row of ``x`` ``[n, d]``, whether all its values are finite: one streaming
+    row-sum for the whole block (as :func:`all_finite`), the exact check only for the rows
+    whose sum is not finite."""
+    if x.shape[0] == 0:
+        return []
+    sums = torch.isfinite(x.sum(dim=1, dtype=torch.float32)).tolist()
+    return [ok or bool(torch.isfinite(x[i]).all()) for i, ok in enumerate(sums)]
+
+
 @dataclass(frozen=True)
 class ParamEntry:
     """One parameter: its name, shape, dtype and place ``[offset, offset + numel)`` in the vector."""
@@ -320,6 +330,45 @@ class UpdateBatch:
         self._digests.append(digest)
         self._index[client_id] = i
         return i
+
+    def free_rows(self, k: int) -> torch.Tensor:
+        """The next ``k`` free rows ``[k, d]`` (a view of the buffer) for a caller that fills
+        them itself, then makes them part of the batch with :meth:`claim`. Until claimed they
+        are not in the batch (``len``, ``data`` unchanged)."""
+        if not isinstance(k, int) or k < 0 or len(self) + k > self.capacity:
+            raise BatchFull(f"batch has {self.capacity - len(self)} free rows; asked for {k!r}")
+        return self._buf[len(self) : len(self) + k]
+
+    def claim(
+        self,
+        client_ids: Sequence[str],
+        weights: Sequence[float],
+        digests: Sequence[bytes | None],
+    ) -> None:
+        """Make the next ``len(client_ids)`` free rows (filled through :meth:`free_rows`, their
+        values checked by the caller) part of the batch, with these ids, weights and digests.
+        All or none: a bad id or weight raises and claims nothing."""
+        k = len(client_ids)
+        if len(weights) != k or len(digests) != k:
+            raise InvalidArgument("client_ids, weights and digests must have the same length")
+        if len(self) + k > self.capacity:
+            raise BatchFull(f"batch has {self.capacity - len(self)} free rows; got {k} updates")
+        seen: set[str] = set()
+        for cid in client_ids:
+            if not isinstance(cid, str) or not cid:
+                raise InvalidArgument(f"client_id must be a non-empty str; got {cid!r}")
+            if cid in self._index or cid in seen:
+                raise DuplicateClient(f"client {cid!r} already added")
+            seen.add(cid)
+        w = torch.tensor([float(x) for x in weights], dtype=torch.float64)
+        if k and not (bool(torch.isfinite(w).all()) and bool((w > 0).all())):
+            raise InvalidWeight(f"weights must be positive and finite; got {list(weights)!r:.200}")
+        start = len(self)
+        self._weights[start : start + k] = w
+        for j, cid in enumerate(client_ids):
+            self._index[cid] = start + j
+        self.client_ids.extend(client_ids)
+        self._digests.extend(digests)
 
     # ---- reading ---------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ a signature to one registry on one chain, the fields to one task and round and o
 payload replayed in another round, task or deployment, or sent with another weight, fails. Wallets show typed data to the signer field by field.
 
 The aggregator calls :func:`verify_payload` before a payload enters a batch (or
-:func:`verify_payloads` for a burst, on a thread pool): it rejects unsigned, mis-signed,
+:func:`verify_payloads` for a burst, recovered natively on all cores): it rejects unsigned, mis-signed,
 replayed (other round or task), non-participant and tampered payloads, each with its own
 :class:`~bcfl_engine.errors.PayloadError` subclass.
 
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Collection, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,6 +131,15 @@ def verify_payload(
     signed, and for a high-s or malformed signature), NotParticipant, DigestMismatch;
     InvalidWeight for a weight out of bounds
     """
+    claimed, digest, weight = _fields(payload, task, round)
+    message = eip712_digest(domain, payload.task, payload.round, digest, weight)
+    signer = _recover(message, payload.signature or b"", payload.client)
+    return _accept(payload, claimed, signer, participants, data)
+
+
+def _fields(payload: SignedPayload, task: int, round: int) -> tuple[bytes, bytes, int]:
+    """What is checked before any recovery: (claimed address, digest, weight); the signature's
+    form too (:func:`_signature_form`)."""
     weight = protocol.check_weight(payload.weight, f"weight of {payload.client}")
     if not payload.signature:
         raise UnsignedPayload(f"payload from {payload.client} carries no signature")
@@ -142,16 +150,23 @@ def verify_payload(
         )
     claimed = address_bytes(payload.client, "payload.client")
     digest = as_bytes32(payload.digest, "payload.digest")
-    signer = _recover(
-        eip712_digest(domain, payload.task, payload.round, digest, weight),
-        payload.signature,
-        payload.client,
-    )
+    _signature_form(payload.signature, payload.client)
+    return claimed, digest, weight
+
+
+def _accept(
+    payload: SignedPayload,
+    claimed: bytes,
+    signer: bytes,
+    participants: Collection[str | bytes],
+    data: bytes | None,
+) -> str:
+    """What is checked after the recovery: the signer, its membership, the bytes' digest."""
     if signer != claimed:
         raise BadSignature(
-            f"signature over task {task} round {round} (digest, weight {weight}) was made by "
-            f"0x{signer.hex()}, not by the claimed client 0x{claimed.hex()}: another signer, "
-            "or the payload or its weight changed after signing"
+            f"signature over task {payload.task} round {payload.round} (digest, weight "
+            f"{payload.weight}) was made by 0x{signer.hex()}, not by the claimed client "
+            f"0x{claimed.hex()}: another signer, or the payload or its weight changed after signing"
         )
     # A set of 20-byte addresses answers in O(1); anything else is normalized first.
     if not (isinstance(participants, (set, frozenset)) and signer in participants):
@@ -160,7 +175,7 @@ def verify_payload(
             raise NotParticipant(
                 f"0x{signer.hex()} is not among the task's {len(allowed)} participants"
             )
-    if data is not None and (got := protocol.payload_digest(data)) != digest:
+    if data is not None and (got := protocol.payload_digest(data)) != payload.digest:
         raise DigestMismatch(
             f"payload bytes from 0x{signer.hex()} hash to 0x{got.hex()}; "
             f"signed digest is 0x{payload.digest.hex()}"
@@ -178,13 +193,14 @@ def verify_payloads(
     data: Sequence[bytes | None] | None = None,
     workers: int | None = None,
 ) -> list[str | BcflError]:
-    """:func:`verify_payload` of each payload of a burst, on a thread pool.
+    """:func:`verify_payload` of each payload of a burst, the recoveries in one native call.
 
-    libsecp256k1 and BLAKE3 release the GIL, so the recoveries (and the digests of ``data``)
-    run in parallel. ``data``, when given, holds each payload's bytes (or None) in the same
-    order. ``workers``: the pool's size (default: the executor's; 1 checks in this thread).
-    On 2 cores a pool does not pay yet at ~0.25 ms a 1 MiB payload (0.9x of a loop over
-    :func:`verify_payload`): it is for machines with cores to spare.
+    coincurve holds the GIL while it recovers a key, so threads do not help it; the C++
+    extension (when built) computes the EIP-712 digests and recovers the signers with the same
+    libsecp256k1 (coincurve's shared object, opened by path) on all cores without the GIL
+    (:func:`batch_recovery`). Without it, each payload goes through :func:`verify_payload`.
+    ``data``, when given, holds each payload's bytes (or None) in the same order; ``workers``
+    caps the native threads (None: every core).
 
     Returns
     -------
@@ -199,24 +215,74 @@ def verify_payloads(
         and all(isinstance(p, bytes) for p in participants)
     ):
         participants = frozenset(address_bytes(p, "participant") for p in participants)
-
-    def one(i: int) -> str | BcflError:
+    native = batch_recovery() if len(payloads) > 1 else None
+    results: list[str | BcflError | None] = [None] * len(payloads)
+    if native is None:
+        for i, p in enumerate(payloads):
+            try:
+                results[i] = verify_payload(
+                    p,
+                    task=task,
+                    round=round,
+                    participants=participants,
+                    domain=domain,
+                    data=None if data is None else data[i],
+                )
+            except (PayloadError, InvalidArgument) as exc:  # that payload's own fault
+                results[i] = exc
+        return results  # type: ignore[return-value]
+    todo: list[tuple[int, bytes]] = []
+    records = bytearray()
+    for i, p in enumerate(payloads):
         try:
-            return verify_payload(
-                payloads[i],
-                task=task,
-                round=round,
-                participants=participants,
-                domain=domain,
-                data=None if data is None else data[i],
+            claimed, digest, weight = _fields(p, task, round)
+        except (PayloadError, InvalidArgument) as exc:
+            results[i] = exc
+            continue
+        todo.append((i, claimed))
+        records += digest + weight.to_bytes(8, "big") + bytes(p.signature or b"")
+    head = _payload_type() + _word(task, "task") + _word(round, "round")
+    out = native.eip712_recover(head, domain_separator(domain), bytes(records), workers or 0)
+    for j, (i, claimed) in enumerate(todo):
+        p, status = payloads[i], out[21 * j]
+        try:
+            if status:  # the form was checked above: r or s out of range, or no key
+                raise _unrecoverable(p.client)
+            signer = bytes(out[21 * j + 1 : 21 * j + 21])
+            results[i] = _accept(
+                p, claimed, signer, participants, None if data is None else data[i]
             )
-        except (PayloadError, InvalidArgument) as exc:  # that payload's own fault
-            return exc
+        except PayloadError as exc:
+            results[i] = exc
+    return results  # type: ignore[return-value]
 
-    if len(payloads) <= 1 or workers == 1:
-        return [one(i) for i in range(len(payloads))]
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(one, range(len(payloads))))
+
+@functools.cache
+def batch_recovery() -> Any | None:
+    """The C++ extension with libsecp256k1 loaded for batch recovery, or None (then
+    :func:`batch_recovery_reason` says why)."""
+    return None if batch_recovery_reason() else native_module()
+
+
+@functools.cache
+def batch_recovery_reason() -> str | None:
+    """Why signatures are recovered one at a time in Python (None: in batches, natively)."""
+    from ..backends import _load_native
+
+    mod, why = _load_native()
+    if mod is None:
+        return why
+    try:
+        import coincurve._libsecp256k1 as lib  # the shared object that exports libsecp256k1
+    except ImportError as exc:
+        return f"coincurve not importable ({exc})"
+    return mod.secp256k1_load(lib.__file__) or None
+
+
+def native_module() -> Any:
+    from ..backends import native
+
+    return native()
 
 
 # ---- EIP-712 and recovery, by hand -------------------------------------------------------------
@@ -270,9 +336,9 @@ def eip712_digest(
     return keccak256(b"\x19\x01" + domain_separator(domain) + struct)
 
 
-def _recover(message: bytes, signature: bytes, who: str) -> bytes:
-    """The 20-byte address that made the 65-byte ``signature`` of ``message`` (libsecp256k1);
-    BadSignature for a signature that does not parse, has a high ``s`` or recovers nothing."""
+def _signature_form(signature: bytes, who: str) -> None:
+    """BadSignature unless ``signature`` is 65 bytes ``r || s || v``, ``v`` in {0, 1, 27, 28}
+    and ``s`` at most ``n / 2`` (the low-s rule, EIP-2)."""
     if len(signature) != 65:
         raise BadSignature(f"signature must be 65 bytes (r, s, v); got {len(signature)}")
     v = signature[64]
@@ -283,10 +349,22 @@ def _recover(message: bytes, signature: bytes, who: str) -> bytes:
         raise BadSignature(
             f"signature from {who} has a high s (above n/2): only the low-s form is accepted"
         )
+
+
+def _unrecoverable(who: str) -> BadSignature:
+    return BadSignature(
+        f"signature from {who} does not parse or recovers no public key (r or s out of range)"
+    )
+
+
+def _recover(message: bytes, signature: bytes, who: str) -> bytes:
+    """The 20-byte address that made the 65-byte ``signature`` of ``message`` (libsecp256k1);
+    BadSignature for a signature that does not parse, has a high ``s`` or recovers nothing."""
+    _signature_form(signature, who)
     try:
         key = need("coincurve").PublicKey.from_signature_and_message(
-            bytes(signature[:64]) + bytes([v % 27]), message, hasher=None
+            bytes(signature[:64]) + bytes([signature[64] % 27]), message, hasher=None
         )
     except Exception as exc:  # libsecp256k1 rejects r or s out of range, or no point
-        raise BadSignature(f"signature from {who} does not parse: {exc}") from exc
+        raise _unrecoverable(who) from exc
     return keccak256(key.format(compressed=False)[1:])[12:]
