@@ -266,14 +266,15 @@ class RoundLog:
                     f"the round log {self.path} changed under this writer ({size} bytes, "
                     f"{self.end} expected): another process appended to it; reopen the round"
                 )
-            _write_all(fd, chunks, self.end)
-            os.fdatasync(fd)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, self.end)  # nothing half-written stays behind
-            raise
+            try:
+                _write_all(fd, chunks, self.end)
+                os.fdatasync(fd)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, self.end)  # nothing half-written stays behind
+                raise
         finally:
-            os.close(fd)
+            os.close(fd)  # closing releases the lock
         if created:
             _fsync_dir(self.path.parent)
         start = self.end + len(chunks[0])

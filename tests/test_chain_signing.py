@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import random
 
 import pytest
 
@@ -308,3 +309,69 @@ def test_the_batch_check_answers_as_the_single_one() -> None:
     assert verify_payloads([], task=7, round=3, participants=ADDRS, domain=DOMAIN) == []
     with pytest.raises(InvalidArgument, match="data holds 1"):
         verify_payloads(good, task=7, round=3, participants=ADDRS, domain=DOMAIN, data=[DATA])
+
+
+# ---- the native batch recovery ------------------------------------------------------------------
+
+
+def test_native_keccak256_equals_pycryptodome_at_every_length_around_the_rate() -> None:
+    from bcfl_engine.backends import native
+
+    rng = random.Random(5)
+    for n in [*range(0, 300), 407, 408, 409, 4096, 100_001]:
+        data = rng.randbytes(n)
+        assert native().keccak256(data) == keccak256(data), n
+
+
+def _garbage_signatures(rng: random.Random, base: bytes) -> list[bytes]:
+    n_order = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+    word = lambda v: v.to_bytes(32, "big")  # noqa: E731
+    return [
+        rng.randbytes(64) + bytes([27]),  # random r, s: often high s, else another signer
+        bytes(32) + base[32:],  # r = 0
+        word(n_order) + base[32:],  # r = n: out of range
+        base[:32] + bytes(32) + base[64:],  # s = 0
+        base[:32] + word(n_order // 2) + base[64:],  # s = n/2: low, accepted form
+        base[:32] + word(n_order // 2 + 1) + base[64:],  # high s
+        base[:64] + bytes([0]),
+        base[:64] + bytes([1]),
+        base[:64] + bytes([29]),
+        b"\xff" * 64 + bytes([28]),
+    ]
+
+
+def test_the_native_batch_answers_as_the_one_at_a_time_check(monkeypatch) -> None:
+    from bcfl_engine.chain import signing, verify_payloads
+
+    assert signing.batch_recovery() is not None, signing.batch_recovery_reason()
+    rng = random.Random(11)
+    good = [signed(i % 3, weight=1 + i) for i in range(12)]
+    burst = list(good)
+    for g in good[:3]:
+        burst += [
+            dataclasses.replace(g, signature=s) for s in _garbage_signatures(rng, g.signature)
+        ]
+    burst += [dataclasses.replace(good[0], weight=2**64 - 1), signed(3)]
+    args = {"task": 7, "round": 3, "participants": ADDRS[:3], "domain": DOMAIN}
+    fast = verify_payloads(burst, **args)
+    monkeypatch.setattr(signing, "batch_recovery", lambda: None)
+    slow = verify_payloads(burst, **args)
+    outcome = lambda r: r if isinstance(r, str) else (type(r), str(r))  # noqa: E731
+    assert [outcome(r) for r in fast] == [outcome(r) for r in slow]
+    assert [outcome(r) for r in fast] == [_outcome(check, p, data=None) for p in burst]
+    assert sum(isinstance(r, str) for r in fast) >= 12  # the good ones, and nothing is lost
+    for threads in (1, 2):
+        again = verify_payloads(burst, **args, workers=threads)
+        assert [outcome(r) for r in again] == [outcome(r) for r in fast]
+
+
+def test_native_recovery_checks_its_buffers() -> None:
+    from bcfl_engine.backends import native
+    from bcfl_engine.chain import signing
+
+    assert signing.batch_recovery() is not None
+    with pytest.raises(InvalidArgument, match="96 bytes"):
+        native().eip712_recover(b"short", bytes(32), b"", 0)
+    with pytest.raises(InvalidArgument, match="multiple of 105"):
+        native().eip712_recover(bytes(96), bytes(32), bytes(104), 0)
+    assert native().eip712_recover(bytes(96), bytes(32), b"", 0) == b""
