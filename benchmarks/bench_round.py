@@ -5,31 +5,27 @@
    same rule, on the same ``n`` replies of a ``d``-parameter model (4 arrays), timing
    ``aggregate_train`` (reply checks, array conversion and the aggregate). ``flower x`` is
    Flower's time over the engine's.
-2. What the round pipeline adds to a bare :func:`bcfl_engine.aggregate` of the same updates:
-   :class:`~bcfl_engine.round.AggregationRound` on the embedded chain, split into signature
-   checks, durable stores (temp file, fsync, rename), the copy into the batch, the aggregate,
-   the Merkle tree and the commit transaction. Each part is reported as a multiple of the bare
-   aggregate.
+2. The signed durable round (:mod:`durable`): ``AggregationRound.submit_many`` of every
+   payload and ``finalize``, split into its parts, against the floor of the same bytes (one
+   sequential write + fsync, one bare commit transaction, the bare aggregate) measured in the
+   same run.
+3. The same at scale: 10,000 signed updates of 16 KiB and 1,000 of 1 MiB (submits per second).
 
     python benchmarks/bench_round.py                  # n=32, d=262144 (1 MiB per update)
-    python benchmarks/bench_round.py --quick          # n=16, d=4099
+    python benchmarks/bench_round.py --quick --no-scale   # n=16, d=4099
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
-
-from bcfl_engine import aggregate
-from bcfl_engine.protocol import payload_digest
-from bcfl_engine.updates import keccak256
+from durable import durable_round, report
 
 
 def timeit(fn: Callable[..., Any], repeats: int, setup: Callable[[], Any] | None = None) -> float:
@@ -85,84 +81,18 @@ def flower_vs_engine(x: torch.Tensor, repeats: int) -> list[tuple[str, float, fl
     return rows
 
 
-def pipeline(x: torch.Tensor, repeats: int) -> dict[str, float]:
-    from eth_account import Account
-
-    from bcfl_engine.chain import Ledger, MerkleTree, verify_payload
-    from bcfl_engine.chain.signing import SignedPayload
-    from bcfl_engine.round import AggregationRound, encode_update, leaves_of, sign_payload
-    from bcfl_engine.store import PayloadStore
-    from bcfl_engine.updates import UpdateBatch
-
-    n, d = x.shape
-    keys = [keccak256(b"bench hospital %d" % i) for i in range(n)]
-    addresses = [Account.from_key(k).address for k in keys]
-    ledger = Ledger.embedded()
-    bare = timeit(lambda: aggregate(x, rule="median", f=max(1, n // 10)), repeats)
-    parts: dict[str, list[float]] = {
-        k: [] for k in ("signatures", "store", "copy", "tree", "total")
-    }
-    for _ in range(repeats):
-        task = ledger.create_task(aggregator=ledger.sender, participants=addresses, model_spec=b"b")
-        payloads = [
-            sign_payload(k, task, 1, encode_update(x[i]), ledger.domain, weight=1)
-            for i, k in enumerate(keys)
-        ]
-        with tempfile.TemporaryDirectory() as tmp:
-            t0 = time.perf_counter()
-            for p in payloads:
-                sp = SignedPayload(task, 1, payload_digest(p.data), p.client, p.signature)
-                verify_payload(sp, task=task, round=1, participants=addresses, domain=ledger.domain)
-            parts["signatures"].append(time.perf_counter() - t0)
-            store = PayloadStore(tmp + "/probe")
-            t0 = time.perf_counter()
-            for p in payloads:
-                store.put(p.data)
-            parts["store"].append(time.perf_counter() - t0)
-            batch = UpdateBatch(d, n)
-            t0 = time.perf_counter()
-            for i in range(n):
-                batch.add(str(i), x[i])
-            parts["copy"].append(time.perf_counter() - t0)
-            records = [
-                {
-                    "client": a,
-                    "digest": payload_digest(p.data).hex(),
-                    "weight": 1,
-                    "salt": "00" * 32,
-                }
-                for a, p in zip(addresses, payloads, strict=True)
-            ]
-            t0 = time.perf_counter()
-            MerkleTree.from_leaves(leaves_of(1, records))
-            parts["tree"].append(time.perf_counter() - t0)
-            rnd = AggregationRound(
-                ledger,
-                task,
-                1,
-                tmp + "/round",
-                participants=addresses,
-                dim=d,
-                rule="median",
-                f=max(1, n // 10),
-            )
-            t0 = time.perf_counter()
-            for p in payloads:
-                rnd.submit(p)
-            res = rnd.finalize()
-            parts["total"].append(time.perf_counter() - t0)
-            parts.setdefault("aggregate (in round)", []).append(res.seconds)
-    out = {k: statistics.median(v) for k, v in parts.items()}
-    out["bare aggregate"] = bare
-    return out
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=32)
     parser.add_argument("--d", type=int, default=262_144)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="n=16, d=4099")
+    parser.add_argument(
+        "--scale",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also the rounds of 10,000 x 16 KiB and 1,000 x 1 MiB updates",
+    )
     args = parser.parse_args()
     n, d = (16, 4099) if args.quick else (args.n, args.d)
     x = torch.from_numpy(np.random.default_rng(0).standard_normal((n, d), dtype=np.float32))
@@ -173,20 +103,15 @@ def main() -> None:
     print(f"  {'rule':<14} {'flower ms':>10} {'engine ms':>10} {'flower x':>9}")
     for rule, t_f, t_e in flower_vs_engine(x, args.repeats):
         print(f"  {rule:<14} {1e3 * t_f:>10.2f} {1e3 * t_e:>10.2f} {t_f / t_e:>9.1f}")
-    print("\n2. AggregationRound (median, embedded chain) vs a bare aggregate of the same updates")
-    parts = pipeline(x, args.repeats)
-    bare = parts["bare aggregate"]
-    for name in (
-        "bare aggregate",
-        "aggregate (in round)",
-        "signatures",
-        "store",
-        "copy",
-        "tree",
-        "total",
-    ):
-        print(f"  {name:<22} {1e3 * parts[name]:>10.2f} ms {parts[name] / bare:>8.1f} x bare")
-    print("  (total = every submit and the finalize, commit transaction included)")
+    print("\n2. The signed durable round (median, embedded chain): submit_many + finalize")
+    report(durable_round(x, args.repeats), n)
+    if args.scale:
+        for sn, sd in ((10_000, 4096), (1_000, 262_144)):
+            print(f"\n3. At scale: n={sn:,} signed updates of {4 * sd // 1024:,} KiB (mean), once")
+            y = torch.from_numpy(
+                np.random.default_rng(1).standard_normal((sn, sd), dtype=np.float32)
+            )
+            report(durable_round(y, 1, rule="mean"), sn)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,274 @@
+"""Collecting a round's payloads: each checked once, a burst written as one durable group.
+
+:class:`Intake` is the collecting half of :class:`~bcfl_engine.round.AggregationRound`:
+:meth:`~Intake.submit_many` parses a burst, hashes each payload once
+(:func:`~bcfl_engine.protocol.payload_digest`), recovers every signer in one native call
+(:func:`~bcfl_engine.chain.verify_payloads`), refuses duplicates, checks contents (a plaintext
+update is copied into the round's batch buffer, its one copy, and checked finite there; a CKKS
+one is parsed against the round's layout), appends the accepted ones to the round's log as one
+group with one fsync (:mod:`bcfl_engine.round_log`) and only then acknowledges them.
+:meth:`~Intake._load` takes a restarted round's groups back, checking them again.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from . import protocol
+from .errors import (
+    BcflError,
+    DuplicateClient,
+    InvalidArgument,
+    NonFiniteUpdate,
+    PayloadError,
+    ShapeMismatch,
+)
+from .protocol import Payload
+from .store import PayloadStore
+from .updates import UpdateBatch, rows_finite
+
+
+class Intake:
+    """The collecting steps of a round (mixed into AggregationRound, which sets these)."""
+
+    task: int
+    round: int
+    key: str
+    dim: int | None
+    store: PayloadStore
+    participants: frozenset[bytes]
+    domain: Any
+
+    @property
+    def committed(self) -> bool:
+        raise NotImplementedError  # AggregationRound's
+    _batch: UpdateBatch | None
+    _sum: Any
+    _records: list[dict[str, Any]]
+    _clients: dict[str, dict[str, Any]]
+    _commit: Any
+
+    def _check_group(self, group: list[tuple[str, bytes]]) -> tuple[list[BcflError | None], Any]:
+        """Check the contents of a group of ``(client, bytes)`` once: each one's error or None,
+        and what :meth:`_take` adds. Under CKKS each payload is parsed against the round's
+        layout into a batch; a plaintext one is copied into the round's free batch rows (its
+        one copy), checked finite there, and the rows are claimed once the group is durable."""
+        errors: list[BcflError | None] = [None] * len(group)
+        if self._sum is not None:
+            batch = self._sum.batch(max(len(group), 1))
+            for j, (client, data) in enumerate(group):
+                try:
+                    batch.add(client, data)  # PayloadError naming the client and mismatch
+                except PayloadError as exc:
+                    errors[j] = exc
+            return errors, batch
+        assert self.dim is not None and self._batch is not None
+        sized = []
+        for j, (client, data) in enumerate(group):
+            try:
+                protocol.check_update_size(data, self.dim)
+                sized.append(j)
+            except ShapeMismatch as exc:
+                errors[j] = ShapeMismatch(f"client {client}: {exc}")
+        rows = self._batch.free_rows(len(sized))
+        buf = rows.numpy()
+        for r, j in enumerate(sized):
+            buf[r] = np.frombuffer(group[j][1], dtype="<f4")
+        finite = rows_finite(rows)
+        if not all(finite):
+            for r, j in enumerate(sized):
+                if not finite[r]:
+                    errors[j] = NonFiniteUpdate(
+                        f"client {group[j][0]}: the update holds NaN or infinity"
+                    )
+            keep = [r for r in range(len(sized)) if finite[r]]
+            rows[: len(keep)] = rows[keep].clone()  # the good rows first, in order
+        return errors, None
+
+    def _take(self, records: list[dict[str, Any]], batch: Any) -> None:
+        """Add a durable group's checked rows to the round."""
+        if self._sum is not None:
+            self._sum.add(batch, [r["weight"] for r in records])
+        elif self._batch is not None:
+            self._batch.claim(
+                [r["client"] for r in records],
+                [float(r["weight"]) for r in records],
+                [bytes.fromhex(r["digest"]) for r in records],
+            )
+        self._remember(records)
+
+    def _remember(self, records: list[dict[str, Any]]) -> None:
+        for record in records:
+            self._records.append(record)
+            self._clients[record["client"]] = record
+
+    def _load(self, records: list[dict[str, Any]]) -> None:
+        """Take back the accepted payloads from the store (resume), checking them again."""
+        from .chain import SignedPayload, verify_payloads
+
+        for record in records:
+            try:
+                protocol.check_acceptance(record)
+            except PayloadError as exc:
+                raise PayloadError(f"store {self.store.root}, round {self.round}: {exc}") from None
+        if self._commit is not None:  # committed: its records give the result, not its bytes
+            self._remember(records)
+            return
+        signed, datas = [], []
+        for record in records:
+            digest = bytes.fromhex(record["digest"])
+            # Hashed once: the bytes must still be those accepted.
+            datas.append(
+                self.store.payload(self.key, self.round, digest, hasher=protocol.payload_digest)
+            )
+            signature = bytes.fromhex(record["signature"])
+            signed.append(
+                SignedPayload(
+                    self.task, self.round, digest, record["client"], signature, record["weight"]
+                )
+            )
+        checks = verify_payloads(
+            signed,
+            task=self.task,
+            round=self.round,
+            participants=self.participants,
+            domain=self.domain,
+        )
+        for check in checks:
+            if isinstance(check, BcflError):
+                raise check
+        errors, batch = self._check_group(
+            [(r["client"], data) for r, data in zip(records, datas, strict=True)]
+        )
+        for error in errors:
+            if error is not None:
+                raise error
+        self._take(records, batch)
+
+    def submit(self, payload: Payload) -> dict[str, Any]:
+        """Check, store durably and accept ``payload``; return its acceptance record.
+
+        Raises InvalidWeight (a weight that is not an int in ``[1, 2**64 - 1]``), a
+        :class:`~bcfl_engine.errors.PayloadError` subclass (unsigned, bad signature or a weight
+        other than the one signed, replay, not a participant, a CKKS payload that does not
+        match the round's first one, a round already committed), DuplicateClient (another
+        payload from the same client), ShapeMismatch or NonFiniteUpdate, and leaves the round
+        and the store unchanged. Sending an accepted payload again returns its record
+        (clients may retry). The payload is durable (a group of one) before this returns.
+        """
+        [result] = self.submit_many([payload], workers=1)
+        if isinstance(result, BcflError):
+            raise result
+        return result
+
+    def submit_many(
+        self, payloads: Sequence[Payload], *, workers: int | None = None
+    ) -> list[dict[str, Any] | BcflError]:
+        """:meth:`submit` a burst with one group commit; one result per payload, in order.
+
+        Each payload is checked as :meth:`submit` checks it (signatures recovered on a pool of
+        ``workers`` threads, see :func:`~bcfl_engine.chain.verify_payloads`); the accepted ones
+        are written as one group of the round's log and made durable with one fsync before
+        any is acknowledged. A result is the payload's acceptance record, or the typed error
+        that payload alone raised: a bad payload rejects only itself (a second payload of a
+        client in the same burst is a DuplicateClient, unless it is the same payload). A round
+        already committed raises PayloadError; a failed write raises and accepts none.
+        """
+        from .chain import SignedPayload, verify_payloads
+
+        if self.committed:
+            raise PayloadError(f"round {self.round} of task {self.task} is already committed")
+        results: list[dict[str, Any] | BcflError | None] = [None] * len(payloads)
+        todo: list[tuple[int, Payload, bytes, bytes, int]] = []
+        for i, payload in enumerate(payloads):
+            try:
+                data, weight = self._parse(payload)
+            except (PayloadError, InvalidArgument) as exc:
+                results[i] = exc
+                continue
+            todo.append((i, payload, data, protocol.payload_digest(data), weight))
+        if not todo:
+            return results  # type: ignore[return-value]
+        checks = verify_payloads(
+            [
+                SignedPayload(self.task, self.round, d, p.client, p.signature, w)
+                for _, p, _, d, w in todo
+            ],
+            task=self.task,
+            round=self.round,
+            participants=self.participants,
+            domain=self.domain,
+            workers=workers,
+        )
+        group: dict[str, dict[str, Any]] = {}  # client -> its entry in this burst
+        fresh: list[tuple[int, Payload, bytes, str, int, str]] = []
+        for (i, payload, data, digest, weight), client in zip(todo, checks, strict=True):
+            if isinstance(client, BcflError):
+                results[i] = client
+                continue
+            hexd = digest.hex()
+            held = self._clients.get(client) or group.get(client)
+            if held is not None:
+                # A retry of an accepted payload (after a restart, say) is idempotent.
+                same = held["digest"] == hexd and held["weight"] == weight
+                results[i] = (
+                    held
+                    if same
+                    else DuplicateClient(
+                        f"client {client} already submitted another payload to round {self.round}"
+                    )
+                )
+                continue
+            group[client] = {"digest": hexd, "weight": weight, "at": i}
+            fresh.append((i, payload, data, hexd, weight, client))
+        errors, batch = self._check_group([(f[5], f[2]) for f in fresh])
+        records: list[dict[str, Any]] = []
+        datas: list[bytes] = []
+        salts = os.urandom(32 * len(fresh)).hex()  # for payloads that bring none
+        for j, ((i, payload, data, hexd, weight, client), error) in enumerate(
+            zip(fresh, errors, strict=True)
+        ):
+            if error is not None:
+                results[i] = error
+                continue
+            salt = payload.salt.hex() if payload.salt is not None else salts[64 * j : 64 * j + 64]
+            record = {
+                "seq": len(self._records) + len(records),
+                "client": client,
+                "digest": hexd,
+                "weight": weight,
+                "salt": salt,
+                "signature": bytes(payload.signature or b"").hex(),
+            }
+            records.append(record)
+            datas.append(data)
+            results[i] = record
+        if records:
+            self.store.append(self.key, self.round, records, datas)  # durable before acknowledged
+            self._take(records, batch)
+        # A same-payload repeat within the burst gets the record its first copy got.
+        for i, r in enumerate(results):
+            if isinstance(r, dict) and "at" in r:
+                results[i] = results[r["at"]]
+        assert all(r is not None for r in results)  # every payload got its answer
+        return results  # type: ignore[return-value]
+
+    def _parse(self, payload: Any) -> tuple[bytes, int]:
+        """A payload's bytes and checked weight (before its digest and signature)."""
+        if not isinstance(payload, Payload):
+            raise InvalidArgument(f"expected a Payload; got {type(payload).__name__}")
+        weight = protocol.check_weight(payload.weight, f"client {payload.client}: weight")
+        if payload.salt is not None and (
+            not isinstance(payload.salt, bytes) or len(payload.salt) != 32
+        ):
+            raise InvalidArgument(f"client {payload.client}: salt must be 32 bytes")
+        data = payload.data
+        if not isinstance(data, bytes):
+            if not isinstance(data, (bytearray, memoryview)):
+                raise InvalidArgument(f"a payload is bytes; got {type(data).__name__}")
+            data = bytes(data)
+        return data, weight
