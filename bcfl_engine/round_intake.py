@@ -46,6 +46,7 @@ class Intake:
     @property
     def committed(self) -> bool:
         raise NotImplementedError  # AggregationRound's
+
     _batch: UpdateBatch | None
     _sum: Any
     _records: list[dict[str, Any]]
@@ -175,13 +176,14 @@ class Intake:
         are written as one group of the round's log and made durable with one fsync before
         any is acknowledged. A result is the payload's acceptance record, or the typed error
         that payload alone raised: a bad payload rejects only itself (a second payload of a
-        client in the same burst is a DuplicateClient, unless it is the same payload). A round
-        already committed raises PayloadError; a failed write raises and accepts none.
+        client in the same burst is a DuplicateClient, unless it is the same payload; in a round
+        already committed, each is a PayloadError). A failed write raises and accepts none.
         """
         from .chain import SignedPayload, verify_payloads
 
-        if self.committed:
-            raise PayloadError(f"round {self.round} of task {self.task} is already committed")
+        if self.committed:  # every payload of the burst gets the answer one submit would
+            done = PayloadError(f"round {self.round} of task {self.task} is already committed")
+            return [done] * len(payloads)
         results: list[dict[str, Any] | BcflError | None] = [None] * len(payloads)
         todo: list[tuple[int, Payload, bytes, bytes, int]] = []
         for i, payload in enumerate(payloads):

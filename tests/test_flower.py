@@ -197,6 +197,18 @@ def test_message_api_strategy_commits_signed_rounds_to_the_chain(tmp_path):
         None,
     )
     assert len(strategy.rejected[3]) == N and ledger.history(task)[-1].round == 2
+    # Server round 4 collects registry round 3, still open. Client 0 signs a second reply with
+    # other arrays: that one alone is left out (a duplicate), nothing raises.
+    signed = [
+        reply(i, a, i + 1, {RECORD_KEY: sign_reply(a, keys[i], task, 3, ledger.domain, i + 1)})
+        for i, a in enumerate(arrays)
+    ]
+    twice = sign_reply(arrays[1], keys[0], task, 3, ledger.domain, 1)
+    signed.append(reply(N, arrays[1], 1, {RECORD_KEY: twice}))
+    out, _ = strategy.aggregate_train(4, signed)
+    assert out is not None and [r.split(":")[0] for r in strategy.rejected[4]] == [f"node {N}"]
+    assert "already submitted" in strategy.rejected[4][0]
+    assert ledger.record(task, 3).n == N and audit(ledger, task, 3, tmp_path).ok
 
     from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 

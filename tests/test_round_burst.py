@@ -155,8 +155,11 @@ def test_a_committed_round_refuses_a_burst(ledger, tmp_path):
     rnd = make_round(ledger, task, tmp_path)
     rnd.submit_many([signed(ledger, task, i, x[i]) for i in range(3)])
     rnd.finalize()
+    late = rnd.submit_many([signed(ledger, task, 4, x[4]), signed(ledger, task, 5, x[5])])
+    assert [type(r) for r in late] == [PayloadError, PayloadError]
+    assert "already committed" in str(late[0]) and len(rnd) == 3
     with pytest.raises(PayloadError, match="already committed"):
-        rnd.submit_many([signed(ledger, task, 4, x[4])])
+        rnd.submit(signed(ledger, task, 4, x[4]))
 
 
 def test_an_empty_burst_writes_nothing(ledger, tmp_path, monkeypatch):

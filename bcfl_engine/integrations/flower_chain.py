@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ..errors import InvalidArgument, NonFiniteUpdate, PayloadError, ShapeMismatch
+from ..errors import BcflError, InvalidArgument
 from ..protocol import encode_update
 from ..updates import ParamSpec
 from .flower_arrays import SELECTION_RULES, paper_selection
@@ -145,23 +145,28 @@ def commit_arrays(
         warnings.filterwarnings("ignore", "The given NumPy array is not writable", UserWarning)
         policy = as_policy(on_too_few)
         spec = ParamSpec.infer(list(arrays[0]))
-        rejected, accepted = [], []
+        refused: list[tuple[int, str]] = []  # (reply index, why), reported in reply order
+        accepted: list[int] = []
+        burst, at = [], []
         for i, (a, w, sig, name) in enumerate(zip(arrays, weights, signatures, names, strict=True)):
             if sig is None:
-                rejected.append(
-                    f"{name}: no signature (ConfigRecord {RECORD_KEY!r}; see sign_reply)"
+                refused.append(
+                    (i, f"{name}: no signature (ConfigRecord {RECORD_KEY!r}; see sign_reply)")
                 )
                 continue
             count = integer_weight(w)
             if count is None:
-                rejected.append(f"{name}: weight {w!r} is not a positive integer count")
+                refused.append((i, f"{name}: weight {w!r} is not a positive integer count"))
                 continue
-            try:
-                rnd.submit(Payload(sig[0], encode_arrays(a), sig[1], weight=count))
-            except (PayloadError, ShapeMismatch, NonFiniteUpdate, InvalidArgument) as exc:
-                rejected.append(f"{name}: {exc}")
+            burst.append(Payload(sig[0], encode_arrays(a), sig[1], weight=count))
+            at.append(i)
+        # One burst: the signers recovered at once, one durable group, one fsync.
+        for i, outcome in zip(at, rnd.submit_many(burst), strict=True):
+            if isinstance(outcome, BcflError):
+                refused.append((i, f"{names[i]}: {outcome}"))
             else:
                 accepted.append(i)
+        rejected = [why for _, why in sorted(refused)]
         if len(rnd) == 0:
             warn(rnd.round, "no reply was accepted: nothing aggregated or committed")
             return None, rejected, None
