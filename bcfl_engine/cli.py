@@ -133,12 +133,14 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 def _cmd_info(args: argparse.Namespace) -> int:
     from . import __version__, rules
     from .backends import library_reasons, zstd_line
+    from .chain.signing import signatures_line
 
     print(f"bcfl_engine {__version__}")
     print("backends:")
     for name, reason in library_reasons().items():
         print(f"  {name:<15} {'available' if reason is None else 'unavailable: ' + reason}")
     print(zstd_line())
+    print(signatures_line())
     print("rules (kind, kernels, what):")
     for info in rules.RULES.values():
         if not _built(info.name):

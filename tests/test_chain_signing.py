@@ -315,11 +315,10 @@ def test_the_batch_check_answers_as_the_single_one() -> None:
 
 
 def test_native_keccak256_equals_pycryptodome_at_every_length_around_the_rate() -> None:
-    from bcfl_engine.backends import native
-
     from Crypto.Hash import keccak
 
     from bcfl_engine import updates
+    from bcfl_engine.backends import native
 
     assert updates._keccak() is native().keccak256  # what the engine hashes with
     rng = random.Random(5)

@@ -67,6 +67,17 @@ def test_info_lists_backends_and_rule_kernels(capsys):
     for word in ("torch", "native (C++)", "triton", "mean", "median", "aggregate", "pre"):
         assert word in out
     assert "mean               aggregate torch" in out
+    assert "signatures: native batch recovery" in out  # the extension is built for the tests
+
+
+def test_info_says_why_signatures_are_checked_one_at_a_time(capsys, monkeypatch):
+    from bcfl_engine.chain import signing
+
+    monkeypatch.setattr(signing, "batch_recovery_reason", lambda: "no extension (test)")
+    assert main(["info"]) == 0
+    assert "signatures: one at a time in Python (coincurve): no extension (test)" in (
+        capsys.readouterr().out
+    )
 
 
 def test_bench_without_the_runner_fails_on_one_line(monkeypatch, capsys):

@@ -279,6 +279,14 @@ def batch_recovery_reason() -> str | None:
     return mod.secp256k1_load(lib.__file__) or None
 
 
+def signatures_line() -> str:
+    """One line for ``bcfl info``: how a burst's signatures are recovered here."""
+    why = batch_recovery_reason()
+    if why is None:
+        return "signatures: native batch recovery (libsecp256k1 through the C++ extension)"
+    return f"signatures: one at a time in Python (coincurve): {why}"
+
+
 def native_module() -> Any:
     from ..backends import native
 
