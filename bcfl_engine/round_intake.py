@@ -12,8 +12,10 @@ group with one fsync (:mod:`bcfl_engine.round_log`) and only then acknowledges t
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -30,6 +32,10 @@ from .errors import (
 from .protocol import Payload
 from .store import PayloadStore
 from .updates import UpdateBatch, rows_finite
+
+PART = 2048
+"""Payloads per part of a pipelined burst: a burst of at least two parts writes one part's
+frame while it recovers the next part's signers (one fsync for the whole burst)."""
 
 
 class Intake:
@@ -53,14 +59,18 @@ class Intake:
     _clients: dict[str, dict[str, Any]]
     _commit: Any
 
-    def _check_group(self, group: list[tuple[str, bytes]]) -> tuple[list[BcflError | None], Any]:
+    def _check_group(
+        self, group: list[tuple[str, bytes]], skip: int = 0, layout: Any = None
+    ) -> tuple[list[BcflError | None], Any]:
         """Check the contents of a group of ``(client, bytes)`` once: each one's error or None,
         and what :meth:`_take` adds. Under CKKS each payload is parsed against the round's
         layout into a batch; a plaintext one is copied into the round's free batch rows (its
-        one copy), checked finite there, and the rows are claimed once the group is durable."""
+        one copy; past the ``skip`` rows earlier parts of the burst hold), checked finite
+        there, and the rows are claimed once the group is durable. ``layout``: the CKKS layout an
+        earlier part of the burst fixed."""
         errors: list[BcflError | None] = [None] * len(group)
         if self._sum is not None:
-            batch = self._sum.batch(max(len(group), 1))
+            batch = self._sum.batch(max(len(group), 1), layout)
             for j, (client, data) in enumerate(group):
                 try:
                     batch.add(client, data)  # PayloadError naming the client and mismatch
@@ -75,7 +85,7 @@ class Intake:
                 sized.append(j)
             except ShapeMismatch as exc:
                 errors[j] = ShapeMismatch(f"client {client}: {exc}")
-        rows = self._batch.free_rows(len(sized))
+        rows = self._batch.free_rows(len(sized), skip=skip)
         buf = rows.numpy()
         for r, j in enumerate(sized):
             buf[r] = np.frombuffer(group[j][1], dtype="<f4")
@@ -195,20 +205,75 @@ class Intake:
             todo.append((i, payload, data, protocol.payload_digest(data), weight))
         if not todo:
             return results  # type: ignore[return-value]
-        checks = verify_payloads(
-            [
-                SignedPayload(self.task, self.round, d, p.client, p.signature, w)
-                for _, p, _, d, w in todo
-            ],
-            task=self.task,
-            round=self.round,
-            participants=self.participants,
-            domain=self.domain,
-            workers=workers,
-        )
+        log = self.store.log(self.key, self.round)
+        self.store._writable()
+        mark, taken = log.end, len(self._records)
         group: dict[str, dict[str, Any]] = {}  # client -> its entry in this burst
+        steps: list[tuple[list[dict[str, Any]], Any]] = []
+        # Pipelined: the frame of one part is written (GIL released) while the next part's
+        # signers are recovered; one fdatasync makes every part durable, then all are taken.
+        writer = ThreadPoolExecutor(1) if len(todo) >= 2 * PART else None
+        pending: Future[None] | None = None
+        try:
+            for start in range(0, len(todo), PART if writer else len(todo)):
+                part = todo[start : start + (PART if writer else len(todo))]
+                checks = verify_payloads(
+                    [
+                        SignedPayload(self.task, self.round, d, p.client, p.signature, w)
+                        for _, p, _, d, w in part
+                    ],
+                    task=self.task,
+                    round=self.round,
+                    participants=self.participants,
+                    domain=self.domain,
+                    workers=workers,
+                )
+                layout = steps[-1][1].layout if steps and steps[-1][1] is not None else None
+                records, datas, batch = self._admit(part, checks, group, results, taken, layout)
+                taken += len(records)
+                if records:
+                    if pending is not None:
+                        pending.result()
+                    if writer is not None:
+                        pending = writer.submit(log.append, records, datas, sync=False)
+                    else:
+                        log.append(records, datas, sync=False)
+                    steps.append((records, batch))
+            if pending is not None:
+                pending.result()
+            if steps:
+                log.sync()  # durable before acknowledged
+        except BaseException:
+            if pending is not None:
+                with contextlib.suppress(BaseException):
+                    pending.result()
+            log.rollback(mark)  # none of the burst stays
+            raise
+        finally:
+            if writer is not None:
+                writer.shutdown()
+        for records, batch in steps:
+            self._take(records, batch)
+        # A same-payload repeat within the burst gets the record its first copy got.
+        for i, r in enumerate(results):
+            if isinstance(r, dict) and "at" in r:
+                results[i] = results[r["at"]]
+        assert all(r is not None for r in results)  # every payload got its answer
+        return results  # type: ignore[return-value]
+
+    def _admit(
+        self,
+        part: list[tuple[int, Payload, bytes, bytes, int]],
+        checks: list[Any],
+        group: dict[str, dict[str, Any]],
+        results: list[Any],
+        taken: int,
+        layout: Any,
+    ) -> tuple[list[dict[str, Any]], list[bytes], Any]:
+        """One part of a burst, its signers known: duplicates refused, contents checked, the
+        acceptance records of the good ones (seq from ``taken``), their bytes, their rows."""
         fresh: list[tuple[int, Payload, bytes, str, int, str]] = []
-        for (i, payload, data, digest, weight), client in zip(todo, checks, strict=True):
+        for (i, payload, data, digest, weight), client in zip(part, checks, strict=True):
             if isinstance(client, BcflError):
                 results[i] = client
                 continue
@@ -227,7 +292,9 @@ class Intake:
                 continue
             group[client] = {"digest": hexd, "weight": weight, "at": i}
             fresh.append((i, payload, data, hexd, weight, client))
-        errors, batch = self._check_group([(f[5], f[2]) for f in fresh])
+        errors, batch = self._check_group(
+            [(f[5], f[2]) for f in fresh], skip=taken - len(self._records), layout=layout
+        )
         records: list[dict[str, Any]] = []
         datas: list[bytes] = []
         salts = os.urandom(32 * len(fresh)).hex()  # for payloads that bring none
@@ -239,7 +306,7 @@ class Intake:
                 continue
             salt = payload.salt.hex() if payload.salt is not None else salts[64 * j : 64 * j + 64]
             record = {
-                "seq": len(self._records) + len(records),
+                "seq": taken + len(records),
                 "client": client,
                 "digest": hexd,
                 "weight": weight,
@@ -249,15 +316,7 @@ class Intake:
             records.append(record)
             datas.append(data)
             results[i] = record
-        if records:
-            self.store.append(self.key, self.round, records, datas)  # durable before acknowledged
-            self._take(records, batch)
-        # A same-payload repeat within the burst gets the record its first copy got.
-        for i, r in enumerate(results):
-            if isinstance(r, dict) and "at" in r:
-                results[i] = results[r["at"]]
-        assert all(r is not None for r in results)  # every payload got its answer
-        return results  # type: ignore[return-value]
+        return records, datas, batch
 
     def _parse(self, payload: Any) -> tuple[bytes, int]:
         """A payload's bytes and checked weight (before its digest and signature)."""

@@ -152,6 +152,7 @@ class RoundLog:
         self.end = 0
         self.dropped = 0  # bytes of a torn last group dropped (writer) or ignored (reader)
         self.problems: list[str] = []
+        self._new = False  # created by this writer, its directory entry not yet synced
         if readonly:
             if self.path.exists():
                 fd = os.open(self.path, os.O_RDONLY)
@@ -246,17 +247,25 @@ class RoundLog:
     # ---- writing -----------------------------------------------------------------------------
 
     def append(
-        self, records: Sequence[dict[str, Any]], payloads: Sequence[bytes | memoryview]
+        self,
+        records: Sequence[dict[str, Any]],
+        payloads: Sequence[bytes | memoryview],
+        *,
+        sync: bool = True,
     ) -> None:
-        """Append one group and make it durable (one ``fdatasync``) before returning."""
+        """Append one frame and, with ``sync``, make it durable (one ``fdatasync``) before
+        returning. ``sync=False`` lets a caller write a group as several frames and make them
+        durable together with :meth:`sync` (or drop them with :meth:`rollback`); the frames are
+        read back (in memory and after a restart) like any other, so nothing may be
+        acknowledged before that :meth:`sync`."""
         if self.readonly:
             raise InvalidArgument(f"the round log {self.path} is open read-only")
         if len(records) != len(payloads) or not records:
             raise InvalidArgument("a group holds one or more records, one payload each")
         chunks = frame_chunks(records, payloads)
-        created = not self.path.exists()
-        if created:
+        if not self.path.exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._new = True  # its directory entry is synced with the group
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -268,15 +277,16 @@ class RoundLog:
                 )
             try:
                 _write_all(fd, chunks, self.end)
-                os.fdatasync(fd)
+                if sync:
+                    os.fdatasync(fd)
             except BaseException:
                 with contextlib.suppress(OSError):
                     os.ftruncate(fd, self.end)  # nothing half-written stays behind
                 raise
         finally:
             os.close(fd)  # closing releases the lock
-        if created:
-            _fsync_dir(self.path.parent)
+        if sync:
+            self._sync_dir()
         start = self.end + len(chunks[0])
         spans = []
         for p in payloads:
@@ -284,6 +294,34 @@ class RoundLog:
             spans.append((start, n))
             start += n
         self._index(Frame(self.end, list(records), spans, start + CHECK_SIZE, protocol.DIGEST))
+
+    def sync(self) -> None:
+        """Make every frame appended so far durable (one ``fdatasync``)."""
+        fd = os.open(self.path, os.O_WRONLY)
+        try:
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        self._sync_dir()
+
+    def _sync_dir(self) -> None:
+        if self._new:
+            _fsync_dir(self.path.parent)
+            self._new = False
+
+    def rollback(self, end: int) -> None:
+        """Drop the frames from byte ``end`` on (appended with ``sync=False``, never
+        acknowledged), from the file and from memory."""
+        if end < self.end:
+            with contextlib.suppress(FileNotFoundError):
+                os.truncate(self.path, end)
+            while self.frames and self.frames[-1].offset >= end:
+                frame = self.frames.pop()
+                for record in frame.records:
+                    digest = record.get("digest") if isinstance(record, dict) else None
+                    if isinstance(digest, str) and self._where.get(digest, (-1, 0))[0] >= end:
+                        del self._where[digest]
+            self.end = end
 
 
 def _write_all(fd: int, chunks: Sequence[bytes | memoryview], offset: int) -> None:

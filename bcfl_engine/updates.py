@@ -344,13 +344,18 @@ class UpdateBatch:
         self._index[client_id] = i
         return i
 
-    def free_rows(self, k: int) -> torch.Tensor:
-        """The next ``k`` free rows ``[k, d]`` (a view of the buffer) for a caller that fills
-        them itself, then makes them part of the batch with :meth:`claim`. Until claimed they
-        are not in the batch (``len``, ``data`` unchanged)."""
-        if not isinstance(k, int) or k < 0 or len(self) + k > self.capacity:
-            raise BatchFull(f"batch has {self.capacity - len(self)} free rows; asked for {k!r}")
-        return self._buf[len(self) : len(self) + k]
+    def free_rows(self, k: int, skip: int = 0) -> torch.Tensor:
+        """``k`` free rows ``[k, d]`` (a view of the buffer), after the first ``skip`` free
+        ones, for a caller that fills them itself, then makes them part of the batch with
+        :meth:`claim`. Until claimed they are not in the batch (``len``, ``data`` unchanged)."""
+        start = len(self) + skip
+        if not (isinstance(k, int) and isinstance(skip, int) and k >= 0 and skip >= 0) or (
+            start + k > self.capacity
+        ):
+            raise BatchFull(
+                f"batch has {self.capacity - len(self)} free rows; asked for {k!r} after {skip!r}"
+            )
+        return self._buf[start : start + k]
 
     def claim(
         self,

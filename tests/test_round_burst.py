@@ -210,3 +210,115 @@ def test_a_ckks_burst_sums_as_he_aggregate_and_rejects_a_bad_ciphertext_alone(le
         [blobs[i] for i in order], weights=[i + 1 for i in order], context=public
     )
     assert bytes(res.update) == bytes(expected)
+
+
+# ---- a long burst, pipelined: one part written while the next one's signers are recovered ----
+
+
+@pytest.fixture
+def small_parts(monkeypatch):
+    from bcfl_engine import round_intake
+
+    monkeypatch.setattr(round_intake, "PART", 2)  # a burst of 4 or more runs in parts of 2
+
+
+def test_a_pipelined_burst_answers_and_commits_as_one_part(ledger, tmp_path, monkeypatch):
+    from bcfl_engine import round_intake
+
+    x = make_updates(N, D, seed=9)
+    nan = x[3].clone()
+    nan[0] = float("inf")
+    syncs = count_syncs(monkeypatch)
+    answers, results = [], []
+    for part in (2, 10_000):  # parts of 2 payloads (pipelined), then the burst in one part
+        monkeypatch.setattr(round_intake, "PART", part)
+        task = new_task(ledger)
+        good = [signed(ledger, task, i, x[i]) for i in range(N)]
+        burst = [
+            good[0],
+            good[1],
+            signed(ledger, task, 3, nan),  # part 2: not finite
+            good[2],
+            signed(ledger, task, 1, x[0]),  # part 3: client 1 again, another payload
+            good[4],
+            dataclasses.replace(good[5], weight=50),  # part 4: not the signed weight
+            good[6],
+            good[1],  # part 5: a retry of part 1's
+        ]
+        rnd = make_round(ledger, task, tmp_path / str(part), rule="median", f=1)
+        syncs.clear()
+        out = rnd.submit_many(burst)
+        assert len(syncs) == 1
+        answers.append([type(r).__name__ if not isinstance(r, dict) else r["seq"] for r in out])
+        rnd.submit_many([good[3], good[5]])
+        results.append(rnd.finalize().result_digest)
+        assert audit(ledger, task, 1, tmp_path / str(part)).ok
+    assert (
+        answers[0]
+        == answers[1]
+        == [
+            0,
+            1,
+            "NonFiniteUpdate",
+            2,
+            "DuplicateClient",
+            3,
+            "BadSignature",
+            4,
+            1,
+        ]
+    )
+    assert results[0] == results[1]
+
+
+def test_a_pipelined_burst_that_fails_to_write_leaves_nothing(
+    ledger, tmp_path, small_parts, monkeypatch
+):
+    from bcfl_engine.round_log import RoundLog
+
+    task = new_task(ledger)
+    x = make_updates(N, D, seed=10)
+    ps = [signed(ledger, task, i, x[i]) for i in range(N)]
+    rnd = make_round(ledger, task, tmp_path)
+    rnd.submit(ps[0])
+    size = (PayloadStore(tmp_path).round_dir(rnd.key, 1) / "accepted.log").stat().st_size
+    real, calls = RoundLog.append, []
+
+    def third_fails(self, *args, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError(5, "Input/output error")
+        return real(self, *args, **kw)
+
+    monkeypatch.setattr(RoundLog, "append", third_fails)
+    with pytest.raises(OSError, match="Input/output"):
+        rnd.submit_many(ps[1:])
+    monkeypatch.undo()
+    assert len(rnd) == 1
+    path = PayloadStore(tmp_path).round_dir(rnd.key, 1) / "accepted.log"
+    assert path.stat().st_size == size and len(RoundLog(path).records) == 1
+    assert all(isinstance(r, dict) for r in rnd.submit_many(ps))
+    assert make_round(ledger, task, tmp_path).finalize().root == rnd.finalize().root
+
+
+def test_a_pipelined_ckks_burst_sums_as_he_aggregate(ledger, tmp_path, small_parts):
+    pytest.importorskip("tenseal")
+    from bcfl_engine import he
+
+    task = new_task(ledger)
+    public = he.generate_keys("default").public_context()
+    x = make_updates(N, D, seed=12)
+    blobs = [he.encrypt(x[i].numpy(), public) for i in range(N)]
+    ps = [sign_payload(KEYS[i], task, 1, blobs[i], ledger.domain, weight=i + 1) for i in range(N)]
+    bad = sign_payload(KEYS[3], task, 1, blobs[3][:-8], ledger.domain, weight=4)
+    rnd = AggregationRound(
+        ledger, task, 1, tmp_path, participants=ADDRESSES[:N], secure="ckks", he_context=public
+    )
+    out = rnd.submit_many([ps[0], ps[1], bad, ps[2], ps[4], ps[5], ps[6]])
+    assert [isinstance(r, dict) for r in out] == [True, True, False, True, True, True, True]
+    rnd.submit(ps[3])
+    order = [0, 1, 2, 4, 5, 6, 3]
+    expected = he.aggregate(
+        [blobs[i] for i in order], weights=[i + 1 for i in order], context=public
+    )
+    assert bytes(rnd.finalize().update) == bytes(expected)

@@ -33,11 +33,12 @@ class RunningSum:
         self._acc: Any = None
         self._version: tuple[int, int] | None = None
 
-    def batch(self, capacity: int) -> CiphertextBatch:
+    def batch(self, capacity: int, layout: Any = None) -> CiphertextBatch:
         """An empty batch for a burst of up to ``capacity`` payloads: :meth:`CiphertextBatch.add`
         parses each one (PayloadError naming the client and the mismatch) against the round's
-        layout, or, before any was summed, against the burst's first good one."""
-        return CiphertextBatch(self.context, capacity, layout=self._layout)
+        layout; before any was summed, against ``layout`` (an earlier part of the same burst
+        fixed it) or else the batch's first good payload."""
+        return CiphertextBatch(self.context, capacity, layout=self._layout or layout)
 
     def check(self, client: str, data: bytes) -> CiphertextBatch:
         """``data`` parsed into a one-row batch (PayloadError naming ``client``)."""
