@@ -206,7 +206,6 @@ class Intake:
         if not todo:
             return results  # type: ignore[return-value]
         log = self.store.log(self.key, self.round)
-        self.store._writable()
         mark, taken = log.end, len(self._records)
         group: dict[str, dict[str, Any]] = {}  # client -> its entry in this burst
         steps: list[tuple[list[dict[str, Any]], Any]] = []
