@@ -26,6 +26,7 @@ their messages cycled to ``n`` under distinct site names (every message is its o
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import time
@@ -83,7 +84,7 @@ def client_params(ctx: Any, d: int, seed: int) -> dict[str, Any]:
     cuts = np.linspace(0, d, LAYERS + 1).astype(int)
     return {
         f"layer{i}.weight": ts.ckks_vector(ctx, rng.uniform(-1, 1, hi - lo).tolist())
-        for i, (lo, hi) in enumerate(zip(cuts[:-1], cuts[1:], strict=True))
+        for i, (lo, hi) in enumerate(itertools.pairwise(cuts))
     }
 
 
@@ -205,11 +206,13 @@ def main() -> None:
         f"threads={torch.get_num_threads()}, median of {args.repeat} round(s), "
         "each provider in its own process"
     )
-    print(f"{'n':>4} {'d':>9} {'provider':<8} {'whole s':>8} {'close s':>8} {'x whole':>8} {'x close':>8}")
+    print(
+        f"{'n':>4} {'d':>9} {'provider':<8} {'whole s':>8} {'close s':>8} {'x whole':>8} {'x close':>8}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for d in args.d:
             clients = [
-                quiet(lambda s=s: client_params(ctx, d, s)) for s in range(args.distinct)
+                quiet(lambda s=s, d=d: client_params(ctx, d, s)) for s in range(args.distinct)
             ]
             path = os.path.join(tmp, f"clients-{d}.pkl")
             with open(path, "wb") as f:

@@ -51,7 +51,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 __all__ = ["HEInTimeAccumulateWeightedAggregator"]
 
 
-class WireAggregationHelper(WeightedAggregationHelper):  # type: ignore[misc]
+class WireAggregationHelper(WeightedAggregationHelper):
     """NVFlare's ``WeightedAggregationHelper`` with encrypted layers summed as residues.
 
     Parameters
@@ -60,6 +60,10 @@ class WireAggregationHelper(WeightedAggregationHelper):  # type: ignore[misc]
     weigh_by_local_iter : as NVFlare's; True sends every layer through NVFlare's arithmetic
     exact_division : see the module's docstring
     """
+
+    total: dict[str, Any]
+    counts: dict[str, float]
+    key_contribution_counts: dict[str, int]
 
     def __init__(self, exclude_vars: Any, weigh_by_local_iter: bool, exact_division: bool) -> None:
         super().__init__(exclude_vars=None, weigh_by_local_iter=weigh_by_local_iter)
@@ -89,9 +93,11 @@ class WireAggregationHelper(WeightedAggregationHelper):  # type: ignore[misc]
         encrypted = self._encrypted(data)
         with self.lock:
             context = self.context
-            for k, v in data.items():
+            for k in data:
                 if k not in encrypted and isinstance(self.total.get(k), LayerSum):
-                    raise PayloadError(f"layer {k!r} is in plaintext; this round holds it encrypted")
+                    raise PayloadError(
+                        f"layer {k!r} is in plaintext; this round holds it encrypted"
+                    )
             staged: dict[str, LayerSum] = {}
             try:
                 for k, v in encrypted.items():
@@ -128,7 +134,9 @@ class WireAggregationHelper(WeightedAggregationHelper):  # type: ignore[misc]
                 self.total[k] = layer
             self.context = context
             if staged and new:  # NVFlare's order: keys as first seen, each message's in order
-                order = [k for k in self.total if k not in new] + [k for k in new if k in self.total]
+                order = [k for k in self.total if k not in new] + [
+                    k for k in new if k in self.total
+                ]
                 self.total = {k: self.total[k] for k in order}
 
     def get_result(self) -> dict:
@@ -137,7 +145,9 @@ class WireAggregationHelper(WeightedAggregationHelper):  # type: ignore[misc]
         with self.lock:
             stats = self.get_aggregation_stats()
             order = list(self.total)
-            sums = {k: (v, self.counts[k]) for k, v in self.total.items() if isinstance(v, LayerSum)}
+            sums = {
+                k: (v, self.counts[k]) for k, v in self.total.items() if isinstance(v, LayerSum)
+            }
             for k in sums:
                 del self.total[k]
             context = self.context
@@ -154,7 +164,7 @@ class WireAggregationHelper(WeightedAggregationHelper):  # type: ignore[misc]
         return out
 
 
-class HEInTimeAccumulateWeightedAggregator(_he.HEInTimeAccumulateWeightedAggregator):  # type: ignore[misc]
+class HEInTimeAccumulateWeightedAggregator(_he.HEInTimeAccumulateWeightedAggregator):
     """NVFlare's ``HEInTimeAccumulateWeightedAggregator``, the sums on the engine.
 
     Parameters

@@ -53,7 +53,7 @@ class WireCKKSVector(ts.CKKSVector):
         self.wire_context = bytes(context)
         self._data: Any = None
 
-    @property  # type: ignore[override]
+    @property
     def data(self) -> Any:
         if self._data is None:
             ctx = ts.context_from(self.wire_context)
@@ -65,6 +65,13 @@ class WireCKKSVector(ts.CKKSVector):
         if not isinstance(value, ts._ts_cpp.CKKSVector):
             raise TypeError(f"value must be of type {ts._ts_cpp.CKKSVector}")
         self._data = value
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:
+        """``tenseal.CKKSVector``: what FOBS names when it sends this one on (it packs an object
+        under ``obj.__class__``'s name, and receivers know only that one). ``type()`` and
+        ``isinstance`` still see this class."""
+        return ts.CKKSVector
 
     @property
     def untouched(self) -> bool:
@@ -79,11 +86,11 @@ class WireCKKSVector(ts.CKKSVector):
         return self.wire if self._data is None else self._data.serialize()
 
 
-class CKKSWireDecomposer(fobs.Decomposer):  # type: ignore[misc]
+class CKKSWireDecomposer(fobs.Decomposer):
     """FOBS decomposer of ``tenseal.CKKSVector``: NVFlare's wire pair, received as bytes."""
 
     def supported_type(self) -> type:
-        return ts.CKKSVector  # type: ignore[no-any-return]
+        return ts.CKKSVector
 
     def decompose(self, target: Any, manager: Any = None) -> Any:
         return wire_of(target)
@@ -110,9 +117,8 @@ def wire_of(vector: Any) -> tuple[bytes, bytes]:
 class LayerSum:
     """One layer's sum over a round: residues ``[C, 2, K, N]`` of the contributions so far.
 
-    A contribution is :meth:`stage`\ d (decoded straight into the sum), then kept or
-    :meth:`rollback`\ ed (the sum as it was before it), so that a message is added whole or
-    not at all.
+    Each contribution is staged (decoded straight into the sum), then kept or rolled back
+    (the sum as it was before it), so that a message is added whole or not at all.
 
     Parameters
     ----------
