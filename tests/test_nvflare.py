@@ -25,15 +25,14 @@ ts = pytest.importorskip("tenseal")
 pytest.importorskip("nvflare")
 
 from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable  # noqa: E402
-from nvflare.apis.event_type import EventType  # noqa: E402
-from nvflare.apis.fl_constant import ReservedKey, ReturnCode  # noqa: E402
-from nvflare.apis.fl_context import FLContext, FLContextManager  # noqa: E402
+from nvflare.apis.fl_constant import ReturnCode  # noqa: E402
 from nvflare.app_common.app_constant import AppConstants  # noqa: E402
 from nvflare.app_opt.he.intime_accumulate_model_aggregator import (  # noqa: E402
     HEInTimeAccumulateWeightedAggregator as Stock,
 )
 from nvflare.fuel.utils import fobs  # noqa: E402
 from nvflare.private.fed.utils.fed_utils import nvflare_fobs_initialize  # noqa: E402
+from nvflare_msgs import he_context, message, run, server  # noqa: E402
 
 from bcfl_engine.integrations import nvflare_wire  # noqa: E402
 from bcfl_engine.integrations.nvflare import HEInTimeAccumulateWeightedAggregator as Ours  # noqa: E402
@@ -43,26 +42,6 @@ nvflare_wire.register()  # first in this process: FOBS keeps it
 nvflare_fobs_initialize()
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = {"conv.weight": 5000, "conv.bias": 17, "fc.weight": 9000}  # 2 ciphertexts, 1, 3
-
-
-class _Engine:
-    """What FLComponent needs of an engine in these tests: somewhere to fire log events."""
-
-    def fire_event(self, event_type: str, fl_ctx: FLContext) -> None:
-        pass
-
-
-def he_context() -> Any:
-    """HEBuilder's default (CKKS, N=8192, [60, 40, 40], 2^40, symmetric, relin keys)."""
-    ctx = ts.context(
-        ts.SCHEME_TYPE.CKKS,
-        poly_modulus_degree=8192,
-        coeff_mod_bit_sizes=[60, 40, 40],
-        encryption_type=ts.ENCRYPTION_TYPE.SYMMETRIC,
-    )
-    ctx.generate_relin_keys()
-    ctx.global_scale = 2**40
-    return ctx
 
 
 @pytest.fixture(scope="module")
@@ -81,38 +60,6 @@ def params(ctx: Any, values: dict[str, np.ndarray], steps: int = 1) -> dict[str,
     out: dict[str, Any] = {k: ts.ckks_vector(ctx, (v * steps).tolist()) for k, v in values.items()}
     out["head"] = np.arange(6, dtype=np.float32) * steps
     return out
-
-
-def message(
-    layers: dict[str, Any],
-    site: str,
-    round_: int = 0,
-    steps: int = 1,
-    kind: str = DataKind.WEIGHTS,
-    rc: str | None = None,
-) -> bytes:
-    meta = {MetaKey.PROCESSED_ALGORITHM: "CKKS", MetaKey.NUM_STEPS_CURRENT_ROUND: steps}
-    shareable = DXO(kind, layers, meta=meta).to_shareable()
-    shareable.set_peer_props({ReservedKey.IDENTITY_NAME: site})
-    shareable.add_cookie(AppConstants.CONTRIBUTION_ROUND, round_)
-    if rc is not None:
-        shareable.set_return_code(rc)
-    return fobs.dumps(shareable)  # type: ignore[no-any-return]
-
-
-def server(cls: type, round_: int = 0, **kwargs: Any) -> tuple[Any, FLContext]:
-    fl_ctx = FLContextManager(engine=_Engine(), identity_name="server", job_id="t").new_context()
-    fl_ctx.set_prop(AppConstants.CURRENT_ROUND, round_, private=True, sticky=True)
-    agg = cls(**kwargs)
-    agg.handle_event(EventType.START_RUN, fl_ctx)
-    return agg, fl_ctx
-
-
-def run(cls: type, messages: list[bytes], **kwargs: Any) -> tuple[list[bool], DXO]:
-    """accept each message (fobs.loads'd), then aggregate: (accepted flags, the DXO out)."""
-    agg, fl_ctx = server(cls, **kwargs)
-    flags = [agg.accept(fobs.loads(m), fl_ctx) for m in messages]
-    return flags, from_shareable(agg.aggregate(fl_ctx))
 
 
 def assert_same(a: DXO, b: DXO) -> None:
@@ -336,14 +283,15 @@ def test_nvflare_decomposer_first_falls_back(tmp_path: Path) -> None:
         from nvflare.app_opt.he import decomposers
         decomposers.register()
         import test_nvflare as t
+        from nvflare_msgs import he_context, message, run
         logging.basicConfig(level=logging.WARNING, stream=sys.stdout)
-        ctx = t.he_context()
+        ctx = he_context()
         import numpy as np
         rng = np.random.default_rng(1)
-        msgs = [t.message(t.params(ctx, {{"w": rng.uniform(-1, 1, 5000)}}), f"site-{{i}}")
+        msgs = [message(t.params(ctx, {{"w": rng.uniform(-1, 1, 5000)}}), f"site-{{i}}")
                 for i in range(3)]
-        a = t.run(t.Stock, msgs, expected_data_kind="WEIGHTS")[1]
-        b = t.run(t.Ours, msgs, expected_data_kind="WEIGHTS")[1]
+        a = run(t.Stock, msgs, expected_data_kind="WEIGHTS")[1]
+        b = run(t.Ours, msgs, expected_data_kind="WEIGHTS")[1]
         t.assert_same(a, b)
         print("SAME", type(t.fobs.loads(msgs[0]).get("DXO", None)))
         """
