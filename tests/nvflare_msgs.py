@@ -21,14 +21,14 @@ class _Engine:
         pass
 
 
-def he_context() -> Any:
+def he_context(primes: list[int] | None = None) -> Any:
     """HEBuilder's default (CKKS, N=8192, [60, 40, 40], 2^40, symmetric, relin keys)."""
     import tenseal as ts
 
     ctx = ts.context(
         ts.SCHEME_TYPE.CKKS,
         poly_modulus_degree=8192,
-        coeff_mod_bit_sizes=[60, 40, 40],
+        coeff_mod_bit_sizes=primes or [60, 40, 40],
         encryption_type=ts.ENCRYPTION_TYPE.SYMMETRIC,
     )
     ctx.generate_relin_keys()

@@ -151,9 +151,9 @@ def test_rejections_as_nvflare(ctx: Any, plain: list, caplog: pytest.LogCaptureF
 def test_other_context_rejected_with_reason(
     ctx: Any, plain: list, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Same parameters, other keys: NVFlare would add it into garbage; ours rejects it, says
-    why, and the round's aggregate is that of the others."""
-    other = he_context()
+    """Other encryption parameters (NVFlare's TenSEAL add raises on them): rejected with the
+    reason, and the round's aggregate is that of the others."""
+    other = he_context(primes=[60, 40, 50])
     good = [message(params(ctx, v), f"site-{i}") for i, v in enumerate(plain[:3])]
     intruder = message(params(other, plain[3]), "site-3")
     with caplog.at_level(logging.ERROR):
@@ -161,6 +161,42 @@ def test_other_context_rejected_with_reason(
     assert flags == [True, True, False, True]
     assert any("site-3" in r.getMessage() and "another context" in r.getMessage()
                for r in caplog.records)  # fmt: skip
+    _, ref = run(Stock, good, expected_data_kind=DataKind.WEIGHTS)
+    assert_same(ref, out)
+
+
+def test_one_key_loaded_by_each_client_is_one_context(ctx: Any, plain: list) -> None:
+    """Each client loads the context file itself: TenSEAL draws new relinearization keys at
+    every load, so the context bytes on the wire differ per client; same parameters, accepted,
+    NVFlare's bytes."""
+    secret = ctx.serialize(save_secret_key=True)
+    loaded = [ts.context_from(secret) for _ in plain]
+    assert loaded[0].serialize() != loaded[1].serialize()
+    messages = [
+        message(params(c, v), f"site-{i}")
+        for i, (c, v) in enumerate(zip(loaded, plain, strict=True))
+    ]
+    flags_a, a = run(Stock, messages, expected_data_kind=DataKind.WEIGHTS)
+    flags_b, b = run(Ours, messages, expected_data_kind=DataKind.WEIGHTS)
+    assert flags_a == flags_b == [True] * 4
+    assert_same(a, b)
+
+
+def test_other_scale_rejected_with_reason(
+    ctx: Any, plain: list, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Same parameters, another scale (NVFlare's TenSEAL add raises): the ciphertexts' scale
+    is checked against the round's, the contribution rejected with the reason."""
+    other = he_context()
+    other.global_scale = 2**35
+    good = [message(params(ctx, v), f"site-{i}") for i, v in enumerate(plain[:2])]
+    with caplog.at_level(logging.ERROR):
+        flags, out = run(
+            Ours, [good[0], message(params(other, plain[2]), "site-2"), good[1]],
+            expected_data_kind=DataKind.WEIGHTS,
+        )  # fmt: skip
+    assert flags == [True, False, True]
+    assert any("site-2" in r.getMessage() and "scale" in r.getMessage() for r in caplog.records)
     _, ref = run(Stock, good, expected_data_kind=DataKind.WEIGHTS)
     assert_same(ref, out)
 

@@ -14,8 +14,11 @@ What differs is the work. Each encrypted layer is read as the bytes it came in
 accepted, so the round closes with one TenSEAL load and one ``1 / W`` per layer. A
 contribution that cannot join the sum is rejected with a logged reason (``accept`` returns
 False, as NVFlare rejects a bad one) and changes nothing: a layer under another context than
-the round's (other keys or parameters, which TenSEAL would add into garbage), a malformed
-ciphertext, or a layer encrypted in one contribution and plaintext in another. Plaintext layers
+the round's (other encryption parameters; the keys are not compared: TenSEAL draws new
+relinearization keys each time a context is loaded, so two clients of one key send different
+key bytes, and keys of the same parameters cannot be told apart from public material), a
+ciphertext of another scale or level, a malformed one, or a layer encrypted in one
+contribution and plaintext in another. Plaintext layers
 and metrics take NVFlare's own arithmetic. With ``weigh_by_local_iter=True`` (ciphertexts
 multiplied by float weights in TenSEAL) every layer takes NVFlare's path.
 
@@ -31,6 +34,7 @@ import threading
 from typing import Any
 
 from ..errors import MissingDependency, PayloadError
+from ..he.proto import context_parameters
 from .nvflare_wire import LayerSum, WireCKKSVector, register, ts, wire_of
 
 try:
@@ -93,6 +97,7 @@ class WireAggregationHelper(WeightedAggregationHelper):
         encrypted = self._encrypted(data)
         with self.lock:
             context = self.context
+            params = None if context is None else context_parameters(context)
             for k in data:
                 if k not in encrypted and isinstance(self.total.get(k), LayerSum):
                     raise PayloadError(
@@ -105,11 +110,11 @@ class WireAggregationHelper(WeightedAggregationHelper):
                         self.rebuilt += 1
                     vector, ctx = wire_of(v)
                     if context is None:
-                        context = ctx
-                    elif ctx != context:
+                        context, params = ctx, context_parameters(ctx)
+                    elif ctx is not context and context_parameters(ctx) != params:
                         raise PayloadError(
                             f"layer {k!r} is under another context than the round's "
-                            "(other keys or parameters)"
+                            "(other encryption parameters)"
                         )
                     layer = self.total.get(k)
                     if layer is None:
