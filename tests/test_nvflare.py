@@ -34,9 +34,11 @@ from nvflare.fuel.utils import fobs  # noqa: E402
 from nvflare.private.fed.utils.fed_utils import nvflare_fobs_initialize  # noqa: E402
 from nvflare_msgs import he_context, message, run, server  # noqa: E402
 
+from bcfl_engine.errors import PayloadError  # noqa: E402
+from bcfl_engine.he import wire  # noqa: E402
 from bcfl_engine.integrations import nvflare_wire  # noqa: E402
 from bcfl_engine.integrations.nvflare import HEInTimeAccumulateWeightedAggregator as Ours  # noqa: E402
-from bcfl_engine.integrations.nvflare_wire import WireCKKSVector, wire_of  # noqa: E402
+from bcfl_engine.integrations.nvflare_wire import LayerSum, WireCKKSVector, wire_of  # noqa: E402
 
 nvflare_wire.register()  # first in this process: FOBS keeps it
 nvflare_fobs_initialize()
@@ -338,3 +340,33 @@ def test_nvflare_decomposer_first_falls_back(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     assert "SAME" in done.stdout
     assert done.stdout.count("rebuilt by NVFlare's decomposer") == 1
+
+
+def test_tenseal_0315_payloads_sum_bit_exactly() -> None:
+    """Vectors made by TenSEAL 0.3.15 (nvflare[he]'s pin; tests/data/make_tenseal_0315.py):
+    summed by the aggregator's layer sum, residue for residue TenSEAL 0.3.15's own sum. Their
+    parameters come from a 0.3.18 context of the same parameters (same primes, same parms_id),
+    since 0.3.18 refuses 0.3.15's context."""
+    data = np.load(ROOT / "tests" / "data" / "tenseal_0315.npz")
+    clients = [data[f"client{i}"].tobytes() for i in range(3)]
+    same = ts.context(ts.SCHEME_TYPE.CKKS, poly_modulus_degree=2048, coeff_mod_bit_sizes=[27, 27])
+    same.global_scale = 2**20
+    layer = LayerSum(same.serialize())
+    for i, blob in enumerate(clients):
+        layer.stage(blob, f"site-{i}")
+        layer.keep()
+    assert layer.version == (4, 1)  # SEAL 4.1 in 0.3.15; 0.3.18 writes 4.3
+    assert layer.layout is not None
+    want, version = wire.parse(data["total"].tobytes(), layer.layout)
+    assert version == layer.version
+    assert np.array_equal(layer.acc.numpy().view(np.uint64), want)
+    assert layer.vector_bytes() == wire.to_tenseal(want, layer.layout, layer.layout.scale, version)
+
+
+def test_context_of_another_tenseal_is_rejected_with_reason() -> None:
+    """A layer under a context this TenSEAL cannot load: a PayloadError naming the client and
+    why (NVFlare's decomposer raises while decoding the message)."""
+    layer = LayerSum(b"\x0a\x02\x08\x01")  # not a context this TenSEAL loads
+    with pytest.raises(PayloadError, match=r"site-7.*does not load in TenSEAL"):
+        layer.stage(b"\x00" * 64, "site-7")
+    assert layer.acc is None

@@ -139,7 +139,14 @@ class LayerSum:
         layout = self.layout
         if layout is None:
             try:
-                layout = wire.peek(vector, context_info(self.context))
+                info = context_info(self.context)
+            except Exception as exc:  # TenSEAL's own (e.g. a context of another TenSEAL)
+                raise PayloadError(
+                    f"client {name!r}: its context does not load in TenSEAL {ts.__version__} "
+                    f"({exc}); the server's TenSEAL must be the clients'"
+                ) from None
+            try:
+                layout = wire.peek(vector, info)
             except PayloadError as exc:
                 raise PayloadError(f"client {name!r}: {exc}") from None
         if self.acc is not None:
