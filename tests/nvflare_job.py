@@ -12,7 +12,9 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 from nvflare.app_common.app_constant import AppConstants
 
+from bcfl_engine import rules
 from bcfl_engine.integrations.nvflare import HEInTimeAccumulateWeightedAggregator
+from bcfl_engine.integrations.nvflare_robust import RobustAggregator
 
 
 class TinyNet(torch.nn.Module):
@@ -82,3 +84,40 @@ class CheckedHEAggregator(HEInTimeAccumulateWeightedAggregator):
     def _write(self, row: dict) -> None:
         with open(self.record, "a") as f:
             f.write(json.dumps(row) + "\n")
+
+
+class CheckedRobustAggregator(RobustAggregator):
+    """RobustAggregator that keeps each accepted contribution's arrays and writes per round to
+    ``record`` how far its aggregate is from the rule's torch reference on them."""
+
+    def __init__(self, record: str, rule: str = "median", f: int = 0) -> None:
+        super().__init__(rule=rule, f=f, expected_data_kind="WEIGHTS")
+        self.record = record
+        self.rows: list[torch.Tensor] = []
+
+    def accept(self, shareable: Shareable, fl_ctx: FLContext) -> bool:
+        ok = super().accept(shareable, fl_ctx)
+        if ok:
+            data = from_shareable(shareable).data
+            self.rows.append(
+                torch.cat([torch.as_tensor(data[k]).reshape(-1) for k in sorted(data)])
+            )
+        return bool(ok)
+
+    def aggregate(self, fl_ctx: FLContext) -> Shareable:
+        out = super().aggregate(fl_ctx)
+        data = from_shareable(out).data
+        got = torch.cat([torch.as_tensor(data[k]).reshape(-1) for k in sorted(data)])
+        info = rules.get(self.rule)
+        kw = {"f": self.f} if info.takes_f else {}
+        want = info.reference(torch.stack(self.rows).float(), **kw)
+        row = {
+            "round": fl_ctx.get_prop(AppConstants.CURRENT_ROUND),
+            "n": len(self.rows),
+            "max_diff": float((got.float() - want).abs().max()),
+            "spread": float(torch.stack(self.rows).std(0).max()),
+        }
+        self.rows = []
+        with open(self.record, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        return out
