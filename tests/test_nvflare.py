@@ -289,7 +289,7 @@ def test_exact_division(ctx: Any, plain: list) -> None:
     for name, dxo in (("nvflare", ref), ("exact", out)):
         v = dxo.data["fc.weight"]
         err[name] = np.abs(np.array(v.decrypt(ctx.secret_key())) - want).max()
-    assert err["exact"] < err["nvflare"] / 50, err
+    assert err["exact"] < err["nvflare"] / 200, err  # measured ~3,800x here
     levels = [d.data["fc.weight"].ciphertext()[0].coeff_modulus_size() for d in (ref, out)]
     assert levels == [1, 2]  # NVFlare's 1/W used the last level; exact division keeps it
     assert out.data["fc.weight"].serialize() != ref.data["fc.weight"].serialize()

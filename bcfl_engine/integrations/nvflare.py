@@ -23,7 +23,7 @@ and metrics take NVFlare's own arithmetic. With ``weigh_by_local_iter=True`` (ci
 multiplied by float weights in TenSEAL) every layer takes NVFlare's path.
 
 ``exact_division=True`` (opt-in) divides by setting the sum's scale to ``scale * W`` instead of
-multiplying by ``1 / W``: about 2,000x more precise with HEBuilder's context, and one level
+multiplying by ``1 / W``: thousands of times more precise with HEBuilder's context, and one level
 kept; not byte-identical to NVFlare, and a WEIGHT_DIFF job's model update (ciphertext + this
 aggregate) then fails on the scale mismatch: use it with WEIGHTS.
 """
