@@ -370,3 +370,23 @@ def test_context_of_another_tenseal_is_rejected_with_reason() -> None:
     with pytest.raises(PayloadError, match=r"site-7.*does not load in TenSEAL"):
         layer.stage(b"\x00" * 64, "site-7")
     assert layer.acc is None
+
+
+def test_without_the_extension_same_bytes(
+    ctx: Any, plain: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where bcfl_engine._C is not built, the layer sums take the Python codec and the torch
+    sum: the same bytes as NVFlare's."""
+    from bcfl_engine.integrations import nvflare_wire as nw
+
+    monkeypatch.setattr(nw, "_load_native", lambda: (None, "not built (test)"))
+    messages = [message(params(ctx, v), f"site-{i}") for i, v in enumerate(plain)]
+    _, a = run(Stock, messages, expected_data_kind=DataKind.WEIGHTS)
+    _, b = run(Ours, messages, expected_data_kind=DataKind.WEIGHTS)
+    assert_same(a, b)
+
+
+def test_a_round_with_no_contribution_is_nvflares() -> None:
+    outs = [server(cls, expected_data_kind=DataKind.WEIGHTS) for cls in (Stock, Ours)]
+    a, b = (from_shareable(agg.aggregate(fl_ctx)) for agg, fl_ctx in outs)
+    assert a.data == b.data == {} and a.meta == b.meta

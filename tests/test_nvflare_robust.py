@@ -13,13 +13,14 @@ import torch
 pytest.importorskip("nvflare")
 
 from helpers import assert_close
-from nvflare.apis.dxo import DataKind, MetaKey
-from nvflare.apis.fl_constant import ReturnCode
+from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
+from nvflare.apis.fl_constant import ReservedKey, ReturnCode
 from nvflare.app_common.aggregators.intime_accumulate_model_aggregator import (
     InTimeAccumulateWeightedAggregator as Stock,
 )
+from nvflare.app_common.app_constant import AppConstants
 from nvflare.private.fed.utils.fed_utils import nvflare_fobs_initialize
-from nvflare_msgs import message, run
+from nvflare_msgs import message, run, server
 
 from bcfl_engine import rules
 from bcfl_engine.errors import InvalidArgument, PreconditionError
@@ -162,3 +163,27 @@ def test_bad_arguments_are_refused_at_construction() -> None:
         RobustAggregator(rule="median", f=-1)
     with pytest.raises(PreconditionError):
         RobustAggregator(rule="mean", f=1)
+
+
+def test_a_round_with_no_contribution_is_nvflares() -> None:
+    _, a = run(Stock, [], expected_data_kind=DataKind.WEIGHTS)
+    _, b = run(RobustAggregator, [], rule="median", expected_data_kind=DataKind.WEIGHTS)
+    assert a.data == b.data == {} and a.meta == b.meta
+
+
+def test_torch_tensors_stay_tensors() -> None:
+    """PT jobs that send tensors: the aggregate's arrays are tensors of the same dtype. (The
+    shareables are handed over as objects: NVFlare streams tensors in its own transport, and a
+    bare fobs.dumps/loads round trip here returns them empty.)"""
+    ups = [{k: torch.from_numpy(v) for k, v in weights(i).items()} for i in range(3)]
+    agg, fl_ctx = server(RobustAggregator, rule="median", expected_data_kind=DataKind.WEIGHTS)
+    for i, u in enumerate(ups):
+        shareable = DXO(DataKind.WEIGHTS, u).to_shareable()
+        shareable.set_peer_props({ReservedKey.IDENTITY_NAME: f"site-{i}"})
+        shareable.add_cookie(AppConstants.CONTRIBUTION_ROUND, 0)
+        assert agg.accept(shareable, fl_ctx)
+    out = from_shareable(agg.aggregate(fl_ctx))
+    assert isinstance(out.data["fc.weight"], torch.Tensor)
+    assert out.data["fc.weight"].dtype == torch.float32
+    want = rules.get("median").reference(torch.stack([flat(u) for u in ups]))
+    assert_close(flat(out.data)[:-1], want[:-1])
