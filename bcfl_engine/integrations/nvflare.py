@@ -31,7 +31,10 @@ aggregate) then fails on the scale mismatch: use it with WEIGHTS.
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+import torch
 
 from ..errors import MissingDependency, PayloadError
 from ..he.proto import context_parameters
@@ -75,6 +78,8 @@ class WireAggregationHelper(WeightedAggregationHelper):
         self.exact_division = exact_division
         self.lock = threading.RLock()  # add() runs NVFlare's add() under it
         self.rebuilt = 0  # encrypted layers that arrived as TenSEAL objects, not wire bytes
+        threads = torch.get_num_threads()
+        self.pool = ThreadPoolExecutor(threads) if threads > 1 else None
 
     def reset_stats(self) -> None:
         super().reset_stats()
@@ -104,6 +109,7 @@ class WireAggregationHelper(WeightedAggregationHelper):
                         f"layer {k!r} is in plaintext; this round holds it encrypted"
                     )
             staged: dict[str, LayerSum] = {}
+            jobs: list[tuple[LayerSum, bytes]] = []
             try:
                 for k, v in encrypted.items():
                     if not (isinstance(v, WireCKKSVector) and v.untouched):
@@ -123,8 +129,9 @@ class WireAggregationHelper(WeightedAggregationHelper):
                         raise PayloadError(
                             f"layer {k!r} is encrypted; this round holds it in plaintext"
                         )
-                    layer.stage(vector, contributor_name)
+                    jobs.append((layer, vector))
                     staged[k] = layer
+                self._stage(jobs, contributor_name)
             except PayloadError:
                 for layer in staged.values():
                     layer.rollback()
@@ -143,6 +150,20 @@ class WireAggregationHelper(WeightedAggregationHelper):
                     k for k in new if k in self.total
                 ]
                 self.total = {k: self.total[k] for k in order}
+
+    def _stage(self, jobs: list[tuple[LayerSum, bytes]], name: str) -> None:
+        """Stage each layer's ciphertexts, layers side by side on the CPU's threads (the C++
+        decoder releases the GIL; a layer under 4 MB decodes on one thread); the first
+        PayloadError is raised once every layer is staged or refused."""
+        if len(jobs) < 2 or self.pool is None:
+            for layer, vector in jobs:
+                layer.stage(vector, name)
+            return
+        futures = [self.pool.submit(layer.stage, vector, name) for layer, vector in jobs]
+        errors = [f.exception() for f in futures]
+        for exc in errors:
+            if exc is not None:
+                raise exc
 
     def get_result(self) -> dict:
         """NVFlare's result: each encrypted layer's sum times ``1 / W`` (or at scale ``scale *
