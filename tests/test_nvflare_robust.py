@@ -128,7 +128,7 @@ def test_rejections_as_nvflare(caplog: pytest.LogCaptureFixture) -> None:
         r.getMessage() for r in caplog.records if "discarding the contribution" in r.getMessage()
     ]
     assert any("site-5" in e and "NaN" in e for e in errors), errors
-    assert any("site-6" in e and "shape" in e for e in errors), errors
+    assert any("site-6" in e and "'fc.weight' has shape (7, 4)" in e for e in errors), errors
     want = rules.get("median").reference(torch.stack([flat(u) for u in ups]))
     assert_close(flat(out.data)[:-1], want[:-1])
 
@@ -185,5 +185,16 @@ def test_torch_tensors_stay_tensors() -> None:
     out = from_shareable(agg.aggregate(fl_ctx))
     assert isinstance(out.data["fc.weight"], torch.Tensor)
     assert out.data["fc.weight"].dtype == torch.float32
+    want = rules.get("median").reference(torch.stack([flat(u) for u in ups]))
+    assert_close(flat(out.data)[:-1], want[:-1])
+
+
+def test_arrays_in_another_order_are_the_same_update() -> None:
+    ups = [weights(i) for i in range(3)]
+    ups[1] = dict(reversed(list(ups[1].items())))
+    flags, out = run(
+        RobustAggregator, msgs(ups), rule="median", expected_data_kind=DataKind.WEIGHTS
+    )
+    assert flags == [True] * 3
     want = rules.get("median").reference(torch.stack([flat(u) for u in ups]))
     assert_close(flat(out.data)[:-1], want[:-1])

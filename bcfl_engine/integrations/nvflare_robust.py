@@ -34,7 +34,6 @@ from ..errors import (
     MissingDependency,
     NonFiniteUpdate,
     PayloadError,
-    ShapeMismatch,
 )
 from ..updates import ParamSpec, all_finite
 
@@ -119,12 +118,15 @@ class RobustAggregationHelper(WeightedAggregationHelper):
             row = None
             if arrays:
                 assert spec is not None
-                if list(arrays) != keys:
+                if set(arrays) != set(keys):
                     raise PayloadError(f"arrays {sorted(arrays)}; this round's are {sorted(keys)}")
-                try:
-                    row = spec.flatten([arrays[k] for k in keys])
-                except ShapeMismatch as exc:
-                    raise PayloadError(str(exc)) from None
+                for k, entry in zip(keys, spec.entries, strict=True):
+                    if tuple(arrays[k].shape) != entry.shape:
+                        raise PayloadError(
+                            f"array {k!r} has shape {tuple(arrays[k].shape)}; this round's is "
+                            f"{entry.shape}"
+                        )
+                row = spec.flatten([arrays[k] for k in keys])
                 if not all_finite(row):
                     raise PayloadError("NaN or infinity in its arrays")
             elif keys:
