@@ -147,6 +147,9 @@ setup(
         # coincurve: libsecp256k1 for eth-keys; signature checks drop from ~40 ms to ~0.5 ms.
         "chain": ["web3>=7", "eth-tester[py-evm]>=0.14.0b1", "eth-account>=0.13", "coincurve>=20"],
         "flower": ["flwr[simulation]>=1.20"],
+        # NVIDIA FLARE's HE aggregator and robust rules (bcfl_engine.integrations.nvflare); the
+        # server's TenSEAL must be the clients' (nvflare[he] pins 0.3.15 on Python < 3.13).
+        "nvflare": ["nvflare==2.9.0", "tenseal==0.3.18", "zstandard>=0.22"],
         "demo": ["scikit-learn>=1.3", "matplotlib>=3.7"],
         # ByzFL (a benchmark peer) is installed with --no-deps: its package requires torchvision,
         # which would replace the CPU torch with a multi-GB CUDA build; its aggregators need neither.
@@ -167,6 +170,7 @@ setup(
             "eth-account>=0.13",
             "coincurve>=20",
             "flwr[simulation]>=1.20",
+            "nvflare==2.9.0",
             "scikit-learn>=1.3",
             "matplotlib>=3.7",
             "pytest-benchmark>=4",

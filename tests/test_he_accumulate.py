@@ -186,3 +186,22 @@ def test_mutations_accepted_or_rejected_like_the_batch_parser(
         assert outs[0] == outs[1]
     else:
         assert torch.equal(outs[0], outs[1])  # type: ignore[arg-type]
+
+
+def test_acc_adds_one_payload_at_a_time(keys: he.Keys, stock: dict[str, list[bytes]]) -> None:
+    """``acc=``: payloads decoded one call each into a running sum give the one-call sum, in
+    place; a wrong buffer is refused before anything is read."""
+    from bcfl_engine.errors import InvalidArgument
+
+    blobs = stock["zstd"]
+    layout = wire.peek(blobs[0], keys.info)
+    want, _ = accumulate(blobs, layout)
+    acc, _ = accumulate(blobs[:1], layout)
+    for b in blobs[1:]:
+        out, versions = accumulate([b], layout, acc=acc)
+        assert out is acc and versions[0] is not None  # a TenSEAL payload's SEAL version
+    assert torch.equal(acc, want)
+    strided = torch.zeros(acc.shape[::-1], dtype=torch.int64).permute(3, 2, 1, 0)
+    for bad in (acc.to(torch.int32), acc[..., :-1], strided):
+        with pytest.raises(InvalidArgument, match="acc must be"):
+            accumulate(blobs[:1], layout, acc=bad)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ..backends import native, native_zstd
-from ..errors import PayloadError
+from ..errors import InvalidArgument, PayloadError
 from . import wire
 from .ckks_sum import shoup_tables
 
@@ -41,6 +41,7 @@ def accumulate(
     layout: wire.Layout,
     weights: Sequence[int] | None = None,
     client_ids: Sequence[Any] | None = None,
+    acc: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, list[tuple[int, int] | None]]:
     """Weighted modular sum of ``n`` payloads -> (residues ``[C, 2, K, N]`` int64, versions).
 
@@ -49,9 +50,14 @@ def accumulate(
     payloads : ``n`` payloads of ``layout`` (bytes-like)
     weights : ``n`` non-negative integers, or None for a plain sum
     client_ids : names used in errors (default ``0 .. n-1``)
+    acc : a running sum to add into, in place (int64, contiguous, ``layout.shape``, each
+        residue below its prime: what an earlier call returned); None starts from zeros.
+        Payloads that arrive one at a time are each decoded straight into it: no buffer and no
+        second pass per payload. After a :class:`~bcfl_engine.errors.PayloadError` it holds a
+        partial sum: a caller whose sum must survive a bad payload keeps a copy to restore
 
-    Returns the residues (each below its prime) and each payload's SEAL version (None for a
-    compact payload). A payload that fails any check raises
+    Returns the residues (each below its prime; ``acc`` itself when given) and each payload's
+    SEAL version (None for a compact payload). A payload that fails any check raises
     :class:`~bcfl_engine.errors.PayloadError` naming the first such client, with the batch
     parser's message.
     """
@@ -67,7 +73,18 @@ def accumulate(
     w = ws = None
     if weights is not None:
         w, ws = shoup_tables(weights, layout.primes)
-    acc = torch.zeros(layout.shape, dtype=torch.int64)
+    if acc is None:
+        acc = torch.zeros(layout.shape, dtype=torch.int64)
+    elif (
+        acc.dtype != torch.int64
+        or tuple(acc.shape) != layout.shape
+        or not acc.is_contiguous()
+        or acc.device.type != "cpu"
+    ):
+        raise InvalidArgument(
+            f"accumulate: acc must be a contiguous int64 {layout.shape} on the CPU; got "
+            f"{acc.dtype} {tuple(acc.shape)} on {acc.device}"
+        )
     bad, msg, versions = native().he_accumulate(payloads, native_layout(layout), w, ws, acc)
     if bad >= 0:
         name = bad if client_ids is None else client_ids[bad]

@@ -132,3 +132,43 @@ def write_proto(
         out.append(FIELD_PACK << 3)
         _put_varint(out, PACK_PAIR)
     return bytes(out)
+
+
+# A field of a serialized TenSEAL context larger than this holds key material (public, relin,
+# Galois keys or the messages that carry them: 160 KB and more at N = 8192); its encryption
+# parameters (a SEAL object of about 80 bytes at N = 8192, K = 3) and flags are far below it.
+KEY_FIELD_BYTES = 4096
+
+
+def context_parameters(buf: bytes | memoryview) -> bytes:
+    """The parts of a serialized TenSEAL context that fix what its ciphertexts are: every top-level
+    field but key material (fields over :data:`KEY_FIELD_BYTES`), as ``field, bytes`` pairs.
+
+    Two contexts of the same parameters give the same bytes here, while their serializations
+    differ: TenSEAL re-randomizes the keys each time a context is loaded (two loads of one
+    context file serialize to different relinearization keys). Contexts of the same parameters
+    but different secret keys cannot be told apart from public material, here or anywhere.
+    """
+    view = memoryview(buf)
+    pos, end = 0, len(view)
+    out = bytearray()
+    while pos < end:
+        start = pos
+        tag, pos = _varint(view, pos)
+        wt = tag & 7
+        if wt == 0:
+            _, pos = _varint(view, pos)
+        elif wt in (1, 5):
+            pos += 8 if wt == 1 else 4
+        elif wt == 2:
+            length, pos = _varint(view, pos)
+            if length > KEY_FIELD_BYTES:
+                pos += length
+                continue
+            pos += length
+        else:
+            raise PayloadError(f"protobuf wire type {wt} (groups) not allowed")
+        if pos > end:
+            raise PayloadError("the context's protobuf runs past its end")
+        out += view[start:pos]
+    return bytes(out)
