@@ -14,6 +14,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <utility>
 #include <vector>
 
 #include "common.h"
@@ -77,6 +78,100 @@ void mean_impl(const T* x, int64_t n, int64_t d, const float* w, float* out) {
 
 void weighted_mean(int dtype, const void* x, int64_t n, int64_t d, const float* w, float* out) {
   with_dtype(dtype, x, [&](auto* p) { mean_impl(p, n, d, w, out); });
+}
+
+// ---- Flower's FedAvg arithmetic over rows held in pieces (weighted_sum_rows) ----
+//
+// numpy's `acc = r0 * s0; acc += r1 * s1; ...` in float32: each product rounded to float32,
+// then added, rows in order. The products are kept out of FMAs (which -march=native would
+// otherwise form) by an empty asm that hides where the value came from.
+namespace {
+typedef float f32x4 __attribute__((vector_size(16)));
+
+template <typename V>
+inline V rounded(V v) {
+#if defined(__x86_64__) || defined(__i386__)
+  asm("" : "+x"(v));
+#elif defined(__aarch64__)
+  asm("" : "+w"(v));
+#else
+  volatile V keep = v;
+  v = keep;
+#endif
+  return v;
+}
+
+inline f32x4 ld4(const float* p) {
+  f32x4 v;
+  __builtin_memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void st4(float* p, f32x4 v) { __builtin_memcpy(p, &v, sizeof v); }
+
+// Columns per block: the block of `out` (16 KiB) stays in L1 while every row's run of it
+// streams past. Four rows per sweep of the block, added one after another as numpy does.
+constexpr int64_t kSumBlock = 4096;
+
+void sum_block(const float* const* rows, int64_t n, const float* s, int64_t j0, int64_t w,
+               float* out) {
+  const float* r0 = rows[0] + j0;
+  int64_t k = 0;
+  for (; k + 4 <= w; k += 4) st4(out + k, ld4(r0 + k) * s[0]);
+  for (; k < w; ++k) out[k] = r0[k] * s[0];
+  int64_t i = 1;
+  for (; i + 4 <= n; i += 4) {
+    const float *a = rows[i] + j0, *b = rows[i + 1] + j0, *c = rows[i + 2] + j0,
+                *e = rows[i + 3] + j0;
+    const float sa = s[i], sb = s[i + 1], sc = s[i + 2], se = s[i + 3];
+    for (k = 0; k + 4 <= w; k += 4) {
+      f32x4 acc = ld4(out + k);
+      acc = acc + rounded(ld4(a + k) * sa);
+      acc = acc + rounded(ld4(b + k) * sb);
+      acc = acc + rounded(ld4(c + k) * sc);
+      acc = acc + rounded(ld4(e + k) * se);
+      st4(out + k, acc);
+    }
+    for (; k < w; ++k) {
+      float acc = out[k];
+      acc = acc + rounded(a[k] * sa);
+      acc = acc + rounded(b[k] * sb);
+      acc = acc + rounded(c[k] * sc);
+      acc = acc + rounded(e[k] * se);
+      out[k] = acc;
+    }
+  }
+  for (; i < n; ++i) {
+    const float* a = rows[i] + j0;
+    const float sa = s[i];
+    for (k = 0; k + 4 <= w; k += 4) st4(out + k, ld4(out + k) + rounded(ld4(a + k) * sa));
+    for (; k < w; ++k) out[k] = out[k] + rounded(a[k] * sa);
+  }
+}
+}  // namespace
+
+void weighted_sum_rows(const float* const* rows, const int64_t* widths, int64_t segments,
+                       int64_t n, const float* shares, float* out, bool parallel) {
+  // Work items: (segment, first column, output offset) of each block, segment after segment.
+  struct Item {
+    int64_t seg, j0, at;
+  };
+  std::vector<Item> work;
+  int64_t at = 0;
+  for (int64_t s = 0; s < segments; ++s) {
+    for (int64_t j0 = 0; j0 < widths[s]; j0 += kSumBlock) work.push_back({s, j0, at + j0});
+    at += widths[s];
+  }
+  // Row pointers of each segment, row-major as sum_block reads them.
+  std::vector<const float*> by_seg(static_cast<std::size_t>(segments * n));
+  for (int64_t s = 0; s < segments; ++s)
+    for (int64_t i = 0; i < n; ++i) by_seg[static_cast<std::size_t>(s * n + i)] = rows[i * segments + s];
+  const int64_t items = static_cast<int64_t>(work.size());
+#pragma omp parallel for schedule(static) if (parallel)
+  for (int64_t t = 0; t < items; ++t) {
+    const Item& it = work[static_cast<std::size_t>(t)];
+    const int64_t w = std::min(kSumBlock, widths[it.seg] - it.j0);
+    sum_block(by_seg.data() + it.seg * n, n, shares, it.j0, w, out + it.at);
+  }
 }
 
 }  // namespace bcfl

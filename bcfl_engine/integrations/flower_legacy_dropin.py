@@ -108,7 +108,9 @@ class LegacyEngineStrategy:
         kept = screen(arrays, weights, names, keys, server_round, finite=False)
         streamed = None
         if stream and kept:  # None where a weight is 0 or a value not finite: stacked path
-            streamed = streamed_mean([arrays[i] for i in kept], [float(weights[i]) for i in kept])
+            streamed = streamed_mean(
+                [arrays[i] for i in kept], [float(weights[i]) for i in kept], self.backend
+            )
         if streamed is not None:
             return to_parameters(streamed), self._fit_metrics(results, kept)
         stack = Stack.of([arrays[i] for i in kept], self.stack_pool) if kept else None
