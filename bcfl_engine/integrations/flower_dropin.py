@@ -44,6 +44,7 @@ from .flower_npy import StackPool
 from .flower_policy import OnTooFew, as_policy, resolve_f, usable_weights, warn
 from .flower_replies import (
     Replies,
+    check_consistency,
     distances_from_views,
     read_replies,
     stack_replies,
@@ -94,6 +95,20 @@ class EngineStrategy:
             self.on_too_few.value,
         )
 
+    def _check_and_log_replies(
+        self, replies: Iterable[Message], is_train: bool, validate: bool = True
+    ) -> tuple[list[Message], list[Message]]:
+        """Flower's: replies split into valid and failed, logged, and the valid ones checked
+        for consistency, which here walks each reply's records once
+        (:func:`~.flower_replies.check_consistency`)."""
+        valid, failed = super()._check_and_log_replies(  # type: ignore[misc]
+            replies, is_train, validate=False
+        )
+        if validate and valid:
+            key = self.weighted_by_key  # type: ignore[attr-defined]
+            check_consistency([m.content for m in valid], key, is_train)
+        return valid, failed
+
     def _train(
         self,
         server_round: int,
@@ -107,10 +122,8 @@ class EngineStrategy:
         ``stream``: the rule is the weighted mean, computed without stacking the replies
         where it can (:func:`~.flower_stream.streamed_mean`). ``select``: ``combine`` reads
         only :meth:`Replies.sq_dists` and :meth:`Replies.chosen` (a selection rule), so the
-        distances come off the views where they can (:func:`distances_from_views`)."""
-        valid, _ = self._check_and_log_replies(  # type: ignore[attr-defined]
-            replies, is_train=True, validate=validate
-        )
+        distances come off the views where they can (:func:`~.flower_replies.distances_from_views`)."""
+        valid, _ = self._check_and_log_replies(replies, is_train=True, validate=validate)
         if not valid:
             return None, None
         got = read_replies(

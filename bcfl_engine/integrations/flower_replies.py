@@ -26,7 +26,10 @@ from .flower_rows import rows_sq_dists
 try:
     from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
     from flwr.common.constant import SType
-    from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
+    from flwr.serverapp.strategy.strategy_utils import (
+        aggregate_metricrecords,
+        validate_message_reply_consistency,
+    )
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependency(
         f"the Flower integration needs flwr ({exc}); pip install 'bcfl_engine[flower]'"
@@ -49,6 +52,43 @@ def records_of(
         elif isinstance(rec, ConfigRecord):
             configs.append(rec)
     return arrays, metrics, configs
+
+
+def consistent(contents: Sequence[RecordDict], weighted_by_key: str, check_arrays: bool) -> bool:
+    """True if the replies pass Flower's ``validate_message_reply_consistency``: one
+    ArrayRecord each (``check_arrays``) with the first reply's array names, one MetricRecord
+    each with the first reply's metric names, among them ``weighted_by_key`` holding a single
+    number. False sends the caller to Flower's own check, which raises Flower's error."""
+    kinds = []
+    for c in contents:
+        arrays = [k for k, r in c.items() if isinstance(r, ArrayRecord)]
+        metrics = [k for k, r in c.items() if isinstance(r, MetricRecord)]
+        if (check_arrays and len(arrays) != 1) or len(metrics) != 1:
+            return False
+        kinds.append((arrays, metrics))
+    first = contents[0]
+    keys = [kinds[0][1][0]]
+    if check_arrays:
+        keys.insert(0, kinds[0][0][0])
+    for key in keys:
+        names = set(first[key].keys())
+        for c in contents[1:]:
+            rec = c.get(key)
+            if rec is None or set(rec.keys()) != names:
+                return False
+    metric = keys[-1]
+    if weighted_by_key not in first[metric]:
+        return False
+    return not any(isinstance(c[metric][weighted_by_key], list) for c in contents)
+
+
+def check_consistency(
+    contents: Sequence[RecordDict], weighted_by_key: str, check_arrays: bool
+) -> None:
+    """Flower's ``validate_message_reply_consistency``, run only where :func:`consistent`
+    finds a reply it would reject (Flower's own check then raises Flower's error)."""
+    if contents and not consistent(contents, weighted_by_key, check_arrays):
+        validate_message_reply_consistency(list(contents), weighted_by_key, check_arrays)
 
 
 def train_metrics(aggr_fn: Any, contents: list[RecordDict], key: str) -> MetricRecord | None:
@@ -149,7 +189,12 @@ def read_replies(
     parts = [records_of(c) for c in contents]
     records = [p[0][0] for p in parts]
     keys = list(records[0].keys())
-    arrays = [[array_of(rec[k]) for k in keys] for rec in records]
+    arrays = [
+        [array_of(a) for a in rec.values()]
+        if list(rec.keys()) == keys
+        else [array_of(rec[k]) for k in keys]
+        for rec in records
+    ]
     weights = [p[1][0][weighted_by_key] for p in parts]
     left_out: list[str] = []
     kept = screen(arrays, weights, names, keys, server_round, finite=False, reasons=left_out)
@@ -212,6 +257,8 @@ __all__ = [
     "Replies",
     "array_from",
     "array_of",
+    "check_consistency",
+    "consistent",
     "distances_from_views",
     "read_replies",
     "records_of",
