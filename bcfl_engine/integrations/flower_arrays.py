@@ -76,17 +76,21 @@ def layout(first: Sequence[np.ndarray]) -> tuple[tuple[Slot, ...], int, int]:
 
 
 def unstack(
-    slots: Sequence[Slot], v32: torch.Tensor | np.ndarray, v64: np.ndarray
+    slots: Sequence[Slot],
+    v32: torch.Tensor | np.ndarray,
+    v64: np.ndarray,
+    fresh: bool = False,
 ) -> list[np.ndarray]:
     """Aggregated vectors back to arrays of the slots' shapes and dtypes: new arrays, never
-    views of ``v32`` or ``v64`` (integer arrays rounded to nearest)."""
+    views of ``v32`` or ``v64`` (integer arrays rounded to nearest), unless ``fresh``: the
+    caller owns the vectors and hands them over, and arrays of their own dtype stay views."""
     v32 = np.asarray(v32.cpu() if isinstance(v32, torch.Tensor) else v32)
     out = []
     for s in slots:
         piece = (v64 if s.wide else v32)[s.offset : s.offset + s.size]
         if s.dtype.kind in "iub":  # an integer buffer stays an integer: round to nearest
             piece = np.rint(piece)
-        out.append(piece.astype(s.dtype).reshape(s.shape))
+        out.append(piece.astype(s.dtype, copy=not fresh).reshape(s.shape))
     return out
 
 

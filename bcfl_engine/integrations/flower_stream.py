@@ -86,4 +86,4 @@ def streamed_mean(
     v64 = acc64 if acc64 is not None else np.empty(0, np.float64)
     if d64 and not math.isfinite(float(np.sum(v64))):
         return None
-    return unstack(slots, acc32, v64)
+    return unstack(slots, acc32, v64, fresh=True)  # the accumulators are this call's own
