@@ -349,3 +349,46 @@ def test_train_metrics_are_flowers_default_bit_for_bit():
         assert got[k] == want[k], k  # same arithmetic, same order: equal floats
     custom = train_metrics(lambda c, k: MetricRecord({"n": len(c)}), replies_, "num-examples")
     assert custom is not None and custom["n"] == 3
+
+
+# ---- the legacy strategies share the path ---------------------------------------------------------
+
+
+@needs_native
+@pytest.mark.parametrize(
+    "name,kwargs",
+    [
+        ("Krum", {"num_malicious_clients": 2}),
+        ("Krum", {"num_malicious_clients": 2, "num_clients_to_keep": 3}),
+        ("Bulyan", {"num_malicious_clients": 2}),
+    ],
+    ids=["krum", "multi-krum", "bulyan"],
+)
+def test_legacy_selections_off_the_views_are_the_stacked_references(name, kwargs):
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+
+    from bcfl_engine.integrations import flower_legacy
+
+    models, weights = far_outlier_replies(11, seed=9)
+
+    def results():
+        return [
+            (
+                None,
+                FitRes(Status(Code.OK, ""), ndarrays_to_parameters(list(m.values())), int(w), {}),
+            )
+            for m, w in zip(models, weights, strict=True)
+        ]
+
+    fast = getattr(flower_legacy, name)(**kwargs)
+    ref = getattr(flower_legacy, name)(**kwargs, backend="torch")
+    got, _ = fast.aggregate_fit(1, results(), [])
+    want, _ = ref.aggregate_fit(1, results(), [])
+    assert all(key[0] < 11 for key in fast.stack_pool._buffers)  # never stacked all 11
+    assert any(key[0] == 11 for key in ref.stack_pool._buffers)
+    for g, w in zip(parameters_to_ndarrays(got), parameters_to_ndarrays(want), strict=True):
+        assert g.dtype == w.dtype and g.shape == w.shape
+        if name == "Krum" and "num_clients_to_keep" not in kwargs:
+            np.testing.assert_array_equal(g, w)  # the same client, its own arrays
+        else:
+            np.testing.assert_allclose(g, w, rtol=1e-6)

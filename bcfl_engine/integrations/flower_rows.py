@@ -21,6 +21,7 @@ and infinity and names the ones it leaves out.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from types import ModuleType
 
 import numpy as np
@@ -31,7 +32,8 @@ from ..errors import BackendUnavailable
 from ..rules._common import RECHECK_BELOW
 from ..rules._distances import gram_to_sq_dists, pivot_of_sample, pivot_stride
 from ..rules._distances import sq_dists_reference as sq_dists_float64
-from .flower_arrays import Slot
+from .flower_arrays import Slot, Stack
+from .flower_npy import StackPool
 
 _FLOAT32 = np.dtype(np.float32)
 
@@ -144,3 +146,24 @@ def rows_sq_dists(
             return None
         dist += d64
     return dist
+
+
+@dataclass
+class Unstacked:
+    """Clients' arrays left where they lie, with their squared distances read off them
+    (:func:`rows_sq_dists`): what a selection rule needs before it knows whom it keeps. Has
+    the part of :class:`~.flower_arrays.Stack` a selection uses: ``len``, :meth:`sq_dists`
+    and :meth:`take` (which stacks only the rows taken, into ``pool`` if given)."""
+
+    arrays: Sequence[Sequence[np.ndarray]]
+    dist: torch.Tensor
+    pool: StackPool | None = None
+
+    def __len__(self) -> int:
+        return len(self.arrays)
+
+    def sq_dists(self, backend: str | None = None) -> torch.Tensor:
+        return self.dist
+
+    def take(self, rows: Sequence[int]) -> Stack:
+        return Stack.of([self.arrays[i] for i in rows], self.pool)
