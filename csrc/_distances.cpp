@@ -19,6 +19,8 @@
 #include "_distances.h"
 
 #include <algorithm>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "common.h"
@@ -71,13 +73,28 @@ inline void tile3x3(const float* buf, int64_t kc, int64_t i0, int64_t j0, f32x8*
   acc[6] = c20; acc[7] = c21; acc[8] = c22;
 }
 
+// One run of columns of every row: rows[i] points at row i's first column of the run, p at
+// the pivot's; `width` columns. A contiguous [n, d] matrix is one segment; a model held as
+// separate arrays per client (Flower's replies) is one segment per array.
 template <typename T>
-void gram_impl(const T* x, int64_t n, int64_t d, const float* p, double* G) {
+struct Segment {
+  std::vector<const T*> rows;
+  const float* p;
+  int64_t width;
+};
+
+template <typename T>
+void gram_impl(const std::vector<Segment<T>>& segs, int64_t n, double* G) {
   const int64_t np = (n + kTile - 1) / kTile * kTile;
   const int64_t tiles = np / kTile * (np / kTile + 1) / 2;
   const int64_t kc = kColumns;
   const int64_t nt = np / kTile;
-  const int64_t blocks = (d + kc - 1) / kc;
+  // Work items: (segment, first column) of each block of kc columns, segment after segment.
+  std::vector<std::pair<int64_t, int64_t>> work;
+  for (std::size_t s = 0; s < segs.size(); ++s) {
+    for (int64_t j0 = 0; j0 < segs[s].width; j0 += kc) work.emplace_back(static_cast<int64_t>(s), j0);
+  }
+  const int64_t blocks = static_cast<int64_t>(work.size());
   std::vector<double> total(static_cast<std::size_t>(np * np), 0.0);
 #pragma omp parallel
   {
@@ -101,13 +118,16 @@ void gram_impl(const T* x, int64_t n, int64_t d, const float* p, double* G) {
     flush();
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < blocks; ++b) {
-      const int64_t j0 = b * kc, w = std::min(d, j0 + kc) - j0;
+      const Segment<T>& seg = segs[static_cast<std::size_t>(work[static_cast<std::size_t>(b)].first)];
+      const int64_t j0 = work[static_cast<std::size_t>(b)].second;
+      const int64_t w = std::min(seg.width, j0 + kc) - j0;
+      const float* p = seg.p + j0;
       for (int64_t i = 0; i < n; ++i) {
-        const T* row = x + i * d + j0;
+        const T* row = seg.rows[static_cast<std::size_t>(i)] + j0;
         float* dst = buf.data() + i * kc;
 #pragma omp simd
-        for (int64_t k = 0; k < w; ++k) dst[k] = load(row, k) - p[j0 + k];
-        for (int64_t k = w; k < kc; ++k) dst[k] = 0.0f;  // only in the last block
+        for (int64_t k = 0; k < w; ++k) dst[k] = load(row, k) - p[k];
+        for (int64_t k = w; k < kc; ++k) dst[k] = 0.0f;  // only in a segment's last block
       }
       // Panels of kPanel j rows stay in L2 while every i tile above them passes through L1.
       for (int64_t p0 = 0; p0 < np; p0 += kPanel) {
@@ -116,8 +136,8 @@ void gram_impl(const T* x, int64_t n, int64_t d, const float* p, double* G) {
           const int64_t ti = i0 / kTile;
           // Upper tiles are numbered row by row: tile (ti, tj) is row_start + tj.
           const int64_t row_start = ti * nt - ti * (ti - 1) / 2 - ti;
-          for (int64_t j0 = std::max(i0, p0); j0 < p1; j0 += kTile) {
-            tile3x3(buf.data(), kc, i0, j0, &part[(row_start + j0 / kTile) * 9]);
+          for (int64_t jt = std::max(i0, p0); jt < p1; jt += kTile) {
+            tile3x3(buf.data(), kc, i0, jt, &part[(row_start + jt / kTile) * 9]);
           }
         }
       }
@@ -135,7 +155,26 @@ void gram_impl(const T* x, int64_t n, int64_t d, const float* p, double* G) {
 }  // namespace
 
 void gram_centered(int dtype, const void* x, int64_t n, int64_t d, const float* p, double* G) {
-  with_dtype(dtype, x, [&](auto* q) { gram_impl(q, n, d, p, G); });
+  with_dtype(dtype, x, [&](auto* q) {
+    using T = std::remove_const_t<std::remove_pointer_t<decltype(q)>>;
+    std::vector<Segment<T>> one(1);
+    one[0].p = p;
+    one[0].width = d;
+    for (int64_t i = 0; i < n; ++i) one[0].rows.push_back(q + i * d);
+    gram_impl(one, n, G);
+  });
+}
+
+void gram_centered_rows(const float* const* rows, const int64_t* widths, int64_t segments,
+                        int64_t n, int64_t pivot, double* G) {
+  std::vector<Segment<float>> segs(static_cast<std::size_t>(segments));
+  for (int64_t s = 0; s < segments; ++s) {
+    Segment<float>& seg = segs[static_cast<std::size_t>(s)];
+    seg.width = widths[s];
+    for (int64_t i = 0; i < n; ++i) seg.rows.push_back(rows[i * segments + s]);
+    seg.p = seg.rows[static_cast<std::size_t>(pivot)];
+  }
+  gram_impl(segs, n, G);
 }
 
 }  // namespace bcfl

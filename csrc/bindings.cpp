@@ -262,6 +262,39 @@ std::vector<T> ints(py::handle seq, const std::string& name) {
   return out;
 }
 
+// Float32 rows held in pieces (the Flower path: each client's arrays as views over its reply's
+// bytes): rows[i * S + s] is row i's piece s, exactly widths[s] float32 (4-byte aligned).
+struct Pieces {
+  Payloads held;
+  std::vector<int64_t> widths;
+  std::vector<const float*> ptrs;
+  int64_t n = 0, d = 0;
+};
+
+Pieces pieces(py::handle rows, py::handle widths, const std::string& name) {
+  Pieces p{payloads(rows, name + ": rows"), ints<int64_t>(widths, name + ": widths"), {}, 0, 0};
+  const auto S = static_cast<int64_t>(p.widths.size());
+  for (int64_t w : p.widths) {
+    if (w < 0) invalid(name + ": widths must be >= 0");
+    p.d += w;
+  }
+  if (S == 0 || p.held.n() == 0 || p.held.n() % S != 0)
+    invalid(name + ": expected n * " + std::to_string(S) + " rows (n >= 1); got " +
+            std::to_string(p.held.n()));
+  p.n = p.held.n() / S;
+  for (int64_t k = 0; k < p.held.n(); ++k) {
+    const int64_t w = p.widths[static_cast<size_t>(k % S)];
+    if (p.held.lens[static_cast<size_t>(k)] != 4 * w)
+      invalid(name + ": row piece " + std::to_string(k) + " holds " +
+              std::to_string(p.held.lens[static_cast<size_t>(k)]) + " bytes, expected " +
+              std::to_string(4 * w) + " (float32)");
+    if (p.held.addrs[static_cast<size_t>(k)] % 4 != 0)
+      invalid(name + ": row piece " + std::to_string(k) + " is not 4-byte aligned");
+    p.ptrs.push_back(reinterpret_cast<const float*>(p.held.addrs[static_cast<size_t>(k)]));
+  }
+  return p;
+}
+
 // A batch's layout (N, d, pair, scale, primes [K], parms_id [4], sizes [C]), checked once and
 // owned here (K + 4 + C words copied) so that no call checks it again and nothing in Python
 // can free or change what the kernels read. Python builds it with bcfl_engine.he.accumulate.
@@ -335,6 +368,19 @@ PYBIND11_MODULE(_C, m) {
     no_overlap(out, "weighted_mean: out", {&x, &w});
     py::gil_scoped_release release;
     bcfl::weighted_mean(x.code, x.as<const void>(), n, d, w.as<const float>(), out.as<float>());
+  });
+
+  // Flower's FedAvg (numpy's float32 arithmetic) over rows held in pieces; see mean.h.
+  m.def("weighted_sum_rows", [](py::handle rows_, py::handle widths_, py::handle s_,
+                                py::handle out_, bool parallel) {
+    const Pieces p = pieces(rows_, widths_, "weighted_sum_rows");
+    const View s = view(s_, "weighted_sum_rows: shares", {kF32}, {p.n});
+    const View out = view(out_, "weighted_sum_rows: out", {kF32}, {p.d}, true);
+    no_overlap(out, "weighted_sum_rows: out", p.held);
+    no_overlap(out, "weighted_sum_rows: out", {&s});
+    py::gil_scoped_release release;
+    bcfl::weighted_sum_rows(p.ptrs.data(), p.widths.data(), static_cast<int64_t>(p.widths.size()),
+                            p.n, s.as<const float>(), out.as<float>(), parallel);
   });
 
   // ---- geometric_median ----
@@ -531,6 +577,20 @@ PYBIND11_MODULE(_C, m) {
     no_overlap(G, "gram_centered: G", {&x, &p});
     py::gil_scoped_release release;
     bcfl::gram_centered(x.code, x.as<const void>(), n, d, p.as<const float>(), G.as<double>());
+  });
+
+  // The same Gram over float32 rows held in pieces, centred on row `pivot`; see _distances.h.
+  m.def("gram_centered_rows", [](py::handle rows_, py::handle widths_, int64_t pivot,
+                                 py::handle G_) {
+    const Pieces p = pieces(rows_, widths_, "gram_centered_rows");
+    if (pivot < 0 || pivot >= p.n)
+      invalid("gram_centered_rows: pivot " + std::to_string(pivot) + " out of [0, " +
+              std::to_string(p.n) + ")");
+    const View G = view(G_, "gram_centered_rows: G", {kF64}, {p.n, p.n}, true);
+    no_overlap(G, "gram_centered_rows: G", p.held);
+    py::gil_scoped_release release;
+    bcfl::gram_centered_rows(p.ptrs.data(), p.widths.data(), static_cast<int64_t>(p.widths.size()),
+                             p.n, pivot, G.as<double>());
   });
 
   // ---- multi_krum ----

@@ -280,3 +280,22 @@ def test_legacy_fedavg_streams_and_matches_flower() -> None:
     for g, w in zip(parameters_to_ndarrays(got), parameters_to_ndarrays(want), strict=True):
         assert g.dtype == w.dtype and g.shape == w.shape
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_header_cache_reads_memoryviews_version_2_and_rejects_what_it_does_not_know() -> None:
+    a = rng.standard_normal((3, 5)).astype(np.float32)
+    good = saved(a)
+    for data in (memoryview(good), bytearray(good), memoryview(good).cast("B", (len(good),))):
+        np.testing.assert_array_equal(npy_view(data), a)
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, a, version=(2, 0))
+    v2 = buf.getvalue()
+    assert v2[6] == 2
+    header = parse_npy_header(v2)
+    assert header is not None and header[:2] == (np.dtype(np.float32), (3, 5))
+    np.testing.assert_array_equal(npy_view(v2), a)
+    # the same header with a wrong magic, or its length field past the end: not .npy
+    assert parse_npy_header(b"\x93NUMPX" + good[6:]) is None
+    assert parse_npy_header(good[:8] + b"\xff\xff" + good[10:]) is None
+    # a cached header does not vouch for a body of another length
+    assert parse_npy_header(good) is not None and parse_npy_header(good + b"\0" * 4) is None

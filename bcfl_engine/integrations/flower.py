@@ -54,7 +54,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         f"the Flower integration needs flwr ({exc}); pip install 'bcfl_engine[flower]'"
     ) from None
 
-from .flower_arrays import engine_aggregate
+from .flower_arrays import SELECTION_RULES, engine_aggregate
 from .flower_chain import (
     RECORD_KEY,
     ROUND_KEY,
@@ -215,8 +215,10 @@ class EngineFedAvg(EngineStrategy, FlowerFedAvg):
         """Aggregate the train replies of ``server_round`` with the engine."""
         if self.secure == "ckks":
             return self._train_ckks(server_round, replies)
-        stream = self.rule == "mean" and not self.pre and self.rounds is None and self.f == 0
-        out = self._train(server_round, replies, self._combine, stream=stream)
+        plain = not self.pre and self.rounds is None
+        stream = plain and self.rule == "mean" and self.f == 0
+        select = plain and self.rule in SELECTION_RULES
+        out = self._train(server_round, replies, self._combine, stream=stream, select=select)
         if self.rounds is not None:
             self.chain_rounds.settle(out[0] is not None)
         return out
@@ -248,7 +250,9 @@ class EngineFedAvg(EngineStrategy, FlowerFedAvg):
             params=params,
             pre=self.pre,
             backend=self.backend,
-            stack=got.stack,
+            stack=got.stacked,
+            pool=self.stack_pool,
+            dist=got.dist,
         )
         self.last_result = out
         return out, chosen

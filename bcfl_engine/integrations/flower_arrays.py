@@ -76,17 +76,21 @@ def layout(first: Sequence[np.ndarray]) -> tuple[tuple[Slot, ...], int, int]:
 
 
 def unstack(
-    slots: Sequence[Slot], v32: torch.Tensor | np.ndarray, v64: np.ndarray
+    slots: Sequence[Slot],
+    v32: torch.Tensor | np.ndarray,
+    v64: np.ndarray,
+    fresh: bool = False,
 ) -> list[np.ndarray]:
     """Aggregated vectors back to arrays of the slots' shapes and dtypes: new arrays, never
-    views of ``v32`` or ``v64`` (integer arrays rounded to nearest)."""
+    views of ``v32`` or ``v64`` (integer arrays rounded to nearest), unless ``fresh``: the
+    caller owns the vectors and hands them over, and arrays of their own dtype stay views."""
     v32 = np.asarray(v32.cpu() if isinstance(v32, torch.Tensor) else v32)
     out = []
     for s in slots:
         piece = (v64 if s.wide else v32)[s.offset : s.offset + s.size]
         if s.dtype.kind in "iub":  # an integer buffer stays an integer: round to nearest
             piece = np.rint(piece)
-        out.append(piece.astype(s.dtype).reshape(s.shape))
+        out.append(piece.astype(s.dtype, copy=not fresh).reshape(s.shape))
     return out
 
 
@@ -257,6 +261,7 @@ def engine_aggregate(
     backend: str | None = None,
     stack: Stack | None = None,
     pool: StackPool | None = None,
+    dist: torch.Tensor | None = None,
 ) -> tuple[list[np.ndarray], list[int] | None]:
     """Aggregate with a rule of :mod:`bcfl_engine.rules` (its paper's semantics).
 
@@ -266,6 +271,8 @@ def engine_aggregate(
     sees the whole model in float32 (:func:`bcfl_engine.aggregate`). ``weights`` go to
     weighted rules (the mean by example counts, as Flower's FedAvg). ``stack``: the arrays
     already stacked (:meth:`Stack.of`), to spare a copy; else stacked into ``pool`` if given.
+    ``dist``: for a selection rule, the clients' squared distances already known (float64
+    ``[n, n]``, as :meth:`Stack.sq_dists`); then only the selected clients are stacked.
     """
     params = dict(params or {})
     info = rules.get(rule)
@@ -277,12 +284,21 @@ def engine_aggregate(
         out = aggregate(own, rule, f, w, backend, pre, **params)
         return [np.asarray(a) for a in out], None
     info.check_precondition(n, f)
+    if rule in SELECTION_RULES and stack is None and dist is not None:
+        chosen = paper_selection(rule, dist, f, params.get("m"))
+        sub = Stack.of([arrays[i] for i in chosen], pool)  # row k is client chosen[k]
+        every = range(len(chosen))
+        if rule == "bulyan":
+            return bulyan_coordinates(sub, every, n - 4 * f), chosen
+        return selected_mean(sub, every, None, backend), chosen
     stack = Stack.of(arrays, pool) if stack is None else stack
     if rule == "mean":
         return weighted_mean(stack, weights, backend), None
     if rule in ("median", "trimmed_mean"):
         return coordinatewise(stack, rule, f, backend), None
-    chosen = paper_selection(rule, stack.sq_dists(backend), f, params.get("m"))
+    chosen = paper_selection(
+        rule, stack.sq_dists(backend) if dist is None else dist, f, params.get("m")
+    )
     if rule == "bulyan":
         return bulyan_coordinates(stack, chosen, n - 4 * f), chosen
     return selected_mean(stack, chosen, None, backend), chosen

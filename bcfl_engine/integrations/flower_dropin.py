@@ -25,8 +25,7 @@ warning that names the guarantee lost. Two keyword-only arguments are added: ``b
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from logging import INFO
 from typing import Any
 
@@ -35,28 +34,27 @@ import numpy as np
 from .. import rules
 from ..errors import MissingDependency
 from .flower_arrays import (
-    Stack,
     bulyan_coordinates,
     coordinatewise,
     flower_krum_order,
     selected_mean,
     weighted_mean,
 )
-from .flower_npy import StackPool, npy_bytes, npy_view
-from .flower_policy import (
-    OnTooFew,
-    as_policy,
-    finite_rows,
-    resolve_f,
-    screen,
-    usable_weights,
-    warn,
+from .flower_npy import StackPool
+from .flower_policy import OnTooFew, as_policy, resolve_f, usable_weights, warn
+from .flower_replies import (
+    Replies,
+    check_consistency,
+    distances_from_views,
+    read_replies,
+    stack_replies,
+    to_record,
+    train_metrics,
 )
 from .flower_stream import streamed_mean
 
 try:
-    from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
-    from flwr.common.constant import SType
+    from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
     from flwr.common.logger import log
     from flwr.serverapp import strategy as flwr_strategy
     from flwr.serverapp.strategy.multikrum import select_multikrum
@@ -66,104 +64,6 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from None
 
 Outcome = tuple[list[np.ndarray] | None, list[int] | None]
-
-
-@dataclass
-class Replies:
-    """The train replies fit to aggregate: contents, arrays (in ``keys`` order), weights, names,
-    and once screened for NaN and infinity (:func:`stack_replies`), their arrays stacked for
-    the engine (:class:`~.flower_arrays.Stack`)."""
-
-    contents: list[RecordDict]
-    arrays: list[list[np.ndarray]]
-    weights: list[float]
-    names: list[str]
-    keys: list[str]
-    left_out: list[str]  # "<name>: <why>" for each reply left out
-    stacked: Stack | None = None
-
-    def __len__(self) -> int:
-        return len(self.contents)
-
-    @property
-    def stack(self) -> Stack:
-        """The stacked arrays (:func:`stack_replies` has run)."""
-        if self.stacked is None:
-            raise RuntimeError("the replies are not stacked yet: call stack_replies")
-        return self.stacked
-
-
-def array_of(a: Array) -> np.ndarray:
-    """A Flower ``Array``'s ndarray: a read-only view over its .npy bytes where they are plain
-    (:func:`~.flower_npy.npy_view`), else Flower's own conversion."""
-    if a.stype != SType.NUMPY:
-        return a.numpy()
-    return npy_view(a.data)
-
-
-def array_from(a: np.ndarray) -> Array:
-    """``a`` as a Flower ``Array``, serialized once (:func:`~.flower_npy.npy_bytes`)."""
-    a = np.asarray(a)
-    if a.dtype.hasobject or a.dtype.fields is not None:
-        return Array(a)
-    shape = tuple(int(s) for s in a.shape)
-    return Array(dtype=str(a.dtype), shape=shape, stype=SType.NUMPY, data=npy_bytes(a))
-
-
-def read_replies(
-    valid: Sequence[Message],
-    weighted_by_key: str,
-    server_round: int,
-    pool: StackPool | None = None,
-    stack: bool = True,
-) -> Replies | None:
-    """The arrays and weights of Flower-validated replies, less those left out (with a
-    warning): a weight that is not a count, other shapes, NaN or infinity; None if none is
-    left. The arrays are views over the replies' bytes, stacked once into ``pool``'s
-    matrices if given; ``stack=False`` stops before stacking and the NaN screen (the caller
-    runs :func:`stack_replies` if it needs them)."""
-    names = [f"node {m.metadata.src_node_id}" for m in valid]
-    contents = [m.content for m in valid]
-    records = [next(iter(c.array_records.values())) for c in contents]
-    keys = list(records[0].keys())
-    arrays = [[array_of(rec[k]) for k in keys] for rec in records]
-    weights = [next(iter(c.metric_records.values()))[weighted_by_key] for c in contents]
-    left_out: list[str] = []
-    kept = screen(arrays, weights, names, keys, server_round, finite=False, reasons=left_out)
-    if not kept:
-        return None
-    got = Replies(
-        [contents[i] for i in kept],
-        [arrays[i] for i in kept],
-        [float(weights[i]) for i in kept],  # type: ignore[arg-type]
-        [names[i] for i in kept],
-        keys,
-        left_out,
-    )
-    return stack_replies(got, server_round, pool) if stack else got
-
-
-def stack_replies(got: Replies, server_round: int, pool: StackPool | None = None) -> Replies | None:
-    """``got`` stacked (into ``pool`` if given), less the replies with NaN or infinity (each
-    named in a warning and in ``left_out``); None if none is left."""
-    stack = Stack.of(got.arrays, pool)
-    rows = finite_rows(stack, got.names, got.keys, server_round, got.left_out)
-    if not rows:
-        return None
-    if len(rows) < len(got):
-        stack = stack.take(rows)
-        pick = rows
-        return Replies(
-            [got.contents[i] for i in pick],
-            [got.arrays[i] for i in pick],
-            [got.weights[i] for i in pick],
-            [got.names[i] for i in pick],
-            got.keys,
-            got.left_out,
-            stack,
-        )
-    got.stacked = stack
-    return got
 
 
 class EngineStrategy:
@@ -195,6 +95,20 @@ class EngineStrategy:
             self.on_too_few.value,
         )
 
+    def _check_and_log_replies(
+        self, replies: Iterable[Message], is_train: bool, validate: bool = True
+    ) -> tuple[list[Message], list[Message]]:
+        """Flower's: replies split into valid and failed, logged, and the valid ones checked
+        for consistency, which here walks each reply's records once
+        (:func:`~.flower_replies.check_consistency`)."""
+        valid, failed = super()._check_and_log_replies(  # type: ignore[misc]
+            replies, is_train, validate=False
+        )
+        if validate and valid:
+            key = self.weighted_by_key  # type: ignore[attr-defined]
+            check_consistency([m.content for m in valid], key, is_train)
+        return valid, failed
+
     def _train(
         self,
         server_round: int,
@@ -202,13 +116,14 @@ class EngineStrategy:
         combine: Callable[[Replies, int], Outcome],
         validate: bool = True,
         stream: bool = False,
+        select: bool = False,
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Flower's checks, the replies read and screened, ``combine``d, as Flower's result.
         ``stream``: the rule is the weighted mean, computed without stacking the replies
-        where it can (:func:`~.flower_stream.streamed_mean`)."""
-        valid, _ = self._check_and_log_replies(  # type: ignore[attr-defined]
-            replies, is_train=True, validate=validate
-        )
+        where it can (:func:`~.flower_stream.streamed_mean`). ``select``: ``combine`` reads
+        only :meth:`Replies.sq_dists` and :meth:`Replies.chosen` (a selection rule), so the
+        distances come off the views where they can (:func:`~.flower_replies.distances_from_views`)."""
+        valid, _ = self._check_and_log_replies(replies, is_train=True, validate=validate)
         if not valid:
             return None, None
         got = read_replies(
@@ -216,14 +131,16 @@ class EngineStrategy:
             self.weighted_by_key,  # type: ignore[attr-defined]
             server_round,
             self.stack_pool,
-            stack=not stream,
+            stack=not (stream or select),
         )
         if got is not None and stream:
-            streamed = streamed_mean(got.arrays, got.weights)  # None where a weight is 0
+            streamed = streamed_mean(got.arrays, got.weights, self.backend)  # None: a weight is 0
             if streamed is not None:
                 self._streamed(streamed)
                 return to_record(got.keys, streamed), self._metrics(got.contents)
             got = stack_replies(got, server_round, self.stack_pool)
+        elif got is not None and select:
+            got = distances_from_views(got, server_round, self.stack_pool, self.backend)
         if got is None:
             warn(server_round, "every reply was left out: no aggregate this round")
             return None, None
@@ -234,14 +151,14 @@ class EngineStrategy:
         return to_record(got.keys, out), self._metrics(contents)
 
     def _metrics(self, contents: list[RecordDict]) -> MetricRecord | None:
-        return self.train_metrics_aggr_fn(contents, self.weighted_by_key)  # type: ignore[attr-defined]
+        return train_metrics(
+            self.train_metrics_aggr_fn,  # type: ignore[attr-defined]
+            contents,
+            self.weighted_by_key,  # type: ignore[attr-defined]
+        )
 
     def _streamed(self, out: list[np.ndarray]) -> None:
         """Called with a weighted mean computed by :func:`~.flower_stream.streamed_mean`."""
-
-
-def to_record(keys: Sequence[str], arrays: Sequence[np.ndarray]) -> ArrayRecord:
-    return ArrayRecord({k: array_from(a) for k, a in zip(keys, arrays, strict=True)})
 
 
 def _fedavg(self: EngineStrategy, got: Replies, server_round: int) -> Outcome:
@@ -264,11 +181,12 @@ def _krum_selection(self: Any, got: Replies, server_round: int, m: int) -> Outco
             pre.text,
             f,
         )
-    stack = got.stack
-    chosen = flower_krum_order(stack.sq_dists(self.backend), f)[:m]
+    chosen = flower_krum_order(got.sq_dists(self.backend), f)[:m]
     if not usable_weights(chosen, got.weights, got.names, server_round):
         return None, None
-    return selected_mean(stack, chosen, got.weights, self.backend), chosen
+    sub = got.chosen(chosen, self.stack_pool)  # row k of sub is reply chosen[k]
+    every = range(len(chosen))
+    return selected_mean(sub, every, [got.weights[i] for i in chosen], self.backend), chosen
 
 
 class FedAvg(EngineStrategy, flwr_strategy.FedAvg):
@@ -321,7 +239,7 @@ class MultiKrum(EngineStrategy, flwr_strategy.MultiKrum):
         def combine(got: Replies, r: int) -> Outcome:
             return _krum_selection(self, got, r, int(self.num_nodes_to_select))
 
-        return self._train(server_round, replies, combine)
+        return self._train(server_round, replies, combine, select=True)
 
 
 class Krum(EngineStrategy, flwr_strategy.Krum):
@@ -335,7 +253,7 @@ class Krum(EngineStrategy, flwr_strategy.Krum):
         def combine(got: Replies, r: int) -> Outcome:
             return _krum_selection(self, got, r, 1)
 
-        return self._train(server_round, replies, combine)
+        return self._train(server_round, replies, combine, select=True)
 
 
 class Bulyan(EngineStrategy, flwr_strategy.Bulyan):
@@ -346,7 +264,7 @@ class Bulyan(EngineStrategy, flwr_strategy.Bulyan):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Multi-Krum selection of ``n - 2f``, then the mean of the ``n - 4f`` values closest
         to the median per coordinate; ``on_too_few`` below ``n >= 4f + 3``."""
-        return self._train(server_round, replies, self._combine)
+        return self._train(server_round, replies, self._combine, select=True)
 
     def _combine(self, got: Replies, server_round: int) -> Outcome:
         n = len(got)
@@ -356,14 +274,14 @@ class Bulyan(EngineStrategy, flwr_strategy.Bulyan):
         if f is None:
             return None, None
         theta = n - 2 * f
-        stack = got.stack
         if self.selection_rule is select_multikrum:
-            chosen = flower_krum_order(stack.sq_dists(self.backend), f)[:theta]
+            chosen = flower_krum_order(got.sq_dists(self.backend), f)[:theta]
         else:  # the user's own selection rule, on Flower's RecordDicts
             picked = self.selection_rule(got.contents, f, theta)
             where = {id(c): i for i, c in enumerate(got.contents)}
             chosen = [where[id(c)] for c in picked]
-        return bulyan_coordinates(stack, chosen, theta - 2 * f), chosen
+        sub = got.chosen(chosen, self.stack_pool)
+        return bulyan_coordinates(sub, range(len(chosen)), theta - 2 * f), chosen
 
 
 __all__ = [

@@ -33,6 +33,7 @@ from .flower_arrays import (
     bulyan_coordinates,
     coordinatewise,
     flower_krum_order,
+    layout,
     selected_mean,
     weighted_mean,
 )
@@ -46,6 +47,7 @@ from .flower_policy import (
     usable_weights,
     warn,
 )
+from .flower_rows import Unstacked, rows_sq_dists
 from .flower_stream import streamed_mean
 
 try:
@@ -68,7 +70,9 @@ def to_parameters(arrays: list[np.ndarray]) -> Parameters:
     return Parameters(tensors=arrays_to_tensors(arrays), tensor_type="numpy.ndarray")
 
 
-Combine = Callable[[Stack, list[float], int], tuple[list[np.ndarray] | None, list[int] | None]]
+# combine(stack, weights, server_round): a Stack, or under _fit(select=True) possibly an
+# Unstacked (a selection's len, sq_dists and take only).
+Combine = Callable[[Any, list[float], int], tuple[list[np.ndarray] | None, list[int] | None]]
 
 
 class LegacyEngineStrategy:
@@ -98,7 +102,13 @@ class LegacyEngineStrategy:
         failures: list[tuple[ClientProxy, FitRes] | BaseException],
         combine: Combine,
         stream: bool = False,
+        select: bool = False,
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        """Flower's checks, the results screened and ``combine``d. ``stream``: the weighted
+        mean, without a stack where it can (:func:`~.flower_stream.streamed_mean`).
+        ``select``: ``combine`` uses only ``len``, ``sq_dists`` and ``take``, so it gets the
+        results unstacked where their distances can be read off them
+        (:class:`~.flower_rows.Unstacked`)."""
         if not results or (failures and not self.accept_failures):
             return None, {}
         arrays = [tensors_to_arrays(res.parameters.tensors) for _, res in results]
@@ -108,9 +118,20 @@ class LegacyEngineStrategy:
         kept = screen(arrays, weights, names, keys, server_round, finite=False)
         streamed = None
         if stream and kept:  # None where a weight is 0 or a value not finite: stacked path
-            streamed = streamed_mean([arrays[i] for i in kept], [float(weights[i]) for i in kept])
+            streamed = streamed_mean(
+                [arrays[i] for i in kept], [float(weights[i]) for i in kept], self.backend
+            )
         if streamed is not None:
             return to_parameters(streamed), self._fit_metrics(results, kept)
+        if select and kept:
+            sub = [arrays[i] for i in kept]
+            dist = rows_sq_dists(sub, layout(sub[0])[0], self.backend)  # None: NaN, ...
+            if dist is not None:
+                unstacked = Unstacked(sub, dist, self.stack_pool)
+                out, _ = combine(unstacked, [float(weights[i]) for i in kept], server_round)
+                if out is None:
+                    return None, {}
+                return to_parameters(out), self._fit_metrics(results, kept)
         stack = Stack.of([arrays[i] for i in kept], self.stack_pool) if kept else None
         if stack is not None:
             rows = finite_rows(stack, [names[i] for i in kept], keys, server_round)
@@ -182,7 +203,7 @@ class Krum(LegacyEngineStrategy, legacy.Krum):
     def aggregate_fit(self, server_round: int, results: Any, failures: Any) -> Any:
         """The best-scored result, or the weighted mean of the ``num_clients_to_keep`` best."""
 
-        def combine(stack: Stack, w: list[float], r: int) -> Any:
+        def combine(stack: Stack | Unstacked, w: list[float], r: int) -> Any:
             n, f = len(stack), int(self.num_malicious_clients)
             pre = rules.get("krum").precondition
             if pre is not None and not pre.holds(n, f):
@@ -197,7 +218,8 @@ class Krum(LegacyEngineStrategy, legacy.Krum):
             order = flower_krum_order(stack.sq_dists(self.backend), f)
             keep = int(self.num_clients_to_keep)
             if keep <= 0:
-                return stack.unstack(stack.x32[order[0]], stack.x64[order[0]]), None
+                best = stack.take(order[:1])
+                return best.unstack(best.x32[0], best.x64[0]), None
             if keep > n:  # Flower's legacy Krum slices from n - keep < 0: the best keep - n
                 warn(
                     r,
@@ -211,9 +233,10 @@ class Krum(LegacyEngineStrategy, legacy.Krum):
             chosen = order[:keep]
             if not usable_weights(chosen, w, [f"result {i}" for i in range(n)], r):
                 return None, None
-            return selected_mean(stack, chosen, w, self.backend), chosen
+            sub, every = stack.take(chosen), range(len(chosen))  # row k is result chosen[k]
+            return selected_mean(sub, every, [w[i] for i in chosen], self.backend), chosen
 
-        return self._fit(server_round, results, failures, combine)
+        return self._fit(server_round, results, failures, combine, select=True)
 
 
 class Bulyan(LegacyEngineStrategy, legacy.Bulyan):
@@ -231,7 +254,7 @@ class Bulyan(LegacyEngineStrategy, legacy.Bulyan):
         """Iterated Krum selects ``n - 2f``; the ``n - 4f`` values closest to their median
         are averaged per coordinate; ``on_too_few`` below ``n >= 4f + 3``."""
 
-        def combine(stack: Stack, w: list[float], r: int) -> Any:
+        def combine(stack: Stack | Unstacked, w: list[float], r: int) -> Any:
             n = len(stack)
             f = resolve_f(
                 "bulyan", n, int(self.num_malicious_clients), self.on_too_few, r, what="Bulyan"
@@ -239,6 +262,7 @@ class Bulyan(LegacyEngineStrategy, legacy.Bulyan):
             if f is None:
                 return None, None
             chosen = iterated_krum(stack.sq_dists(self.backend), f, n - 2 * f).tolist()
-            return bulyan_coordinates(stack, chosen, n - 4 * f), chosen
+            sub, every = stack.take(chosen), range(len(chosen))  # row k is result chosen[k]
+            return bulyan_coordinates(sub, every, n - 4 * f), chosen
 
-        return self._fit(server_round, results, failures, combine)
+        return self._fit(server_round, results, failures, combine, select=True)

@@ -28,26 +28,42 @@ _ALIGN = 64  # numpy pads the header so the data starts on a 64-byte boundary
 def parse_npy_header(data: bytes | memoryview) -> tuple[np.dtype, tuple[int, ...], int] | None:
     """``(dtype, shape, data offset)`` of a plain C-order .npy, or None where the header is
     anything else (object or structured dtype, Fortran order, unknown version, malformed)."""
-    mv = memoryview(data)
-    if len(mv) < 10 or bytes(mv[:6]) != MAGIC:
+    got = _parse(data)
+    return None if got is None else got[:3]
+
+
+def _parse(data: bytes | memoryview) -> tuple[np.dtype, tuple[int, ...], int, int] | None:
+    """:func:`parse_npy_header` plus the element count; the header is looked up whole in a
+    cache (a round's replies repeat the same few headers), so a known one costs a slice."""
+    if not isinstance(data, bytes):
+        data = memoryview(data).cast("B")
+    size = len(data)
+    if size < 10:
         return None
-    major = mv[6]
+    major = data[6]
     if major == 1:
-        (hlen,), start = struct.unpack_from("<H", mv, 8), 10
-    elif major in (2, 3) and len(mv) >= 12:
-        (hlen,), start = struct.unpack_from("<I", mv, 8), 12
+        end = 10 + (data[8] | data[9] << 8)
+    elif major in (2, 3) and size >= 12:
+        end = 12 + (data[8] | data[9] << 8 | data[10] << 16 | data[11] << 24)
     else:
         return None
-    end = start + hlen
-    if len(mv) < end:
+    if size < end:
         return None
-    got = _header_fields(bytes(mv[start:end]))
+    got = _header(bytes(data[:end]))
     if got is None:
         return None
     dtype, shape, count = got
-    if len(mv) - end != count * dtype.itemsize:
+    if size - end != count * dtype.itemsize:
         return None
-    return dtype, shape, end
+    return dtype, shape, end, count
+
+
+@functools.lru_cache(maxsize=256)
+def _header(head: bytes) -> tuple[np.dtype, tuple[int, ...], int] | None:
+    """``(dtype, shape, element count)`` of a whole .npy header (magic to padding), else None."""
+    if head[:6] != MAGIC:
+        return None
+    return _header_fields(head[10 if head[6] == 1 else 12 :])
 
 
 @functools.lru_cache(maxsize=256)
@@ -81,11 +97,10 @@ def _header_fields(text: bytes) -> tuple[np.dtype, tuple[int, ...], int] | None:
 def npy_view(data: bytes | memoryview) -> np.ndarray:
     """The array in .npy ``data``: a read-only view over the bytes where the header is plain
     (:func:`parse_npy_header`), else ``np.load``'s copy (never unpickling)."""
-    got = parse_npy_header(data)
+    got = _parse(data)
     if got is None:
         return np.load(io.BytesIO(bytes(data)), allow_pickle=False)
-    dtype, shape, offset = got
-    count = math.prod(shape)
+    dtype, shape, offset, count = got
     return np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape)
 
 

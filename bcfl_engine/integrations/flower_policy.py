@@ -129,12 +129,13 @@ def screen(
     receives ``"<name>: <why>"`` for each one left out.
     """
     kept: list[int] = []
+    shapes: list[tuple[int, ...]] = []  # the first kept reply's
     for i, (a, w, name) in enumerate(zip(arrays, weights, names, strict=True)):
         ok_weight = isinstance(w, (int, float)) and not isinstance(w, bool)
         if not ok_weight or not math.isfinite(float(w)) or float(w) < 0:  # type: ignore[arg-type]
             _leave_out(server_round, reasons, name, f"its weight {w!r} is not a count >= 0")
             continue
-        if kept and [np.shape(x) for x in a] != [np.shape(x) for x in arrays[kept[0]]]:
+        if kept and [np.shape(x) for x in a] != shapes:
             why = f"its array shapes differ from {names[kept[0]]}'s"
             _leave_out(server_round, reasons, name, why)
             continue
@@ -143,6 +144,8 @@ def screen(
             label = keys[bad] if bad < len(keys) else str(bad)
             _leave_out(server_round, reasons, name, f"array {label!r} holds NaN or infinity")
             continue
+        if not kept:
+            shapes = [np.shape(x) for x in a]
         kept.append(i)
     return kept
 

@@ -79,10 +79,20 @@ def pivot(x: torch.Tensor) -> int:
     The row with the smallest sum of squared distances to its ``ceil(n / 2)`` nearest others:
     inside the majority cluster whenever a majority of the updates is close together.
     """
-    n, d = x.shape
+    return pivot_of_sample(x[:, :: pivot_stride(x.shape[1])].double())
+
+
+def pivot_stride(d: int) -> int:
+    """The stride of the columns :func:`pivot` samples from ``d`` columns."""
+    return max(1, d // PIVOT_SAMPLE)
+
+
+def pivot_of_sample(sample: torch.Tensor) -> int:
+    """:func:`pivot` given its float64 sample ``[n, k]`` (columns ``0, s, 2s, ...`` of ``x``,
+    ``s = pivot_stride(d)``), however the rows are held."""
+    n = sample.shape[0]
     if n <= 2:
         return 0
-    sample = x[:, :: max(1, d // PIVOT_SAMPLE)].double()
     dist = gram_to_sq_dists((sample - sample[0]) @ (sample - sample[0]).T)
     return int(torch.argmin(krum_scores(dist, (n + 1) // 2)))
 
