@@ -33,17 +33,6 @@ import torch
 from durable import durable_round, report
 
 
-def timeit(fn: Callable[..., Any], repeats: int, setup: Callable[[], Any] | None = None) -> float:
-    """Median seconds of ``fn()`` (or ``fn(setup())``, the setup untimed) over ``repeats``."""
-    times = []
-    for _ in range(repeats):
-        arg = setup() if setup is not None else None
-        t0 = time.perf_counter()
-        fn() if setup is None else fn(arg)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def replies(x: torch.Tensor) -> list[Any]:
     """Flower replies carrying each row of ``x`` as a 4-array model."""
     from flwr.app import Array, ArrayRecord, Message, Metadata, MetricRecord, RecordDict
