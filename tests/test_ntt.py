@@ -1,0 +1,109 @@
+"""The negacyclic NTT against its definition and against SEAL's own secret key, bit for bit.
+
+Small ``N`` where the property does not depend on ``N`` (the O(N^2) definition and the
+schoolbook negacyclic product are the oracles); the real ``N = 8192`` against TenSEAL. The
+primes are real SEAL primes (``1 mod 2^14``, so ``1 mod 2N`` for every ``N <= 8192``).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import struct
+import tempfile
+
+import numpy as np
+import pytest
+
+from bcfl_engine.errors import InvalidArgument
+from bcfl_engine.he import ntt as T
+
+# [60, 60, 60] at N = 8192 (the "threshold" preset) and two primes of [60, 40, 40].
+PRIMES = [1152921504606683137, 1152921504606748673, 1152921504606830593, 1099510890497]
+
+
+def _rand(n: int, q: int, seed: int) -> list[int]:
+    r = random.Random(seed)
+    return [r.randrange(q) for _ in range(n)]
+
+
+@pytest.mark.parametrize("q", PRIMES, ids=lambda q: f"q{q.bit_length()}b_{q % 1000}")
+@pytest.mark.parametrize("n", [2, 4, 16, 64])
+def test_ntt_matches_definition(n: int, q: int) -> None:
+    a = _rand(n, q, n)
+    got = T.ntt(np.array(a, dtype=np.uint64), q)
+    assert got.tolist() == T.ntt_reference(a, q)
+    assert T.intt(got, q).tolist() == a
+
+
+@pytest.mark.parametrize("q", PRIMES[2:], ids=["q60", "q40"])
+@pytest.mark.parametrize("n", [8, 32])
+def test_pointwise_product_is_negacyclic(n: int, q: int) -> None:
+    a, b = _rand(n, q, 1), _rand(n, q, 2)
+    prod = T.mulmod(
+        T.ntt(np.array(a, dtype=np.uint64), q), T.ntt(np.array(b, dtype=np.uint64), q), q
+    )
+    assert T.intt(prod, q).tolist() == T.negacyclic_reference(a, b, q)
+
+
+def test_extremes_and_batches() -> None:
+    """Residues at q - 1 (largest products), batched leading dimensions, signed round trips."""
+    q, n = PRIMES[0], 64
+    a = np.full((3, n), q - 1, dtype=np.uint64)
+    a[1] = np.array(_rand(n, q, 5), dtype=np.uint64)
+    got = T.ntt(a, q)
+    for row in range(3):
+        assert got[row].tolist() == T.ntt_reference(a[row].tolist(), q)
+    assert np.array_equal(T.intt(got, q), a)
+    x = np.array([-(2**53), -1, 0, 1, 2**53], dtype=np.int64)
+    assert np.array_equal(T.to_signed(T.from_signed(x, q), q), x)
+    big = np.array([q - 1, q - 2, 2**40], dtype=np.uint64)
+    assert T.mulmod(big, big, q).tolist() == [int(v) * int(v) % q for v in big]
+
+
+def test_minimal_root() -> None:
+    q, n = PRIMES[3], 16
+    psi = T.minimal_root(n, q)
+    assert pow(psi, n, q) == q - 1  # primitive 2N-th root
+    roots = [pow(psi, k, q) for k in range(1, 2 * n, 2)]
+    assert psi == min(roots)
+
+
+@pytest.mark.parametrize("n, q", [(12, PRIMES[0]), (16, 17 * 2**10 + 2), (8, 2**63 + 1)])
+def test_bad_sizes_are_refused(n: int, q: int) -> None:
+    with pytest.raises(InvalidArgument):
+        T.ntt(np.zeros(n, dtype=np.uint64), q)
+
+
+def _tenseal_secret() -> tuple[list[int], np.ndarray]:
+    """TenSEAL's own secret key of a [60, 60, 60] context: key-level primes, residues [K, N]."""
+    import tenseal as ts
+    import tenseal.sealapi  # registers SEAL's types
+    import zstandard
+
+    ctx = ts.context(ts.SCHEME_TYPE.CKKS, 8192, coeff_mod_bit_sizes=[60, 60, 60])
+    kcd = ctx.seal_context().data.key_context_data()
+    primes = [int(m.value()) for m in kcd.parms().coeff_modulus()]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "sk")
+        ctx.secret_key().data.save(path)
+        with open(path, "rb") as f:
+            blob = f.read()
+    assert blob[5] == 2  # zstd, TenSEAL's default
+    raw = zstandard.ZstdDecompressor().decompress(blob[16:], max_output_size=1 << 24)
+    coeff_count = struct.unpack_from("<Q", raw, 32)[0]  # after parms_id: a Plaintext's members
+    assert coeff_count == 3 * 8192
+    data = np.frombuffer(raw, "<u8", coeff_count, 48 + 16 + 8).reshape(3, 8192)
+    return primes, data.astype(np.uint64)
+
+
+def test_seal_secret_key_bit_for_bit() -> None:
+    """INTT of SEAL's stored key is ternary and the same on every prime; its NTT is the bytes."""
+    primes, stored = _tenseal_secret()
+    assert primes == PRIMES[:3]
+    coeffs = [T.to_signed(T.intt(stored[k], q), q) for k, q in enumerate(primes)]
+    assert set(np.unique(coeffs[0]).tolist()) == {-1, 0, 1}
+    for c in coeffs[1:]:
+        assert np.array_equal(c, coeffs[0])
+    for k, q in enumerate(primes):
+        assert np.array_equal(T.ntt(T.from_signed(coeffs[0], q), q), stored[k])
