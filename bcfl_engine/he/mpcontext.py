@@ -1,0 +1,113 @@
+"""Parameters and ring helpers shared by multiparty CKKS keys (:mod:`bcfl_engine.he.multiparty`):
+per preset, the key-level primes, ``parms_id`` and TenSEAL context templates; the common
+polynomial expanded from the CRS; the digest a decryption share is bound to; decoding.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidArgument
+from . import mpformat as fmt
+from . import ntt as T
+from . import presets as _presets
+from . import sampling, wire
+from .client import decrypt as _decrypt
+from .keys import ContextInfo, context_info, tenseal
+
+SMUDGE_SIGMA = 2.0**50  # see the module docstring and THRESHOLD_CKKS.md's table
+KEY_SIGMA = 3.2  # SEAL's error distribution
+KAT_VALUES = 64
+
+
+@dataclass(frozen=True)
+class Params:
+    """What every party of one preset shares: primes, key ``parms_id``, context templates."""
+
+    preset: _presets.Preset
+    key_primes: tuple[int, ...]
+    key_parms_id: tuple[int, int, int, int]
+    template: bytes  # a public-only context of these parameters (its public key is replaced)
+    decoder: Any  # a private context of these parameters: decodes (m, 0) ciphertexts
+    info: ContextInfo
+
+
+@functools.lru_cache(maxsize=4)
+def params(preset: str = "threshold") -> Params:
+    """The :class:`Params` of a registered preset (cached)."""
+    p = _presets.get(preset)
+    ts = tenseal()
+    ctx = ts.context(ts.SCHEME_TYPE.CKKS, p.poly_degree, coeff_mod_bit_sizes=list(p.coeff_bits))
+    ctx.global_scale = p.scale
+    kcd = ctx.seal_context().data.key_context_data()
+    primes = tuple(int(m.value()) for m in kcd.parms().coeff_modulus())
+    pid = tuple(int(x) for x in kcd.parms_id())
+    template = ctx.serialize(
+        save_public_key=True, save_secret_key=False, save_galois_keys=False, save_relin_keys=False
+    )
+    return Params(p, primes, pid, template, ctx, context_info(ctx))  # type: ignore[arg-type]
+
+
+def new_crs() -> bytes:
+    """32 fresh random bytes: the seed of the common polynomial (draw it jointly, e.g. on chain)."""
+    return os.urandom(32)
+
+
+def _check_crs(crs: Any) -> bytes:
+    if not isinstance(crs, (bytes, bytearray)) or len(crs) != 32:
+        raise InvalidArgument(f"the CRS must be 32 bytes; got {type(crs).__name__}")
+    return bytes(crs)
+
+
+@functools.lru_cache(maxsize=8)
+def common_poly(crs: bytes, primes: tuple[int, ...], n: int) -> np.ndarray:
+    """``a`` ``[K, N]`` in NTT form, uniform below each prime, expanded from ``crs``."""
+    return np.stack(
+        [
+            sampling.uniform_mod(q, n, b"bcfl-mp-crs", crs, k.to_bytes(4, "little"))
+            for k, q in enumerate(primes)
+        ]
+    )
+
+
+def _check_party(party: Any) -> int:
+    if isinstance(party, bool) or not isinstance(party, (int, np.integer)):
+        raise InvalidArgument(f"a party id is an int in [1, {fmt.MAX_PARTY}]; got {party!r}")
+    if not 1 <= int(party) <= fmt.MAX_PARTY:
+        raise InvalidArgument(f"a party id is an int in [1, {fmt.MAX_PARTY}]; got {party}")
+    return int(party)
+
+
+def _ntt_signed(x: np.ndarray, primes: Sequence[int]) -> np.ndarray:
+    """Small signed integers ``[..., N]`` -> NTT form ``[..., K, N]`` over ``primes``."""
+    return np.stack([T.ntt(T.from_signed(x, q), q) for q in primes], axis=-2)
+
+
+def c1_digest(c1: np.ndarray, parms_id: tuple[int, ...]) -> bytes:
+    """What a decryption share is bound to: BLAKE2b-256 over the ciphertexts' ``c1`` residues."""
+    h = hashlib.blake2b(digest_size=32, person=b"bcfl-mp-c1")
+    h.update(np.asarray(parms_id, dtype="<u8").tobytes())
+    h.update(np.ascontiguousarray(c1, dtype="<u8").tobytes())
+    return h.digest()
+
+
+def _residues(blob: Any, info: ContextInfo, where: str) -> tuple[wire.Layout, np.ndarray, Any]:
+    layout = wire.peek(blob, info)
+    res, version = wire.parse(blob, layout)
+    return layout, res, version
+
+
+def _decode(m: np.ndarray, layout: wire.Layout, version: Any, prm: Params) -> np.ndarray:
+    """Values of the plaintext polynomials ``m`` ``[C, K, N]`` (NTT form): TenSEAL decrypts the
+    ciphertexts ``(m, 0)`` with any secret key of these parameters (``c1 = 0``)."""
+    cts = np.zeros((m.shape[0], 2, *m.shape[1:]), dtype=np.uint64)
+    cts[:, 0] = m
+    blob = wire.to_tenseal(cts, layout, layout.scale, version or (4, 3))
+    return _decrypt(blob, prm.decoder)

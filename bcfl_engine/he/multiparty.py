@@ -1,0 +1,391 @@
+"""Multiparty CKKS keys on stock TenSEAL: no single party can decrypt an update.
+
+Each party holds a ternary secret ``s_i`` derived from its own 32-byte seed; nobody holds
+``s = s_1 + ... + s_n``. Setup (Mouchet et al., PETS 2021; Lattigo's ``multiparty`` package):
+
+1. a 32-byte common reference string (:func:`new_crs`, drawn jointly) expands by SHAKE-256 into a
+   uniform polynomial ``a`` per key-level prime, sampled directly in the NTT domain;
+2. each party broadcasts :meth:`KeyShare.commitment` (a hash of its public share), then, once
+   every commitment is in, :meth:`KeyShare.public_share` ``p_i = -a s_i + e_i``; committing
+   first stops the last party from choosing ``p_m = p_own - sum(p_honest)`` (a rogue key it
+   alone could decrypt under);
+3. :func:`combine_public` checks each reveal against its commitment and writes ``(sum p_i, a)``
+   as the public key of a public-only TenSEAL context: clients encrypt with stock
+   ``ts.ckks_vector(ts.context_from(public), x)``. Follow every setup with :func:`known_answer`:
+   a key built from a wrong ``a`` loads silently and decrypts to garbage.
+
+Decryption (N-of-N): for an aggregate ``(c0, c1)`` each party publishes
+``d_i = c1 s_i + e_i`` (:meth:`KeyShare.decryption_share`), with smudging noise ``e_i`` of
+standard deviation ``2^50`` (a margin of ``2^41`` over an aggregate's noise at the
+``"threshold"`` preset's scale ``2^80``) derived from (seed, hash of ``c1``, active set);
+:func:`combine_decryption` decodes ``c0 + sum d_i``. A party computes a share only for the sum of
+the round's contributions, from at least ``min_clients`` of them, and never for the same ``c1``
+under a second active set (two noisy shares of one ``c1`` leak the key; a retry with the same
+set returns the same share). Passive security, as in Lattigo: no proof of correct shares.
+
+Formats: :mod:`bcfl_engine.he.mpformat`; NTT: :mod:`bcfl_engine.he.ntt`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import DecryptionRefused, InvalidArgument, KeyShareError
+from . import mpformat as fmt
+from . import ntt as T
+from . import presets as _presets
+from . import sampling
+from .keys import tenseal
+from .mpcontext import (
+    KAT_VALUES,
+    KEY_SIGMA,
+    SMUDGE_SIGMA,
+    Params,
+    _check_crs,
+    _check_party,
+    _decode,
+    _ntt_signed,
+    _residues,
+    c1_digest,
+    common_poly,
+    new_crs,
+    params,
+)
+
+__all__ = [
+    "SMUDGE_SIGMA",
+    "KeyShare",
+    "Params",
+    "c1_digest",
+    "combine_decryption",
+    "combine_public",
+    "common_poly",
+    "kat_vector",
+    "known_answer",
+    "new_crs",
+    "params",
+    "public_key_context",
+]
+
+
+class KeyShare:
+    """One party's secret key share; everything follows from its 32-byte seed.
+
+    Never print, log or send it: :meth:`save` writes it with 0600 permissions.
+    """
+
+    def __init__(self, party: int, preset: str, seed: bytes, log_path: Path | None = None):
+        self.party = _check_party(party)
+        self.preset = _presets.get(preset).name
+        if len(seed) != fmt.SEED_BYTES:
+            raise KeyShareError(f"party {party}: a seed is 32 bytes; got {len(seed)}", party)
+        self._seed = bytes(seed)
+        self._log: dict[bytes, tuple[int, ...]] = {}
+        self._log_path = log_path
+        if log_path is not None and log_path.exists():
+            for line in log_path.read_text().splitlines():
+                entry = json.loads(line)
+                self._log[bytes.fromhex(entry["c1"])] = tuple(entry["active"])
+
+    def __repr__(self) -> str:
+        return f"KeyShare(party={self.party}, preset={self.preset!r})"
+
+    @classmethod
+    def generate(cls, party: int, preset: str = "threshold") -> KeyShare:
+        """A fresh share for ``party`` (an int >= 1: it is also the party's Shamir point)."""
+        return cls(party, preset, os.urandom(fmt.SEED_BYTES))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> KeyShare:
+        """Read a share written by :meth:`save`; its decryption log lives next to it."""
+        p = Path(path)
+        party, preset, seed = fmt.read_key(p.read_bytes())
+        return cls(party, preset, seed, log_path=p.with_name(p.name + ".log"))
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the share with permissions 0600 (owner only); the decryption log follows it."""
+        p = Path(path)
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+            os.write(fd, fmt.write_key(self.party, self.preset, self._seed))
+        finally:
+            os.close(fd)
+        self._log_path = p.with_name(p.name + ".log")
+        self._log_path.unlink(missing_ok=True)  # rewritten whole: this share's log only
+        for digest, active in list(self._log.items()):
+            self._record(digest, active)
+
+    @functools.cached_property
+    def _secret(self) -> tuple[np.ndarray, np.ndarray]:
+        """``s`` in NTT form ``[K, N]`` over the key-level primes, and its Shoup constants."""
+        prm = params(self.preset)
+        s = sampling.ternary(prm.preset.poly_degree, b"bcfl-mp-secret", self._seed)
+        s_hat = _ntt_signed(s, prm.key_primes)
+        pre = np.stack([T.shoup(s_hat[k], q) for k, q in enumerate(prm.key_primes)])
+        return s_hat, pre
+
+    def public_share(self, crs: bytes) -> bytes:
+        """``p_i = -a s_i + e_i`` over every key-level prime, NTT form (publish after every
+        commitment is in)."""
+        crs = _check_crs(crs)
+        prm = params(self.preset)
+        n = prm.preset.poly_degree
+        a = common_poly(crs, prm.key_primes, n)
+        s_hat, pre = self._secret
+        e = sampling.gaussian(n, KEY_SIGMA, b"bcfl-mp-error", self._seed, crs)
+        e_hat = _ntt_signed(e, prm.key_primes)
+        out = np.empty_like(a)
+        for k, q in enumerate(prm.key_primes):
+            as_k = T.mulmod_shoup(a[k], s_hat[k], pre[k], np.uint64(q))
+            out[k] = T.submod(e_hat[k], as_k, q)
+        return fmt.write_public_share(self.party, crs, prm.key_primes, out)
+
+    def commitment(self, crs: bytes) -> bytes:
+        """32 bytes binding this party to its public share for ``crs`` (broadcast first)."""
+        return fmt.commitment(self.public_share(crs))
+
+    def _share(
+        self, res: np.ndarray, primes: tuple[int, ...], digest: bytes, active: tuple[int, ...]
+    ) -> np.ndarray:
+        """``c1 s_i + e_i`` ``[C, K, N]`` for the ciphertexts ``res`` ``[C, 2, K, N]``, no guard."""
+        s_hat, pre = self._secret
+        c, _, k, n = res.shape
+        tag = np.asarray(active, dtype="<u4").tobytes()
+        noise = sampling.gaussian(c * n, SMUDGE_SIGMA, b"bcfl-mp-smudge", self._seed, digest, tag)
+        e_hat = _ntt_signed(noise.reshape(c, n), primes)
+        out = np.empty((c, k, n), dtype=np.uint64)
+        for j, q in enumerate(primes):
+            prod = T.mulmod_shoup(res[:, 1, j], s_hat[j], pre[j], np.uint64(q))
+            out[:, j] = T.addmod(prod, e_hat[:, j], q)
+        return out
+
+    def decryption_share(
+        self,
+        agg: Any,
+        *,
+        contributions: Sequence[Any] | Mapping[Any, Any],
+        active: Sequence[int],
+        min_clients: int = 2,
+    ) -> bytes:
+        """This party's share of the decryption of the aggregate ``agg``.
+
+        Parameters
+        ----------
+        agg : the aggregate (CKKSVectorProto bytes from :func:`~bcfl_engine.he.aggregate`)
+        contributions : the round's committed payloads (a mapping from authenticated client id
+            to payload, or a list); ``agg``'s ``c1`` must equal the sum of theirs
+        active : the parties decrypting together (this one included)
+        min_clients : fewest distinct contributions a decryptable aggregate holds
+
+        Raises
+        ------
+        DecryptionRefused : ``agg`` is not the sum of ``contributions``, holds fewer than
+            ``min_clients`` of them, or this ``c1`` was already shared under another active set
+        """
+        ids = sorted({_check_party(a) for a in active})
+        if len(ids) != len(active):
+            raise InvalidArgument(f"active parties {list(active)} repeat a party")
+        if self.party not in ids:
+            raise InvalidArgument(f"party {self.party} is not in the active set {ids}")
+        prm = params(self.preset)
+        layout, res, _ = _residues(agg, prm.info, "aggregate")
+        items = list(
+            contributions.items()
+            if isinstance(contributions, Mapping)
+            else enumerate(contributions)
+        )
+        total = np.zeros_like(res[:, 1])
+        seen: set[bytes] = set()
+        for cid, blob in items:
+            lay, r, _ = _residues(blob, prm.info, f"contribution {cid}")
+            if (lay.parms_id, lay.sizes, lay.pair) != (layout.parms_id, layout.sizes, layout.pair):
+                raise DecryptionRefused(
+                    f"party {self.party}: contribution {cid} has another level or shape than the aggregate",
+                    self.party,
+                )
+            seen.add(c1_digest(r[:, 1], lay.parms_id))
+            for j, q in enumerate(layout.primes):
+                total[:, j] = T.addmod(total[:, j], r[:, 1, j], q)
+        if len(seen) < min_clients or len(items) < min_clients:
+            raise DecryptionRefused(
+                f"party {self.party}: the aggregate holds {len(seen)} distinct contributions; "
+                f"at least min_clients={min_clients} are required",
+                self.party,
+            )
+        if not np.array_equal(total, res[:, 1]):
+            raise DecryptionRefused(
+                f"party {self.party}: the ciphertext's c1 is not the sum of the {len(items)} "
+                "contributions' c1 (not this round's aggregate)",
+                self.party,
+            )
+        digest = c1_digest(res[:, 1], layout.parms_id)
+        before = self._log.get(digest)
+        if before is not None and before != tuple(ids):
+            raise DecryptionRefused(
+                f"party {self.party}: this ciphertext was already shared under the active set "
+                f"{list(before)}; refusing {ids}",
+                self.party,
+            )
+        if before is None:
+            self._record(digest, tuple(ids))
+        out = self._share(res, layout.primes, digest, tuple(ids))
+        share = fmt.DecryptionShare(self.party, digest, tuple(ids), self.preset, out)
+        return fmt.write_decryption_share(share)
+
+    def _record(self, digest: bytes, active: tuple[int, ...]) -> None:
+        self._log[digest] = active
+        if self._log_path is not None:
+            fd = os.open(self._log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            try:
+                line = json.dumps({"c1": digest.hex(), "active": list(active)}) + "\n"
+                os.write(fd, line.encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+def combine_public(
+    shares: Sequence[bytes],
+    crs: bytes,
+    *,
+    commitments: Sequence[bytes] | Mapping[int, bytes],
+    preset: str = "threshold",
+) -> bytes:
+    """The collective public key as public-only TenSEAL context bytes (``ts.context_from``).
+
+    ``commitments`` are the parties' round-1 broadcasts, aligned with ``shares`` or keyed by
+    party. Every reveal must match its party's commitment, use ``crs`` and the preset's primes,
+    and every committed party must reveal; else :class:`KeyShareError` naming the party.
+    """
+    crs = _check_crs(crs)
+    prm = params(preset)
+    parsed = [fmt.read_public_share(bytes(s)) for s in shares]
+    if not parsed:
+        raise InvalidArgument("combine_public needs at least one public share")
+    seen: set[int] = set()
+    for s in parsed:
+        if s.party in seen:
+            raise KeyShareError(f"party {s.party} revealed two public shares", s.party)
+        seen.add(s.party)
+    if isinstance(commitments, Mapping):
+        committed = {int(p): bytes(c) for p, c in commitments.items()}
+    else:
+        if len(commitments) != len(shares):
+            raise InvalidArgument(f"{len(commitments)} commitments for {len(shares)} shares")
+        committed = {s.party: bytes(c) for s, c in zip(parsed, commitments, strict=True)}
+    for raw, s in zip(shares, parsed, strict=True):
+        if s.party not in committed:
+            raise KeyShareError(f"party {s.party} revealed a share without a commitment", s.party)
+        if fmt.commitment(bytes(raw)) != committed[s.party]:
+            raise KeyShareError(
+                f"party {s.party}: its public share does not match its commitment", s.party
+            )
+        if s.crs != crs:
+            raise KeyShareError(f"party {s.party}: its public share is for another CRS", s.party)
+        if s.primes != prm.key_primes or s.residues.shape[1] != prm.preset.poly_degree:
+            raise KeyShareError(
+                f"party {s.party}: public share over primes {s.primes}; the preset "
+                f"{preset!r} has {prm.key_primes}",
+                s.party,
+            )
+    missing = sorted(set(committed) - seen)
+    if missing:
+        raise KeyShareError(f"party {missing[0]} committed but revealed no share", missing[0])
+    return public_key_context([s.residues for s in parsed], crs, preset)
+
+
+def public_key_context(
+    shares: Sequence[np.ndarray], crs: bytes, preset: str = "threshold"
+) -> bytes:
+    """``(sum shares, a)`` as a public-only context, no check: :func:`combine_public` checks."""
+    prm = params(preset)
+    a = common_poly(crs, prm.key_primes, prm.preset.poly_degree)
+    pk0 = np.zeros_like(a)
+    for s in shares:
+        for k, q in enumerate(prm.key_primes):
+            pk0[k] = T.addmod(pk0[k], s[k], q)
+    return fmt.public_context(prm.template, np.stack([pk0, a]), prm.key_parms_id)
+
+
+def combine_decryption(agg: Any, shares: Sequence[bytes]) -> np.ndarray:
+    """Decode ``c0 + sum d_i`` -> float64 ``[d]``: every active party's share of ``agg``.
+
+    Raises :class:`KeyShareError` naming the party for a share of another ciphertext, active set
+    or preset, a duplicate, a missing active party or one outside the active set.
+    """
+    parsed = [fmt.read_decryption_share(bytes(s)) for s in shares]
+    if not parsed:
+        raise InvalidArgument("combine_decryption needs at least one decryption share")
+    first = parsed[0]
+    prm = params(first.preset)
+    layout, res, version = _residues(agg, prm.info, "aggregate")
+    digest = c1_digest(res[:, 1], layout.parms_id)
+    m = res[:, 0].copy()
+    seen: set[int] = set()
+    for s in parsed:
+        if s.party in seen:
+            raise KeyShareError(f"party {s.party} sent two decryption shares", s.party)
+        seen.add(s.party)
+        if s.party not in first.active:
+            raise KeyShareError(
+                f"party {s.party} is not in the active set {list(first.active)}", s.party
+            )
+        if s.preset != first.preset or s.active != first.active:
+            raise KeyShareError(
+                f"party {s.party}: its share is for another preset or active set", s.party
+            )
+        if s.c1_digest != digest:
+            raise KeyShareError(f"party {s.party}: its share is for another ciphertext", s.party)
+        if s.residues.shape != m.shape:
+            raise KeyShareError(
+                f"party {s.party}: share of shape {s.residues.shape}; expected {m.shape}", s.party
+            )
+        for j, q in enumerate(layout.primes):
+            if (s.residues[:, j] >= np.uint64(q)).any():
+                raise KeyShareError(
+                    f"party {s.party}: a residue of its share is not reduced", s.party
+                )
+            m[:, j] = T.addmod(m[:, j], s.residues[:, j], q)
+    missing = sorted(set(first.active) - seen)
+    if missing:
+        raise KeyShareError(f"party {missing[0]} of the active set sent no share", missing[0])
+    return _decode(m, layout, version, prm)
+
+
+def kat_vector(crs: bytes, party: int) -> np.ndarray:
+    """The known-answer values party ``party`` encrypts after setup (public, from the CRS)."""
+    raw = sampling.xof(b"bcfl-mp-kat", crs, party.to_bytes(4, "little"), nbytes=8 * KAT_VALUES)
+    return np.frombuffer(raw, "<u8").astype(np.float64) / 2.0**64 * 2 - 1
+
+
+def known_answer(public: bytes, crs: bytes, parties: Sequence[KeyShare]) -> float:
+    """Run a known-answer round in-process: each party encrypts :func:`kat_vector` under
+    ``public``, all decrypt the sum together; the largest error, or :class:`KeyShareError` when
+    the key does not decrypt (a wrong common polynomial, a missing or foreign share)."""
+    from .aggregate import aggregate
+
+    ts = tenseal()
+    prm = params(parties[0].preset)
+    ctx = ts.context_from(public)
+    xs = [kat_vector(crs, p.party) for p in parties]
+    payloads = [ts.ckks_vector(ctx, x.tolist()).serialize() for x in xs]
+    agg = aggregate(payloads, context=public)
+    active = [p.party for p in parties]
+    shares = [
+        p.decryption_share(agg, contributions=payloads, active=active, min_clients=len(parties))
+        for p in parties
+    ]
+    err = float(np.abs(combine_decryption(agg, shares) - np.sum(xs, axis=0)).max())
+    if not err <= prm.preset.precision:
+        raise KeyShareError(
+            f"known-answer test failed: error {err:.3g} > precision {prm.preset.precision:.3g}"
+        )
+    return err
