@@ -37,6 +37,7 @@
 #include "bulyan.h"
 #include "eip712_recover.h"
 #include "keccak.h"
+#include "ntt.h"
 
 namespace py = pybind11;
 
@@ -519,6 +520,28 @@ PYBIND11_MODULE(_C, m) {
     py::gil_scoped_release release;
     bcfl::ckks_sum(x.as<const uint64_t>(), n, C * 2 * K, N, K, q.as<const uint64_t>(), w.as<const uint64_t>(),
                    ws.as<const uint64_t>(), acc.as<const uint64_t>(), out.as<uint64_t>());
+  });
+
+  // ---- ntt ----
+  // ntt(x [rows, N] uint64, in place, residues below q; q < 2^62 prime = 1 mod 2N;
+  //     w, ws [N] uint64: he.ntt.tables' twiddles and Shoup constants; inverse;
+  //     ninv, ninvs: N^-1 mod q and its Shoup constant, read when inverse).
+  m.def("ntt", [](py::handle x_, uint64_t q, py::handle w_, py::handle ws_, bool inverse,
+                  uint64_t ninv, uint64_t ninvs) {
+    const View x = view(x_, "ntt: x", {kU64}, {-1, -1}, true);
+    const int64_t rows = x.dim(0), N = x.dim(1);
+    if (N < 2 || (N & (N - 1)) != 0) invalid("ntt: N must be a power of two >= 2; got " + std::to_string(N));
+    if (q < 3 || q >= (uint64_t{1} << 62) || (q - 1) % static_cast<uint64_t>(2 * N) != 0)
+      invalid("ntt: q must be 1 mod 2N and below 2^62; got " + std::to_string(q));
+    const View w = view(w_, "ntt: w", {kU64}, {N});
+    const View ws = view(ws_, "ntt: ws", {kU64}, {N});
+    no_overlap(x, "ntt: x", {&w, &ws});
+    py::gil_scoped_release release;
+    if (inverse)
+      bcfl::ntt_inverse(x.as<uint64_t>(), rows, N, q, w.as<const uint64_t>(), ws.as<const uint64_t>(),
+                        ninv, ninvs);
+    else
+      bcfl::ntt_forward(x.as<uint64_t>(), rows, N, q, w.as<const uint64_t>(), ws.as<const uint64_t>());
   });
 
   // ---- _distances ----

@@ -15,8 +15,22 @@ import tempfile
 import numpy as np
 import pytest
 
+from bcfl_engine.backends import _load_native
 from bcfl_engine.errors import InvalidArgument
 from bcfl_engine.he import ntt as T
+
+_NATIVE = _load_native()[1]
+if _NATIVE and os.environ.get("BCFL_REQUIRE_NATIVE") == "1":
+    raise RuntimeError(f"BCFL_REQUIRE_NATIVE=1 but {_NATIVE}")
+BACKEND = pytest.mark.parametrize(
+    "backend",
+    [
+        pytest.param("numpy", id="numpy"),
+        pytest.param(
+            "native", id="native", marks=pytest.mark.skipif(bool(_NATIVE), reason=str(_NATIVE))
+        ),
+    ],
+)
 
 # [60, 60, 60] at N = 8192 (the "threshold" preset) and two primes of [60, 40, 40].
 PRIMES = [1152921504606683137, 1152921504606748673, 1152921504606830593, 1099510890497]
@@ -29,11 +43,12 @@ def _rand(n: int, q: int, seed: int) -> list[int]:
 
 @pytest.mark.parametrize("q", PRIMES, ids=lambda q: f"q{q.bit_length()}b_{q % 1000}")
 @pytest.mark.parametrize("n", [2, 4, 16, 64])
-def test_ntt_matches_definition(n: int, q: int) -> None:
+@BACKEND
+def test_ntt_matches_definition(n: int, q: int, backend: str) -> None:
     a = _rand(n, q, n)
-    got = T.ntt(np.array(a, dtype=np.uint64), q)
+    got = T.ntt(np.array(a, dtype=np.uint64), q, backend=backend)
     assert got.tolist() == T.ntt_reference(a, q)
-    assert T.intt(got, q).tolist() == a
+    assert T.intt(got, q, backend=backend).tolist() == a
 
 
 @pytest.mark.parametrize("q", PRIMES[2:], ids=["q60", "q40"])
@@ -46,15 +61,16 @@ def test_pointwise_product_is_negacyclic(n: int, q: int) -> None:
     assert T.intt(prod, q).tolist() == T.negacyclic_reference(a, b, q)
 
 
-def test_extremes_and_batches() -> None:
+@BACKEND
+def test_extremes_and_batches(backend: str) -> None:
     """Residues at q - 1 (largest products), batched leading dimensions, signed round trips."""
     q, n = PRIMES[0], 64
     a = np.full((3, n), q - 1, dtype=np.uint64)
     a[1] = np.array(_rand(n, q, 5), dtype=np.uint64)
-    got = T.ntt(a, q)
+    got = T.ntt(a, q, backend=backend)
     for row in range(3):
         assert got[row].tolist() == T.ntt_reference(a[row].tolist(), q)
-    assert np.array_equal(T.intt(got, q), a)
+    assert np.array_equal(T.intt(got, q, backend=backend), a)
     x = np.array([-(2**53), -1, 0, 1, 2**53], dtype=np.int64)
     assert np.array_equal(T.to_signed(T.from_signed(x, q), q), x)
     big = np.array([q - 1, q - 2, 2**40], dtype=np.uint64)
@@ -70,9 +86,32 @@ def test_minimal_root() -> None:
 
 
 @pytest.mark.parametrize("n, q", [(12, PRIMES[0]), (16, 17 * 2**10 + 2), (8, 2**63 + 1)])
-def test_bad_sizes_are_refused(n: int, q: int) -> None:
+@BACKEND
+def test_bad_sizes_are_refused(n: int, q: int, backend: str) -> None:
     with pytest.raises(InvalidArgument):
-        T.ntt(np.zeros(n, dtype=np.uint64), q)
+        T.ntt(np.zeros(n, dtype=np.uint64), q, backend=backend)
+
+
+@BACKEND
+def test_unreduced_input_is_refused(backend: str) -> None:
+    a = np.zeros(8, dtype=np.uint64)
+    a[3] = PRIMES[0]
+    with pytest.raises(InvalidArgument, match="residue >= q"):
+        T.intt(a, PRIMES[0], backend=backend)
+    with pytest.raises(InvalidArgument, match="backend"):
+        T.ntt(a[:2], PRIMES[0], backend="cuda")
+
+
+@pytest.mark.skipif(bool(_NATIVE), reason=str(_NATIVE))
+@pytest.mark.parametrize("q", PRIMES[2:], ids=["q60", "q40"])
+def test_native_equals_numpy_at_full_size(q: int) -> None:
+    """N = 8192, several rows (the OpenMP path), bit for bit both ways."""
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, q, size=(2, 3, 8192), dtype=np.uint64)
+    fwd = T.ntt(a, q, backend="numpy")
+    assert np.array_equal(T.ntt(a, q, backend="native"), fwd)
+    assert np.array_equal(T.intt(fwd, q, backend="native"), a)
+    assert np.array_equal(T.intt(fwd, q, backend="numpy"), a)
 
 
 def _tenseal_secret() -> tuple[list[int], np.ndarray]:
@@ -97,13 +136,14 @@ def _tenseal_secret() -> tuple[list[int], np.ndarray]:
     return primes, data.astype(np.uint64)
 
 
-def test_seal_secret_key_bit_for_bit() -> None:
+@BACKEND
+def test_seal_secret_key_bit_for_bit(backend: str) -> None:
     """INTT of SEAL's stored key is ternary and the same on every prime; its NTT is the bytes."""
     primes, stored = _tenseal_secret()
     assert primes == PRIMES[:3]
-    coeffs = [T.to_signed(T.intt(stored[k], q), q) for k, q in enumerate(primes)]
+    coeffs = [T.to_signed(T.intt(stored[k], q, backend=backend), q) for k, q in enumerate(primes)]
     assert set(np.unique(coeffs[0]).tolist()) == {-1, 0, 1}
     for c in coeffs[1:]:
         assert np.array_equal(c, coeffs[0])
     for k, q in enumerate(primes):
-        assert np.array_equal(T.ntt(T.from_signed(coeffs[0], q), q), stored[k])
+        assert np.array_equal(T.ntt(T.from_signed(coeffs[0], q), q, backend=backend), stored[k])

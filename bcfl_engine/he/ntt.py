@@ -15,9 +15,13 @@ Two implementations:
 
 - :func:`ntt_reference`: the definition above, ``O(N^2)`` Python integers: the oracle of the
   tests, on small ``N``;
-- :func:`ntt` / :func:`intt`: butterflies vectorized over numpy ``uint64`` with Shoup's
-  multiplication by a precomputed constant (``w' = floor(w 2^64 / q)``; the 128-bit high word
-  from four 32-bit products), exact for ``q < 2^62``; no floating point anywhere.
+- the numpy backend of :func:`ntt` / :func:`intt`: butterflies vectorized over ``uint64`` with
+  Shoup's multiplication by a precomputed constant (``w' = floor(w 2^64 / q)``; the 128-bit high
+  word from four 32-bit products), exact for ``q < 2^62``; no floating point anywhere;
+- the native backend (``csrc/ntt.cpp``, the extension ``bcfl_engine._C``): the same butterflies
+  in C++, one polynomial per OpenMP task, equal to the numpy one bit for bit.
+
+``backend=None`` takes the native one where the extension is built, else numpy.
 """
 
 from __future__ import annotations
@@ -171,12 +175,59 @@ def tables(n: int, q: int) -> Tables:
     return Tables(n, q, psi, fwd, shoup(fwd, q), inv, shoup(inv, q), pow(n, -1, q))
 
 
-def ntt(a: np.ndarray, q: int) -> np.ndarray:
-    """Forward negacyclic NTT of ``a`` ``[..., N]`` (residues below ``q``) -> ``[..., N]``
-    ``uint64`` in SEAL's order (bit-reversed). Leading dimensions are transformed independently."""
+BACKENDS = ("numpy", "native")
+
+
+def _prepare(a: np.ndarray, q: int, backend: str | None) -> tuple[np.ndarray, str]:
+    """A checked ``uint64`` copy of ``a`` and the backend that transforms it."""
     x = np.array(a, dtype=np.uint64)  # a copy: the butterflies work in place
+    if x.ndim == 0:
+        raise InvalidArgument("an NTT input has at least one dimension [..., N]")
+    _check(x.shape[-1], q)
+    if x.size and int(x.max()) >= q:
+        raise InvalidArgument(f"NTT input holds a residue >= q = {q}")
+    if backend not in (None, *BACKENDS):
+        raise InvalidArgument(f"NTT backend {backend!r}; known: {', '.join(BACKENDS)}")
+    if backend == "numpy":
+        return x, "numpy"
+    from ..backends import _load_native, native
+
+    if backend == "native":
+        native()  # BackendUnavailable with its reason
+    elif _load_native()[0] is None:
+        return x, "numpy"
+    return x, "native"
+
+
+def _native(x: np.ndarray, q: int, inverse: bool) -> np.ndarray:
+    import torch
+
+    from ..backends import native
+
+    tb = tables(x.shape[-1], q)
+    flat = torch.from_numpy(x.reshape(-1, x.shape[-1]))
+    ninv = np.array(tb.n_inv, dtype=np.uint64)
+    w, ws = (tb.inv, tb.inv_p) if inverse else (tb.fwd, tb.fwd_p)
+    native().ntt(
+        flat,
+        q,
+        torch.from_numpy(w),
+        torch.from_numpy(ws),
+        inverse,
+        tb.n_inv,
+        int(shoup(ninv, q)),
+    )
+    return x
+
+
+def ntt(a: np.ndarray, q: int, backend: str | None = None) -> np.ndarray:
+    """Forward negacyclic NTT of ``a`` ``[..., N]`` (residues below ``q``) -> ``[..., N]``
+    ``uint64`` in SEAL's order (bit-reversed). Leading dimensions are transformed independently.
+    ``backend``: "numpy", "native" or None (native where built)."""
+    x, chosen = _prepare(a, q, backend)
+    if chosen == "native":
+        return _native(x, q, inverse=False)
     n = x.shape[-1]
-    _check(n, q)
     tb, qq = tables(n, q), np.uint64(q)
     lead = x.shape[:-1]
     m, t = 1, n
@@ -192,11 +243,12 @@ def ntt(a: np.ndarray, q: int) -> np.ndarray:
     return x
 
 
-def intt(a: np.ndarray, q: int) -> np.ndarray:
+def intt(a: np.ndarray, q: int, backend: str | None = None) -> np.ndarray:
     """Inverse of :func:`ntt`: SEAL-ordered ``[..., N]`` -> coefficients in natural order."""
-    x = np.array(a, dtype=np.uint64)
+    x, chosen = _prepare(a, q, backend)
+    if chosen == "native":
+        return _native(x, q, inverse=True)
     n = x.shape[-1]
-    _check(n, q)
     tb, qq = tables(n, q), np.uint64(q)
     lead = x.shape[:-1]
     m, t = n, 1
