@@ -17,7 +17,7 @@ import pytest
 
 from bcfl_engine import he
 from bcfl_engine.errors import DecryptionRefused, InvalidArgument, KeyShareError
-from bcfl_engine.he import mpformat
+from bcfl_engine.he import mpcontext, mpformat
 from bcfl_engine.he import multiparty as mp
 
 ts = pytest.importorskip("tenseal")
@@ -132,7 +132,7 @@ def test_rogue_key_is_rejected_by_its_commitment(setup: dict[str, Any]) -> None:
 def _unguarded_decrypt(blob: bytes, parties: list[mp.KeyShare]) -> np.ndarray:
     """What a party that skips every guard would compute: c0 + sum c1 s_i + e_i, decoded."""
     prm = mp.params()
-    layout, res, version = mp._residues(blob, prm.info, "blob")
+    layout, res, version = mpcontext._residues(blob, prm.info, "blob")
     digest = mp.c1_digest(res[:, 1], layout.parms_id)
     m = res[:, 0].copy()
     active = tuple(p.party for p in parties)
@@ -140,7 +140,7 @@ def _unguarded_decrypt(blob: bytes, parties: list[mp.KeyShare]) -> np.ndarray:
         d = p._share(res, layout.primes, digest, active)
         for j, q in enumerate(layout.primes):
             m[:, j] = mp.T.addmod(m[:, j], d[:, j], q)
-    return mp._decode(m, layout, version, prm)
+    return mpcontext._decode(m, layout, version, prm)
 
 
 def test_decryption_oracle_one_client_is_refused(setup: dict[str, Any]) -> None:
