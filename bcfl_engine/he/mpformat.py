@@ -1,7 +1,13 @@
 """Byte formats of multiparty CKKS keys (:mod:`bcfl_engine.he.multiparty`), all little-endian.
 
 Key file (secret, 0600, never leaves its party): ``magic b"BMPK", version u8 = 1, party u32,
-preset name (u8 length + ASCII), seed (32 bytes)``.
+preset name (u8 length + ASCII), seed (32 bytes)``, then, once the party accepted its t-of-n
+dealing, its Shamir state: ``threshold u16, n u16, party ids (u32 each), K u16, N u32, residues
+[K, N] u64`` (its point of the summed Shamir polynomial, NTT form).
+
+Dealt share (secret: from one dealer to one recipient only): ``magic b"BMPT", version u8 = 1,
+dealer u32, recipient u32, then the Shamir state layout above with the dealer's polynomial
+evaluated at the recipient, then the preset name``.
 
 Public share (broadcast in round 2): ``magic b"BMPS", version u8 = 1, party u32, CRS (32
 bytes), K u16, N u32, the K key-level primes (u64), residues [K, N] u64`` (NTT form).
@@ -28,7 +34,7 @@ from ..errors import KeyShareError
 from .proto import _put_varint, _varint
 from .seal import SEAL_HEADER, write_seal_ciphertext
 
-KEY_MAGIC, SHARE_MAGIC, DEC_MAGIC = b"BMPK", b"BMPS", b"BMPD"
+KEY_MAGIC, SHARE_MAGIC, DEC_MAGIC, DEALT_MAGIC = b"BMPK", b"BMPS", b"BMPD", b"BMPT"
 VERSION = 1
 SEED_BYTES = 32
 MAX_PARTY = 2**31 - 1
@@ -54,19 +60,85 @@ def _head(buf: bytes, magic: bytes, what: str) -> int:
     return int(party)
 
 
-def write_key(party: int, preset: str, seed: bytes) -> bytes:
+@dataclass(frozen=True)
+class Shamir:
+    """A point of a Shamir polynomial over the ring: ``threshold`` of ``parties`` recover it."""
+
+    threshold: int
+    parties: tuple[int, ...]
+    residues: np.ndarray  # [K, N] uint64, NTT form
+
+
+def _write_shamir(st: Shamir) -> bytes:
+    k, n = st.residues.shape
+    return (
+        struct.pack("<HH", st.threshold, len(st.parties))
+        + np.asarray(st.parties, dtype="<u4").tobytes()
+        + struct.pack("<HI", k, n)
+        + np.ascontiguousarray(st.residues, dtype="<u8").tobytes()
+    )
+
+
+def _read_shamir(buf: bytes, pos: int, what: str, party: int) -> tuple[Shamir, int]:
+    if len(buf) < pos + 4:
+        raise KeyShareError(f"{what} cut short", party)
+    t, n_parties = struct.unpack_from("<HH", buf, pos)
+    pos += 4
+    parties = tuple(int(p) for p in np.frombuffer(buf[pos : pos + 4 * n_parties], "<u4"))
+    pos += 4 * n_parties
+    if len(parties) != n_parties or len(buf) < pos + 6:
+        raise KeyShareError(f"{what} cut short", party)
+    k, n = struct.unpack_from("<HI", buf, pos)
+    pos += 6
+    if not 1 <= t <= n_parties or len(buf) < pos + 8 * k * n or k * n == 0:
+        raise KeyShareError(f"{what}: threshold {t} of {n_parties}, K={k}, N={n} malformed", party)
+    res = np.frombuffer(buf, "<u8", k * n, pos).reshape(k, n).astype(np.uint64)
+    return Shamir(int(t), parties, res), pos + 8 * k * n
+
+
+def write_key(party: int, preset: str, seed: bytes, shamir: Shamir | None = None) -> bytes:
     name = preset.encode()
-    return _HEAD.pack(KEY_MAGIC, VERSION, party) + bytes([len(name)]) + name + seed
+    out = _HEAD.pack(KEY_MAGIC, VERSION, party) + bytes([len(name)]) + name + seed
+    return out + (_write_shamir(shamir) if shamir is not None else b"")
 
 
-def read_key(buf: bytes) -> tuple[int, str, bytes]:
-    """``(party, preset name, seed)`` of a key file."""
+def read_key(buf: bytes) -> tuple[int, str, bytes, Shamir | None]:
+    """``(party, preset name, seed, Shamir state or None)`` of a key file."""
     party = _head(buf, KEY_MAGIC, "key share file")
     preset, pos = _name(buf, _HEAD.size, "key share file", party)
-    seed = buf[pos:]
+    seed = buf[pos : pos + SEED_BYTES]
     if len(seed) != SEED_BYTES:
         raise KeyShareError(f"key share file holds a {len(seed)}-byte seed; expected 32", party)
-    return party, preset, seed
+    pos += SEED_BYTES
+    if pos == len(buf):
+        return party, preset, seed, None
+    st, end = _read_shamir(buf, pos, "key share file", party)
+    if end != len(buf):
+        raise KeyShareError("key share file has trailing bytes", party)
+    return party, preset, seed, st
+
+
+_DEALT = struct.Struct("<4sBII")
+
+
+def write_dealt(dealer: int, recipient: int, preset: str, st: Shamir) -> bytes:
+    name = preset.encode()
+    head = _DEALT.pack(DEALT_MAGIC, VERSION, dealer, recipient)
+    return head + _write_shamir(st) + bytes([len(name)]) + name
+
+
+def read_dealt(buf: bytes) -> tuple[int, int, str, Shamir]:
+    """``(dealer, recipient, preset name, Shamir point)`` of a dealt share."""
+    if len(buf) < _DEALT.size:
+        raise KeyShareError(f"dealt share of {len(buf)} bytes is shorter than its header")
+    magic, ver, dealer, recipient = _DEALT.unpack_from(buf, 0)
+    if magic != DEALT_MAGIC or ver != VERSION:
+        raise KeyShareError(f"not a dealt share (magic {magic!r}, version {ver})")
+    st, pos = _read_shamir(buf, _DEALT.size, f"dealt share of party {dealer}", dealer)
+    preset, end = _name(buf, pos, f"dealt share of party {dealer}", dealer)
+    if end != len(buf):
+        raise KeyShareError(f"dealt share of party {dealer} has trailing bytes", dealer)
+    return int(dealer), int(recipient), preset, st
 
 
 @dataclass(frozen=True)

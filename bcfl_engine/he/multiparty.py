@@ -41,7 +41,7 @@ from ..errors import DecryptionRefused, InvalidArgument, KeyShareError
 from . import mpformat as fmt
 from . import ntt as T
 from . import presets as _presets
-from . import sampling
+from . import sampling, shamir
 from .mpcombine import (
     combine_decryption,
     combine_public,
@@ -85,8 +85,16 @@ class KeyShare:
     Never print, log or send it: :meth:`save` writes it with 0600 permissions.
     """
 
-    def __init__(self, party: int, preset: str, seed: bytes, log_path: Path | None = None):
+    def __init__(
+        self,
+        party: int,
+        preset: str,
+        seed: bytes,
+        log_path: Path | None = None,
+        shamir: fmt.Shamir | None = None,
+    ):
         self.party = _check_party(party)
+        self._shamir = shamir
         self.preset = _presets.get(preset).name
         if len(seed) != fmt.SEED_BYTES:
             raise KeyShareError(f"party {party}: a seed is 32 bytes; got {len(seed)}", party)
@@ -110,8 +118,8 @@ class KeyShare:
     def load(cls, path: str | os.PathLike[str]) -> KeyShare:
         """Read a share written by :meth:`save`; its decryption log lives next to it."""
         p = Path(path)
-        party, preset, seed = fmt.read_key(p.read_bytes())
-        return cls(party, preset, seed, log_path=p.with_name(p.name + ".log"))
+        party, preset, seed, shamir = fmt.read_key(p.read_bytes())
+        return cls(party, preset, seed, log_path=p.with_name(p.name + ".log"), shamir=shamir)
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the share with permissions 0600 (owner only); the decryption log follows it."""
@@ -119,7 +127,7 @@ class KeyShare:
         fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.fchmod(fd, 0o600)
-            os.write(fd, fmt.write_key(self.party, self.preset, self._seed))
+            os.write(fd, fmt.write_key(self.party, self.preset, self._seed, self._shamir))
         finally:
             os.close(fd)
         self._log_path = p.with_name(p.name + ".log")
@@ -156,11 +164,89 @@ class KeyShare:
         """32 bytes binding this party to its public share for ``crs`` (broadcast first)."""
         return fmt.commitment(self.public_share(crs))
 
+    @property
+    def threshold(self) -> tuple[int, tuple[int, ...]] | None:
+        """``(t, parties)`` once this party accepted a t-of-n dealing, else None (N-of-N)."""
+        return None if self._shamir is None else (self._shamir.threshold, self._shamir.parties)
+
+    def deal(self, threshold: int, parties: Sequence[int]) -> dict[int, bytes]:
+        """Shamir shares of this party's key: ``{party id: bytes}``, each for that party only
+        (send it over a confidential channel). Any ``threshold`` of ``parties`` then decrypt."""
+        ids = [_check_party(p) for p in parties]
+        if len(set(ids)) != len(ids) or self.party not in ids:
+            raise InvalidArgument(f"parties {ids} must be distinct and include party {self.party}")
+        if isinstance(threshold, bool) or not isinstance(threshold, int):
+            raise InvalidArgument(f"threshold must be an int; got {threshold!r}")
+        if not 1 <= threshold <= len(ids):
+            raise InvalidArgument(f"threshold must be in [1, {len(ids)}]; got {threshold}")
+        ids.sort()
+        primes = params(self.preset).key_primes
+        points = shamir.deal(self._secret[0], threshold, ids, primes, self._seed)
+        return {
+            j: fmt.write_dealt(self.party, j, self.preset, fmt.Shamir(threshold, tuple(ids), f))
+            for j, f in points.items()
+        }
+
+    def accept_dealt(self, dealt: Mapping[int, bytes]) -> None:
+        """Keep the sum of what every party dealt to this one (its own dealing included, which
+        fixes the threshold and the parties): from then on this party decrypts as one of any
+        ``threshold`` parties. :class:`KeyShareError` names a bad dealer; nothing is kept then."""
+        prm = params(self.preset)
+        shape = (len(prm.key_primes), prm.preset.poly_degree)
+        parsed: dict[int, fmt.Shamir] = {}
+        for key, raw in dealt.items():
+            dealer, recipient, preset, st = fmt.read_dealt(bytes(raw))
+            if dealer != key:
+                raise KeyShareError(f"party {key}: its dealt share names dealer {dealer}", key)
+            if recipient != self.party:
+                raise KeyShareError(
+                    f"party {dealer} dealt a share for party {recipient} to party {self.party}",
+                    dealer,
+                )
+            if preset != self.preset or st.residues.shape != shape:
+                raise KeyShareError(f"party {dealer} dealt for another preset", dealer)
+            if (st.residues >= np.array(prm.key_primes, dtype=np.uint64)[:, None]).any():
+                raise KeyShareError(f"party {dealer}: a dealt residue is not reduced", dealer)
+            parsed[dealer] = st
+        own = parsed.get(self.party)
+        if own is None:
+            raise KeyShareError(f"party {self.party}: its own dealing is missing", self.party)
+        for dealer, st in parsed.items():
+            if (st.threshold, st.parties) != (own.threshold, own.parties):
+                raise KeyShareError(
+                    f"party {dealer} dealt for another threshold or party set", dealer
+                )
+            if dealer not in own.parties:
+                raise KeyShareError(
+                    f"party {dealer} is not one of the parties {list(own.parties)}", dealer
+                )
+        missing = sorted(set(own.parties) - set(parsed))
+        if missing:
+            raise KeyShareError(
+                f"party {missing[0]} dealt nothing to party {self.party}", missing[0]
+            )
+        total = own.residues.copy()
+        for dealer, st in parsed.items():
+            if dealer != self.party:
+                for k, q in enumerate(prm.key_primes):
+                    total[k] = T.addmod(total[k], st.residues[k], q)
+        self._shamir = fmt.Shamir(own.threshold, own.parties, total)
+        self.__dict__.pop("_shamir_pre", None)
+
+    @functools.cached_property
+    def _shamir_pre(self) -> np.ndarray:
+        assert self._shamir is not None
+        primes = params(self.preset).key_primes
+        return np.stack([T.shoup(self._shamir.residues[k], q) for k, q in enumerate(primes)])
+
     def _share(
         self, res: np.ndarray, primes: tuple[int, ...], digest: bytes, active: tuple[int, ...]
     ) -> np.ndarray:
-        """``c1 s_i + e_i`` ``[C, K, N]`` for the ciphertexts ``res`` ``[C, 2, K, N]``, no guard."""
+        """``c1 s_i + e_i`` ``[C, K, N]`` for the ciphertexts ``res`` ``[C, 2, K, N]``, no guard.
+        t-of-n: ``s_i`` is ``lambda_i F(i)`` over the active set."""
         s_hat, pre = self._secret
+        if self._shamir is not None:
+            s_hat, pre = self._shamir.residues, self._shamir_pre
         c, _, k, n = res.shape
         tag = np.asarray(active, dtype="<u4").tobytes()
         noise = sampling.gaussian(c * n, SMUDGE_SIGMA, b"bcfl-mp-smudge", self._seed, digest, tag)
@@ -168,6 +254,8 @@ class KeyShare:
         out = np.empty((c, k, n), dtype=np.uint64)
         for j, q in enumerate(primes):
             prod = T.mulmod_shoup(res[:, 1, j], s_hat[j], pre[j], np.uint64(q))
+            if self._shamir is not None:
+                prod = shamir.scale(prod, shamir.lagrange_at_zero(self.party, active, q), q)
             out[:, j] = T.addmod(prod, e_hat[:, j], q)
         return out
 
@@ -199,6 +287,20 @@ class KeyShare:
             raise InvalidArgument(f"active parties {list(active)} repeat a party")
         if self.party not in ids:
             raise InvalidArgument(f"party {self.party} is not in the active set {ids}")
+        if self._shamir is not None:
+            t, parties = self._shamir.threshold, self._shamir.parties
+            outside = sorted(set(ids) - set(parties))
+            if outside:
+                raise DecryptionRefused(
+                    f"party {self.party}: party {outside[0]} of the active set is not one of "
+                    f"the parties {list(parties)}",
+                    self.party,
+                )
+            if len(ids) < t:
+                raise DecryptionRefused(
+                    f"party {self.party}: an active set of {len(ids)} parties; the threshold is {t}",
+                    self.party,
+                )
         prm = params(self.preset)
         layout, res, _ = _residues(agg, prm.info, "aggregate")
         items = list(
