@@ -207,7 +207,9 @@ def test_bad_public_shares_are_named(setup: dict[str, Any]) -> None:
     with pytest.raises(KeyShareError, match=r"party 1.*two public shares"):
         mp.combine_public([shares[0], shares[0]], crs, commitments=commits[:2])
     with pytest.raises(KeyShareError, match="party 3 committed"):
-        mp.combine_public(shares[:2], crs, commitments=dict(zip(PARTIES[:3], commits[:3], strict=True)))
+        mp.combine_public(
+            shares[:2], crs, commitments=dict(zip(PARTIES[:3], commits[:3], strict=True))
+        )
     with pytest.raises(KeyShareError, match=r"party 1.*without a commitment"):
         mp.combine_public(shares[:2], crs, commitments={2: commits[1]})
     other = mp.new_crs()
