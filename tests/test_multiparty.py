@@ -62,6 +62,12 @@ def test_public_context_is_public_only(setup: dict[str, Any]) -> None:
     assert ctx.global_scale == 2.0**80
 
 
+def test_compact_encrypt_is_refused_at_this_scale(setup: dict[str, Any]) -> None:
+    """q_0 has 60 bits and the scale 80: a lowest-level payload would decrypt to garbage."""
+    with pytest.raises(InvalidArgument, match="cannot hold the scale 2\\^80"):
+        he.encrypt(np.ones(4), setup["public"])
+
+
 def test_known_answer_after_setup(setup: dict[str, Any]) -> None:
     err = mp.known_answer(setup["public"], setup["crs"], setup["parties"])
     assert err <= he.PRESETS["threshold"].precision
