@@ -544,6 +544,25 @@ PYBIND11_MODULE(_C, m) {
       bcfl::ntt_forward(x.as<uint64_t>(), rows, N, q, w.as<const uint64_t>(), ws.as<const uint64_t>());
   });
 
+  // mul_add_mod(a [rows, N], q, b [N], bs [N], c [rows, N] | None, out [rows, N]), all uint64,
+  // residues below q; out may be a or c (in place).
+  m.def("mul_add_mod", [](py::handle a_, uint64_t q, py::handle b_, py::handle bs_, py::handle c_,
+                          py::handle out_) {
+    const View a = view(a_, "mul_add_mod: a", {kU64}, {-1, -1});
+    const int64_t rows = a.dim(0), N = a.dim(1);
+    if (q < 3 || q >= (uint64_t{1} << 62)) invalid("mul_add_mod: q must be in (2, 2^62); got " + std::to_string(q));
+    const View b = view(b_, "mul_add_mod: b", {kU64}, {N});
+    const View bs = view(bs_, "mul_add_mod: bs", {kU64}, {N});
+    const View c = none(c_) ? View{} : view(c_, "mul_add_mod: c", {kU64}, {rows, N});
+    const View out = view(out_, "mul_add_mod: out", {kU64}, {rows, N}, true);
+    no_overlap(out, "mul_add_mod: out", {&b, &bs});
+    if (out.data != a.data) no_overlap(out, "mul_add_mod: out", {&a});
+    if (c.data != out.data) no_overlap(out, "mul_add_mod: out", {&c});
+    py::gil_scoped_release release;
+    bcfl::mul_add_mod(a.as<const uint64_t>(), rows, N, q, b.as<const uint64_t>(), bs.as<const uint64_t>(),
+                      c.as<const uint64_t>(), out.as<uint64_t>());
+  });
+
   // ---- _distances ----
   // The centred Gram matrix of krum, multi_krum, bulyan and nnm: G [n, n] float64, written whole.
   m.def("gram_centered", [](py::handle x_, py::handle p_, py::handle G_) {

@@ -71,4 +71,19 @@ void ntt_inverse(uint64_t* x, int64_t rows, int64_t N, uint64_t q, const uint64_
   for (int64_t r = 0; r < rows; ++r) inverse_one(x + r * N, N, q, w, ws, ninv, ninvs);
 }
 
+void mul_add_mod(const uint64_t* a, int64_t rows, int64_t N, uint64_t q, const uint64_t* b,
+                 const uint64_t* bs, const uint64_t* c, uint64_t* out) {
+#pragma omp parallel for schedule(static) if (rows * N >= (1 << 17))
+  for (int64_t r = 0; r < rows; ++r) {
+    const uint64_t* ar = a + r * N;
+    uint64_t* o = out + r * N;
+    if (c) {
+      const uint64_t* cr = c + r * N;
+      for (int64_t j = 0; j < N; ++j) o[j] = add_mod(mul_shoup(ar[j], b[j], bs[j], q), cr[j], q);
+    } else {
+      for (int64_t j = 0; j < N; ++j) o[j] = mul_shoup(ar[j], b[j], bs[j], q);
+    }
+  }
+}
+
 }  // namespace bcfl

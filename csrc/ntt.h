@@ -12,4 +12,8 @@ void ntt_forward(uint64_t* x, int64_t rows, int64_t N, uint64_t q, const uint64_
                  const uint64_t* ws);
 void ntt_inverse(uint64_t* x, int64_t rows, int64_t N, uint64_t q, const uint64_t* w,
                  const uint64_t* ws, uint64_t ninv, uint64_t ninvs);
+// Pointwise out[r, j] = a[r, j] * b[j] + c[r, j] mod q over rows a [rows, N] (c may be null:
+// zero; out may alias a or c), b [N] with bs its Shoup constants; residues below q < 2^62.
+void mul_add_mod(const uint64_t* a, int64_t rows, int64_t N, uint64_t q, const uint64_t* b,
+                 const uint64_t* bs, const uint64_t* c, uint64_t* out);
 }  // namespace bcfl

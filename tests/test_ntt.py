@@ -62,6 +62,25 @@ def test_pointwise_product_is_negacyclic(n: int, q: int) -> None:
 
 
 @BACKEND
+def test_mul_add(backend: str) -> None:
+    q, n = PRIMES[0], 32
+    a = np.array([_rand(n, q, 7), [q - 1] * n], dtype=np.uint64)
+    b = np.array(_rand(n, q, 8), dtype=np.uint64)
+    c = np.array([_rand(n, q, 9), [q - 1] * n], dtype=np.uint64)
+    got = T.mul_add(a, b, T.shoup(b, q), q, c, backend=backend)
+    want = [
+        [(int(x) * int(y) + int(z)) % q for x, y, z in zip(ra, b, rc, strict=True)]
+        for ra, rc in zip(a, c, strict=True)
+    ]
+    assert got.tolist() == want
+    assert T.mul_add(a, b, T.shoup(b, q), q, backend=backend).tolist() == [
+        [int(x) * int(y) % q for x, y in zip(ra, b, strict=True)] for ra in a
+    ]
+    with pytest.raises(InvalidArgument, match="mul_add"):
+        T.mul_add(a, b[:-1], T.shoup(b, q)[:-1], q, backend=backend)
+
+
+@BACKEND
 def test_extremes_and_batches(backend: str) -> None:
     """Residues at q - 1 (largest products), batched leading dimensions, signed round trips."""
     q, n = PRIMES[0], 64

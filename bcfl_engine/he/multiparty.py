@@ -253,10 +253,12 @@ class KeyShare:
         e_hat = _ntt_signed(noise.reshape(c, n), primes)
         out = np.empty((c, k, n), dtype=np.uint64)
         for j, q in enumerate(primes):
-            prod = T.mulmod_shoup(res[:, 1, j], s_hat[j], pre[j], np.uint64(q))
-            if self._shamir is not None:
-                prod = shamir.scale(prod, shamir.lagrange_at_zero(self.party, active, q), q)
-            out[:, j] = T.addmod(prod, e_hat[:, j], q)
+            if self._shamir is None:
+                out[:, j] = T.mul_add(res[:, 1, j], s_hat[j], pre[j], q, e_hat[:, j])
+            else:
+                prod = T.mul_add(res[:, 1, j], s_hat[j], pre[j], q)
+                lam = shamir.lagrange_at_zero(self.party, active, q)
+                out[:, j] = T.addmod(shamir.scale(prod, lam, q), e_hat[:, j], q)
         return out
 
     def decryption_share(

@@ -265,6 +265,40 @@ def intt(a: np.ndarray, q: int, backend: str | None = None) -> np.ndarray:
     return mulmod_shoup(x, ninv, shoup(ninv, q), qq)
 
 
+def mul_add(
+    a: np.ndarray,
+    b: np.ndarray,
+    bs: np.ndarray,
+    q: int,
+    c: np.ndarray | None = None,
+    backend: str | None = None,
+) -> np.ndarray:
+    """``a * b + c mod q`` -> new ``uint64`` ``[..., N]``: ``a`` and ``c`` ``[..., N]``, ``b``
+    ``[N]`` with ``bs = shoup(b, q)`` (precomputed: the operand that stays, a key), residues
+    below ``q < 2^62``; ``c`` None adds nothing. Same backends as :func:`ntt`, equal bit for bit."""
+    x, chosen = _prepare(a, q, backend)
+    n = x.shape[-1]
+    b = np.ascontiguousarray(b, dtype=np.uint64)
+    bs = np.ascontiguousarray(bs, dtype=np.uint64)
+    if b.shape != (n,) or bs.shape != (n,):
+        raise InvalidArgument(f"mul_add: b and bs must be [{n}]; got {b.shape}, {bs.shape}")
+    if c is not None:
+        c = np.ascontiguousarray(c, dtype=np.uint64)
+        if c.shape != x.shape:
+            raise InvalidArgument(f"mul_add: c must be {x.shape}; got {c.shape}")
+    if chosen == "numpy":
+        prod = mulmod_shoup(x, b, bs, np.uint64(q))
+        return prod if c is None else addmod(prod, c, q)
+    import torch
+
+    from ..backends import native
+
+    flat = torch.from_numpy(x.reshape(-1, n))
+    cc = None if c is None else torch.from_numpy(c.reshape(-1, n))
+    native().mul_add_mod(flat, q, torch.from_numpy(b), torch.from_numpy(bs), cc, flat)
+    return x
+
+
 def to_signed(x: np.ndarray, q: int) -> np.ndarray:
     """Residues mod ``q`` as centered signed integers ``(-q/2, q/2]`` (``int64``)."""
     x = np.asarray(x, dtype=np.uint64)
