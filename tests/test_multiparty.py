@@ -243,6 +243,18 @@ def test_bad_decryption_shares_are_named(setup: dict[str, Any]) -> None:
     extra = outsider.decryption_share(agg, contributions=setup["payloads"], active=[*PARTIES, 9])
     with pytest.raises(KeyShareError, match=r"party 9.*not in the active set"):
         mp.combine_decryption(agg, [*shares, extra])
+    with pytest.raises(KeyShareError, match="party 9 is not a party of this key") as info:
+        mp.combine_decryption(agg, [*shares, extra], parties=PARTIES)
+    assert info.value.party == 9
+    rest = setup["payloads"][1:]  # another ciphertext: a new active set is allowed for it
+    agg4 = he.aggregate(rest, context=setup["public"])
+    four = [
+        p.decryption_share(agg4, contributions=rest, active=[1, 2, 3, 4])
+        for p in setup["parties"][:4]
+    ]
+    with pytest.raises(KeyShareError, match="party 5 is not in the active set: N-of-N"):
+        mp.combine_decryption(agg4, four, parties=PARTIES)
+    assert mp.combine_decryption(agg, shares, parties=PARTIES).shape == (D,)
     p = setup["parties"][0]
     with pytest.raises(InvalidArgument, match="party 1 is not in the active set"):
         p.decryption_share(agg, contributions=setup["payloads"], active=[2, 3])

@@ -84,16 +84,39 @@ def public_key_context(
     return fmt.public_context(prm.template, np.stack([pk0, a]), prm.key_parms_id)
 
 
-def combine_decryption(agg: Any, shares: Sequence[bytes]) -> np.ndarray:
+def combine_decryption(
+    agg: Any,
+    shares: Sequence[bytes],
+    *,
+    parties: Sequence[int] | None = None,
+    threshold: int | None = None,
+) -> np.ndarray:
     """Decode ``c0 + sum d_i`` -> float64 ``[d]``: every active party's share of ``agg``.
 
-    Raises :class:`KeyShareError` naming the party for a share of another ciphertext, active set
-    or preset, a duplicate, a missing active party or one outside the active set.
+    ``parties``, when given, are the key's parties: a share or an active party outside them is
+    refused; N-of-N (``threshold`` None) every one of them must be active, t-of-n at least
+    ``threshold``. Raises :class:`KeyShareError` naming the party for a share of another
+    ciphertext, active set or preset, a duplicate, a missing active party, one outside the active
+    set or a non-party; nothing is combined then.
     """
     parsed = [fmt.read_decryption_share(bytes(s)) for s in shares]
     if not parsed:
         raise InvalidArgument("combine_decryption needs at least one decryption share")
     first = parsed[0]
+    if parties is not None:
+        members = {int(p) for p in parties}
+        for who in [s.party for s in parsed] + list(first.active):
+            if who not in members:
+                raise KeyShareError(f"party {who} is not a party of this key", who)
+        if threshold is None and set(first.active) != members:
+            absent = sorted(members - set(first.active))[0]
+            raise KeyShareError(
+                f"party {absent} is not in the active set: N-of-N needs every party", absent
+            )
+        if threshold is not None and len(first.active) < threshold:
+            raise KeyShareError(
+                f"an active set of {len(first.active)} parties; the threshold is {threshold}"
+            )
     prm = params(first.preset)
     layout, res, version = _residues(agg, prm.info, "aggregate")
     digest = c1_digest(res[:, 1], layout.parms_id)
