@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from bcfl_engine import errors as he_errors
 from bcfl_engine import he
 from bcfl_engine.errors import DecryptionRefused, InvalidArgument, KeyShareError
 from bcfl_engine.he import mpcontext, mpformat
@@ -262,3 +263,33 @@ def test_bad_decryption_shares_are_named(setup: dict[str, Any]) -> None:
         p.decryption_share(agg, contributions=setup["payloads"], active=[1, 1, 2])
     with pytest.raises(InvalidArgument):
         mp.KeyShare.generate(party=0)
+
+
+def test_known_answer_catches_a_wrong_common_polynomial(setup: dict[str, Any]) -> None:
+    """A key built with another CRS loads silently in TenSEAL; only the known answer tells."""
+    residues = [mpformat.read_public_share(s).residues for s in setup["shares"]]
+    wrong = mp.public_key_context(residues, mp.new_crs())
+    assert ts.context_from(wrong).has_public_key()
+    with pytest.raises(KeyShareError, match="known-answer test failed"):
+        mp.known_answer(wrong, setup["crs"], setup["parties"])
+
+
+def test_contributions_by_client_id(setup: dict[str, Any]) -> None:
+    """Contributions keyed by authenticated client id; a bad one is named."""
+    s = dict(setup)
+    ids = ["hospital-a", "hospital-b", "hospital-c"]
+    s["payloads"] = dict(zip(ids, setup["payloads"][2:], strict=True))
+    agg = he.aggregate(list(s["payloads"].values()), context=setup["public"])
+    p = setup["parties"][0]
+    p.decryption_share(agg, contributions=s["payloads"], active=PARTIES)  # accepted
+    bad = {**s["payloads"], "hospital-c": setup["payloads"][4][:-10]}
+    with pytest.raises(he_errors.PayloadError, match="hospital-c"):
+        p.decryption_share(agg, contributions=bad, active=PARTIES)
+
+
+def test_unreduced_public_share_is_named(setup: dict[str, Any]) -> None:
+    share = bytearray(setup["shares"][2])
+    share[-8:] = (2**64 - 1).to_bytes(8, "little")
+    with pytest.raises(KeyShareError, match=r"party 3.*not reduced") as info:
+        mpformat.read_public_share(bytes(share))
+    assert info.value.party == 3

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidArgument
+from ..errors import InvalidArgument, PayloadError
 from . import mpformat as fmt
 from . import ntt as T
 from . import presets as _presets
@@ -94,13 +94,17 @@ def c1_digest(c1: np.ndarray, parms_id: tuple[int, ...]) -> bytes:
     """What a decryption share is bound to: BLAKE2b-256 over the ciphertexts' ``c1`` residues."""
     h = hashlib.blake2b(digest_size=32, person=b"bcfl-mp-c1")
     h.update(np.asarray(parms_id, dtype="<u8").tobytes())
-    h.update(memoryview(np.ascontiguousarray(c1, dtype="<u8")))  # no copy of a contiguous c1
+    h.update(np.ascontiguousarray(c1, dtype="<u8").data)  # no copy of a contiguous c1
     return h.digest()
 
 
 def _residues(blob: Any, info: ContextInfo, where: str) -> tuple[wire.Layout, np.ndarray, Any]:
-    layout = wire.peek(blob, info)
-    res, version = wire.parse(blob, layout)
+    """``(layout, residues [C, 2, K, N], SEAL version)`` of a payload; PayloadError names it."""
+    try:
+        layout = wire.peek(blob, info)
+        res, version = wire.parse(blob, layout)
+    except PayloadError as exc:
+        raise PayloadError(f"{where}: {exc}") from None
     return layout, res, version
 
 
