@@ -22,12 +22,21 @@ from bcfl_engine.he import ntt as T
 _NATIVE = _load_native()[1]
 if _NATIVE and os.environ.get("BCFL_REQUIRE_NATIVE") == "1":
     raise RuntimeError(f"BCFL_REQUIRE_NATIVE=1 but {_NATIVE}")
+try:
+    import triton  # noqa: F401
+
+    _TRITON = None
+except ImportError as exc:
+    _TRITON = f"triton not installed ({exc})"
 BACKEND = pytest.mark.parametrize(
     "backend",
     [
         pytest.param("numpy", id="numpy"),
         pytest.param(
             "native", id="native", marks=pytest.mark.skipif(bool(_NATIVE), reason=str(_NATIVE))
+        ),
+        pytest.param(
+            "triton", id="triton", marks=pytest.mark.skipif(bool(_TRITON), reason=str(_TRITON))
         ),
     ],
 )

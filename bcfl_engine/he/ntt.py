@@ -21,6 +21,10 @@ Two implementations:
 - the native backend (``csrc/ntt.cpp``, the extension ``bcfl_engine._C``): the same butterflies
   in C++, one polynomial per OpenMP task, equal to the numpy one bit for bit.
 
+- the triton backend (``kernels/ntt.py``): one launch per stage on a CUDA device (or the CPU
+  under ``TRITON_INTERPRET=1``), equal bit for bit too; only when asked for (``backend=
+  "triton"``): a transform of one key is too small to pay a device round trip.
+
 ``backend=None`` takes the native one where the extension is built, else numpy.
 """
 
@@ -175,7 +179,7 @@ def tables(n: int, q: int) -> Tables:
     return Tables(n, q, psi, fwd, shoup(fwd, q), inv, shoup(inv, q), pow(n, -1, q))
 
 
-BACKENDS = ("numpy", "native")
+BACKENDS = ("numpy", "native", "triton")
 
 
 def _prepare(a: np.ndarray, q: int, backend: str | None) -> tuple[np.ndarray, str]:
@@ -188,8 +192,8 @@ def _prepare(a: np.ndarray, q: int, backend: str | None) -> tuple[np.ndarray, st
         raise InvalidArgument(f"NTT input holds a residue >= q = {q}")
     if backend not in (None, *BACKENDS):
         raise InvalidArgument(f"NTT backend {backend!r}; known: {', '.join(BACKENDS)}")
-    if backend == "numpy":
-        return x, "numpy"
+    if backend in ("numpy", "triton"):
+        return x, backend
     from ..backends import _load_native, native
 
     if backend == "native":
@@ -220,6 +224,38 @@ def _native(x: np.ndarray, q: int, inverse: bool) -> np.ndarray:
     return x
 
 
+def _triton(x: np.ndarray, q: int, inverse: bool) -> np.ndarray:
+    import os
+
+    import torch
+
+    from ..errors import BackendUnavailable
+
+    try:
+        from ..kernels.ntt import ntt as launch
+    except ImportError as exc:
+        raise BackendUnavailable(f"triton not importable ({exc})") from None
+    if torch.cuda.is_available():
+        device = "cuda"
+    elif os.environ.get("TRITON_INTERPRET") == "1":
+        device = "cpu"
+    else:
+        raise BackendUnavailable("the triton NTT needs CUDA (or TRITON_INTERPRET=1 on the CPU)")
+    n = x.shape[-1]
+    tb = tables(n, q)
+    ninv = np.array(tb.n_inv, dtype=np.uint64)
+
+    def dev(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a).view(np.int64)).to(device)
+
+    w, ws = (tb.inv, tb.inv_p) if inverse else (tb.fwd, tb.fwd_p)
+    qt = dev(np.array([q], dtype=np.uint64))
+    nt = dev(np.array([tb.n_inv, int(shoup(ninv, q))], dtype=np.uint64))
+    flat = dev(x.reshape(-1, n))
+    launch(flat, qt, dev(w), dev(ws), inverse, nt)
+    return flat.cpu().numpy().view(np.uint64).reshape(x.shape)
+
+
 def ntt(a: np.ndarray, q: int, backend: str | None = None) -> np.ndarray:
     """Forward negacyclic NTT of ``a`` ``[..., N]`` (residues below ``q``) -> ``[..., N]``
     ``uint64`` in SEAL's order (bit-reversed). Leading dimensions are transformed independently.
@@ -227,6 +263,8 @@ def ntt(a: np.ndarray, q: int, backend: str | None = None) -> np.ndarray:
     x, chosen = _prepare(a, q, backend)
     if chosen == "native":
         return _native(x, q, inverse=False)
+    if chosen == "triton":
+        return _triton(x, q, inverse=False)
     n = x.shape[-1]
     tb, qq = tables(n, q), np.uint64(q)
     lead = x.shape[:-1]
@@ -248,6 +286,8 @@ def intt(a: np.ndarray, q: int, backend: str | None = None) -> np.ndarray:
     x, chosen = _prepare(a, q, backend)
     if chosen == "native":
         return _native(x, q, inverse=True)
+    if chosen == "triton":
+        return _triton(x, q, inverse=True)
     n = x.shape[-1]
     tb, qq = tables(n, q), np.uint64(q)
     lead = x.shape[:-1]
@@ -286,7 +326,7 @@ def mul_add(
         c = np.ascontiguousarray(c, dtype=np.uint64)
         if c.shape != x.shape:
             raise InvalidArgument(f"mul_add: c must be {x.shape}; got {c.shape}")
-    if chosen == "numpy":
+    if chosen in ("numpy", "triton"):  # no triton kernel: a device round trip would dominate
         prod = mulmod_shoup(x, b, bs, np.uint64(q))
         return prod if c is None else addmod(prod, c, q)
     import torch
