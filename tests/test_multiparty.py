@@ -256,11 +256,18 @@ def test_bad_decryption_shares_are_named(setup: dict[str, Any]) -> None:
     with pytest.raises(KeyShareError, match="party 5 is not in the active set: N-of-N"):
         mp.combine_decryption(agg4, four, parties=PARTIES)
     assert mp.combine_decryption(agg, shares, parties=PARTIES).shape == (D,)
+    keyed = dict(zip(PARTIES, shares, strict=True))
+    assert mp.combine_decryption(agg, keyed).shape == (D,)
+    with pytest.raises(KeyShareError, match="party 2 sent a decryption share of party 3") as info:
+        mp.combine_decryption(agg, {**keyed, 2: shares[2]})
+    assert info.value.party == 2
     p = setup["parties"][0]
     with pytest.raises(InvalidArgument, match="party 1 is not in the active set"):
         p.decryption_share(agg, contributions=setup["payloads"], active=[2, 3])
     with pytest.raises(InvalidArgument):
         p.decryption_share(agg, contributions=setup["payloads"], active=[1, 1, 2])
+    with pytest.raises(InvalidArgument, match="min_clients"):
+        p.decryption_share(agg, contributions=setup["payloads"], active=PARTIES, min_clients=0)
     with pytest.raises(InvalidArgument):
         mp.KeyShare.generate(party=0)
 

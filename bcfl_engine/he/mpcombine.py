@@ -86,20 +86,31 @@ def public_key_context(
 
 def combine_decryption(
     agg: Any,
-    shares: Sequence[bytes],
+    shares: Sequence[bytes] | Mapping[int, bytes],
     *,
     parties: Sequence[int] | None = None,
     threshold: int | None = None,
 ) -> np.ndarray:
     """Decode ``c0 + sum d_i`` -> float64 ``[d]``: every active party's share of ``agg``.
 
-    ``parties``, when given, are the key's parties: a share or an active party outside them is
+    ``shares`` may be keyed by the party each came from: a share that names another party is
+    refused. ``parties``, when given, are the key's parties: a share or an active party outside them is
     refused; N-of-N (``threshold`` None) every one of them must be active, t-of-n at least
     ``threshold``. Raises :class:`KeyShareError` naming the party for a share of another
     ciphertext, active set or preset, a duplicate, a missing active party, one outside the active
     set or a non-party; nothing is combined then.
     """
-    parsed = [fmt.read_decryption_share(bytes(s)) for s in shares]
+    if isinstance(shares, Mapping):
+        parsed = []
+        for sender, raw in shares.items():
+            share = fmt.read_decryption_share(bytes(raw))
+            if share.party != sender:
+                raise KeyShareError(
+                    f"party {sender} sent a decryption share of party {share.party}", sender
+                )
+            parsed.append(share)
+    else:
+        parsed = [fmt.read_decryption_share(bytes(s)) for s in shares]
     if not parsed:
         raise InvalidArgument("combine_decryption needs at least one decryption share")
     first = parsed[0]

@@ -284,6 +284,8 @@ class KeyShare:
         DecryptionRefused : ``agg`` is not the sum of ``contributions``, holds fewer than
             ``min_clients`` of them, or this ``c1`` was already shared under another active set
         """
+        if isinstance(min_clients, bool) or not isinstance(min_clients, int) or min_clients < 1:
+            raise InvalidArgument(f"min_clients must be an int >= 1; got {min_clients!r}")
         ids = sorted({_check_party(a) for a in active})
         if len(ids) != len(active):
             raise InvalidArgument(f"active parties {list(active)} repeat a party")
