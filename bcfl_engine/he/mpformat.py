@@ -84,10 +84,10 @@ def _read_shamir(buf: bytes, pos: int, what: str, party: int) -> tuple[Shamir, i
         raise KeyShareError(f"{what} cut short", party)
     t, n_parties = struct.unpack_from("<HH", buf, pos)
     pos += 4
-    parties = tuple(int(p) for p in np.frombuffer(buf[pos : pos + 4 * n_parties], "<u4"))
-    pos += 4 * n_parties
-    if len(parties) != n_parties or len(buf) < pos + 6:
+    if len(buf) < pos + 4 * n_parties + 6:
         raise KeyShareError(f"{what} cut short", party)
+    parties = tuple(int(p) for p in np.frombuffer(buf, "<u4", n_parties, pos))
+    pos += 4 * n_parties
     k, n = struct.unpack_from("<HI", buf, pos)
     pos += 6
     if not 1 <= t <= n_parties or len(buf) < pos + 8 * k * n or k * n == 0:
@@ -226,9 +226,9 @@ def read_decryption_share(buf: bytes) -> DecryptionShare:
     digest = bytes(buf[pos : pos + 32])
     (na,) = struct.unpack_from("<H", buf, pos + 32)
     pos += 34
-    active = tuple(int(a) for a in np.frombuffer(buf[pos : pos + 4 * na], "<u4"))
-    if len(active) != na:
+    if len(buf) < pos + 4 * na:
         raise KeyShareError(f"decryption share of party {party} cut short", party)
+    active = tuple(int(a) for a in np.frombuffer(buf, "<u4", na, pos))
     preset, pos = _name(buf, pos + 4 * na, "decryption share", party)
     if len(buf) < pos + _DEC.size:
         raise KeyShareError(f"decryption share of party {party} cut short", party)
