@@ -22,6 +22,17 @@ standard deviation ``2^50`` (a margin of ``2^41`` over an aggregate's noise at t
 the round's contributions, from at least ``min_clients`` of them, and never for the same ``c1``
 under a second active set (two noisy shares of one ``c1`` leak the key; a retry with the same
 set returns the same share). Passive security, as in Lattigo: no proof of correct shares.
+Each party's noise alone must flood the aggregate's, so the decryption error grows like
+``sqrt(parties)``: the preset's precision (2^-20) holds up to 8 parties (2.7e-6 at 100).
+
+t-of-n (:meth:`KeyShare.deal`, :meth:`KeyShare.accept_dealt`, :mod:`bcfl_engine.he.shamir`):
+after the setup each party Shamir-shares its ``s_i`` (each dealt share goes to one party only,
+over a confidential channel this module does not provide); a party then keeps ``F(j)``, a point
+of the sum of the dealt polynomials, and its decryption share uses ``lambda_j F(j)`` for the
+active set's Lagrange weight ``lambda_j``. The public key does not change. Fewer than ``t``
+active parties are refused (and would decode garbage). A decryption whose combination fails
+(a party dropped out) cannot be retried for the same ``c1`` under another active set: the
+round must produce a new aggregate.
 
 Formats: :mod:`bcfl_engine.he.mpformat`; NTT: :mod:`bcfl_engine.he.ntt`.
 """
