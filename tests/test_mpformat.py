@@ -5,12 +5,15 @@ depend on it. Also the deterministic samplers they are filled from."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
 from bcfl_engine.errors import KeyShareError
 from bcfl_engine.he import mpformat as fmt
 from bcfl_engine.he import sampling
+from bcfl_engine.he.mpcontext import SMUDGE_BOUND
 
 Q = (1152921504606683137, 1152921504606748673)
 N = 1024  # the smallest ring degree a public share may declare
@@ -86,9 +89,15 @@ def test_samplers_are_deterministic_and_in_range() -> None:
     s = sampling.ternary(30000, b"t", b"seed")
     counts = np.bincount(s + 1)
     assert set(np.unique(s).tolist()) == {-1, 0, 1} and counts.min() > 9000
-    e = sampling.gaussian(100000, 3.2, b"t", b"seed")
-    assert abs(e.std() - 3.2) < 0.1 and np.abs(e).max() <= 19
-    big = sampling.gaussian(100000, 2.0**50, b"t", b"seed")
+    e = sampling.binomial(100000, 21, b"t", b"seed")
+    assert abs(e.std() - 21**0.5 / 2**0.5) < 0.05 and np.abs(e).max() <= 21
+    assert abs(e.mean()) < 0.05
+    bound = SMUDGE_BOUND
+    assert bound == math.isqrt(3 << 100)  # standard deviation bound / sqrt(3) = 2^50
+    big = sampling.uniform_int(100000, bound, b"t", b"seed")
+    assert int(np.abs(big).max()) <= bound and int(np.abs(big).max()) > 0.99 * bound
     assert abs(big.std() / 2.0**50 - 1) < 0.02 and abs(big.mean()) < 2.0**50 / 100
+    tiny = sampling.uniform_int(3000, 1, b"t", b"seed")
+    assert set(np.unique(tiny).tolist()) == {-1, 0, 1}
     # length-prefixed parts: moving a byte between parts changes the stream
     assert sampling.xof(b"t", b"ab", b"c", nbytes=16) != sampling.xof(b"t", b"a", b"bc", nbytes=16)

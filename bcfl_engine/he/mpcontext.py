@@ -22,8 +22,10 @@ from . import sampling, wire
 from .client import decrypt as _decrypt
 from .keys import ContextInfo, context_info, tenseal
 
-SMUDGE_SIGMA = 2.0**50  # see the module docstring and THRESHOLD_CKKS.md's table
-KEY_SIGMA = 3.2  # SEAL's error distribution
+# Smudging noise uniform on [-SMUDGE_BOUND, SMUDGE_BOUND]: standard deviation 2^50 (bound / sqrt 3),
+# a margin of 2^41 over an aggregate's noise at scale 2^80 (THRESHOLD_CKKS.md's table).
+SMUDGE_BOUND = 1950115842888490  # floor(sqrt(3) * 2^50)
+KEY_ETA = 21  # centered binomial, standard deviation 3.24 (SEAL's error: 3.2)
 KAT_VALUES = 64
 
 

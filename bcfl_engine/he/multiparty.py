@@ -15,8 +15,8 @@ Each party holds a ternary secret ``s_i`` derived from its own 32-byte seed; nob
    a key built from a wrong ``a`` loads silently and decrypts to garbage.
 
 Decryption (N-of-N): for an aggregate ``(c0, c1)`` each party publishes
-``d_i = c1 s_i + e_i`` (:meth:`KeyShare.decryption_share`), with smudging noise ``e_i`` of
-standard deviation ``2^50`` (a margin of ``2^41`` over an aggregate's noise at the
+``d_i = c1 s_i + e_i`` (:meth:`KeyShare.decryption_share`), with smudging noise ``e_i``
+uniform of standard deviation ``2^50`` (a margin of ``2^41`` over an aggregate's noise at the
 ``"threshold"`` preset's scale ``2^80``) derived from (seed, hash of ``c1``, active set);
 :func:`combine_decryption` decodes ``c0 + sum d_i``. A party computes a share only for the sum of
 the round's contributions, from at least ``min_clients`` of them, and never for the same ``c1``
@@ -61,8 +61,8 @@ from .mpcombine import (
     public_key_context,
 )
 from .mpcontext import (
-    KEY_SIGMA,
-    SMUDGE_SIGMA,
+    KEY_ETA,
+    SMUDGE_BOUND,
     Params,
     _check_crs,
     _check_party,
@@ -75,7 +75,7 @@ from .mpcontext import (
 )
 
 __all__ = [
-    "SMUDGE_SIGMA",
+    "SMUDGE_BOUND",
     "KeyShare",
     "Params",
     "c1_digest",
@@ -163,7 +163,7 @@ class KeyShare:
         n = prm.preset.poly_degree
         a = common_poly(crs, prm.key_primes, n)
         s_hat, pre = self._secret
-        e = sampling.gaussian(n, KEY_SIGMA, b"bcfl-mp-error", self._seed, crs)
+        e = sampling.binomial(n, KEY_ETA, b"bcfl-mp-error", self._seed, crs)
         e_hat = _ntt_signed(e, prm.key_primes)
         out = np.empty_like(a)
         for k, q in enumerate(prm.key_primes):
@@ -260,7 +260,9 @@ class KeyShare:
             s_hat, pre = self._shamir.residues, self._shamir_pre
         c, _, k, n = res.shape
         tag = np.asarray(active, dtype="<u4").tobytes()
-        noise = sampling.gaussian(c * n, SMUDGE_SIGMA, b"bcfl-mp-smudge", self._seed, digest, tag)
+        noise = sampling.uniform_int(
+            c * n, SMUDGE_BOUND, b"bcfl-mp-smudge", self._seed, digest, tag
+        )
         e_hat = _ntt_signed(noise.reshape(c, n), primes)
         out = np.empty((c, k, n), dtype=np.uint64)
         for j, q in enumerate(primes):

@@ -6,9 +6,13 @@ follows from its 32-byte seed and the common polynomial from the public CRS seed
   common polynomial ``a``, sampled directly in the NTT domain (a uniform polynomial has uniform
   NTT values, so nothing is lost and one transform is saved);
 - :func:`ternary`: coefficients uniform in ``{-1, 0, 1}`` (the secret, as SEAL samples it);
-- :func:`gaussian`: rounded normal integers by Box-Muller on 53-bit uniforms, clipped at
-  ``clip`` standard deviations (SEAL clips its 3.2-sigma error at 6 sigma); used for the key
-  error and, with a large ``sigma``, for the smudging noise of decryption shares.
+- :func:`binomial`: a centered binomial of standard deviation ``sqrt(eta / 2)`` (the key error);
+- :func:`uniform_int`: integers uniform in ``[-B, B]`` (the smudging noise of decryption
+  shares: the smudging lemma's distribution).
+
+Every sampler is integer-only (no floating point), so a party's public share and decryption
+shares are the same bytes on every machine: a commitment made on one machine matches the reveal
+computed on another, and a recomputed share adds no fresh noise.
 """
 
 from __future__ import annotations
@@ -50,13 +54,29 @@ def ternary(n: int, tag: bytes, *parts: bytes) -> np.ndarray:
         want *= 2
 
 
-def gaussian(n: int, sigma: float, tag: bytes, *parts: bytes, clip: float = 6.0) -> np.ndarray:
-    """``n`` rounded normal integers of standard deviation ``sigma`` (``int64``), ``|x| <= clip
-    sigma``. Box-Muller on pairs of 53-bit uniforms from the XOF."""
-    pairs = (n + 1) // 2
-    words = np.frombuffer(xof(tag, *parts, nbytes=16 * pairs), dtype="<u8") >> np.uint64(11)
-    u1 = (words[:pairs].astype(np.float64) + 1.0) * 2.0**-53  # (0, 1]: log is finite
-    u2 = words[pairs:].astype(np.float64) * 2.0**-53
-    r = np.sqrt(-2.0 * np.log(u1))
-    z = np.concatenate([r * np.cos(2 * np.pi * u2), r * np.sin(2 * np.pi * u2)])[:n]
-    return np.rint(np.clip(z, -clip, clip) * sigma).astype(np.int64)
+def binomial(n: int, eta: int, tag: bytes, *parts: bytes) -> np.ndarray:
+    """``n`` centered binomial integers (``int64``): ``popcount(a) - popcount(b)`` of two
+    ``eta``-bit words, standard deviation ``sqrt(eta / 2)``, ``|x| <= eta`` (Kyber's error
+    distribution; ``eta = 21`` gives 3.24, SEAL's 3.2)."""
+    if not 1 <= eta <= 32:
+        raise ValueError(f"eta must be in [1, 32]; got {eta}")
+    words = np.frombuffer(xof(tag, *parts, nbytes=8 * n), dtype="<u8")
+    mask = np.uint64((1 << eta) - 1)
+    a = np.bitwise_count(words & mask).astype(np.int64)
+    b = np.bitwise_count((words >> np.uint64(32)) & mask).astype(np.int64)
+    return a - b
+
+
+def uniform_int(n: int, bound: int, tag: bytes, *parts: bytes) -> np.ndarray:
+    """``n`` integers uniform in ``[-bound, bound]`` (``int64``, ``bound < 2^61``), by rejection:
+    integers only, so the same on every machine and numpy version (a share recomputed for a
+    retry is the same share, bit for bit)."""
+    span = 2 * bound + 1
+    mask = np.uint64((1 << span.bit_length()) - 1)
+    want = n + n // 2 + 16
+    while True:
+        words = np.frombuffer(xof(tag, *parts, nbytes=8 * want), dtype="<u8") & mask
+        kept = words[words < np.uint64(span)]
+        if kept.size >= n:
+            return kept[:n].astype(np.int64) - bound
+        want *= 2
