@@ -61,6 +61,7 @@ def test_public_context_is_public_only(setup: dict[str, Any]) -> None:
     ctx = setup["ctx"]
     assert ctx.is_public() and ctx.has_public_key() and not ctx.has_secret_key()
     assert ctx.global_scale == 2.0**80
+    assert not ts.context_from(mp.params().template).has_secret_key()  # no key anywhere here
 
 
 def test_compact_encrypt_is_refused_at_this_scale(setup: dict[str, Any]) -> None:

@@ -19,7 +19,7 @@ from . import mpformat as fmt
 from . import ntt as T
 from . import presets as _presets
 from . import sampling, wire
-from .client import decrypt as _decrypt
+from .decode import decode
 from .keys import ContextInfo, context_info, tenseal
 
 # Smudging noise uniform on [-SMUDGE_BOUND, SMUDGE_BOUND]: standard deviation 2^50 (bound / sqrt 3),
@@ -37,7 +37,6 @@ class Params:
     key_primes: tuple[int, ...]
     key_parms_id: tuple[int, int, int, int]
     template: bytes  # a public-only context of these parameters (its public key is replaced)
-    decoder: Any  # a private context of these parameters: decodes (m, 0) ciphertexts
     info: ContextInfo
 
 
@@ -51,10 +50,12 @@ def params(preset: str = "threshold") -> Params:
     kcd = ctx.seal_context().data.key_context_data()
     primes = tuple(int(m.value()) for m in kcd.parms().coeff_modulus())
     pid = tuple(int(x) for x in kcd.parms_id())
+    # The template's own keys are dropped at once: no secret key stays in this process.
+    ctx.make_context_public(generate_galois_keys=False, generate_relin_keys=False)
     template = ctx.serialize(
         save_public_key=True, save_secret_key=False, save_galois_keys=False, save_relin_keys=False
     )
-    return Params(p, primes, pid, template, ctx, context_info(ctx))  # type: ignore[arg-type]
+    return Params(p, primes, pid, template, context_info(ctx))  # type: ignore[arg-type]
 
 
 def new_crs() -> bytes:
@@ -111,9 +112,6 @@ def _residues(blob: Any, info: ContextInfo, where: str) -> tuple[wire.Layout, np
 
 
 def _decode(m: np.ndarray, layout: wire.Layout, version: Any, prm: Params) -> np.ndarray:
-    """Values of the plaintext polynomials ``m`` ``[C, K, N]`` (NTT form): TenSEAL decrypts the
-    ciphertexts ``(m, 0)`` with any secret key of these parameters (``c1 = 0``)."""
-    cts = np.zeros((m.shape[0], 2, *m.shape[1:]), dtype=np.uint64)
-    cts[:, 0] = m
-    blob = wire.to_tenseal(cts, layout, layout.scale, version or (4, 3))
-    return _decrypt(blob, prm.decoder)
+    """Values of the plaintext polynomials ``m`` ``[C, K, N]`` (NTT form), decoded without any
+    key (:mod:`bcfl_engine.he.decode`)."""
+    return decode(m, layout.primes, layout.scale, layout.sizes, layout.d, layout.pair)
