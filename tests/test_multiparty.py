@@ -205,6 +205,12 @@ def test_save_load_0600(tmp_path: Path) -> None:
     path.write_bytes(path.read_bytes()[:-1])
     with pytest.raises(KeyShareError, match="seed"):
         mp.KeyShare.load(path)
+    party.save(path)
+    path.with_name("k.log").write_text('{"c1": "zz", "active": [1]}\n')
+    with pytest.raises(KeyShareError, match="line 1 is corrupt"):
+        mp.KeyShare.load(path)
+    with pytest.raises(InvalidArgument, match="multiparty keys use threshold"):
+        mp.KeyShare.generate(party=1, preset="default")
 
 
 def test_bad_public_shares_are_named(setup: dict[str, Any]) -> None:

@@ -74,7 +74,11 @@ from .mpcontext import (
     params,
 )
 
+# Presets whose scale leaves the smudging noise a margin of 2^40 and the values ~1e-6 precision.
+MULTIPARTY_PRESETS = ("threshold",)
+
 __all__ = [
+    "MULTIPARTY_PRESETS",
     "SMUDGE_BOUND",
     "KeyShare",
     "Params",
@@ -107,15 +111,26 @@ class KeyShare:
         self.party = _check_party(party)
         self._shamir = shamir
         self.preset = _presets.get(preset).name
+        if self.preset not in MULTIPARTY_PRESETS:
+            raise InvalidArgument(
+                f"preset {self.preset!r} leaves no room for smudging noise of 2^50 under its "
+                f"scale; multiparty keys use {', '.join(MULTIPARTY_PRESETS)}"
+            )
         if len(seed) != fmt.SEED_BYTES:
             raise KeyShareError(f"party {party}: a seed is 32 bytes; got {len(seed)}", party)
         self._seed = bytes(seed)
         self._log: dict[bytes, tuple[int, ...]] = {}
         self._log_path = log_path
         if log_path is not None and log_path.exists():
-            for line in log_path.read_text().splitlines():
-                entry = json.loads(line)
-                self._log[bytes.fromhex(entry["c1"])] = tuple(entry["active"])
+            for number, line in enumerate(log_path.read_text().splitlines(), 1):
+                try:
+                    entry = json.loads(line)
+                    self._log[bytes.fromhex(entry["c1"])] = tuple(int(a) for a in entry["active"])
+                except (ValueError, KeyError, TypeError):
+                    raise KeyShareError(
+                        f"party {self.party}: decryption log {log_path} line {number} is corrupt",
+                        self.party,
+                    ) from None
 
     def __repr__(self) -> str:
         return f"KeyShare(party={self.party}, preset={self.preset!r})"
