@@ -3,7 +3,7 @@
 Each party holds a ternary secret ``s_i`` derived from its own 32-byte seed; nobody holds
 ``s = s_1 + ... + s_n``. Setup (Mouchet et al., PETS 2021; Lattigo's ``multiparty`` package):
 
-1. a 32-byte common reference string (:func:`new_crs`, drawn jointly) expands by SHAKE-256 into a
+1. a 32-byte common reference string (:func:`new_crs`, drawn jointly) expands by an XOF (BLAKE3) into a
    uniform polynomial ``a`` per key-level prime, sampled directly in the NTT domain;
 2. each party broadcasts :meth:`KeyShare.commitment` (a hash of its public share), then, once
    every commitment is in, :meth:`KeyShare.public_share` ``p_i = -a s_i + e_i``; committing

@@ -1,5 +1,5 @@
-"""Deterministic sampling for multiparty CKKS keys: every draw expands SHAKE-256 (an extendable-
-output function, FIPS 202) over a domain tag and its inputs, so a party's whole secret state
+"""Deterministic sampling for multiparty CKKS keys: every draw expands BLAKE3's extendable output
+over a domain tag and its inputs, so a party's whole secret state
 follows from its 32-byte seed and the common polynomial from the public CRS seed.
 
 - :func:`uniform_mod`: residues uniform below ``q`` by rejection (no modular bias), used for the
@@ -17,25 +17,27 @@ computed on another, and a recomputed share adds no fresh noise.
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 
 
 def xof(tag: bytes, *parts: bytes, nbytes: int) -> bytes:
-    """``nbytes`` of SHAKE-256 over ``tag`` and ``parts``, each length-prefixed (unambiguous)."""
-    h = hashlib.shake_256()
+    """``nbytes`` of BLAKE3's extendable output (key derivation mode, context ``"bcfl-mp xof
+    v1"``) over ``tag`` and ``parts``, each length-prefixed (unambiguous). BLAKE3 rather than
+    SHAKE-256: about 10x faster for the megabytes of smudging noise of a large aggregate."""
+    from blake3 import blake3
+
+    h = blake3(derive_key_context="bcfl-mp xof v1")
     for p in (tag, *parts):
         h.update(len(p).to_bytes(8, "little"))
         h.update(p)
-    return h.digest(nbytes)
+    return h.digest(length=nbytes)
 
 
 def uniform_mod(q: int, n: int, tag: bytes, *parts: bytes) -> np.ndarray:
     """``n`` residues uniform in ``[0, q)`` (``uint64``), by rejection on ``bits(q)``-bit words."""
     mask = np.uint64((1 << q.bit_length()) - 1)
     want = n + n // 8 + 16
-    while True:  # a prefix of a longer SHAKE output is the shorter one: draws stay deterministic
+    while True:  # a prefix of a longer XOF output is the shorter one: draws stay deterministic
         words = np.frombuffer(xof(tag, *parts, nbytes=8 * want), dtype="<u8") & mask
         kept = words[words < np.uint64(q)]
         if kept.size >= n:
@@ -73,7 +75,7 @@ def uniform_int(n: int, bound: int, tag: bytes, *parts: bytes) -> np.ndarray:
     retry is the same share, bit for bit)."""
     span = 2 * bound + 1
     mask = np.uint64((1 << span.bit_length()) - 1)
-    want = n + n // 2 + 16
+    want = n + n // 4 + 64  # acceptance span / 2^bits: 0.87 for the smudging bound
     while True:
         words = np.frombuffer(xof(tag, *parts, nbytes=8 * want), dtype="<u8") & mask
         kept = words[words < np.uint64(span)]
