@@ -90,8 +90,10 @@ def main() -> None:
     rows["combine"] = median_time(lambda: mp.combine_decryption(agg, shares), args.repeat)
 
     base = rows["tenseal-decrypt"]
-    print(f"decryption of d={args.d:,} reals ({layout.ciphertexts} ciphertexts), "
-          f"{args.clients} clients, {args.parties} parties; max error {err:.2e}")
+    print(
+        f"decryption of d={args.d:,} reals ({layout.ciphertexts} ciphertexts), "
+        f"{args.clients} clients, {args.parties} parties; max error {err:.2e}"
+    )
     for name, t in rows.items():
         print(f"  {name:22s} {t:8.3f} s   x{t / base:6.2f} of tenseal-decrypt")
 
