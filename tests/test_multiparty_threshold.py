@@ -49,13 +49,10 @@ def test_shamir_any_t_points_interpolate_the_secret() -> None:
 
 @pytest.fixture(scope="module")
 def setup() -> dict[str, Any]:
-    crs = mp.new_crs()
     parties = [mp.KeyShare.generate(party=i) for i in PARTIES]
-    commitments = [p.commitment(crs) for p in parties]
-    public = mp.combine_public([p.public_share(crs) for p in parties], crs, commitments=commitments)
-    dealt = {p.party: p.deal(threshold=3, parties=PARTIES) for p in parties}
-    for p in parties:
-        p.accept_dealt({dealer: dealt[dealer][p.party] for dealer in PARTIES})
+    public, crs = mp.local_setup(parties, threshold=3)  # known answer included
+    assert all(p.threshold == (3, tuple(PARTIES)) for p in parties)
+    dealt = {p.party: p.deal(threshold=3, parties=PARTIES) for p in parties}  # the same dealing
     ctx = ts.context_from(public)
     rng = np.random.default_rng(11)
     xs = [rng.uniform(-1, 1, D) for _ in PARTIES]

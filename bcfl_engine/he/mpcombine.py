@@ -192,3 +192,31 @@ def known_answer(public: bytes, crs: bytes, parties: Sequence[KeyShare]) -> floa
             f"known-answer test failed: error {err:.3g} > precision {prm.preset.precision:.3g}"
         )
     return err
+
+
+def local_setup(
+    parties: Sequence[KeyShare], crs: bytes | None = None, *, threshold: int | None = None
+) -> tuple[bytes, bytes]:
+    """A whole key setup run in one process (tests, demos, one operator simulating the sites):
+    commitments, then reveals, their combination, the t-of-n dealing when ``threshold`` is given,
+    and the known-answer test. Returns ``(public context bytes, crs)``. Between real parties each
+    step is one broadcast round (dealt shares: one private message per pair)."""
+    from .mpcontext import new_crs
+
+    if not parties:
+        raise InvalidArgument("local_setup needs at least one party")
+    crs = new_crs() if crs is None else _check_crs(crs)
+    commitments = [p.commitment(crs) for p in parties]
+    public = combine_public(
+        [p.public_share(crs) for p in parties],
+        crs,
+        commitments=commitments,
+        preset=parties[0].preset,
+    )
+    if threshold is not None:
+        ids = [p.party for p in parties]
+        dealt = {p.party: p.deal(threshold=threshold, parties=ids) for p in parties}
+        for p in parties:
+            p.accept_dealt({dealer: dealt[dealer][p.party] for dealer in ids})
+    known_answer(public, crs, parties)
+    return public, crs

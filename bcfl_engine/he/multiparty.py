@@ -58,6 +58,7 @@ from .mpcombine import (
     combine_public,
     kat_vector,
     known_answer,
+    local_setup,
     public_key_context,
 )
 from .mpcontext import (
@@ -88,6 +89,7 @@ __all__ = [
     "common_poly",
     "kat_vector",
     "known_answer",
+    "local_setup",
     "new_crs",
     "params",
     "public_key_context",
