@@ -174,6 +174,31 @@ def test_decryption_oracle_too_few_contributors_is_refused(setup: dict[str, Any]
         p.decryption_share(agg3, contributions=one * 3, active=PARTIES, min_clients=2)
 
 
+def test_weighted_aggregate(setup: dict[str, Any]) -> None:
+    """FedAvg's integer weights: the party checks c1 against the weighted sum of the c1."""
+    payloads, w = setup["payloads"][:3], [3, 1, 2]
+    agg = he.aggregate(payloads, w, context=setup["public"])
+    with pytest.raises(DecryptionRefused, match="not the sum"):
+        setup["parties"][0].decryption_share(agg, contributions=payloads, active=PARTIES)
+    shares = [
+        p.decryption_share(agg, contributions=payloads, active=PARTIES, weights=w)
+        for p in setup["parties"]
+    ]
+    values = mp.combine_decryption(agg, shares)
+    expected = sum(wi * x for wi, x in zip(w, setup["xs"][:3], strict=True))
+    assert np.abs(values - expected).max() <= he.PRESETS["threshold"].precision
+    # A zero weight drops a contribution from the sum and from the count.
+    agg0 = he.aggregate(payloads, [1, 0, 0], context=setup["public"])
+    with pytest.raises(DecryptionRefused, match="1 distinct"):
+        setup["parties"][0].decryption_share(
+            agg0, contributions=payloads, active=PARTIES, weights=[1, 0, 0]
+        )
+    with pytest.raises(InvalidArgument, match="weights"):
+        setup["parties"][0].decryption_share(
+            agg, contributions=payloads, active=PARTIES, weights=[1, 2]
+        )
+
+
 def test_retry_under_another_active_set_is_refused(setup: dict[str, Any], tmp_path: Path) -> None:
     s = dict(setup)
     s["payloads"] = setup["payloads"][1:]

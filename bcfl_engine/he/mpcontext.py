@@ -7,17 +7,17 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidArgument, PayloadError
+from ..errors import DecryptionRefused, InvalidArgument, PayloadError
 from . import mpformat as fmt
 from . import ntt as T
 from . import presets as _presets
-from . import sampling, wire
+from . import sampling, shamir, wire
 from .decode import decode
 from .keys import ContextInfo, context_info, tenseal
 
@@ -112,6 +112,44 @@ def _residues(blob: Any, info: ContextInfo, where: str) -> tuple[wire.Layout, np
     except PayloadError as exc:
         raise PayloadError(f"{where}: {exc}") from None
     return layout, res, version
+
+
+def contributions_c1(
+    contributions: Sequence[Any] | Mapping[Any, Any],
+    weights: Sequence[int] | None,
+    layout: wire.Layout,
+    info: ContextInfo,
+) -> tuple[np.ndarray, int]:
+    """``(sum_i w_i c1_i [C, K, N], distinct)``: the weighted sum of the contributions' ``c1``
+    at ``layout``'s level and how many distinct ``c1`` have a non-zero weight. A contribution of
+    another level or shape is a DecryptionRefused naming it; a bad weight an InvalidArgument."""
+    items = list(
+        contributions.items() if isinstance(contributions, Mapping) else enumerate(contributions)
+    )
+    if weights is not None:
+        weights = list(weights)
+        if len(weights) != len(items) or any(
+            isinstance(w, bool) or not isinstance(w, (int, np.integer)) or w < 0 for w in weights
+        ):
+            raise InvalidArgument(
+                f"weights must be {len(items)} non-negative ints (one per contribution)"
+            )
+    total = np.zeros((layout.ciphertexts, layout.residues, layout.poly_degree), dtype=np.uint64)
+    seen: set[bytes] = set()
+    for i, (cid, blob) in enumerate(items):
+        lay, r, _ = _residues(blob, info, f"contribution {cid}")
+        if (lay.parms_id, lay.sizes, lay.pair) != (layout.parms_id, layout.sizes, layout.pair):
+            raise DecryptionRefused(
+                f"contribution {cid} has another level or shape than the aggregate"
+            )
+        w = 1 if weights is None else int(weights[i])
+        if w == 0:
+            continue
+        seen.add(c1_digest(r[:, 1], lay.parms_id))
+        for j, q in enumerate(layout.primes):
+            term = r[:, 1, j] if w == 1 else shamir.scale(r[:, 1, j], w, q)
+            total[:, j] = T.addmod(total[:, j], term, q)
+    return total, len(seen)
 
 
 def _decode(m: np.ndarray, layout: wire.Layout, version: Any, prm: Params) -> np.ndarray:

@@ -71,6 +71,7 @@ from .mpcontext import (
     _residues,
     c1_digest,
     common_poly,
+    contributions_c1,
     new_crs,
     params,
 )
@@ -298,6 +299,7 @@ class KeyShare:
         contributions: Sequence[Any] | Mapping[Any, Any],
         active: Sequence[int],
         min_clients: int = 2,
+        weights: Sequence[int] | None = None,
     ) -> bytes:
         """This party's share of the decryption of the aggregate ``agg``.
 
@@ -307,7 +309,10 @@ class KeyShare:
         contributions : the round's committed payloads (a mapping from authenticated client id
             to payload, or a list); ``agg``'s ``c1`` must equal the sum of theirs
         active : the parties decrypting together (this one included)
-        min_clients : fewest distinct contributions a decryptable aggregate holds
+        min_clients : fewest distinct contributions a decryptable aggregate holds (a weight of 0
+            does not count)
+        weights : the integer client weights ``agg`` was summed with (``he.aggregate(payloads,
+            weights)``, in the order of ``contributions``); None: a plain sum
 
         Raises
         ------
@@ -337,32 +342,16 @@ class KeyShare:
                 )
         prm = params(self.preset)
         layout, res, _ = _residues(agg, prm.info, "aggregate")
-        items = list(
-            contributions.items()
-            if isinstance(contributions, Mapping)
-            else enumerate(contributions)
-        )
-        total = np.zeros_like(res[:, 1])
-        seen: set[bytes] = set()
-        for cid, blob in items:
-            lay, r, _ = _residues(blob, prm.info, f"contribution {cid}")
-            if (lay.parms_id, lay.sizes, lay.pair) != (layout.parms_id, layout.sizes, layout.pair):
-                raise DecryptionRefused(
-                    f"party {self.party}: contribution {cid} has another level or shape than the aggregate",
-                    self.party,
-                )
-            seen.add(c1_digest(r[:, 1], lay.parms_id))
-            for j, q in enumerate(layout.primes):
-                total[:, j] = T.addmod(total[:, j], r[:, 1, j], q)
-        if len(seen) < min_clients or len(items) < min_clients:
+        total, distinct = contributions_c1(contributions, weights, layout, prm.info)
+        if distinct < min_clients:
             raise DecryptionRefused(
-                f"party {self.party}: the aggregate holds {len(seen)} distinct contributions; "
+                f"party {self.party}: the aggregate holds {distinct} distinct contributions; "
                 f"at least min_clients={min_clients} are required",
                 self.party,
             )
         if not np.array_equal(total, res[:, 1]):
             raise DecryptionRefused(
-                f"party {self.party}: the ciphertext's c1 is not the sum of the {len(items)} "
+                f"party {self.party}: the ciphertext's c1 is not the sum of the "
                 "contributions' c1 (not this round's aggregate)",
                 self.party,
             )
