@@ -72,7 +72,8 @@ def test_compact_encrypt_is_refused_at_this_scale(setup: dict[str, Any]) -> None
 
 def test_known_answer_after_setup(setup: dict[str, Any]) -> None:
     err = mp.known_answer(setup["public"], setup["crs"], setup["parties"])
-    assert err <= he.PRESETS["threshold"].precision
+    assert err <= he.PRESETS["threshold"].precision == mp.precision(5) == mp.precision(8)
+    assert mp.precision(32) == 2 * mp.precision(8)  # grows like sqrt(parties) past 8
 
 
 def test_stock_payloads_decrypt_to_the_sum(setup: dict[str, Any]) -> None:

@@ -59,6 +59,7 @@ from .mpcombine import (
     kat_vector,
     known_answer,
     local_setup,
+    precision,
     public_key_context,
 )
 from .mpcontext import (
@@ -93,6 +94,7 @@ __all__ = [
     "local_setup",
     "new_crs",
     "params",
+    "precision",
     "public_key_context",
 ]
 
