@@ -62,3 +62,17 @@ class ChainError(BcflError, RuntimeError):
 
 class AuditError(BcflError):
     """An audit found that a committed round does not match its stored payloads."""
+
+
+class KeyShareError(BcflError, ValueError):
+    """A multiparty CKKS key share, public share or decryption share is malformed, mismatched or
+    from a non-party; ``party`` names the party at fault (None when no party is to blame)."""
+
+    def __init__(self, message: str, party: int | None = None) -> None:
+        super().__init__(message)
+        self.party = party
+
+
+class DecryptionRefused(KeyShareError):
+    """A party refuses to compute a decryption share: the ciphertext is not the sum of the round's
+    contributions, has too few contributors, or was already decrypted under another active set."""

@@ -37,6 +37,7 @@
 #include "bulyan.h"
 #include "eip712_recover.h"
 #include "keccak.h"
+#include "ntt.h"
 
 namespace py = pybind11;
 
@@ -565,6 +566,47 @@ PYBIND11_MODULE(_C, m) {
     py::gil_scoped_release release;
     bcfl::ckks_sum(x.as<const uint64_t>(), n, C * 2 * K, N, K, q.as<const uint64_t>(), w.as<const uint64_t>(),
                    ws.as<const uint64_t>(), acc.as<const uint64_t>(), out.as<uint64_t>());
+  });
+
+  // ---- ntt ----
+  // ntt(x [rows, N] uint64, in place, residues below q; q < 2^62 prime = 1 mod 2N;
+  //     w, ws [N] uint64: he.ntt.tables' twiddles and Shoup constants; inverse;
+  //     ninv, ninvs: N^-1 mod q and its Shoup constant, read when inverse).
+  m.def("ntt", [](py::handle x_, uint64_t q, py::handle w_, py::handle ws_, bool inverse,
+                  uint64_t ninv, uint64_t ninvs) {
+    const View x = view(x_, "ntt: x", {kU64}, {-1, -1}, true);
+    const int64_t rows = x.dim(0), N = x.dim(1);
+    if (N < 2 || (N & (N - 1)) != 0) invalid("ntt: N must be a power of two >= 2; got " + std::to_string(N));
+    if (q < 3 || q >= (uint64_t{1} << 62) || (q - 1) % static_cast<uint64_t>(2 * N) != 0)
+      invalid("ntt: q must be 1 mod 2N and below 2^62; got " + std::to_string(q));
+    const View w = view(w_, "ntt: w", {kU64}, {N});
+    const View ws = view(ws_, "ntt: ws", {kU64}, {N});
+    no_overlap(x, "ntt: x", {&w, &ws});
+    py::gil_scoped_release release;
+    if (inverse)
+      bcfl::ntt_inverse(x.as<uint64_t>(), rows, N, q, w.as<const uint64_t>(), ws.as<const uint64_t>(),
+                        ninv, ninvs);
+    else
+      bcfl::ntt_forward(x.as<uint64_t>(), rows, N, q, w.as<const uint64_t>(), ws.as<const uint64_t>());
+  });
+
+  // mul_add_mod(a [rows, N], q, b [N], bs [N], c [rows, N] | None, out [rows, N]), all uint64,
+  // residues below q; out may be a or c (in place).
+  m.def("mul_add_mod", [](py::handle a_, uint64_t q, py::handle b_, py::handle bs_, py::handle c_,
+                          py::handle out_) {
+    const View a = view(a_, "mul_add_mod: a", {kU64}, {-1, -1});
+    const int64_t rows = a.dim(0), N = a.dim(1);
+    if (q < 3 || q >= (uint64_t{1} << 62)) invalid("mul_add_mod: q must be in (2, 2^62); got " + std::to_string(q));
+    const View b = view(b_, "mul_add_mod: b", {kU64}, {N});
+    const View bs = view(bs_, "mul_add_mod: bs", {kU64}, {N});
+    const View c = none(c_) ? View{} : view(c_, "mul_add_mod: c", {kU64}, {rows, N});
+    const View out = view(out_, "mul_add_mod: out", {kU64}, {rows, N}, true);
+    no_overlap(out, "mul_add_mod: out", {&b, &bs});
+    if (out.data != a.data) no_overlap(out, "mul_add_mod: out", {&a});
+    if (c.data != out.data) no_overlap(out, "mul_add_mod: out", {&c});
+    py::gil_scoped_release release;
+    bcfl::mul_add_mod(a.as<const uint64_t>(), rows, N, q, b.as<const uint64_t>(), bs.as<const uint64_t>(),
+                      c.as<const uint64_t>(), out.as<uint64_t>());
   });
 
   // ---- _distances ----

@@ -5,6 +5,8 @@
 >>> blob = he.encrypt(update, keys.public_context())         # doctest: +SKIP
 >>> agg = he.aggregate([blob, ...], context=keys.public_context())  # doctest: +SKIP
 >>> he.decrypt(agg, keys.secret_context)                     # doctest: +SKIP
+
+Multiparty keys (no single holder of the secret): :mod:`bcfl_engine.he.multiparty`.
 """
 
 from __future__ import annotations

@@ -74,6 +74,11 @@ def encrypt(
         )
     info = context_info(context if isinstance(context, (bytes, bytearray)) else ctx)
     level = info.lowest
+    if info.scale * 4 >= float(np.prod([float(q) for q in level.primes])):
+        raise InvalidArgument(
+            f"the lowest level ({level.bits} bits) cannot hold the scale 2^{np.log2(info.scale):.0f}: "
+            "encrypt at the top level with stock TenSEAL (ts.ckks_vector) for this context"
+        )
     layout = wire.Layout(
         info.poly_degree,
         level.primes,

@@ -42,6 +42,8 @@ class Preset:
     scale_bits : the encoding scale is ``2^scale_bits``
     precision : stated max absolute error of one fresh lowest-level encryption
     note : what the preset is for
+    payload_primes : primes a payload keeps: 1 (clients drop to ``q_0``, :func:`~bcfl_engine.he.encrypt`)
+        or 2 (the scale needs more than ``q_0``: stock TenSEAL vectors at the top data level)
     """
 
     name: str
@@ -50,6 +52,7 @@ class Preset:
     scale_bits: int
     precision: float
     note: str
+    payload_primes: int = 1
 
     @property
     def log_q(self) -> int:
@@ -66,12 +69,12 @@ class Preset:
 
     @property
     def headroom(self) -> float:
-        """Largest |slot value| of an aggregate before it wraps around ``q_0``."""
-        return float(2 ** (self.coeff_bits[0] - 2 - self.scale_bits))
+        """Largest |slot value| of an aggregate before it wraps around its payload primes."""
+        return float(2 ** (sum(self.coeff_bits[: self.payload_primes]) - 2 - self.scale_bits))
 
     def bytes_per_parameter(self, pair: bool = False) -> float:
         """Wire bytes per real parameter of a bit-packed lowest-level ciphertext."""
-        return self.coeff_bits[0] / (4 if pair else 2)
+        return sum(self.coeff_bits[: self.payload_primes]) / (4 if pair else 2)
 
 
 PRESETS: dict[str, Preset] = {
@@ -101,6 +104,18 @@ PRESETS: dict[str, Preset] = {
             20,
             2.0**-7,
             "small and fast for tests (still 128-bit: log q = 54 <= 54), ~2e-3 precision",
+        ),
+        Preset(
+            "threshold",
+            8192,
+            (60, 60, 60),
+            80,
+            2.0**-20,
+            "multiparty keys (he.multiparty): scale 2^80 leaves smudging noise of sigma 2^50 a "
+            "margin of 2^41 over an aggregate's ciphertext noise; log q = 180 <= 218. Stock "
+            "TenSEAL vectors at the top data level (q_0 q_1); sums only (no rescaling at 2^80). "
+            "Precision: collective decryption by up to 8 parties, error ~ 2^-30 sqrt(parties N / 2)",
+            payload_primes=2,
         ),
     )
 }
