@@ -30,10 +30,12 @@ Nothing here talks to a chain or a disk; every function is pure.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,6 +77,27 @@ def payload_digest(data: bytes | bytearray | memoryview) -> bytes:
     against 0.24); the round hashes each payload once and passes the digest along.
     """
     return blake3(data).digest()
+
+
+PARALLEL_DIGEST_BYTES = 8 << 20
+"""From this many bytes in all, :func:`payload_digests` hashes on one thread per core."""
+
+
+def payload_digests(payloads: Sequence[bytes]) -> list[bytes]:
+    """:func:`payload_digest` of each payload, in order; a burst of at least
+    :data:`PARALLEL_DIGEST_BYTES` split in contiguous slices over the cores (BLAKE3 releases
+    the GIL: 1.65x on 2 cores for 1 MiB payloads, 1.2x for 16 KiB)."""
+    workers = min(os.cpu_count() or 1, len(payloads))
+    if workers < 2 or sum(len(p) for p in payloads) < PARALLEL_DIGEST_BYTES:
+        return [payload_digest(p) for p in payloads]
+    step = -(-len(payloads) // workers)
+    slices = [payloads[i : i + step] for i in range(0, len(payloads), step)]
+    with ThreadPoolExecutor(len(slices) - 1) as pool:
+        rest = [pool.submit(lambda part: [payload_digest(p) for p in part], s) for s in slices[1:]]
+        out = [payload_digest(p) for p in slices[0]]
+        for future in rest:
+            out += future.result()
+    return out
 
 
 def digest_function(name: str) -> Callable[[bytes], bytes]:

@@ -195,16 +195,18 @@ class Intake:
             done = PayloadError(f"round {self.round} of task {self.task} is already committed")
             return [done] * len(payloads)
         results: list[dict[str, Any] | BcflError | None] = [None] * len(payloads)
-        todo: list[tuple[int, Payload, bytes, bytes, int]] = []
+        parsed: list[tuple[int, Payload, bytes, int]] = []
         for i, payload in enumerate(payloads):
             try:
                 data, weight = self._parse(payload)
             except (PayloadError, InvalidArgument) as exc:
                 results[i] = exc
                 continue
-            todo.append((i, payload, data, protocol.payload_digest(data), weight))
-        if not todo:
+            parsed.append((i, payload, data, weight))
+        if not parsed:
             return results  # type: ignore[return-value]
+        digests = protocol.payload_digests([data for _, _, data, _ in parsed])  # once each
+        todo = [(i, p, data, h, w) for (i, p, data, w), h in zip(parsed, digests, strict=True)]
         log = self.store.log(self.key, self.round)
         mark, taken = log.end, len(self._records)
         group: dict[str, dict[str, Any]] = {}  # client -> its entry in this burst

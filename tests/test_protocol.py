@@ -291,3 +291,14 @@ def test_the_digest_modules_import_in_any_order(first):
 
     code = f"import {first}; import bcfl_engine.chain.signing as s, bcfl_engine.protocol as p"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_payload_digests_in_parallel_equal_one_at_a_time(monkeypatch):
+    rng = np.random.default_rng(3)
+    payloads = [rng.bytes(int(n)) for n in rng.integers(0, 5000, size=37)]
+    one = [protocol.payload_digest(p) for p in payloads]
+    assert protocol.payload_digests(payloads) == one  # below the threshold: one thread
+    monkeypatch.setattr(protocol, "PARALLEL_DIGEST_BYTES", 1)
+    monkeypatch.setattr(protocol.os, "cpu_count", lambda: 3)
+    assert protocol.payload_digests(payloads) == one  # three slices, in order
+    assert protocol.payload_digests([]) == [] and protocol.payload_digests(payloads[:1]) == one[:1]
