@@ -140,6 +140,8 @@ class AggregationRound(Intake):
         self.result: RoundResult | None = None
         self._commit = ledger.record(task, round)  # None unless committed on chain already
         self._load(sorted(self.store.accepted(self.key, round), key=_seq))
+        if self._commit is None:
+            self.store.log(self.key, round).create()  # off the first submit's path
 
     def __len__(self) -> int:
         return len(self._records)

@@ -295,6 +295,19 @@ class RoundLog:
             start += n
         self._index(Frame(self.end, list(records), spans, start + CHECK_SIZE, protocol.DIGEST))
 
+    def create(self) -> None:
+        """Create the (empty) log file and make its directory entry durable now, so that the
+        first group pays only for its own bytes. Nothing if it exists."""
+        if self.readonly:
+            raise InvalidArgument(f"the round log {self.path} is open read-only")
+        if self.path.exists():
+            return
+        new = [p for p in self.path.parents if not p.exists()]  # folders this makes
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644))
+        for folder in [self.path.parent, *(p.parent for p in new)]:  # each new entry's folder
+            _fsync_dir(folder)
+
     def sync(self) -> None:
         """Make every frame appended so far durable (one ``fdatasync``)."""
         fd = os.open(self.path, os.O_WRONLY)

@@ -171,3 +171,21 @@ def test_a_record_that_is_not_an_object_is_kept_for_the_audit(tmp_path):
     log = RoundLog(tmp_path / "l")
     log.append(["not a record", {"seq": 1}], [b"a", b"b"])
     assert RoundLog(tmp_path / "l", readonly=True).records == ["not a record", {"seq": 1}]
+
+
+def test_create_makes_an_empty_log_and_syncs_every_new_folder(tmp_path, monkeypatch):
+    synced = []
+    from bcfl_engine import round_log
+
+    real = round_log._fsync_dir
+    monkeypatch.setattr(round_log, "_fsync_dir", lambda p: synced.append(p) or real(p))
+    log = RoundLog(tmp_path / "task" / "1" / "accepted.log")
+    log.create()
+    assert log.path.stat().st_size == 0 and RoundLog(log.path, readonly=True).records == []
+    assert set(synced) == {tmp_path / "task" / "1", tmp_path / "task", tmp_path}
+    synced.clear()
+    log.create()  # there already: nothing
+    append(log, [entry(0)])
+    assert synced == []  # the first group syncs its bytes only
+    with pytest.raises(InvalidArgument, match="read-only"):
+        RoundLog(tmp_path / "x", readonly=True).create()
