@@ -21,7 +21,8 @@ Nothing here talks to a chain or a disk; every function is pure.
   ``verifyInclusion`` checks a proof against; :func:`leaves_of` over acceptance records.
 - **records**: the acceptance record, the round record (``round.json``) and the metadata a
   round commits; :func:`check_acceptance`, :func:`check_round_record` and :func:`check_meta`
-  turn a malformed one into a :class:`~bcfl_engine.errors.PayloadError` naming the field.
+  (in :mod:`bcfl_engine.records`, re-exported here) turn a malformed one into a
+  :class:`~bcfl_engine.errors.PayloadError` naming the field.
 - **task key**: :func:`task_key`, the name of a task's folder in the store, from the task's
   identity on its chain (chain id, registry, task id, hash of the block that created it), so a
   rerun on a fresh chain never meets an older run's records.
@@ -31,7 +32,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -45,6 +45,7 @@ from blake3 import blake3
 
 from .chain.merkle import address_bytes, leaf_hash
 from .errors import InvalidArgument, InvalidWeight, PayloadError, ShapeMismatch
+from .records import check_acceptance, check_meta, check_round_record
 from .updates import keccak256
 
 FORMAT = "bcfl-round/3"
@@ -274,130 +275,6 @@ def task_key(chain_id: int, registry: str | bytes, task: int, origin: bytes) -> 
     return (
         f"{task}-{chain_id}-{address_bytes(registry, 'registry').hex()}-{bytes(origin[:8]).hex()}"
     )
-
-
-# ---- records: what the store holds, checked field by field ---------------------------------------
-
-_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
-
-
-def _object(obj: object, what: str) -> dict[str, Any]:
-    if not isinstance(obj, dict):
-        raise PayloadError(f"{what}: expected a JSON object; got {type(obj).__name__}")
-    return obj
-
-
-def _field(rec: Mapping[str, Any], key: str, what: str) -> Any:
-    if key not in rec:
-        raise PayloadError(f"{what}: field {key!r} is missing")
-    return rec[key]
-
-
-def _int(rec: Mapping[str, Any], key: str, what: str, lo: int, hi: int = 2**63 - 1) -> int:
-    v = _field(rec, key, what)
-    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-        raise PayloadError(f"{what}: field {key!r} must be an int in [{lo}, {hi}]; got {v!r:.80}")
-    return v
-
-
-def _hex(rec: Mapping[str, Any], key: str, what: str, nbytes: int) -> bytes:
-    v = _field(rec, key, what)
-    if not isinstance(v, str) or not re.fullmatch(f"[0-9a-f]{{{2 * nbytes}}}", v):
-        raise PayloadError(
-            f"{what}: field {key!r} must be {2 * nbytes} lower-case hex digits; got {v!r:.80}"
-        )
-    return bytes.fromhex(v)
-
-
-def _address(v: object, what: str, lower: bool = False) -> str:
-    if not isinstance(v, str) or not _ADDRESS.fullmatch(v) or (lower and v != v.lower()):
-        case = "lower-case " if lower else ""
-        raise PayloadError(f"{what} must be a {case}0x-hex 20-byte address; got {v!r:.80}")
-    return v
-
-
-def check_acceptance(obj: object) -> dict[str, Any]:
-    """An acceptance record ``{seq, client, digest, weight, salt, signature}``, checked.
-
-    Returns it unchanged; PayloadError naming the first malformed field.
-    """
-    what = "acceptance record"
-    rec = _object(obj, what)
-    _int(rec, "seq", what, 0)
-    _address(_field(rec, "client", what), f"{what}: field 'client'", lower=True)
-    for key, size in (("digest", 32), ("salt", 32), ("signature", 65)):
-        _hex(rec, key, what, size)
-    try:
-        check_weight(_field(rec, "weight", what), f"{what}: field 'weight'")
-    except InvalidWeight as exc:
-        raise PayloadError(str(exc)) from None
-    return rec
-
-
-def check_round_record(obj: object) -> dict[str, Any]:
-    """A round record (``round.json``: what the aggregator committed), checked."""
-    what = "round record"
-    rec = _object(obj, what)
-    _int(rec, "task", what, 0)
-    _int(rec, "round", what, 1)
-    _int(rec, "n", what, 1)
-    _address(_field(rec, "contract", what), f"{what}: field 'contract'")
-    for key in ("root", "result_digest", "meta_hash"):
-        _hex(rec, key, what, 32)
-    people = _field(rec, "participants", what)
-    if not isinstance(people, list) or not people:
-        raise PayloadError(f"{what}: field 'participants' must be a non-empty list")
-    for i, p in enumerate(people):
-        _address(p, f"{what}: participants[{i}]")
-    if "gas_used" in rec:
-        _int(rec, "gas_used", what, 0)
-    return rec
-
-
-def check_meta(obj: object) -> dict[str, Any]:
-    """The metadata a round committed (:func:`encode_meta`), checked: format, digest, signed
-    type, rule, ``f``, parameters, pre-steps, backend, ``dim`` or the CKKS context's digest."""
-    from . import backends, rules
-
-    what = "round metadata"
-    meta = _object(obj, what)
-    fmt = _field(meta, "format", what)
-    if not isinstance(fmt, str) or fmt not in READABLE:
-        raise PayloadError(f"{what}: format {fmt!r:.80}; this engine reads {sorted(READABLE)}")
-    for key, want in (("digest", READABLE[fmt]), ("signed", SIGNED_TYPE)):
-        if _field(meta, key, what) != want:
-            raise PayloadError(f"{what}: {key} {meta[key]!r:.80}; {fmt} has {want!r}")
-    _int(meta, "task", what, 0)
-    _int(meta, "round", what, 1)
-    _int(meta, "f", what, 0)
-    rule = _field(meta, "rule", what)
-    if not isinstance(rule, str) or rule not in rules.RULES:
-        raise PayloadError(f"{what}: unknown rule {rule!r:.80}")
-    params = _field(meta, "params", what)
-    if not isinstance(params, dict) or not all(isinstance(k, str) for k in params):
-        raise PayloadError(f"{what}: params must be an object; got {params!r:.80}")
-    pre = _field(meta, "pre", what)
-    ok = isinstance(pre, list) and all(
-        isinstance(p, str) or (isinstance(p, list) and len(p) == 2 and isinstance(p[0], str))
-        for p in pre
-    )
-    if not ok:
-        raise PayloadError(
-            f"{what}: pre must be a list of names or [name, params]; got {pre!r:.80}"
-        )
-    backend = _field(meta, "backend", what)
-    if backend is not None and backend not in backends.BACKENDS:
-        raise PayloadError(f"{what}: unknown backend {backend!r:.80}")
-    secure = _field(meta, "secure", what)
-    if secure == "ckks":
-        _hex(meta, "he_context", what, 32)
-        if _field(meta, "dim", what) is not None:
-            raise PayloadError(f"{what}: a CKKS round has dim null; got {meta['dim']!r:.80}")
-    elif secure is None:
-        _int(meta, "dim", what, 1)
-    else:
-        raise PayloadError(f"{what}: secure must be null or 'ckks'; got {secure!r:.80}")
-    return meta
 
 
 __all__ = [

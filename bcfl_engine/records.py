@@ -1,0 +1,142 @@
+"""The records a store holds and a chain commits, checked field by field.
+
+The acceptance record (what a round accepted from a client), the round record (``round.json``:
+what the aggregator committed) and the metadata a round commits (:func:`~bcfl_engine.protocol.
+encode_meta`): :func:`check_acceptance`, :func:`check_round_record` and :func:`check_meta` turn
+a malformed one into a :class:`~bcfl_engine.errors.PayloadError` naming the first bad field, so
+the audit can report it and go on. Part of the round's byte format; :mod:`bcfl_engine.protocol`
+re-exports these names.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from .errors import InvalidWeight, PayloadError
+
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
+
+
+def _object(obj: object, what: str) -> dict[str, Any]:
+    if not isinstance(obj, dict):
+        raise PayloadError(f"{what}: expected a JSON object; got {type(obj).__name__}")
+    return obj
+
+
+def _field(rec: Mapping[str, Any], key: str, what: str) -> Any:
+    if key not in rec:
+        raise PayloadError(f"{what}: field {key!r} is missing")
+    return rec[key]
+
+
+def _int(rec: Mapping[str, Any], key: str, what: str, lo: int, hi: int = 2**63 - 1) -> int:
+    v = _field(rec, key, what)
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise PayloadError(f"{what}: field {key!r} must be an int in [{lo}, {hi}]; got {v!r:.80}")
+    return v
+
+
+def _hex(rec: Mapping[str, Any], key: str, what: str, nbytes: int) -> bytes:
+    v = _field(rec, key, what)
+    if not isinstance(v, str) or not re.fullmatch(f"[0-9a-f]{{{2 * nbytes}}}", v):
+        raise PayloadError(
+            f"{what}: field {key!r} must be {2 * nbytes} lower-case hex digits; got {v!r:.80}"
+        )
+    return bytes.fromhex(v)
+
+
+def _address(v: object, what: str, lower: bool = False) -> str:
+    if not isinstance(v, str) or not _ADDRESS.fullmatch(v) or (lower and v != v.lower()):
+        case = "lower-case " if lower else ""
+        raise PayloadError(f"{what} must be a {case}0x-hex 20-byte address; got {v!r:.80}")
+    return v
+
+
+def check_acceptance(obj: object) -> dict[str, Any]:
+    """An acceptance record ``{seq, client, digest, weight, salt, signature}``, checked.
+
+    Returns it unchanged; PayloadError naming the first malformed field.
+    """
+    from . import protocol  # (protocol imports this module)
+
+    what = "acceptance record"
+    rec = _object(obj, what)
+    _int(rec, "seq", what, 0)
+    _address(_field(rec, "client", what), f"{what}: field 'client'", lower=True)
+    for key, size in (("digest", 32), ("salt", 32), ("signature", 65)):
+        _hex(rec, key, what, size)
+    try:
+        protocol.check_weight(_field(rec, "weight", what), f"{what}: field 'weight'")
+    except InvalidWeight as exc:
+        raise PayloadError(str(exc)) from None
+    return rec
+
+
+def check_round_record(obj: object) -> dict[str, Any]:
+    """A round record (``round.json``: what the aggregator committed), checked."""
+    what = "round record"
+    rec = _object(obj, what)
+    _int(rec, "task", what, 0)
+    _int(rec, "round", what, 1)
+    _int(rec, "n", what, 1)
+    _address(_field(rec, "contract", what), f"{what}: field 'contract'")
+    for key in ("root", "result_digest", "meta_hash"):
+        _hex(rec, key, what, 32)
+    people = _field(rec, "participants", what)
+    if not isinstance(people, list) or not people:
+        raise PayloadError(f"{what}: field 'participants' must be a non-empty list")
+    for i, p in enumerate(people):
+        _address(p, f"{what}: participants[{i}]")
+    if "gas_used" in rec:
+        _int(rec, "gas_used", what, 0)
+    return rec
+
+
+def check_meta(obj: object) -> dict[str, Any]:
+    """The metadata a round committed (:func:`encode_meta`), checked: format, digest, signed
+    type, rule, ``f``, parameters, pre-steps, backend, ``dim`` or the CKKS context's digest."""
+    from . import backends, protocol, rules
+
+    what = "round metadata"
+    meta = _object(obj, what)
+    fmt = _field(meta, "format", what)
+    if not isinstance(fmt, str) or fmt not in protocol.READABLE:
+        raise PayloadError(
+            f"{what}: format {fmt!r:.80}; this engine reads {sorted(protocol.READABLE)}"
+        )
+    for key, want in (("digest", protocol.READABLE[fmt]), ("signed", protocol.SIGNED_TYPE)):
+        if _field(meta, key, what) != want:
+            raise PayloadError(f"{what}: {key} {meta[key]!r:.80}; {fmt} has {want!r}")
+    _int(meta, "task", what, 0)
+    _int(meta, "round", what, 1)
+    _int(meta, "f", what, 0)
+    rule = _field(meta, "rule", what)
+    if not isinstance(rule, str) or rule not in rules.RULES:
+        raise PayloadError(f"{what}: unknown rule {rule!r:.80}")
+    params = _field(meta, "params", what)
+    if not isinstance(params, dict) or not all(isinstance(k, str) for k in params):
+        raise PayloadError(f"{what}: params must be an object; got {params!r:.80}")
+    pre = _field(meta, "pre", what)
+    ok = isinstance(pre, list) and all(
+        isinstance(p, str) or (isinstance(p, list) and len(p) == 2 and isinstance(p[0], str))
+        for p in pre
+    )
+    if not ok:
+        raise PayloadError(
+            f"{what}: pre must be a list of names or [name, params]; got {pre!r:.80}"
+        )
+    backend = _field(meta, "backend", what)
+    if backend is not None and backend not in backends.BACKENDS:
+        raise PayloadError(f"{what}: unknown backend {backend!r:.80}")
+    secure = _field(meta, "secure", what)
+    if secure == "ckks":
+        _hex(meta, "he_context", what, 32)
+        if _field(meta, "dim", what) is not None:
+            raise PayloadError(f"{what}: a CKKS round has dim null; got {meta['dim']!r:.80}")
+    elif secure is None:
+        _int(meta, "dim", what, 1)
+    else:
+        raise PayloadError(f"{what}: secure must be null or 'ckks'; got {secure!r:.80}")
+    return meta
