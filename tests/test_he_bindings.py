@@ -1,4 +1,4 @@
-"""The CKKS bindings of csrc/bindings.cpp check every argument before any byte is read or written.
+"""The CKKS bindings of csrc/bindings_he.cpp check every argument before any byte is read or written.
 
 he_parse, he_parse_many, he_proto_bytes, he_write_proto, he_accumulate and ckks_sum take tensors
 and bytes-like objects (never addresses). Each one is called here with a good set of arguments

@@ -66,7 +66,7 @@ def _byte_writable(addr: int) -> bool:
     """Whether the byte at ``addr`` may be written, asked of the kernel rather than by writing
     it (a SIGSEGV on a read-only page): it goes into a pipe and is read back into place, which
     fails with EFAULT where the page is not writable. The value is unchanged. (The native
-    bindings check their outputs the same way, csrc/bindings.cpp.)"""
+    bindings check their outputs the same way, csrc/bindings.cpp and bindings_util.h.)"""
     r, w = os.pipe()
     try:
         cell = (ctypes.c_char * 1).from_address(addr)
