@@ -463,3 +463,19 @@ def test_a_damaged_journal_is_refused_by_name(journaled_round, tmp_path, capsys,
     argv += ["--store", str(store), "--contract", manifest["registry"]]
     code, _, err = run_main(capsys, *argv)
     assert code == 3 and message in err, err
+
+
+def test_output_into_a_closed_pipe_is_not_an_error():
+    # `bcfl info | head -1` where head has gone before bcfl writes (here `true`, which reads
+    # nothing): bcfl must end quietly, code 0.
+    out = subprocess.run(
+        f"{sys.executable} -m bcfl_engine.cli info | true; echo ${{PIPESTATUS[0]}}",
+        shell=True,
+        executable="/bin/bash",
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert out.stdout.strip() == "0", (out.stdout, out.stderr)
+    assert out.stderr == "", out.stderr
