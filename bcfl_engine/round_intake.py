@@ -133,9 +133,20 @@ class Intake:
         for record in records:
             digest = bytes.fromhex(record["digest"])
             # Hashed once: the bytes must still be those accepted.
-            datas.append(
-                self.store.payload(self.key, self.round, digest, hasher=protocol.payload_digest)
-            )
+            data = self.store.payload(self.key, self.round, digest)
+            if protocol.payload_digest(data) != digest:
+                if protocol.digest_function("keccak-256")(data) == digest:
+                    raise PayloadError(
+                        f"round {self.round} of task {self.task} was started by an older engine "
+                        f"(payloads named by keccak-256, store {self.store.root}): its records "
+                        f"cannot be committed under {protocol.DIGEST}; finish it with that "
+                        "version, or collect the round again in a new store"
+                    )
+                raise PayloadError(
+                    f"stored payload 0x{digest.hex()} was altered: its bytes hash to "
+                    f"0x{protocol.payload_digest(data).hex()}"
+                )
+            datas.append(data)
             signature = bytes.fromhex(record["signature"])
             signed.append(
                 SignedPayload(

@@ -35,6 +35,7 @@ import fcntl
 import json
 import os
 import struct
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -193,6 +194,17 @@ class RoundLog:
                     if not self.readonly:
                         raise PayloadError(message)
                     self.problems.append(message)
+                elif frame is not None:
+                    # Whole records, payloads that do not match: a power loss before the
+                    # group was acknowledged, or damage to an acknowledged one. Dropped either
+                    # way (the bytes are unusable); said aloud, since the second loses data.
+                    warnings.warn(
+                        f"round log {self.path}: dropped its last group ({len(frame.records)} "
+                        f"payloads at byte {offset}): {why}; a crash before it was "
+                        "acknowledged, or damage (its clients must send again)",
+                        RuntimeWarning,
+                        stacklevel=4,
+                    )
                 self.dropped = size - offset
                 return
             offset = frame.end

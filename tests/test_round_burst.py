@@ -322,3 +322,36 @@ def test_a_pipelined_ckks_burst_sums_as_he_aggregate(ledger, tmp_path, small_par
         [blobs[i] for i in order], weights=[i + 1 for i in order], context=public
     )
     assert bytes(rnd.finalize().update) == bytes(expected)
+
+
+def test_a_round_an_older_engine_started_is_refused_with_the_reason(ledger, tmp_path, monkeypatch):
+    from store_tools import flip_payload_byte
+
+    from bcfl_engine import protocol
+
+    task = new_task(ledger)
+    x = make_updates(N, D, seed=13)
+    with monkeypatch.context() as old:  # the engine of format bcfl-round/2: keccak-256 digests
+        old.setattr(protocol, "payload_digest", keccak256)
+        old.setattr(protocol, "DIGEST", "keccak-256")
+        rnd = make_round(ledger, task, tmp_path / "old")
+        rnd.submit_many([signed(ledger, task, i, x[i]) for i in range(2)])
+    with pytest.raises(PayloadError, match=r"older engine \(payloads named by keccak-256"):
+        make_round(ledger, task, tmp_path / "old")
+    # Today's round whose stored payload was altered says so.
+    task = new_task(ledger)
+    rnd = make_round(ledger, task, tmp_path / "new")
+    [record] = rnd.submit_many([signed(ledger, task, 0, x[0])])
+    flip_payload_byte(PayloadStore(tmp_path / "new"), rnd.key, 1, record["digest"])
+    # In the log's last group a payload that no longer matches reads as a torn write: the
+    # group is dropped (its client must send again), and said aloud.
+    with pytest.warns(RuntimeWarning, match="dropped its last group"):
+        assert len(make_round(ledger, task, tmp_path / "new")) == 0
+    # Before the last group it is damage, and the round refuses to resume on it.
+    task = new_task(ledger)
+    rnd = make_round(ledger, task, tmp_path / "two")
+    [first] = rnd.submit_many([signed(ledger, task, 0, x[0])])
+    rnd.submit_many([signed(ledger, task, 1, x[1])])
+    flip_payload_byte(PayloadStore(tmp_path / "two"), rnd.key, 1, first["digest"])
+    with pytest.raises(PayloadError, match="was altered"):
+        make_round(ledger, task, tmp_path / "two")
