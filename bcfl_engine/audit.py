@@ -142,8 +142,19 @@ def audit(
     _check_stored_result(store, commit.result_digest, problems, hasher)
     complete = len(rows) == len(raw) == len(records) and all(d is not None for d in rows)
     if meta is not None and complete:
-        _recompute(store, meta, rows, records, commit.result_digest, problems, hasher)
-        checked.append(f"result recomputed with {meta['rule']}")
+        decrypt = None
+        if "keys" in meta:
+            from .audit_keys import decrypted
+
+            def decrypt(aggregate: bytes, he_context: bytes) -> bytes | None:
+                return decrypted(
+                    ledger, task, round, store, meta, aggregate, commit.updates_root,
+                    he_context, problems, hasher,
+                )  # fmt: skip
+
+        if _recompute(store, meta, rows, records, commit.result_digest, problems, hasher, decrypt):
+            how = ", decrypted by the parties' stored shares" if "keys" in meta else ""
+            checked.append(f"result recomputed with {meta['rule']}{how}")
     if tree is not None:
         rejected = [
             records[i]["client"]
@@ -316,8 +327,10 @@ def _recompute(
     committed: bytes,
     problems: list[str],
     hasher: Callable[[bytes], bytes],
-) -> None:
-    """Recompute the result from the payloads; a difference or a failure is a finding."""
+    decrypt: Callable[[bytes, bytes], bytes | None] | None = None,
+) -> bool:
+    """Recompute the result from the payloads (a multiparty round's aggregate then goes
+    through ``decrypt``); a difference or a failure is a finding. True if it was recomputed."""
     try:
         ckks = meta["secure"] == "ckks"
         he_context = store.get(meta["he_context"], hasher=hasher) if ckks else None
@@ -326,19 +339,26 @@ def _recompute(
         else:
             inputs = list(rows)
         _, result_bytes = _aggregate(meta, inputs, [r["weight"] for r in records], he_context)
+        if decrypt is not None:
+            assert he_context is not None
+            plain = decrypt(result_bytes, he_context)
+            if plain is None:
+                return False
+            result_bytes = plain
     except BackendUnavailable as exc:  # e.g. a GPU round audited on a CPU-only machine
         problems.append(f"cannot recompute the result here: {exc}")
-        return
+        return False
     except Exception as exc:  # the metadata and payloads are untrusted input to the rules:
         # whatever they make the computation raise is a finding, not a crash.
         problems.append(
             f"the result cannot be recomputed from the stored payloads and metadata "
             f"({meta['rule']}, backend {meta['backend']}): {type(exc).__name__}: {exc}"
         )
-        return
+        return False
     got = hasher(result_bytes)
     if got != committed:
         problems.append(
             f"result digest differs: recomputed 0x{got.hex()} from the stored payloads "
             f"({meta['rule']}, backend {meta['backend']}), the chain has 0x{committed.hex()}"
         )
+    return True

@@ -73,6 +73,11 @@ class KeyShareError(BcflError, ValueError):
         self.party = party
 
 
+class KeyEpochError(BcflError, ValueError):
+    """A multiparty CKKS key is not the one the task's key epoch on chain names (another public
+    context, other parties or threshold), or the task has no such epoch."""
+
+
 class DecryptionRefused(KeyShareError):
     """A party refuses to compute a decryption share: the ciphertext is not the sum of the round's
     contributions, has too few contributors, or was already decrypted under another active set."""

@@ -236,9 +236,12 @@ def round_meta(
     backend: str | None,
     dim: int | None,
     he_context: bytes | None = None,
+    keys: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The metadata a round commits (its hash goes on chain): what an audit needs to recompute
-    the result bit for bit. ``he_context`` is the digest of the CKKS public context."""
+    the result bit for bit. ``he_context`` is the digest of the CKKS public context; ``keys``
+    the collective decryption of a round under a multiparty key
+    (:func:`bcfl_engine.round_decrypt.keys_meta`)."""
     meta: dict[str, Any] = {
         "format": FORMAT,
         "digest": DIGEST,
@@ -255,6 +258,8 @@ def round_meta(
     }
     if he_context is not None:
         meta["he_context"] = he_context.hex()
+    if keys is not None:
+        meta["keys"] = dict(keys)
     return meta
 
 

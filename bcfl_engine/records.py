@@ -139,4 +139,31 @@ def check_meta(obj: object) -> dict[str, Any]:
         _int(meta, "dim", what, 1)
     else:
         raise PayloadError(f"{what}: secure must be null or 'ckks'; got {secure!r:.80}")
+    if "keys" in meta:
+        _check_keys(meta, what)
     return meta
+
+
+def _check_keys(meta: dict[str, Any], what: str) -> None:
+    """The decryption part of a multiparty round's metadata, its shape checked (the audit
+    checks its contents against the chain)."""
+    if meta["secure"] != "ckks":
+        raise PayloadError(f"{what}: only a CKKS round has keys")
+    keys = _object(meta["keys"], f"{what}: keys")
+    _hex(keys, "aggregate", f"{what}: keys", 32)
+    active = _field(keys, "active", f"{what}: keys")
+    shares = _field(keys, "shares", f"{what}: keys")
+    ints = isinstance(active, list) and all(
+        isinstance(a, int) and not isinstance(a, bool) for a in active
+    )
+    rows = isinstance(shares, list) and all(
+        isinstance(s, list)
+        and len(s) == 3
+        and isinstance(s[0], int)
+        and all(isinstance(h, str) and re.fullmatch(r"[0-9a-f]+", h) for h in s[1:])
+        for s in shares
+    )
+    if not (ints and rows):
+        raise PayloadError(
+            f"{what}: keys must list the active parties and [party, digest, signature] per share"
+        )

@@ -42,13 +42,14 @@ from .errors import (
     InvalidArgument,
 )
 from .protocol import Payload, decode_update, encode_update, leaves_of, sign_payload
+from .round_decrypt import Decryption, decode_result
 from .round_intake import Intake
 from .round_result import RoundResult, committed_result
 from .store import PayloadStore
 from .updates import UpdateBatch
 
 
-class AggregationRound(Intake):
+class AggregationRound(Decryption, Intake):
     """Collects, aggregates and commits round ``round`` of ``task`` (see the module docstring).
 
     Parameters
@@ -62,6 +63,9 @@ class AggregationRound(Intake):
         :func:`bcfl_engine.aggregate`); the backend is pinned in the metadata so an audit
         recomputes the result bit for bit
     secure : None (plaintext) or "ckks"; then ``he_context`` is the public context bytes
+    keys : under CKKS, a multiparty key's :class:`~bcfl_engine.he.mpepoch.KeyEpoch` opened on
+        chain: the round holds no key, and its parties decrypt the aggregate together
+        (:mod:`bcfl_engine.round_decrypt`); the committed result is then the decrypted sum
     """
 
     def __init__(
@@ -80,16 +84,23 @@ class AggregationRound(Intake):
         backend: str | None = None,
         secure: str | None = None,
         he_context: bytes | None = None,
+        keys: Any = None,
     ) -> None:
         if secure not in (None, "ckks"):
             raise InvalidArgument(f"secure must be None or 'ckks'; got {secure!r}")
         if secure == "ckks":
-            if he_context is None:
+            if he_context is None and keys is None:
                 raise InvalidArgument("a CKKS round needs he_context (the public context bytes)")
             if rule != "mean" or pre:
                 raise InvalidArgument(
                     f"a CKKS round sums ciphertexts: rule must be 'mean'; got {rule!r}"
                 )
+            if keys is not None:
+                if he_context is not None and bytes(he_context) != keys.public:
+                    raise InvalidArgument("he_context is not the public key of keys")
+                he_context = keys.public
+        elif keys is not None:
+            raise InvalidArgument("keys= (a multiparty key) needs secure='ckks'")
         elif not isinstance(dim, int) or isinstance(dim, bool) or dim <= 0:
             raise InvalidArgument(f"a plaintext round needs dim, a positive int; got {dim!r}")
         info = rules.get(rule)
@@ -108,6 +119,13 @@ class AggregationRound(Intake):
         self.params = dict(params or {})
         self.backend, self.secure, self.he_context = backend, secure, he_context
         self.domain = ledger.domain
+        self.keys = keys
+        self._request = None
+        self._shares = {}
+        if keys is not None:
+            from .he.mpepoch import check_epoch
+
+            check_epoch(ledger, task, keys)
         registered = ledger.task_info(task).participants_root
         if MerkleTree.from_leaves([participant_leaf(p) for p in participants]).root != registered:
             raise InvalidArgument(
@@ -161,7 +179,7 @@ class AggregationRound(Intake):
         assert self.dim is not None
         return decode_update(data, self.dim)
 
-    def _meta(self, backend: str | None) -> dict[str, Any]:
+    def _meta(self, backend: str | None, keys: dict[str, Any] | None = None) -> dict[str, Any]:
         context = None
         if self.secure == "ckks":
             assert self.he_context is not None
@@ -177,6 +195,7 @@ class AggregationRound(Intake):
             backend=backend,
             dim=self.dim,
             he_context=context,
+            keys=keys,
         )
 
     def finalize(self) -> RoundResult:
@@ -193,7 +212,13 @@ class AggregationRound(Intake):
                 self._records,
                 self.store,
                 self.key,
-                decode=None if self.secure == "ckks" else self._decode_result,
+                decode=(
+                    decode_result
+                    if self.keys is not None
+                    else None
+                    if self.secure == "ckks"
+                    else self._decode_result
+                ),
             )
             return self.result
         if not self._records:
@@ -202,7 +227,11 @@ class AggregationRound(Intake):
 
         weights = [int(r["weight"]) for r in self._records]
         t0 = time.perf_counter()
-        if self._sum is not None:
+        if self.keys is not None:
+            result_bytes, decryption = self._decrypt()
+            meta = self._meta(None, decryption)
+            update = decode_result(result_bytes)
+        elif self._sum is not None:
             meta = self._meta(None)
             update = result_bytes = self._sum.result()  # he.aggregate's bytes (the audit's)
         else:

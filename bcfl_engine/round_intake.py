@@ -53,6 +53,12 @@ class Intake:
     def committed(self) -> bool:
         raise NotImplementedError  # AggregationRound's
 
+    def _closed(self) -> str | None:
+        """Why the round takes no more payloads, or None while it takes them."""
+        if self.committed:
+            return f"round {self.round} of task {self.task} is already committed"
+        return None
+
     _batch: UpdateBatch | None
     _sum: Any
     _records: list[dict[str, Any]]
@@ -202,9 +208,8 @@ class Intake:
         """
         from .chain import SignedPayload, verify_payloads
 
-        if self.committed:  # every payload of the burst gets the answer one submit would
-            done = PayloadError(f"round {self.round} of task {self.task} is already committed")
-            return [done] * len(payloads)
+        if (closed := self._closed()) is not None:  # each payload gets one submit's answer
+            return [PayloadError(closed)] * len(payloads)
         results: list[dict[str, Any] | BcflError | None] = [None] * len(payloads)
         parsed: list[tuple[int, Payload, bytes, int]] = []
         for i, payload in enumerate(payloads):

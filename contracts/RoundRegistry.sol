@@ -28,6 +28,15 @@ contract RoundRegistry {
     /// @dev The one slot per round. Zero means "not committed": rounds run 1, 2, 3, ... with no gap.
     mapping(uint256 task => mapping(uint256 round => bytes32 root)) private _roots;
 
+    /// @notice Multiparty CKKS key epochs per task, in order (epoch e is index e - 1): the hash of
+    /// the collective public key and the Merkle root of its key parties.
+    mapping(uint256 task => KeyEpoch[]) private _keyEpochs;
+
+    struct KeyEpoch {
+        bytes32 keyHash;
+        bytes32 partiesRoot;
+    }
+
     /// @notice Credits claimed so far, per task and account: the tally rewards build on.
     mapping(uint256 task => mapping(address account => uint256 total)) public credits;
     /// @notice Whether an account has claimed its credit of a round.
@@ -50,6 +59,7 @@ contract RoundRegistry {
         bytes32 metaHash,
         uint256 n
     );
+    event KeyEpochSet(uint256 indexed task, uint256 indexed epoch, bytes32 keyHash, bytes32 partiesRoot);
     event CreditClaimed(uint256 indexed task, uint256 indexed round, address indexed account, uint256 credit);
 
     error ZeroAddress();
@@ -60,6 +70,8 @@ contract RoundRegistry {
     error RoundExists(uint256 task, uint256 round);
     error RoundOutOfOrder(uint256 task, uint256 round);
     error RoundNotCommitted(uint256 task, uint256 round);
+    error EmptyKeyEpoch(uint256 task);
+    error UnknownKeyEpoch(uint256 task, uint256 epoch);
     error AlreadyClaimed(uint256 task, uint256 round, address account);
     error InvalidProof(uint256 task, uint256 round);
 
@@ -82,6 +94,33 @@ contract RoundRegistry {
         if (aggregator == address(0)) revert ZeroAddress();
         t.aggregator = aggregator;
         emit AggregatorChanged(task, aggregator);
+    }
+
+    /// @notice Opens key epoch 1, 2, ... of `task` (owner only): `keyHash` names the collective
+    /// CKKS public key clients encrypt under, `partiesRoot` the parties that hold its shares (a
+    /// Merkle tree of (party, account, commitment, threshold) leaves). Returns the new epoch.
+    function setKeyEpoch(uint256 task, bytes32 keyHash, bytes32 partiesRoot) external returns (uint256 epoch) {
+        Task storage t = _tasks[task];
+        if (t.owner == address(0)) revert UnknownTask(task);
+        if (msg.sender != t.owner) revert NotOwner(task, msg.sender);
+        if (keyHash == bytes32(0) || partiesRoot == bytes32(0)) revert EmptyKeyEpoch(task);
+        KeyEpoch[] storage epochs = _keyEpochs[task];
+        epochs.push(KeyEpoch(keyHash, partiesRoot));
+        epoch = epochs.length;
+        emit KeyEpochSet(task, epoch, keyHash, partiesRoot);
+    }
+
+    /// @notice The number of key epochs of `task` (0: none; the latest is in force).
+    function keyEpochCount(uint256 task) external view returns (uint256) {
+        return _keyEpochs[task].length;
+    }
+
+    /// @notice Key epoch `epoch` (from 1) of `task`; reverts with UnknownKeyEpoch if it has none.
+    function keyEpoch(uint256 task, uint256 epoch) external view returns (bytes32 keyHash, bytes32 partiesRoot) {
+        KeyEpoch[] storage epochs = _keyEpochs[task];
+        if (epoch == 0 || epoch > epochs.length) revert UnknownKeyEpoch(task, epoch);
+        KeyEpoch storage k = epochs[epoch - 1];
+        return (k.keyHash, k.partiesRoot);
     }
 
     /// @notice Commits round `round` of `task` (aggregator only; round 1 first, then r after r-1).

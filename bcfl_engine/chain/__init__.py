@@ -7,11 +7,13 @@ eth-tester and eth-account on first use (``pip install 'bcfl_engine[chain]'``).
 from __future__ import annotations
 
 from .devnode import AnvilNode
+from .keys import KeyEpochRecord
 from .ledger import Ledger
 from .merkle import (
     MerkleTree,
     contribution_leaf,
     hash_pair,
+    key_party_leaf,
     leaf_hash,
     participant_leaf,
     process_proof,
@@ -30,6 +32,7 @@ from .signing import (
 
 __all__ = [
     "AnvilNode",
+    "KeyEpochRecord",
     "Ledger",
     "MerkleTree",
     "PayloadDomain",
@@ -40,6 +43,7 @@ __all__ = [
     "contribution_leaf",
     "eip712_digest",
     "hash_pair",
+    "key_party_leaf",
     "leaf_hash",
     "meta_hash",
     "participant_leaf",

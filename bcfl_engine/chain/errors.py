@@ -61,6 +61,14 @@ class InvalidProof(ContractRevert):
     """The proof does not lead to the round's stored root."""
 
 
+class EmptyKeyEpoch(ContractRevert):
+    """A key epoch needs a non-zero key hash and a non-zero parties root."""
+
+
+class UnknownKeyEpoch(ContractRevert):
+    """The task has no key epoch of this number."""
+
+
 class RoundConflict(ChainError):
     """A round was re-committed with data other than what the chain holds."""
 
@@ -82,6 +90,8 @@ REVERTS: dict[str, type[ContractRevert]] = {
         RoundNotCommitted,
         AlreadyClaimed,
         InvalidProof,
+        EmptyKeyEpoch,
+        UnknownKeyEpoch,
     )
 }
 
@@ -119,4 +129,6 @@ REVERT_MESSAGES = {
     "RoundNotCommitted": "round {round} of task {task} has no commit",
     "AlreadyClaimed": "{account} already claimed its credit of round {round} of task {task}",
     "InvalidProof": "the proof does not lead to the stored root of round {round} of task {task}",
+    "EmptyKeyEpoch": "a key epoch of task {task} needs a non-zero key hash and parties root",
+    "UnknownKeyEpoch": "task {task} has no key epoch {epoch}",
 }

@@ -23,12 +23,13 @@ from ..updates import keccak256
 from . import _web3, embedded
 from ._deps import need
 from .errors import RoundConflict, RoundExists, TransactionFailed, UnknownTask
+from .keys import KeyEpochs
 from .merkle import ZERO32, MerkleTree, as_bytes32, participant_leaf
 from .records import Meta, Receipt, RoundRecord, TaskInfo, meta_hash
 from .signing import PayloadDomain, SignedPayload, verify_payload
 
 
-class Ledger:
+class Ledger(KeyEpochs):
     """A deployed ``RoundRegistry`` and the account that sends transactions to it.
 
     Build one with :meth:`embedded` (in-process chain, nothing to start) or :meth:`connect`

@@ -114,6 +114,19 @@ def participant_leaf(account: str | bytes) -> bytes:
     return keccak256(keccak256(_word_address(account, "participant")))
 
 
+def key_party_leaf(party: int, account: str | bytes, commitment: bytes, threshold: int) -> bytes:
+    """The leaf of a multiparty CKKS key party in a key epoch's parties tree:
+    ``abi.encode(uint256 party, address account, bytes32 commitment, uint256 threshold)``,
+    hashed twice (``threshold``: the parties that must decrypt together)."""
+    encoded = (
+        _word_uint(party, "party")
+        + _word_address(account, "account")
+        + _word_bytes32(commitment, "commitment")
+        + _word_uint(threshold, "threshold")
+    )
+    return keccak256(keccak256(encoded))
+
+
 def process_proof(leaf: bytes, proof: Sequence[bytes]) -> bytes:
     """The root that ``proof`` leads to from ``leaf`` (``MerkleProof.processProof``)."""
     node = as_bytes32(leaf, "leaf")
