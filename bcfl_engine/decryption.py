@@ -225,6 +225,8 @@ def party_share(
     def refuse(why: str) -> DecryptionRefused:
         return DecryptionRefused(f"party {me}: {why}", me)
 
+    if me not in request.active:
+        raise refuse(f"this party is not in the active set {list(request.active)}")
     if keys.epoch != request.epoch:
         raise refuse(f"the request names key epoch {request.epoch}; this party holds {keys.epoch}")
     check_epoch(ledger, request.task, keys)

@@ -331,3 +331,32 @@ def test_missing_chain_extra_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "eth_tester", None)
     with pytest.raises(MissingDependency, match=r"bcfl_engine\[chain\]"):
         Ledger.embedded()
+
+
+def test_key_epochs_are_owner_only_append_only_and_read_back(actors: Actors) -> None:
+    from bcfl_engine.chain import key_party_leaf
+
+    task = actors.task
+    assert actors.owner.key_epoch(task) is None and actors.owner.key_epoch_count(task) == 0
+    parties = MerkleTree.from_leaves(
+        [key_party_leaf(i, actors.participants[i - 1], keccak256(b"c%d" % i), 2) for i in (1, 2, 3)]
+    )
+    for who in (actors.agg, actors.stranger):
+        with pytest.raises(ce.NotOwner, match="not the owner of task"):
+            who.set_key_epoch(task, key_hash=keccak256(b"k"), parties_root=parties.root)
+    with pytest.raises(ce.EmptyKeyEpoch, match="non-zero key hash"):
+        actors.owner.set_key_epoch(task, key_hash=ZERO, parties_root=parties.root)
+    with pytest.raises(ce.EmptyKeyEpoch):
+        actors.owner.set_key_epoch(task, key_hash=keccak256(b"k"), parties_root=ZERO)
+    with pytest.raises(ce.UnknownTask):
+        actors.owner.set_key_epoch(task + 1, key_hash=keccak256(b"k"), parties_root=parties.root)
+    assert actors.owner.key_epoch_count(task) == 0  # nothing was written by the refusals
+    assert actors.owner.set_key_epoch(task, key_hash=keccak256(b"k1"), parties_root=parties.root) == 1
+    assert actors.owner.set_key_epoch(task, key_hash=keccak256(b"k2"), parties_root=parties.root) == 2
+    first, latest = actors.stranger.key_epoch(task, 1), actors.stranger.key_epoch(task)
+    assert first is not None and first.key_hash == keccak256(b"k1") and first.epoch == 1
+    assert latest is not None and latest.key_hash == keccak256(b"k2") and latest.epoch == 2
+    assert latest.parties_root == parties.root
+    assert actors.stranger.key_epoch(task, 3) is None and actors.stranger.key_epoch(task, 0) is None
+    with pytest.raises(ce.UnknownKeyEpoch, match="has no key epoch 3"):
+        actors.stranger.call("keyEpoch", task, 3)
