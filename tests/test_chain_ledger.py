@@ -351,8 +351,12 @@ def test_key_epochs_are_owner_only_append_only_and_read_back(actors: Actors) -> 
     with pytest.raises(ce.UnknownTask):
         actors.owner.set_key_epoch(task + 1, key_hash=keccak256(b"k"), parties_root=parties.root)
     assert actors.owner.key_epoch_count(task) == 0  # nothing was written by the refusals
-    assert actors.owner.set_key_epoch(task, key_hash=keccak256(b"k1"), parties_root=parties.root) == 1
-    assert actors.owner.set_key_epoch(task, key_hash=keccak256(b"k2"), parties_root=parties.root) == 2
+    assert (
+        actors.owner.set_key_epoch(task, key_hash=keccak256(b"k1"), parties_root=parties.root) == 1
+    )
+    assert (
+        actors.owner.set_key_epoch(task, key_hash=keccak256(b"k2"), parties_root=parties.root) == 2
+    )
     first, latest = actors.stranger.key_epoch(task, 1), actors.stranger.key_epoch(task)
     assert first is not None and first.key_hash == keccak256(b"k1") and first.epoch == 1
     assert latest is not None and latest.key_hash == keccak256(b"k2") and latest.epoch == 2

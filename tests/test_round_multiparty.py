@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 
 pytest.importorskip("web3")
-ts = pytest.importorskip("tenseal")
+pytest.importorskip("tenseal")
 
+import tenseal as ts
 from eth_account import Account
 
 from bcfl_engine import protocol
@@ -157,7 +158,7 @@ def test_a_client_refuses_a_context_the_chain_does_not_name(
 
 
 def test_payloads_are_refused_once_decryption_was_asked(ledger, n_of_n, tmp_path) -> None:
-    rnd, keys = _round(ledger, n_of_n, tmp_path)
+    rnd, _ = _round(ledger, n_of_n, tmp_path)
     rnd.decryption_request()
     ctx = ts.context_from(n_of_n["public"])
     late = ts.ckks_vector(ctx, [0.0] * D).serialize()
@@ -209,7 +210,7 @@ def test_bad_shares_are_named_and_nothing_is_committed(ledger, n_of_n, tmp_path)
     good = {i: _answer(n_of_n, keys, ledger, req, i) for i in (1, 2, 3)}
     with pytest.raises(KeyShareError, match="not a party of the key"):
         rnd.add_share(dataclasses.replace(good[1], party=9))
-    with pytest.raises(KeyShareError, match="party 2: .*not signed by its account") as e:
+    with pytest.raises(KeyShareError, match=r"party 2: .*not signed by its account") as e:
         rnd.add_share(dataclasses.replace(good[2], signature=good[3].signature))
     assert e.value.party == 2
     with pytest.raises(KeyShareError, match="party 1"):  # party 2's share under party 1's name
