@@ -68,12 +68,20 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         raise UsageError(f"--clients must be >= 3; got {args.clients}")
     if args.rounds < 1:
         raise UsageError(f"--rounds must be >= 1; got {args.rounds}")
+    if args.threshold is not None:
+        if args.secure != "ckks":
+            raise UsageError("--threshold sets the multiparty CKKS key: it needs --secure ckks")
+        if not 2 <= args.threshold <= args.clients:
+            raise UsageError(
+                f"--threshold must be in [2, --clients={args.clients}]; got {args.threshold}"
+            )
     rule_names = _rules(args.rule)
     if args.secure == "ckks" and not args.rule:
         rule_names = ["mean"]
     config = DemoConfig(
         rules=rule_names,
         secure=args.secure,
+        threshold=args.threshold,
         clients=args.clients,
         byzantine=args.byzantine,
         rounds=args.rounds,
@@ -213,7 +221,17 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default: {','.join(DEFAULT_RULES)}; mean alone with --secure ckks)",
     )
     demo.add_argument(
-        "--secure", choices=["ckks"], help="encrypt updates with CKKS (rule mean only)"
+        "--secure",
+        choices=["ckks"],
+        help="encrypt updates with CKKS under a multiparty key the hospitals hold: the "
+        "aggregator holds none (rule mean only)",
+    )
+    demo.add_argument(
+        "--threshold",
+        type=int,
+        metavar="T",
+        help="with --secure ckks: any T hospitals decrypt an aggregate together (t-of-n; "
+        "default: all of them)",
     )
     demo.add_argument("--clients", type=int, default=10, help="number of hospitals (default 10)")
     demo.add_argument(

@@ -58,7 +58,7 @@ class AggregationRound(Decryption, Intake):
     task, round : the task id and the round number (>= 1, rounds in order)
     store : a :class:`PayloadStore` or its folder
     participants : the addresses allowed to submit, in the order the task registered them
-    dim : the length of a plaintext update (None under CKKS)
+    dim : the length of a plaintext update (ignored under CKKS: a ciphertext carries its own)
     rule, f, params, pre, backend : how plaintext updates are aggregated (see
         :func:`bcfl_engine.aggregate`); the backend is pinned in the metadata so an audit
         recomputes the result bit for bit
@@ -115,7 +115,9 @@ class AggregationRound(Decryption, Intake):
             raise InvalidArgument(f"a round writes to its store; {self.store} is read-only")
         self.participants = frozenset(address_bytes(p, "participant") for p in participants)
         self._registered = ["0x" + address_bytes(p, "participant").hex() for p in participants]
-        self.dim, self.rule, self.f, self.pre = dim, rule, f, list(pre)
+        # Under CKKS the metadata says dim null (the ciphertexts carry their length).
+        self.dim = None if secure == "ckks" else dim
+        self.rule, self.f, self.pre = rule, f, list(pre)
         self.params = dict(params or {})
         self.backend, self.secure, self.he_context = backend, secure, he_context
         self.domain = ledger.domain
@@ -167,6 +169,9 @@ class AggregationRound(Decryption, Intake):
     @property
     def clients(self) -> list[str]:
         return [r["client"] for r in self._records]
+
+    def _closed(self) -> str | None:
+        return Intake._closed(self) or self._sealed()
 
     @property
     def committed(self) -> bool:

@@ -77,7 +77,8 @@ class Decryption:
     def committed(self) -> bool:
         raise NotImplementedError  # AggregationRound's
 
-    def _closed(self) -> str | None:
+    def _sealed(self) -> str | None:
+        """Why the round takes no more payloads once its aggregate went out, or None."""
         if self._request is not None:
             return (
                 f"round {self.round} of task {self.task} is closed: its aggregate went out "

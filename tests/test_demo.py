@@ -126,10 +126,9 @@ def test_demo_on_diabetes_reports_rmse(tmp_path):
     assert final["median"] < 1.5 * final["mean, no attack"]
 
 
-def test_demo_ckks_matches_plaintext_fedavg(tmp_path):
-    he = pytest.importorskip("bcfl_engine.he")
-    if not hasattr(he, "encrypt"):
-        pytest.skip("bcfl_engine.he has no encrypt in this build yet")
+@pytest.mark.parametrize("threshold", [None, 3], ids=["n-of-n", "3-of-4"])
+def test_demo_ckks_matches_plaintext_fedavg_under_a_multiparty_key(tmp_path, capsys, threshold):
+    pytest.importorskip("tenseal")
     rounds = 2
     argv = [
         "demo",
@@ -142,17 +141,27 @@ def test_demo_ckks_matches_plaintext_fedavg(tmp_path):
         "--rounds",
         str(rounds),
     ]
+    argv += [] if threshold is None else ["--threshold", str(threshold)]
     code = main([*argv, "--out", str(tmp_path), "--quiet"])
     assert code == 0
+    out = capsys.readouterr().out
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert set(summary["runs"]) == {"mean", "mean, ckks"}
     ckks = summary["ckks"]
-    # Each round's mean is off by at most the preset's precision; float32 parameters add one ulp.
+    assert ckks["keys"] == "multiparty" and ckks["parties"] == 4
+    assert ckks["threshold"] == (threshold or 4)
+    assert "the aggregator none" in out and ckks["who_decrypts"] in out
+    # Each round's mean is off by at most the key's precision; float32 parameters add one ulp.
     assert (
         ckks["max_abs_param_diff_vs_plaintext"]
         <= rounds * ckks["precision"] + np.finfo(np.float32).eps
     )
     assert summary["final"]["mean, ckks"] == summary["final"]["mean"]
+    # The audit of the encrypted round recombines the hospitals' stored decryption shares.
+    command = summary["chain"]["audit_command_secure"].split()
+    assert command[:2] == ["bcfl", "audit"] and command[-2:] == ["--store", str(tmp_path / "store")]
+    assert main(command[1:]) == 0
+    assert "decrypted by the parties' stored shares" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
@@ -163,8 +172,20 @@ def test_demo_ckks_matches_plaintext_fedavg(tmp_path):
         (["--clients", "2"], "--clients"),
         (["--secure", "ckks", "--rule", "median"], "rule must be mean"),
         (["--clients", "80"], "at most"),
+        (["--threshold", "3"], "needs --secure ckks"),
+        (["--secure", "ckks", "--threshold", "11"], "--threshold must be in [2, --clients=10]"),
+        (["--secure", "ckks", "--threshold", "1"], "--threshold must be in"),
     ],
-    ids=["byzantine-half", "unknown-rule", "two-clients", "ckks-median", "too-many-clients"],
+    ids=[
+        "byzantine-half",
+        "unknown-rule",
+        "two-clients",
+        "ckks-median",
+        "too-many-clients",
+        "threshold-plain",
+        "threshold-above-n",
+        "threshold-one",
+    ],
 )
 def test_demo_usage_errors_exit_2_on_one_line(tmp_path, capsys, argv, message):
     assert main(["demo", *argv, "--out", str(tmp_path), "--quiet"]) == 2

@@ -219,3 +219,22 @@ def test_ckks_audit_names_an_altered_object(ledger, tmp_path, ckks_keys, what):
         path.write_bytes(bytes(raw))
     report = audit(ledger, task, 1, tmp_path)
     assert not report.ok and "0x" + digest.hex() in report.summary(), report.summary()
+
+
+def test_a_ckks_round_given_dim_ignores_it_and_audits(ledger, tmp_path, ckks_keys):
+    """dim is a plaintext round's; a CKKS round given one (as a caller that builds every round
+    alike does) commits dim null, so its metadata reads back and the audit recomputes it."""
+    from bcfl_engine import he
+
+    task = new_task(ledger)
+    public = ckks_keys.public_context()
+    rnd = AggregationRound(
+        ledger, task, 1, tmp_path, participants=ADDRESSES, dim=D, secure="ckks", he_context=public
+    )
+    x = make_updates(2, D, seed=3)
+    for i in range(2):
+        rnd.submit(sign_payload(KEYS[i], task, 1, he.encrypt(x[i].numpy(), public), ledger.domain))
+    rnd.finalize()
+    assert rnd.dim is None
+    report = audit(ledger, task, 1, tmp_path)
+    assert report.ok, report.summary()

@@ -3,9 +3,10 @@
 For each rule (plus an attack-free FedAvg run as the reference, and an encrypted FedAvg run
 under ``--secure ckks``) the loop keeps its own global model and, each round: every hospital
 trains from that model (a Byzantine one attacks), encodes its update (float32, or a CKKS
-ciphertext), signs it and submits it to an :class:`~bcfl_engine.round.AggregationRound`,
-which stores it, aggregates, and commits the round's Merkle root and result digest to the
-ledger. Rules run in lockstep, so a table per round compares them as the run goes.
+ciphertext under the hospitals' multiparty key, :mod:`.keys`), signs it and submits it to an
+:class:`~bcfl_engine.round.AggregationRound`, which stores it, aggregates (under CKKS the
+hospitals then decrypt the sum together), and commits the round's Merkle root and result
+digest to the ledger. Rules run in lockstep, so a table per round compares them as the run goes.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from ..round import AggregationRound, encode_update, sign_payload
 from ..store import PayloadStore
 from ..updates import keccak256
 from . import attacks, data, train
+from . import keys as mpkeys
 from .plot import plot
 
 Echo = Callable[[str], None]
@@ -40,6 +42,7 @@ class DemoConfig:
         default_factory=lambda: ["mean", "median", "trimmed_mean", "krum", "geometric_median"]
     )
     secure: str | None = None
+    threshold: int | None = None
     clients: int = 10
     byzantine: float = 0.2
     rounds: int = 10
@@ -151,6 +154,19 @@ def plan_runs(config: DemoConfig, n_byzantine: int, initial: torch.Tensor) -> li
     return runs
 
 
+def _tenseal() -> Any:
+    import tenseal
+
+    return tenseal
+
+
+def mp_precision(parties: int) -> float:
+    """The precision of one decrypted value under a key of ``parties`` parties."""
+    from ..he import multiparty as mp
+
+    return mp.precision(parties)
+
+
 def _table(round_no: int, rounds: int, runs: list[Run], metric: str) -> str:
     lines = [
         f"round {round_no}/{rounds}",
@@ -187,18 +203,19 @@ def run_demo(config: DemoConfig, echo: Echo = print) -> dict[str, Any]:
     ledger = _ledger(config, out)
     keys = hospital_keys(config.clients, config.seed)
     addresses = [Account.from_key(k).address for k in keys]
-    he_keys = public = None
+    hospitals = epochs = None
     if config.secure == "ckks":
-        from .. import he
-
-        he_keys = he.generate_keys()
-        public = he_keys.public_context()
+        hospitals = mpkeys.setup(keys, config.threshold)
+        echo(hospitals.who_decrypts())
     for run in runs:
         run.task = ledger.create_task(
             aggregator=ledger.sender,
             participants=addresses,
             model_spec=f"demo {run.label}".encode(),
         )
+    if hospitals is not None:
+        epochs = {run.task: hospitals.open(ledger, run.task) for run in runs if run.secure}
+        ctx = _tenseal().context_from(hospitals.public)
     scale = fed.y_scale if fed.metric == "rmse" else 1.0
     echo(
         f"{fed.name}: {config.clients} hospitals ({', '.join(str(len(y)) for _, y in fed.clients)} patients), "
@@ -213,7 +230,7 @@ def run_demo(config: DemoConfig, echo: Echo = print) -> dict[str, Any]:
         for run in runs:
             rnd = AggregationRound(
                 ledger, run.task, r, store, participants=addresses, dim=trainer.dim, rule=run.rule, f=run.f,
-                secure=run.secure, he_context=public,
+                secure=run.secure, keys=epochs.get(run.task) if epochs else None,
             )  # fmt: skip
             for i, (x, y) in enumerate(fed.clients):
                 attack = byz.get(i) if run.attacked else None
@@ -222,25 +239,22 @@ def run_demo(config: DemoConfig, echo: Echo = print) -> dict[str, Any]:
                 update = trainer.update(run.params, x, labels, seed)
                 if attack:
                     update = attacks.corrupt(attack, update, seed)
-                if run.secure == "ckks":
-                    from .. import he
-
-                    payload_bytes = he.encrypt(update.numpy(), public)
+                if run.secure == "ckks":  # stock TenSEAL under the key the chain names
+                    payload_bytes = _tenseal().ckks_vector(ctx, update.tolist()).serialize()
                 else:
                     payload_bytes = encode_update(update)
                 rnd.submit(
                     sign_payload(keys[i], run.task, r, payload_bytes, ledger.domain, weight=len(y))
                 )
                 bar.update(1)
+            if run.secure == "ckks":
+                assert hospitals is not None
+                hospitals.decrypt(rnd, ledger, addresses)
             res = rnd.finalize()
             if run.secure == "ckks":
-                from .. import he
-
-                assert he_keys is not None
-                summed = torch.as_tensor(
-                    he.decrypt(res.update, he_keys.secret_context), dtype=torch.float32
-                )
-                agg = summed[: trainer.dim] / sum(len(y) for _, y in fed.clients)
+                summed = torch.as_tensor(res.update[: trainer.dim], dtype=torch.float64)
+                total = sum(len(y) for _, y in fed.clients)
+                agg = (summed / total).to(torch.float32)
             else:
                 agg = torch.as_tensor(res.update, dtype=torch.float32)
             run.params = run.params + agg
@@ -275,27 +289,38 @@ def run_demo(config: DemoConfig, echo: Echo = print) -> dict[str, Any]:
         },
         "final": {run.label: run.history[-1][fed.metric] for run in runs},
     }
-    if he_keys is not None:
+    if hospitals is not None:
         plain = next(
             run
             for run in runs
             if run.rule == "mean" and run.secure is None and run.attacked == runs[-1].attacked
         )
         diff = float((runs[-1].params - plain.params).abs().max())
+        n_parties = len(hospitals.parties)
         summary["ckks"] = {
-            "preset": he_keys.preset.name,
-            "precision": he_keys.preset.precision,
+            "preset": hospitals.parties[1].preset,
+            "keys": "multiparty",
+            "parties": n_parties,
+            "threshold": hospitals.keys.threshold,
+            "who_decrypts": hospitals.who_decrypts(),
+            "precision": mp_precision(n_parties),
             "max_abs_param_diff_vs_plaintext": diff,
         }
         echo(
             f"CKKS FedAvg vs plaintext FedAvg after {config.rounds} rounds: max |param diff| {diff:.3g} "
-            f"(preset {he_keys.preset.name!r}, precision {he_keys.preset.precision:.3g} per round)"
+            f"(preset {summary['ckks']['preset']!r}, {hospitals.keys.threshold}-of-{n_parties} "
+            f"multiparty key, precision {summary['ckks']['precision']:.3g} per round)"
         )
     shown = _audited_run(runs)
     command = audit_command(
         config.chain or str(out / CHAIN_DIR), shown.task, config.rounds, out / "store"
     )
     summary["chain"]["audit_command"] = command
+    secure = next((run for run in runs if run.secure), None)
+    if secure is not None:  # its audit recombines the hospitals' stored decryption shares
+        summary["chain"]["audit_command_secure"] = audit_command(
+            config.chain or str(out / CHAIN_DIR), secure.task, config.rounds, out / "store"
+        )
     (out / "summary.json").write_text(json.dumps(summary, indent=1, allow_nan=True))
     plot(summary, out / "accuracy.png")
     better = "higher" if fed.metric == "accuracy" else "lower"
@@ -306,4 +331,9 @@ def run_demo(config: DemoConfig, echo: Echo = print) -> dict[str, Any]:
     echo(f"wrote {out / 'summary.json'} and {out / 'accuracy.png'}; payloads in {out / 'store'}")
     where = "the node" if config.chain else f"the embedded chain, replayed from {out / CHAIN_DIR}"
     echo(f"recheck round {config.rounds} of {shown.label} against {where}:\n  {command}")
+    if secure is not None:
+        echo(
+            f"and the encrypted round (its decryption included):\n  "
+            f"{summary['chain']['audit_command_secure']}"
+        )
     return summary

@@ -1,0 +1,80 @@
+"""The demo's multiparty CKKS key: every hospital a key party, no key at the aggregator.
+
+Under ``--secure ckks`` the hospitals run the key setup among themselves (simulated in this
+process: commitments, reveals, the combined public key and its known-answer test; with
+``--threshold T`` each also deals Shamir shares of its key), the task's owner records the key
+as the task's key epoch, each hospital checks the context against the chain before it
+encrypts, and each round's aggregate is decrypted by the active hospitals together, each after
+checking that it is the sum of the round's signed payloads
+(:func:`~bcfl_engine.decryption.party_share`). A hospital's account key signs its payloads and
+its decryption shares.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..he import multiparty as mp
+from ..he.mpepoch import KeyEpoch, active_default, check_context, open_epoch, parties_of
+
+
+@dataclass
+class DemoKeys:
+    """The hospitals' key shares and the key's description (epoch 0 until a task opens it)."""
+
+    parties: dict[int, mp.KeyShare]
+    accounts: dict[int, bytes]
+    keys: KeyEpoch
+
+    @property
+    def public(self) -> bytes:
+        return self.keys.public
+
+    def open(self, ledger: Any, task: int) -> KeyEpoch:
+        """Record the key as ``task``'s key epoch; every hospital then checks its context."""
+        keys = open_epoch(ledger, task, self.keys)
+        check_context(ledger, task, self.public, keys.epoch)
+        return keys
+
+    def decrypt(self, rnd: Any, ledger: Any, participants: list[str]) -> tuple[int, ...]:
+        """Have the active hospitals answer ``rnd``'s decryption request; returns who did."""
+        from ..decryption import party_share
+
+        request = rnd.decryption_request()
+        for party in request.active:
+            rnd.add_share(
+                party_share(
+                    self.parties[party], self.accounts[party], request, keys=rnd.keys,
+                    ledger=ledger, participants=participants, min_clients=2,
+                )
+            )  # fmt: skip
+        return request.active
+
+    def who_decrypts(self) -> str:
+        """One line for the report: who holds what and who can decrypt what."""
+        n, t = len(self.parties), self.keys.threshold
+        together = f"all {n} together" if t == n else f"any {t} of the {n} together"
+        active = ", ".join(f"h{p - 1}" for p in active_default(self.keys))
+        return (
+            f"CKKS keys: each of the {n} hospitals holds a key share and the aggregator none; "
+            f"a round's aggregate is decrypted by {together} (each round: {active}), each after "
+            f"checking that it is the sum of the round's signed payloads; a single update "
+            f"decrypts only if {t} hospitals collude"
+        )
+
+
+def setup(account_keys: list[bytes], threshold: int | None = None) -> DemoKeys:
+    """The hospitals' key setup: hospital ``i`` is party ``i + 1``, its account key signs its
+    decryption shares. ``threshold``: t-of-n (None: all hospitals decrypt together)."""
+    from eth_account import Account
+
+    parties = [mp.KeyShare.generate(party=i + 1) for i in range(len(account_keys))]
+    public, crs = mp.local_setup(parties, threshold=threshold)
+    accounts = {i + 1: k for i, k in enumerate(account_keys)}
+    described = parties_of(
+        {p.party: p.commitment(crs) for p in parties},
+        {i: Account.from_key(k).address for i, k in accounts.items()},
+    )
+    keys = KeyEpoch(public, described, threshold or len(parties))
+    return DemoKeys({p.party: p for p in parties}, accounts, keys)
