@@ -170,6 +170,7 @@ def peek(blob: bytes | memoryview, info: ContextInfo | None = None) -> Layout:
     Without a context only a compact payload can be read: it carries its primes.
     """
     buf = memoryview(blob)
+    proto = None
     if bytes(buf[:4]) == COMPACT_MAGIC:
         compact = compact_layout(buf)
         if info is None:
@@ -215,10 +216,15 @@ def peek(blob: bytes | memoryview, info: ContextInfo | None = None) -> Layout:
         raise PayloadError(f"scale {scale!r}; the context's scale is {info.scale!r}")
     if not 1 <= int(d or 0) <= MAX_CIPHERTEXTS * info.slots:
         raise PayloadError(f"vector length {d} out of range [1, {MAX_CIPHERTEXTS * info.slots}]")
-    want = -(-int(d or 0) // (info.slots * (2 if pair else 1)))
-    if want != cts:  # what d declares against the ciphertexts the bytes hold
-        raise PayloadError(f"vector length d={d} needs {want} ciphertexts; the payload holds {cts}")
     sizes = chunk_sizes(int(d or 0), info.slots, pair)
+    if proto is not None and not pair and all(1 <= s <= info.slots for s in proto.sizes):
+        # TenSEAL's own sizes, one per ciphertext: vectors laid end to end (an NVFlare
+        # contribution's layers, bundled) keep theirs; sums need only that they match.
+        sizes = tuple(proto.sizes)
+    elif len(sizes) != cts:  # what d declares against the ciphertexts the bytes hold
+        raise PayloadError(
+            f"vector length d={d} needs {len(sizes)} ciphertexts; the payload holds {cts}"
+        )
     return Layout(info.poly_degree, level.primes, level.parms_id, scale, sizes, int(d or 0), pair)
 
 

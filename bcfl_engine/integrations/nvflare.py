@@ -49,6 +49,7 @@ try:
     from nvflare.app_common.aggregators.weighted_aggregation_helper import (
         WeightedAggregationHelper,
     )
+    from nvflare.app_common.app_constant import AppConstants
     from nvflare.app_opt.he import intime_accumulate_model_aggregator as _he
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependency(
@@ -198,6 +199,10 @@ class HEInTimeAccumulateWeightedAggregator(_he.HEInTimeAccumulateWeightedAggrega
     exclude_vars, aggregation_weights, expected_data_kind, weigh_by_local_iter : NVFlare's
         (same defaults)
     exact_division : False (NVFlare's bytes) or True (divide by the scale; see the module)
+    ledger, task, participants, store : optional chain commits
+        (:mod:`bcfl_engine.integrations.nvflare_chain`): each site signs its encrypted layers
+        (``SignContribution`` after ``HEModelEncryptor``); the round commits the bundled sum of
+        the accepted contributions, which ``bcfl audit`` recomputes; the output is unchanged
     """
 
     def __init__(
@@ -207,6 +212,10 @@ class HEInTimeAccumulateWeightedAggregator(_he.HEInTimeAccumulateWeightedAggrega
         expected_data_kind: Any = DataKind.WEIGHT_DIFF,
         weigh_by_local_iter: bool = False,
         exact_division: bool = False,
+        ledger: Any = None,
+        task: int | None = None,
+        participants: Any = None,
+        store: Any = None,
     ) -> None:
         register()  # before NVFlare's own, where this runs first in the process
         super().__init__(
@@ -217,6 +226,13 @@ class HEInTimeAccumulateWeightedAggregator(_he.HEInTimeAccumulateWeightedAggrega
         )
         self.exact_division = bool(exact_division)
         self._told_rebuilt = False
+        self.chain = None
+        if ledger is not None:
+            from .nvflare_chain import ChainRound
+
+            self.chain = ChainRound(ledger, task, participants or [], store, exclude_vars)
+        self._round = 0
+        self._context: bytes | None = None  # the round's public context, from the wire
 
     def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
         super().handle_event(event_type, fl_ctx)
@@ -229,13 +245,20 @@ class HEInTimeAccumulateWeightedAggregator(_he.HEInTimeAccumulateWeightedAggrega
 
     def accept(self, shareable: Shareable, fl_ctx: FLContext) -> bool:
         """NVFlare's accept; a contribution whose ciphertexts cannot join the round's sums is
-        rejected with the reason in the log."""
+        rejected with the reason in the log (with ``ledger=``, so is one without its site's
+        valid signature)."""
+        name = shareable.get_peer_prop(key=ReservedKey.IDENTITY_NAME, default="?")
+        signed = None
         try:
+            if self.chain is not None:
+                signed = self._check_signature(shareable, name, fl_ctx)
             accepted: bool = super().accept(shareable, fl_ctx)
         except PayloadError as exc:
-            name = shareable.get_peer_prop(key=ReservedKey.IDENTITY_NAME, default="?")
             self.log_error(fl_ctx, f"discarding the contribution of {name}: {exc}")
             return False
+        if accepted and signed is not None:
+            assert self.chain is not None
+            self.chain.signed[name] = signed
         if not self._told_rebuilt and any(
             getattr(a.aggregation_helper, "rebuilt", 0) for a in self.dxo_aggregators.values()
         ):
@@ -248,3 +271,32 @@ class HEInTimeAccumulateWeightedAggregator(_he.HEInTimeAccumulateWeightedAggrega
                 ".CKKSWireDecomposer first (README: Use with NVIDIA FLARE).",
             )
         return accepted
+
+    def _check_signature(self, shareable: Shareable, name: str, fl_ctx: FLContext) -> Any:
+        """The contribution's signed bundle; None where NVFlare's own checks reject it."""
+        from .nvflare_chain import contribution_round
+
+        dxo = contribution_round(shareable, fl_ctx)
+        if dxo is None:
+            return None
+        self._round = int(fl_ctx.get_prop(AppConstants.CURRENT_ROUND))
+        assert self.chain is not None
+        payload = self.chain.check(dxo, name, self._round)
+        layers = [v for v in dxo.data.values() if isinstance(v, ts.CKKSVector)]
+        if self._context is None and layers:
+            self._context = wire_of(layers[0])[1]
+        return payload
+
+    def aggregate(self, fl_ctx: FLContext) -> Shareable:
+        """NVFlare's aggregate; with ``ledger=`` the accepted contributions' bundled sum is
+        committed too (a failure is logged: the round's output goes out as NVFlare's would)."""
+        out: Shareable = super().aggregate(fl_ctx)
+        if self.chain is not None and self.chain.signed:
+            names = list(self.chain.signed)
+            opts = {"secure": "ckks", "he_context": self._context}
+            _, why = self.chain.commit(names, self._round, opts)
+            if why is not None:
+                self.log_error(fl_ctx, f"round {self._round + 1} was not committed: {why}")
+            self.chain.signed.clear()
+            self._context = None
+        return out

@@ -82,8 +82,10 @@ class RobustAggregationHelper(WeightedAggregationHelper):
         f: int,
         backend: Any,
         params: dict | None = None,
+        chain: Any = None,
     ) -> None:
         super().__init__(exclude_vars=None, weigh_by_local_iter=weigh_by_local_iter)
+        self.chain = chain  # commit(names, rule, f) -> (vector in name order | None, why)
         self.exclude_vars = exclude_vars
         self.lock = threading.RLock()  # add() runs NVFlare's add() under it
         self.rule, self.f, self.backend = rule, f, backend
@@ -97,6 +99,7 @@ class RobustAggregationHelper(WeightedAggregationHelper):
         self.rows: list[torch.Tensor] = []
         self.weights: list[float] = []
         self.tensors: dict[str, bool] = {}  # which arrays came as torch tensors
+        self.names: list[str] = []  # the contributors of the rows, in order
 
     def _arrays(self, data: dict) -> dict[str, Any]:
         excluded = self.exclude_vars
@@ -138,6 +141,7 @@ class RobustAggregationHelper(WeightedAggregationHelper):
                     self.tensors = {k: isinstance(v, torch.Tensor) for k, v in arrays.items()}
                 self.keys, self.spec = keys, spec
                 self.rows.append(row)
+                self.names.append(contributor_name)
                 self.weights.append(float(weight))
                 for k in keys:
                     self.key_contribution_counts[k] = self.key_contribution_counts.get(k, 0) + 1
@@ -153,22 +157,36 @@ class RobustAggregationHelper(WeightedAggregationHelper):
             )
             return stats
 
-    def _rule(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def _effective(self, n: int) -> tuple[str, int]:
+        """The rule and ``f`` the round runs with: ``f`` lowered to what ``n`` allows (or the
+        weighted mean when none), with a warning naming the guarantee lost."""
         info = rules.get(self.rule)
-        n, f = x.shape[0], self.f
+        f = self.f
         if info.takes_f and info.precondition is not None and not info.precondition.holds(n, f):
             allowed = info.precondition.max_f(n)
             lost = f"{self.rule} requires {info.precondition.text}; got n={n}, f={f}"
             if allowed < 0:
                 self.warnings.append(f"{lost}: the round's weighted mean instead")
-                return aggregate(x, "mean", weights=w)
+                return "mean", 0
             self.warnings.append(f"{lost}: aggregated with f={allowed}")
             f = allowed
-        weights = None
-        if info.weighted and self.weigh_by_local_iter:
-            weights = w
-        kw = dict(self.params, **({"f": f} if info.takes_f else {}))
-        return aggregate(x, self.rule, weights=weights, backend=self.backend, **kw)
+        return self.rule, f
+
+    def _rule(
+        self, x: torch.Tensor, w: torch.Tensor, names: list[str], keys: list[str], spec: ParamSpec
+    ) -> torch.Tensor:
+        rule, f = self._effective(x.shape[0])
+        info = rules.get(rule)
+        params = dict(self.params) if rule == self.rule else {}
+        if self.chain is not None:
+            opts = {"rule": rule, "f": f, "params": params, "backend": self.backend}
+            out, why = self.chain(names, opts)
+            if out is not None:
+                return _from_name_order(torch.as_tensor(out), keys, spec)
+            self.warnings.append(f"the round was not committed ({why}): aggregated here")
+        weights = w if info.weighted and (self.weigh_by_local_iter or rule != self.rule) else None
+        kw = dict(params, **({"f": f} if info.takes_f else {}))
+        return aggregate(x, rule, weights=weights, backend=self.backend, **kw)
 
     def get_result(self) -> dict:
         """NVFlare's result for the rest; the arrays as the rule's output, shapes and dtypes
@@ -176,16 +194,26 @@ class RobustAggregationHelper(WeightedAggregationHelper):
         with self.lock:
             stats = self.get_aggregation_stats()
             keys, spec, rows, w = self.keys, self.spec, self.rows, torch.tensor(self.weights)
-            kinds = self.tensors
+            kinds, names = self.tensors, self.names
             plain = super().get_result()  # divides the rest, resets the round
             self.last_aggregation_stats = stats
         out = dict(plain)
         if rows:
             assert spec is not None
-            agg = self._rule(torch.stack(rows), w)
+            agg = self._rule(torch.stack(rows), w, names, keys, spec)
             for k, a in zip(keys, spec.unflatten(agg), strict=True):
                 out[k] = torch.from_numpy(a) if kinds[k] else a
         return out
+
+
+def _from_name_order(flat: torch.Tensor, keys: list[str], spec: ParamSpec) -> torch.Tensor:
+    """A vector of the arrays in name order (the signed layout) in the round's order ``keys``."""
+    sizes = {k: e.numel for k, e in zip(keys, spec.entries, strict=True)}
+    start, at = 0, {}
+    for k in sorted(keys):
+        at[k] = start
+        start += sizes[k]
+    return torch.cat([flat[at[k] : at[k] + sizes[k]] for k in keys])
 
 
 class RobustAggregator(InTimeAccumulateWeightedAggregator):
@@ -201,6 +229,12 @@ class RobustAggregator(InTimeAccumulateWeightedAggregator):
     backend : the engine's backend (None: automatic)
     params : the rule's extra parameters (``{"m": 3}`` for multi_krum, ``tau`` for
         centered_clipping, ...), as a dict so that a job's JSON config can hold them
+    ledger, task, participants, store : optional chain commits
+        (:mod:`bcfl_engine.integrations.nvflare_chain`): a :class:`~bcfl_engine.chain.Ledger`
+        whose sender is the task's aggregator, the registry task id, its participants' addresses
+        in registration order, and the payload store's folder. Each contribution must then be
+        signed by its site (``SignContribution``); the round's weights are the signed step
+        counts, so ``aggregation_weights`` must be left out and ``weigh_by_local_iter`` on.
     """
 
     def __init__(
@@ -213,6 +247,10 @@ class RobustAggregator(InTimeAccumulateWeightedAggregator):
         weigh_by_local_iter: bool = True,
         backend: str | None = None,
         params: dict | None = None,
+        ledger: Any = None,
+        task: int | None = None,
+        participants: Any = None,
+        store: Any = None,
     ) -> None:
         info = rules.get(rule)
         if info.kind != "aggregate":
@@ -225,6 +263,17 @@ class RobustAggregator(InTimeAccumulateWeightedAggregator):
             weigh_by_local_iter=weigh_by_local_iter,
         )
         self.rule, self.f, self.backend, self.params = rule, f, backend, params
+        self.chain = None
+        if ledger is not None:
+            from .nvflare_chain import ChainRound
+
+            if aggregation_weights or not weigh_by_local_iter:
+                raise InvalidArgument(
+                    "with ledger= a contribution weighs its signed step count: leave "
+                    "aggregation_weights out and weigh_by_local_iter on"
+                )
+            self.chain = ChainRound(ledger, task, participants or [], store, exclude_vars)
+        self._round = 0  # the NVFlare round being collected (for the chain)
 
     def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
         super().handle_event(event_type, fl_ctx)
@@ -238,17 +287,44 @@ class RobustAggregator(InTimeAccumulateWeightedAggregator):
                     self.f,
                     self.backend,
                     self.params,
+                    chain=None if self.chain is None else self._commit,
                 )
 
     def accept(self, shareable: Shareable, fl_ctx: FLContext) -> bool:
-        """NVFlare's accept; a contribution the rule cannot take is rejected with the reason
-        in the log."""
+        """NVFlare's accept; a contribution the rule cannot take (or, with ``ledger=``, one
+        without its site's valid signature) is rejected with the reason in the log."""
+        name = shareable.get_peer_prop(key=ReservedKey.IDENTITY_NAME, default="?")
+        signed = None
         try:
-            return bool(super().accept(shareable, fl_ctx))
+            if self.chain is not None:
+                signed = self._check_signature(shareable, name, fl_ctx)
+            accepted = bool(super().accept(shareable, fl_ctx))
         except (PayloadError, NonFiniteUpdate) as exc:
-            name = shareable.get_peer_prop(key=ReservedKey.IDENTITY_NAME, default="?")
             self.log_error(fl_ctx, f"discarding the contribution of {name}: {exc}")
             return False
+        if accepted and signed is not None:
+            assert self.chain is not None
+            self.chain.signed[name] = signed
+        return accepted
+
+    def _check_signature(self, shareable: Shareable, name: str, fl_ctx: FLContext) -> Any:
+        """The contribution's signed payload; None where NVFlare's own checks reject it (its
+        round, return code or data): NVFlare then says why."""
+        from nvflare.app_common.app_constant import AppConstants
+
+        from .nvflare_chain import contribution_round
+
+        dxo = contribution_round(shareable, fl_ctx)
+        if dxo is None:
+            return None
+        current = fl_ctx.get_prop(AppConstants.CURRENT_ROUND)
+        self._round = int(current)
+        assert self.chain is not None
+        return self.chain.check(dxo, name, self._round)
+
+    def _commit(self, names: list[str], options: dict[str, Any]) -> tuple[Any, str | None]:
+        assert self.chain is not None
+        return self.chain.commit(names, self._round, options)
 
     def aggregate(self, fl_ctx: FLContext) -> Shareable:
         out: Shareable = super().aggregate(fl_ctx)
@@ -258,4 +334,6 @@ class RobustAggregator(InTimeAccumulateWeightedAggregator):
                 self.log_warning(fl_ctx, message)
             if hasattr(helper, "warnings"):
                 helper.warnings.clear()
+        if self.chain is not None:
+            self.chain.signed.clear()
         return out

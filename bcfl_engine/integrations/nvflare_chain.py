@@ -1,0 +1,313 @@
+"""Chain commits for NVIDIA FLARE's plaintext jobs: signed contributions, one commit a round.
+
+A site signs what it sends (:class:`SignContribution`, a filter in the site's
+``task_result_filters``; or :func:`sign_dxo` from Python): the payload is the DXO's arrays in
+name order, flattened into one float32 vector (:func:`contribution_bytes`), signed with the
+site's secp256k1 key over ``(task, round, digest, weight)`` (the engine's EIP-712 payload, as a
+Flower client signs its reply), ``weight`` being the DXO's ``NUM_STEPS_CURRENT_ROUND``. The
+signature rides in the DXO's meta under :data:`META_KEY`.
+
+With ``ledger=`` the :class:`~bcfl_engine.integrations.nvflare_robust.RobustAggregator` checks
+each contribution's signature when it accepts it (a missing or wrong one is a rejection with a
+logged reason, as NVFlare rejects a bad contribution), and when the round closes runs the
+accepted ones through an :class:`~bcfl_engine.round.AggregationRound` (stored durably,
+aggregated by the rule, committed: Merkle root, result digest, metadata), so ``bcfl audit``
+recomputes the round. NVFlare round ``r`` (from 0) is registry round ``r + 1``: a round that
+commits nothing (no signed contribution accepted) leaves the registry one round behind, and the
+rounds after it are not committed (logged); NVFlare carries on either way.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import BcflError, InvalidArgument, PayloadError
+from .flower_chain import encode_arrays
+
+try:
+    from nvflare.apis.dxo import DXO, DataKind, MetaKey
+    from nvflare.apis.dxo_filter import DXOFilter
+    from nvflare.apis.fl_context import FLContext
+    from nvflare.apis.shareable import Shareable
+    from nvflare.app_common.app_constant import AppConstants
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    from ..errors import MissingDependency
+
+    raise MissingDependency(
+        f"the NVIDIA FLARE integration needs nvflare ({exc}); pip install 'bcfl_engine[nvflare]'"
+    ) from None
+
+META_KEY = "bcfl_signature"
+"""The DXO meta entry that carries a contribution's signature: ``{"address", "signature",
+"round", "weight"}``."""
+
+
+def _arrays(data: Mapping[str, Any], exclude_vars: Any = None) -> list[tuple[str, np.ndarray]]:
+    """The arrays of a DXO's data, in name order, less those ``exclude_vars`` (a regex or its
+    text) names."""
+    pattern = re.compile(exclude_vars) if isinstance(exclude_vars, str) else exclude_vars
+    out = []
+    for name in sorted(data):
+        value = data[name]
+        if not hasattr(value, "shape") or (pattern is not None and pattern.search(name)):
+            continue
+        out.append((name, np.asarray(value)))
+    return out
+
+
+def contribution_bytes(data: Mapping[str, Any], exclude_vars: Any = None) -> bytes:
+    """What a site signs and the round stores: the arrays in name order, one float32 vector."""
+    arrays = [a for _, a in _arrays(data, exclude_vars)]
+    if not arrays:
+        raise PayloadError("a contribution with no arrays cannot be signed")
+    return encode_arrays(arrays)
+
+
+def _encrypted(data: Mapping[str, Any], exclude_vars: Any = None) -> list[tuple[str, Any]]:
+    """The encrypted layers (TenSEAL ``CKKSVector``) of a DXO's data, in name order."""
+    try:
+        import tenseal as ts
+    except ImportError:  # no HE here: nothing is encrypted
+        return []
+    pattern = re.compile(exclude_vars) if isinstance(exclude_vars, str) else exclude_vars
+    return [
+        (k, data[k])
+        for k in sorted(data)
+        if isinstance(data[k], ts.CKKSVector) and not (pattern is not None and pattern.search(k))
+    ]
+
+
+def he_bundle(layers: Sequence[bytes]) -> bytes:
+    """Encrypted layers (each a TenSEAL ``CKKSVectorProto``, in name order) as one proto: their
+    ciphertexts and sizes end to end, at their common scale. Summing bundles sums every layer,
+    so the round pipeline (and its audit) treats an HE contribution as one CKKS payload."""
+    from ..he.proto import parse_proto, write_proto
+
+    cts: list[bytes] = []
+    sizes: list[int] = []
+    scale = None
+    for i, raw in enumerate(layers):
+        view = memoryview(raw)
+        proto = parse_proto(view)
+        if proto.pair:
+            raise PayloadError(f"layer {i}: paired values are not an NVFlare layer")
+        if scale is not None and proto.scale != scale:
+            raise PayloadError(f"layer {i} is at scale {proto.scale}; the first at {scale}")
+        scale = proto.scale
+        cts += [bytes(view[o : o + n]) for o, n in proto.spans]
+        sizes += proto.sizes
+    if not cts or scale is None:
+        raise PayloadError("a contribution with no encrypted layer cannot be bundled")
+    return write_proto(cts, tuple(sizes), scale, None, False)
+
+
+def signed_payload(dxo: DXO, exclude_vars: Any = None) -> tuple[bytes, int]:
+    """What a site signs and with which weight: its encrypted layers bundled (:func:`he_bundle`)
+    with weight 1 (NVFlare's HE client already multiplied its values by its step count), else
+    its arrays (:func:`contribution_bytes`) with its step count (:func:`signed_weight`)."""
+    encrypted = _encrypted(dxo.data, exclude_vars)
+    if encrypted:
+        from .nvflare_wire import WireCKKSVector, wire_of
+
+        # a site's own vectors: their bytes only (wire_of would serialize the context too)
+        layers = [
+            wire_of(v)[0] if isinstance(v, WireCKKSVector) else v.serialize() for _, v in encrypted
+        ]
+        return he_bundle(layers), 1
+    return contribution_bytes(dxo.data, exclude_vars), signed_weight(dxo)
+
+
+def signed_weight(dxo: DXO) -> int:
+    """The weight a site signs: its ``NUM_STEPS_CURRENT_ROUND`` (1 when absent), a positive int."""
+    steps = dxo.get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND, 1)
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise PayloadError(f"NUM_STEPS_CURRENT_ROUND must be a positive int; got {steps!r:.40}")
+    return int(steps)
+
+
+def sign_dxo(
+    dxo: DXO, key: Any, *, task: int, round: int, domain: Any, exclude_vars: Any = None
+) -> DXO:
+    """Sign ``dxo``'s arrays or encrypted layers (:func:`signed_payload`) for registry round
+    ``round`` of ``task`` (``domain``: the ledger's) with the site's ``key``; the signature goes
+    into the DXO's meta. Returns ``dxo``."""
+    from ..round import sign_payload
+
+    data, weight = signed_payload(dxo, exclude_vars)
+    payload = sign_payload(key, task, round, data, domain, weight=weight)
+    dxo.set_meta_prop(
+        META_KEY,
+        {
+            "address": payload.client,
+            "signature": bytes(payload.signature or b"").hex(),
+            "round": round,
+            "weight": payload.weight,
+        },
+    )
+    return dxo
+
+
+def _read_key(key: str | None, key_file: str | None) -> bytes:
+    if (key is None) == (key_file is None):
+        raise InvalidArgument("give the site's signing key as key= (hex) or key_file= (a path)")
+    text = Path(key_file).read_text() if key_file is not None else key
+    assert text is not None
+    try:
+        raw = bytes.fromhex(text.strip().removeprefix("0x"))
+    except ValueError:
+        raw = b""
+    if len(raw) != 32:
+        raise InvalidArgument("a site's signing key is 32 bytes of hex")
+    return raw
+
+
+class SignContribution(DXOFilter):
+    """A site's ``task_result_filters`` entry that signs each result for the chain.
+
+    Parameters
+    ----------
+    task : the registry task id
+    chain_id, registry : the chain and the registry's address (the signature's domain)
+    key_file : a file holding the site's private key (hex), e.g. in its ``startup/`` kit;
+        or ``key``: the key itself (hex), or the name of an environment variable holding it
+        as ``key_env``
+    exclude_vars : the regex the server's aggregator excludes (its ``exclude_vars``)
+    """
+
+    def __init__(
+        self,
+        task: int,
+        chain_id: int,
+        registry: str,
+        key_file: str | None = None,
+        key: str | None = None,
+        key_env: str | None = None,
+        exclude_vars: str | None = None,
+    ) -> None:
+        super().__init__(
+            supported_data_kinds=[DataKind.WEIGHTS, DataKind.WEIGHT_DIFF], data_kinds_to_filter=None
+        )
+        from ..chain import PayloadDomain
+
+        if key_env is not None:
+            key = os.environ.get(key_env)
+            if key is None:
+                raise InvalidArgument(f"environment variable {key_env} holds no signing key")
+        self._key = _read_key(key, key_file)
+        self.task, self.exclude_vars = task, exclude_vars
+        self.domain = PayloadDomain(int(chain_id), registry)
+
+    def process_dxo(self, dxo: DXO, shareable: Shareable, fl_ctx: FLContext) -> DXO:
+        current = shareable.get_header(AppConstants.CURRENT_ROUND)
+        if current is None:
+            current = fl_ctx.get_prop(AppConstants.CURRENT_ROUND)
+        if not isinstance(current, int):
+            raise InvalidArgument("the task carries no current round to sign for")
+        return sign_dxo(
+            dxo, self._key, task=self.task, round=current + 1, domain=self.domain,
+            exclude_vars=self.exclude_vars,
+        )  # fmt: skip
+
+
+def contribution_round(shareable: Shareable, fl_ctx: FLContext) -> DXO | None:
+    """The contribution's DXO when it is for the current round with return code OK (its
+    signature is then checked); None where NVFlare's own accept rejects it and says why."""
+    from nvflare.apis.dxo import from_shareable
+    from nvflare.apis.fl_constant import ReturnCode
+
+    current = fl_ctx.get_prop(AppConstants.CURRENT_ROUND)
+    if shareable.get_cookie(AppConstants.CONTRIBUTION_ROUND) != current:
+        return None
+    if shareable.get_return_code(ReturnCode.OK) != ReturnCode.OK:
+        return None
+    try:
+        return from_shareable(shareable)
+    except Exception:  # NVFlare's accept names a malformed DXO
+        return None
+
+
+class ChainRound:
+    """The server's side: the signed contributions of one NVFlare round, checked on accept and
+    committed through an :class:`~bcfl_engine.round.AggregationRound` when the round closes."""
+
+    def __init__(
+        self,
+        ledger: Any,
+        task: Any,
+        participants: Sequence[str],
+        store: Any,
+        exclude_vars: Any = None,
+    ) -> None:
+        from ..chain.merkle import address_bytes
+        from ..store import PayloadStore
+
+        if not isinstance(task, int) or isinstance(task, bool) or task < 1:
+            raise InvalidArgument(f"ledger= needs task=, the registry task id; got {task!r}")
+        if not participants:
+            raise InvalidArgument("ledger= needs participants=, the task's registered addresses")
+        if store is None:
+            raise InvalidArgument("ledger= needs store=, the folder the round's payloads go to")
+        self.ledger, self.task, self.exclude_vars = ledger, task, exclude_vars
+        self.participants = list(participants)
+        self._members = frozenset(address_bytes(p, "participant") for p in participants)
+        self.store = store if isinstance(store, PayloadStore) else PayloadStore(store)
+        self.signed: dict[str, Any] = {}  # contributor name -> Payload, for this round
+
+    def check(self, dxo: DXO, name: str, nvflare_round: int) -> Any:
+        """The contribution's signed :class:`~bcfl_engine.protocol.Payload` (its encrypted
+        layers bundled, else its arrays); PayloadError if it is unsigned, signed for another
+        round, or not signed by a participant."""
+        from ..chain import SignedPayload, verify_payload
+        from ..protocol import Payload, payload_digest
+
+        meta = dxo.get_meta_prop(META_KEY)
+        if not isinstance(meta, dict):
+            raise PayloadError(f"no signature (DXO meta {META_KEY!r}; see SignContribution)")
+        try:
+            address, signature = str(meta["address"]), bytes.fromhex(meta["signature"])
+        except (KeyError, TypeError, ValueError):
+            raise PayloadError(f"malformed signature meta {META_KEY!r}") from None
+        data, weight = signed_payload(dxo, self.exclude_vars)
+        round = nvflare_round + 1
+        signed = SignedPayload(self.task, round, payload_digest(data), address, signature, weight)
+        verify_payload(
+            signed, task=self.task, round=round, participants=self._members,
+            domain=self.ledger.domain,
+        )  # fmt: skip
+        return Payload(address, data, signature, weight)
+
+    def commit(
+        self, names: Sequence[str], nvflare_round: int, options: dict[str, Any]
+    ) -> tuple[Any, str | None]:
+        """Run the round: submit the payloads of ``names`` (in acceptance order), aggregate with
+        ``options`` (rule, f, params, backend), commit. Returns the aggregate (a float32 vector
+        of the arrays in name order), or None and why nothing was committed."""
+        from ..round import AggregationRound
+
+        missing = [n for n in names if n not in self.signed]
+        if missing:
+            return None, f"no signed payload of {', '.join(missing)}"
+        payloads = [self.signed[n] for n in names]
+        dim = None if options.get("secure") else len(payloads[0].data) // 4
+        try:
+            rnd = AggregationRound(
+                self.ledger, self.task, nvflare_round + 1, self.store,
+                participants=self.participants, dim=dim, **options,
+            )  # fmt: skip
+            refused = [
+                f"{n}: {r}"
+                for n, r in zip(names, rnd.submit_many(payloads), strict=True)
+                if isinstance(r, BcflError)
+            ]
+            if refused:
+                return None, "the round refused " + "; ".join(refused)
+            result = rnd.finalize()
+        except BcflError as exc:
+            return None, f"{type(exc).__name__}: {exc}"
+        return result.update, None
