@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -154,3 +155,84 @@ def test_simulator_plaintext_job_with_robust_aggregator(tmp_path: Path) -> None:
     assert [(r["round"], r["n"]) for r in rows] == [(0, 3), (1, 3)], log[-3000:]
     for r in rows:
         assert r["spread"] > 0.005 and r["max_diff"] < 1e-6, r  # replies differ; the rule's output
+
+
+@pytest.mark.slow
+def test_simulator_plaintext_job_commits_each_round_on_anvil(
+    tmp_path: Path, anvil_url: str
+) -> None:
+    """A job whose config holds the chain as JSON (a node URL, the registry, the key's
+    environment variable): the sites sign their results with SignContribution (one key file
+    per site), RobustAggregator commits both rounds, and each audits from the node."""
+    from eth_account import Account
+    from nvflare.app_common.shareablegenerators.full_model_shareable_generator import (
+        FullModelShareableGenerator,
+    )
+    from nvflare.app_common.workflows.scatter_and_gather import ScatterAndGather
+    from nvflare.app_opt.pt.job_config.base_fed_job import BaseFedJob
+    from nvflare.app_opt.pt.job_config.model import PTModel
+    from nvflare.fuel.utils.constants import FrameworkType
+    from nvflare.job_config.defs import FilterType
+    from nvflare.job_config.script_runner import ScriptRunner
+    from test_cli import ANVIL_KEY
+
+    from bcfl_engine.chain import Ledger
+    from bcfl_engine.integrations.nvflare_chain import SignContribution
+    from bcfl_engine.integrations.nvflare_robust import RobustAggregator
+    from bcfl_engine.round import audit
+    from bcfl_engine.updates import keccak256
+
+    owner = Ledger.connect(anvil_url, key=ANVIL_KEY)
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    sites = []
+    for i in (1, 2, 3):
+        key = keccak256(b"nvflare sim site %d" % i)
+        (keys / f"site-{i}.key").write_text(key.hex())
+        sites.append(Account.from_key(key).address)
+    task = owner.create_task(aggregator=owner.sender, participants=sites, model_spec=b"sim")
+    store = tmp_path / "store"
+    job = BaseFedJob(name="chained", min_clients=3)
+    persistor = job.to_server(PTModel(TinyNet()))["persistor_id"]
+    generator = job.to_server(FullModelShareableGenerator(), id="shareable_generator")
+    aggregator = job.to_server(
+        RobustAggregator(
+            rule="median", f=1, expected_data_kind="WEIGHTS", ledger=anvil_url, registry=owner.address,
+            key_env="BCFL_TEST_CHAIN_KEY", task=task, participants=sites, store=str(store),
+        ),
+        id="aggregator",
+    )  # fmt: skip
+    job.to_server(
+        ScatterAndGather(
+            min_clients=3, num_rounds=2, wait_time_after_min_received=0,
+            aggregator_id=aggregator, persistor_id=persistor, shareable_generator_id=generator,
+        )
+    )  # fmt: skip
+    job.to_clients(
+        ScriptRunner(script=str(HERE / "nvflare_train.py"), framework=FrameworkType.PYTORCH)
+    )
+    job.to_clients(
+        SignContribution(task, owner.chain_id, owner.address, key_file=str(keys / "{site}.key")),
+        filter_type=FilterType.TASK_RESULT,
+        tasks=["train"],  # named: NVFlare 2.9 applies no result filter listed under "*"
+    )
+    job.export_job(str(tmp_path / "jobs"))
+    # The exporter copies the source of components outside site-packages into custom/: this
+    # checkout's editable install; the copy (only the modules it traced) would shadow it.
+    shutil.rmtree(
+        tmp_path / "jobs" / "chained" / "app" / "custom" / "bcfl_engine", ignore_errors=True
+    )
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    os.environ["BCFL_TEST_CHAIN_KEY"] = ANVIL_KEY
+    try:
+        log = simulate(tmp_path / "jobs" / "chained", ws, 3)
+    finally:
+        del os.environ["BCFL_TEST_CHAIN_KEY"]
+    reader = Ledger.connect(anvil_url, address=owner.address)
+    for r in (1, 2):
+        record = reader.record(task, r)
+        assert record is not None and record.n == 3, log[-3000:]
+        report = audit(reader, task, r, store)
+        assert report.ok, report.summary()
+    assert "not committed" not in log

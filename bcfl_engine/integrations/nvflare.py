@@ -203,6 +203,8 @@ class HEInTimeAccumulateWeightedAggregator(_he.HEInTimeAccumulateWeightedAggrega
         (:mod:`bcfl_engine.integrations.nvflare_chain`): each site signs its encrypted layers
         (``SignContribution`` after ``HEModelEncryptor``); the round commits the bundled sum of
         the accepted contributions, which ``bcfl audit`` recomputes; the output is unchanged
+    registry, key_env : with ``ledger`` a node's URL (a job's JSON config): the registry's
+        address, and the environment variable that holds the aggregator's key
     """
 
     def __init__(
@@ -216,6 +218,8 @@ class HEInTimeAccumulateWeightedAggregator(_he.HEInTimeAccumulateWeightedAggrega
         task: int | None = None,
         participants: Any = None,
         store: Any = None,
+        registry: str | None = None,
+        key_env: str = "BCFL_CHAIN_KEY",
     ) -> None:
         register()  # before NVFlare's own, where this runs first in the process
         super().__init__(
@@ -226,11 +230,17 @@ class HEInTimeAccumulateWeightedAggregator(_he.HEInTimeAccumulateWeightedAggrega
         )
         self.exact_division = bool(exact_division)
         self._told_rebuilt = False
+        # Kept under their own names: NVFlare's job exporter writes a component's arguments
+        # from the attributes of the same name (a ledger given as a URL fits a job's JSON).
+        self.ledger, self.task, self.participants, self.store = ledger, task, participants, store
+        self.registry, self.key_env = registry, key_env
         self.chain = None
         if ledger is not None:
             from .nvflare_chain import ChainRound
 
-            self.chain = ChainRound(ledger, task, participants or [], store, exclude_vars)
+            self.chain = ChainRound(
+                ledger, task, participants or [], store, exclude_vars, registry, key_env
+            )
         self._round = 0
         self._context: bytes | None = None  # the round's public context, from the wire
 

@@ -154,8 +154,6 @@ def sign_dxo(
 
 
 def _read_key(key: str | None, key_file: str | None) -> bytes:
-    if (key is None) == (key_file is None):
-        raise InvalidArgument("give the site's signing key as key= (hex) or key_file= (a path)")
     text = Path(key_file).read_text() if key_file is not None else key
     assert text is not None
     try:
@@ -168,15 +166,16 @@ def _read_key(key: str | None, key_file: str | None) -> bytes:
 
 
 class SignContribution(DXOFilter):
-    """A site's ``task_result_filters`` entry that signs each result for the chain.
+    """A site's ``task_result_filters`` entry that signs each result for the chain (after
+    ``HEModelEncryptor`` in an HE job).
 
     Parameters
     ----------
     task : the registry task id
     chain_id, registry : the chain and the registry's address (the signature's domain)
-    key_file : a file holding the site's private key (hex), e.g. in its ``startup/`` kit;
-        or ``key``: the key itself (hex), or the name of an environment variable holding it
-        as ``key_env``
+    key_file : a file holding the site's private key (hex); ``{site}`` in it is replaced by the
+        site's name (one job config for every site, a key file each); or ``key``: the key
+        itself (hex); or ``key_env``: an environment variable holding it
     exclude_vars : the regex the server's aggregator excludes (its ``exclude_vars``)
     """
 
@@ -195,13 +194,33 @@ class SignContribution(DXOFilter):
         )
         from ..chain import PayloadDomain
 
-        if key_env is not None:
-            key = os.environ.get(key_env)
-            if key is None:
-                raise InvalidArgument(f"environment variable {key_env} holds no signing key")
-        self._key = _read_key(key, key_file)
+        if sum(x is not None for x in (key_file, key, key_env)) != 1:
+            raise InvalidArgument(
+                "give the site's signing key as key= (hex), key_file= (a path) or key_env="
+            )
+        self._key = None if key is None else _read_key(key, None)
+        # Kept under their own names: NVFlare's job exporter writes a component's arguments
+        # from the attributes of the same name (the key itself is not: use key_file or key_env).
+        self.key_file, self.key_env, self.chain_id, self.registry = (
+            key_file,
+            key_env,
+            chain_id,
+            registry,
+        )
         self.task, self.exclude_vars = task, exclude_vars
         self.domain = PayloadDomain(int(chain_id), registry)
+
+    def _site_key(self, site: str) -> bytes:
+        if self._key is None:
+            if self.key_env is not None:
+                value = os.environ.get(self.key_env)
+                if value is None:
+                    raise InvalidArgument(f"environment variable {self.key_env} holds no key")
+                self._key = _read_key(value, None)
+            else:
+                assert self.key_file is not None
+                self._key = _read_key(None, self.key_file.replace("{site}", site))
+        return self._key
 
     def process_dxo(self, dxo: DXO, shareable: Shareable, fl_ctx: FLContext) -> DXO:
         current = shareable.get_header(AppConstants.CURRENT_ROUND)
@@ -210,9 +229,25 @@ class SignContribution(DXOFilter):
         if not isinstance(current, int):
             raise InvalidArgument("the task carries no current round to sign for")
         return sign_dxo(
-            dxo, self._key, task=self.task, round=current + 1, domain=self.domain,
-            exclude_vars=self.exclude_vars,
+            dxo, self._site_key(fl_ctx.get_identity_name()), task=self.task, round=current + 1,
+            domain=self.domain, exclude_vars=self.exclude_vars,
         )  # fmt: skip
+
+
+def connect(ledger: Any, registry: str | None, key_env: str) -> Any:
+    """The aggregator's ledger: a :class:`~bcfl_engine.chain.Ledger` as is, or a node's URL
+    (a job's JSON config holds no objects) with the ``registry`` address, sending from the key
+    in the environment variable ``key_env``."""
+    if not isinstance(ledger, str):
+        return ledger
+    from ..chain import Ledger
+
+    if registry is None:
+        raise InvalidArgument("ledger= as a URL needs registry=, the registry's address")
+    key = os.environ.get(key_env)
+    if not key:
+        raise InvalidArgument(f"ledger= as a URL needs the aggregator's key in ${key_env}")
+    return Ledger.connect(ledger, key=key, address=registry)
 
 
 def contribution_round(shareable: Shareable, fl_ctx: FLContext) -> DXO | None:
@@ -243,6 +278,8 @@ class ChainRound:
         participants: Sequence[str],
         store: Any,
         exclude_vars: Any = None,
+        registry: str | None = None,
+        key_env: str = "BCFL_CHAIN_KEY",
     ) -> None:
         from ..chain.merkle import address_bytes
         from ..store import PayloadStore
@@ -253,11 +290,22 @@ class ChainRound:
             raise InvalidArgument("ledger= needs participants=, the task's registered addresses")
         if store is None:
             raise InvalidArgument("ledger= needs store=, the folder the round's payloads go to")
-        self.ledger, self.task, self.exclude_vars = ledger, task, exclude_vars
+        if isinstance(ledger, str) and registry is None:
+            raise InvalidArgument("ledger= as a URL needs registry=, the registry's address")
+        # A URL is connected on first use: a job's components are built when it is exported too.
+        self._spec: tuple[Any, str | None, str] = (ledger, registry, key_env)
+        self._ledger: Any = None
+        self.task, self.exclude_vars = task, exclude_vars
         self.participants = list(participants)
         self._members = frozenset(address_bytes(p, "participant") for p in participants)
         self.store = store if isinstance(store, PayloadStore) else PayloadStore(store)
         self.signed: dict[str, Any] = {}  # contributor name -> Payload, for this round
+
+    @property
+    def ledger(self) -> Any:
+        if self._ledger is None:
+            self._ledger = connect(*self._spec)
+        return self._ledger
 
     def check(self, dxo: DXO, name: str, nvflare_round: int) -> Any:
         """The contribution's signed :class:`~bcfl_engine.protocol.Payload` (its encrypted

@@ -235,6 +235,8 @@ class RobustAggregator(InTimeAccumulateWeightedAggregator):
         in registration order, and the payload store's folder. Each contribution must then be
         signed by its site (``SignContribution``); the round's weights are the signed step
         counts, so ``aggregation_weights`` must be left out and ``weigh_by_local_iter`` on.
+    registry, key_env : with ``ledger`` a node's URL (a job's JSON config): the registry's
+        address, and the environment variable that holds the aggregator's key
     """
 
     def __init__(
@@ -251,6 +253,8 @@ class RobustAggregator(InTimeAccumulateWeightedAggregator):
         task: int | None = None,
         participants: Any = None,
         store: Any = None,
+        registry: str | None = None,
+        key_env: str = "BCFL_CHAIN_KEY",
     ) -> None:
         info = rules.get(rule)
         if info.kind != "aggregate":
@@ -263,6 +267,10 @@ class RobustAggregator(InTimeAccumulateWeightedAggregator):
             weigh_by_local_iter=weigh_by_local_iter,
         )
         self.rule, self.f, self.backend, self.params = rule, f, backend, params
+        # Kept under their own names: NVFlare's job exporter writes a component's arguments
+        # from the attributes of the same name (a ledger given as a URL fits a job's JSON).
+        self.ledger, self.task, self.participants, self.store = ledger, task, participants, store
+        self.registry, self.key_env = registry, key_env
         self.chain = None
         if ledger is not None:
             from .nvflare_chain import ChainRound
@@ -272,7 +280,9 @@ class RobustAggregator(InTimeAccumulateWeightedAggregator):
                     "with ledger= a contribution weighs its signed step count: leave "
                     "aggregation_weights out and weigh_by_local_iter on"
                 )
-            self.chain = ChainRound(ledger, task, participants or [], store, exclude_vars)
+            self.chain = ChainRound(
+                ledger, task, participants or [], store, exclude_vars, registry, key_env
+            )
         self._round = 0  # the NVFlare round being collected (for the chain)
 
     def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
