@@ -246,3 +246,20 @@ def test_bundles_sum_as_tenseal_sums_them() -> None:
         he.aggregate([bundles[0], other], context=public)
     with pytest.raises(PayloadError, match="no encrypted layer"):
         he_bundle([])
+
+
+def test_an_unreachable_chain_rejects_with_a_reason_and_the_job_carries_on(chain, caplog) -> None:
+    """A ledger given as a URL connects on first use (a job's components are also built at
+    export): without the aggregator's key each reply is rejected with the reason, and the
+    round still closes as NVFlare's would."""
+    ledger, task = chain["ledger"], chain["task"]
+    opts = {**chain["opts"], "ledger": "http://127.0.0.1:9", "registry": ledger.address,
+            "key_env": "BCFL_TEST_NO_SUCH_KEY"}  # fmt: skip
+    with pytest.raises(InvalidArgument, match="registry="):
+        RobustAggregator(**{**opts, "registry": None})
+    with caplog.at_level(logging.ERROR):
+        flags, out = run(RobustAggregator, [signed_msg(ledger, task, i, weights(i)) for i in range(3)],
+                         rule="median", expected_data_kind=DataKind.WEIGHTS, **opts)  # fmt: skip
+    assert flags == [False] * 3 and out is not None
+    assert any("BCFL_TEST_NO_SUCH_KEY" in r.getMessage() for r in caplog.records)
+    assert ledger.record(task, 1) is None

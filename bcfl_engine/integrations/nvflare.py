@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from ..errors import MissingDependency, PayloadError
+from ..errors import BcflError, MissingDependency, PayloadError
 from ..he.proto import context_parameters
 from .nvflare_wire import LayerSum, WireCKKSVector, register, ts, wire_of
 
@@ -259,9 +259,13 @@ class HEInTimeAccumulateWeightedAggregator(_he.HEInTimeAccumulateWeightedAggrega
         valid signature)."""
         name = shareable.get_peer_prop(key=ReservedKey.IDENTITY_NAME, default="?")
         signed = None
-        try:
-            if self.chain is not None:
+        if self.chain is not None:
+            try:
                 signed = self._check_signature(shareable, name, fl_ctx)
+            except BcflError as exc:  # unsigned, mis-signed, or no chain to check against
+                self.log_error(fl_ctx, f"discarding the contribution of {name}: {exc}")
+                return False
+        try:
             accepted: bool = super().accept(shareable, fl_ctx)
         except PayloadError as exc:
             self.log_error(fl_ctx, f"discarding the contribution of {name}: {exc}")

@@ -30,6 +30,7 @@ import torch
 from .. import rules
 from ..aggregate import aggregate
 from ..errors import (
+    BcflError,
     InvalidArgument,
     MissingDependency,
     NonFiniteUpdate,
@@ -305,9 +306,13 @@ class RobustAggregator(InTimeAccumulateWeightedAggregator):
         without its site's valid signature) is rejected with the reason in the log."""
         name = shareable.get_peer_prop(key=ReservedKey.IDENTITY_NAME, default="?")
         signed = None
-        try:
-            if self.chain is not None:
+        if self.chain is not None:
+            try:
                 signed = self._check_signature(shareable, name, fl_ctx)
+            except BcflError as exc:  # unsigned, mis-signed, or no chain to check against
+                self.log_error(fl_ctx, f"discarding the contribution of {name}: {exc}")
+                return False
+        try:
             accepted = bool(super().accept(shareable, fl_ctx))
         except (PayloadError, NonFiniteUpdate) as exc:
             self.log_error(fl_ctx, f"discarding the contribution of {name}: {exc}")
