@@ -37,6 +37,9 @@ contract RoundRegistry {
         bytes32 partiesRoot;
     }
 
+    /// @notice The block in which a round's payloads were sealed (0: not sealed), per task and round.
+    mapping(uint256 task => mapping(uint256 round => uint256 blockNumber)) private _sealed;
+
     /// @notice Credits claimed so far, per task and account: the tally rewards build on.
     mapping(uint256 task => mapping(address account => uint256 total)) public credits;
     /// @notice Whether an account has claimed its credit of a round.
@@ -60,6 +63,7 @@ contract RoundRegistry {
         uint256 n
     );
     event KeyEpochSet(uint256 indexed task, uint256 indexed epoch, bytes32 keyHash, bytes32 partiesRoot);
+    event RoundSealed(uint256 indexed task, uint256 indexed round, bytes32 updatesRoot, uint256 n);
     event CreditClaimed(uint256 indexed task, uint256 indexed round, address indexed account, uint256 credit);
 
     error ZeroAddress();
@@ -72,6 +76,7 @@ contract RoundRegistry {
     error RoundNotCommitted(uint256 task, uint256 round);
     error EmptyKeyEpoch(uint256 task);
     error UnknownKeyEpoch(uint256 task, uint256 epoch);
+    error AlreadySealed(uint256 task, uint256 round);
     error AlreadyClaimed(uint256 task, uint256 round, address account);
     error InvalidProof(uint256 task, uint256 round);
 
@@ -121,6 +126,30 @@ contract RoundRegistry {
         if (epoch == 0 || epoch > epochs.length) revert UnknownKeyEpoch(task, epoch);
         KeyEpoch storage k = epochs[epoch - 1];
         return (k.keyHash, k.partiesRoot);
+    }
+
+    /// @notice Seals the payloads of round `round` of `task` before its result (aggregator only,
+    /// once, while the round is the next to commit): a bucketed secure round draws its buckets from
+    /// `updatesRoot` and the hash of the block after this one, which the aggregator cannot choose.
+    /// The round's commit names the same root; the audit checks that it does.
+    function sealRound(uint256 task, uint256 round, bytes32 updatesRoot, uint256 n) external {
+        address aggregator = _tasks[task].aggregator;
+        if (aggregator == address(0)) revert UnknownTask(task);
+        if (msg.sender != aggregator) revert NotAggregator(task, msg.sender);
+        if (n == 0 || updatesRoot == bytes32(0)) revert EmptyRound(task, round);
+        mapping(uint256 => bytes32) storage roots = _roots[task];
+        if (roots[round] != bytes32(0)) revert RoundExists(task, round);
+        if (round == 0 || (round > 1 && roots[round - 1] == bytes32(0))) {
+            revert RoundOutOfOrder(task, round);
+        }
+        if (_sealed[task][round] != 0) revert AlreadySealed(task, round);
+        _sealed[task][round] = block.number;
+        emit RoundSealed(task, round, updatesRoot, n);
+    }
+
+    /// @notice The block that sealed round `round` of `task` (0: not sealed).
+    function sealedAt(uint256 task, uint256 round) external view returns (uint256) {
+        return _sealed[task][round];
     }
 
     /// @notice Commits round `round` of `task` (aggregator only; round 1 first, then r after r-1).

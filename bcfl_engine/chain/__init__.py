@@ -21,6 +21,7 @@ from .merkle import (
     verify_proof,
 )
 from .records import Receipt, RoundRecord, TaskInfo, meta_hash
+from .seals import SealRecord
 from .signing import (
     PayloadDomain,
     SignedPayload,
@@ -38,6 +39,7 @@ __all__ = [
     "PayloadDomain",
     "Receipt",
     "RoundRecord",
+    "SealRecord",
     "SignedPayload",
     "TaskInfo",
     "contribution_leaf",

@@ -69,6 +69,10 @@ class UnknownKeyEpoch(ContractRevert):
     """The task has no key epoch of this number."""
 
 
+class AlreadySealed(ContractRevert):
+    """This round's payloads are already sealed (a round is sealed once)."""
+
+
 class RoundConflict(ChainError):
     """A round was re-committed with data other than what the chain holds."""
 
@@ -92,6 +96,7 @@ REVERTS: dict[str, type[ContractRevert]] = {
         InvalidProof,
         EmptyKeyEpoch,
         UnknownKeyEpoch,
+        AlreadySealed,
     )
 }
 
@@ -131,4 +136,5 @@ REVERT_MESSAGES = {
     "InvalidProof": "the proof does not lead to the stored root of round {round} of task {task}",
     "EmptyKeyEpoch": "a key epoch of task {task} needs a non-zero key hash and parties root",
     "UnknownKeyEpoch": "task {task} has no key epoch {epoch}",
+    "AlreadySealed": "round {round} of task {task} is already sealed; a round is sealed once",
 }

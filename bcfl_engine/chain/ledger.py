@@ -26,10 +26,11 @@ from .errors import RoundConflict, RoundExists, TransactionFailed, UnknownTask
 from .keys import KeyEpochs
 from .merkle import ZERO32, MerkleTree, as_bytes32, participant_leaf
 from .records import Meta, Receipt, RoundRecord, TaskInfo, meta_hash
+from .seals import Seals
 from .signing import PayloadDomain, SignedPayload, verify_payload
 
 
-class Ledger(KeyEpochs):
+class Ledger(KeyEpochs, Seals):
     """A deployed ``RoundRegistry`` and the account that sends transactions to it.
 
     Build one with :meth:`embedded` (in-process chain, nothing to start) or :meth:`connect`
