@@ -43,7 +43,12 @@ def _aggregate(
 
         blob = he.aggregate(list(inputs), weights=list(weights), context=he_context)
         return blob, bytes(blob)
-    x = inputs
+    return rule_aggregate(meta, inputs, weights)
+
+
+def rule_aggregate(meta: dict[str, Any], x: Any, weights: Sequence[int]) -> tuple[Any, bytes]:
+    """``(update, result bytes)`` of ``meta``'s rule over the plaintext rows ``x`` ``[n, d]``:
+    a plaintext round's updates, or a bucketed secure round's bucket means."""
     info = rules.get(meta["rule"])
     w = torch.tensor(weights, dtype=torch.float64) if info.weighted else None
     pre = [p if isinstance(p, str) else (p[0], p[1]) for p in meta["pre"]]
@@ -146,9 +151,11 @@ def audit(
         if "keys" in meta:
             from .audit_keys import decrypted
 
-            def decrypt(aggregate: bytes, he_context: bytes) -> bytes | None:
+            def decrypt(
+                payloads: list[bytes], weights: list[int], he_context: bytes
+            ) -> bytes | None:
                 return decrypted(
-                    ledger, task, round, store, meta, aggregate, commit.updates_root,
+                    ledger, task, round, store, meta, payloads, weights, commit.updates_root,
                     he_context, problems, hasher,
                 )  # fmt: skip
 
@@ -327,7 +334,7 @@ def _recompute(
     committed: bytes,
     problems: list[str],
     hasher: Callable[[bytes], bytes],
-    decrypt: Callable[[bytes, bytes], bytes | None] | None = None,
+    decrypt: Callable[[list[bytes], list[int], bytes], bytes | None] | None = None,
 ) -> bool:
     """Recompute the result from the payloads (a multiparty round's aggregate then goes
     through ``decrypt``); a difference or a failure is a finding. True if it was recomputed."""
@@ -338,13 +345,15 @@ def _recompute(
             inputs: Any = torch.stack([decode_update(bytes(d or b""), meta["dim"]) for d in rows])
         else:
             inputs = list(rows)
-        _, result_bytes = _aggregate(meta, inputs, [r["weight"] for r in records], he_context)
-        if decrypt is not None:
+        weights = [r["weight"] for r in records]
+        if decrypt is not None:  # a multiparty round: redone from the stored shares
             assert he_context is not None
-            plain = decrypt(result_bytes, he_context)
+            plain = decrypt(list(inputs), weights, he_context)
             if plain is None:
                 return False
             result_bytes = plain
+        else:
+            _, result_bytes = _aggregate(meta, inputs, weights, he_context)
     except BackendUnavailable as exc:  # e.g. a GPU round audited on a CPU-only machine
         problems.append(f"cannot recompute the result here: {exc}")
         return False

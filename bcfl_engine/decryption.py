@@ -48,42 +48,56 @@ SHARE_TYPE = "DecryptionShare(" + ",".join(f"{t} {n}" for n, t in SHARE_FIELDS) 
 
 @dataclass(frozen=True)
 class DecryptionRequest:
-    """What the aggregator sends each active party: decrypt ``aggregate`` of this round.
+    """What the aggregator sends each active party: decrypt the round's ``aggregates``.
 
     ``records`` are the round's acceptance records (client, digest, weight, salt, signature) in
     acceptance order, ``payloads`` their bytes in the same order, ``updates_root`` the Merkle
-    root of their leaves.
+    root of their leaves. A plain secure round has one aggregate, of every payload; a bucketed
+    one (:mod:`bcfl_engine.buckets`) one per bucket: ``buckets`` lists the records' indices of
+    each, ``bucket_size`` the ``s`` they were drawn with, from the round's seal on chain.
     """
 
     task: int
     round: int
     epoch: int
     updates_root: bytes
-    aggregate: bytes
+    aggregates: tuple[bytes, ...]
     active: tuple[int, ...]
     records: tuple[dict[str, Any], ...]
     payloads: tuple[bytes, ...]
+    buckets: tuple[tuple[int, ...], ...] | None = None
+    bucket_size: int | None = None
+
+    @property
+    def members(self) -> tuple[tuple[int, ...], ...]:
+        """The records' indices summed into each aggregate."""
+        return self.buckets or (tuple(range(len(self.records))),)
 
     @property
     def aggregate_digest(self) -> bytes:
-        from .protocol import payload_digest
-
-        return payload_digest(self.aggregate)
+        """What a party signs of the aggregates: the digest of their digests, in order."""
+        return digest_list(self.aggregates)
 
 
 @dataclass(frozen=True)
 class SignedShare:
-    """A party's decryption share and its signature over :data:`SHARE_TYPE`."""
+    """A party's decryption shares (one per aggregate) and its signature over
+    :data:`SHARE_TYPE`."""
 
     party: int
-    share: bytes
+    shares: tuple[bytes, ...]
     signature: bytes
 
     @property
     def digest(self) -> bytes:
-        from .protocol import payload_digest
+        return digest_list(self.shares)
 
-        return payload_digest(self.share)
+
+def digest_list(blobs: Sequence[bytes]) -> bytes:
+    """The payload digest of the payload digests of ``blobs``, in order."""
+    from .protocol import payload_digest
+
+    return payload_digest(b"".join(payload_digest(b) for b in blobs))
 
 
 def _word(value: int, what: str) -> bytes:
@@ -128,9 +142,13 @@ def share_message(
 
 
 def sign_share(
-    account_key: bytes | str, request: DecryptionRequest, party: int, share: bytes, domain: Any
+    account_key: bytes | str,
+    request: DecryptionRequest,
+    party: int,
+    shares: Sequence[bytes],
+    domain: Any,
 ) -> SignedShare:
-    """Sign ``share`` (this party's answer to ``request``) with the party's account key."""
+    """Sign ``shares`` (this party's answer to ``request``) with the party's account key."""
     from .chain._deps import need
 
     key = (
@@ -144,12 +162,12 @@ def sign_share(
         round=request.round,
         updates_root=request.updates_root,
         aggregate=request.aggregate_digest,
-        share=_digest(share),
+        share=digest_list(shares),
         epoch=request.epoch,
         party=party,
     )
     signature = need("coincurve").PrivateKey(bytes(key)).sign_recoverable(message, hasher=None)
-    return SignedShare(party, bytes(share), bytes(signature))
+    return SignedShare(party, tuple(bytes(s) for s in shares), bytes(signature))
 
 
 def share_signer(
@@ -163,7 +181,7 @@ def share_signer(
     epoch: int,
 ) -> str:
     """The ``0x`` address that signed ``signed`` for these fields (``aggregate``: the
-    aggregate's digest); KeyShareError naming the party if the signature does not recover."""
+    aggregates' :func:`digest_list`); KeyShareError naming the party if it does not recover."""
     from .chain.signing import _recover
 
     message = share_message(
@@ -180,12 +198,6 @@ def share_signer(
         return "0x" + _recover(message, bytes(signed.signature), f"party {signed.party}").hex()
     except PayloadError as exc:
         raise KeyShareError(f"party {signed.party}: {exc}", signed.party) from None
-
-
-def _digest(data: bytes) -> bytes:
-    from .protocol import payload_digest
-
-    return payload_digest(data)
 
 
 def party_share(
@@ -263,14 +275,46 @@ def party_share(
     root = MerkleTree.from_leaves(protocol.leaves_of(request.round, records)).root
     if root != request.updates_root:
         raise refuse("the records do not give the request's updates root")
-    share = key_share.decryption_share(
-        request.aggregate,
-        contributions=dict(zip(clients, request.payloads, strict=True)),
-        weights=[r["weight"] for r in records],
-        active=list(request.active),
-        min_clients=min_clients,
+    groups = request.members
+    if request.buckets is not None:
+        _check_buckets(request, ledger, refuse)
+    elif len(request.aggregates) != 1:
+        raise refuse(f"{len(request.aggregates)} aggregates for one unbucketed round")
+    shares = [
+        key_share.decryption_share(
+            agg,
+            contributions={clients[i]: request.payloads[i] for i in bucket},
+            weights=[records[i]["weight"] for i in bucket],
+            active=list(request.active),
+            min_clients=min_clients,
+        )
+        for agg, bucket in zip(request.aggregates, groups, strict=True)
+    ]
+    return sign_share(account_key, request, me, shares, ledger.domain)
+
+
+def _check_buckets(request: DecryptionRequest, ledger: Any, refuse: Any) -> None:
+    """The request's buckets are those the chain draws: its seal is the round's (root and n),
+    the block after it is mined, and the draw from both gives these buckets."""
+    from . import buckets
+
+    seal = ledger.sealed(request.task, request.round)
+    if seal is None or (seal.updates_root, seal.n) != (request.updates_root, len(request.records)):
+        raise refuse("the round's seal on chain is missing or names other payloads")
+    if ledger.w3.eth.block_number <= seal.block_number:
+        raise refuse("the block after the round's seal is not mined yet: no buckets to draw")
+    s = request.bucket_size
+    if not isinstance(s, int) or s < 2:
+        raise refuse(f"bucket size {s!r}: a bucket of fewer than 2 shows one update")
+    drawn = buckets.assign(
+        buckets.seed(seal.updates_root, ledger.block_name(seal.block_number + 1)),
+        len(request.records),
+        s,
     )
-    return sign_share(account_key, request, me, share, ledger.domain)
+    if [list(b) for b in request.buckets or ()] != drawn:
+        raise refuse("the request's buckets are not those the chain draws")
+    if len(request.aggregates) != len(drawn):
+        raise refuse(f"{len(request.aggregates)} aggregates for {len(drawn)} buckets")
 
 
 __all__ = [
@@ -278,6 +322,7 @@ __all__ = [
     "SHARE_TYPE",
     "DecryptionRequest",
     "SignedShare",
+    "digest_list",
     "party_share",
     "share_message",
     "share_signer",

@@ -237,11 +237,13 @@ def round_meta(
     dim: int | None,
     he_context: bytes | None = None,
     keys: Mapping[str, Any] | None = None,
+    buckets: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The metadata a round commits (its hash goes on chain): what an audit needs to recompute
     the result bit for bit. ``he_context`` is the digest of the CKKS public context; ``keys``
     the collective decryption of a round under a multiparty key
-    (:func:`bcfl_engine.round_decrypt.keys_meta`)."""
+    (:func:`bcfl_engine.round_decrypt.keys_meta`); ``buckets`` the buckets of a robust one
+    (:func:`bcfl_engine.round_decrypt.bucket_meta`)."""
     meta: dict[str, Any] = {
         "format": FORMAT,
         "digest": DIGEST,
@@ -260,6 +262,8 @@ def round_meta(
         meta["he_context"] = he_context.hex()
     if keys is not None:
         meta["keys"] = dict(keys)
+    if buckets is not None:
+        meta["buckets"] = dict(buckets)
     return meta
 
 

@@ -141,16 +141,23 @@ def check_meta(obj: object) -> dict[str, Any]:
         raise PayloadError(f"{what}: secure must be null or 'ckks'; got {secure!r:.80}")
     if "keys" in meta:
         _check_keys(meta, what)
+    elif "buckets" in meta:
+        raise PayloadError(f"{what}: only a round under a multiparty key has buckets")
     return meta
 
 
 def _check_keys(meta: dict[str, Any], what: str) -> None:
-    """The decryption part of a multiparty round's metadata, its shape checked (the audit
-    checks its contents against the chain)."""
+    """The decryption part of a multiparty round's metadata (and its buckets), their shape
+    checked (the audit checks their contents against the chain)."""
     if meta["secure"] != "ckks":
         raise PayloadError(f"{what}: only a CKKS round has keys")
     keys = _object(meta["keys"], f"{what}: keys")
-    _hex(keys, "aggregate", f"{what}: keys", 32)
+    hexes = re.compile(r"[0-9a-f]+")
+
+    def hex_list(v: object) -> bool:
+        return isinstance(v, list) and all(isinstance(h, str) and hexes.fullmatch(h) for h in v)
+
+    aggregates = _field(keys, "aggregates", f"{what}: keys")
     active = _field(keys, "active", f"{what}: keys")
     shares = _field(keys, "shares", f"{what}: keys")
     ints = isinstance(active, list) and all(
@@ -160,10 +167,23 @@ def _check_keys(meta: dict[str, Any], what: str) -> None:
         isinstance(s, list)
         and len(s) == 3
         and isinstance(s[0], int)
-        and all(isinstance(h, str) and re.fullmatch(r"[0-9a-f]+", h) for h in s[1:])
+        and hex_list(s[1])
+        and isinstance(s[2], str)
+        and hexes.fullmatch(s[2])
         for s in shares
     )
-    if not (ints and rows):
+    if not (hex_list(aggregates) and aggregates and ints and rows):
         raise PayloadError(
-            f"{what}: keys must list the active parties and [party, digest, signature] per share"
+            f"{what}: keys must list the aggregates' digests, the active parties and "
+            "[party, [share digests], signature] per party"
         )
+    if "buckets" in meta:
+        b = _object(meta["buckets"], f"{what}: buckets")
+        _int(b, "size", f"{what}: buckets", 2)
+        _int(b, "seal_block", f"{what}: buckets", 0)
+        _hex(b, "beacon", f"{what}: buckets", 32)
+        w = _field(b, "weights", f"{what}: buckets")
+        if not (isinstance(w, list) and w and all(isinstance(x, int) and x > 0 for x in w)):
+            raise PayloadError(f"{what}: buckets: weights must be positive ints, one per bucket")
+        if len(w) != len(aggregates):
+            raise PayloadError(f"{what}: {len(w)} bucket weights for {len(aggregates)} aggregates")

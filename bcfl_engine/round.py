@@ -37,12 +37,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import backends, protocol, rules
-from .audit import AuditReport, _aggregate, audit
+from .audit import AuditReport, _aggregate, audit, rule_aggregate
 from .errors import (
     InvalidArgument,
 )
 from .protocol import Payload, decode_update, encode_update, leaves_of, sign_payload
-from .round_decrypt import Decryption, decode_result
+from .round_decrypt import RESULT_DTYPE, Decryption, bucket_means, decode_result
 from .round_intake import Intake
 from .round_result import RoundResult, committed_result
 from .store import PayloadStore
@@ -65,7 +65,10 @@ class AggregationRound(Decryption, Intake):
     secure : None (plaintext) or "ckks"; then ``he_context`` is the public context bytes
     keys : under CKKS, a multiparty key's :class:`~bcfl_engine.he.mpepoch.KeyEpoch` opened on
         chain: the round holds no key, and its parties decrypt the aggregate together
-        (:mod:`bcfl_engine.round_decrypt`); the committed result is then the decrypted sum
+        (:mod:`bcfl_engine.round_decrypt`); the committed result is then the decrypted sum,
+        or with a robust ``rule`` the rule over decrypted bucket means
+    bucket_size : a robust secure round's bucket size (None: the largest the rule allows for
+        ``n`` and ``f``; see :mod:`bcfl_engine.buckets`)
     """
 
     def __init__(
@@ -85,15 +88,17 @@ class AggregationRound(Decryption, Intake):
         secure: str | None = None,
         he_context: bytes | None = None,
         keys: Any = None,
+        bucket_size: int | None = None,
     ) -> None:
         if secure not in (None, "ckks"):
             raise InvalidArgument(f"secure must be None or 'ckks'; got {secure!r}")
         if secure == "ckks":
             if he_context is None and keys is None:
                 raise InvalidArgument("a CKKS round needs he_context (the public context bytes)")
-            if rule != "mean" or pre:
+            if (rule != "mean" and keys is None) or pre:
                 raise InvalidArgument(
-                    f"a CKKS round sums ciphertexts: rule must be 'mean'; got {rule!r}"
+                    f"a CKKS round sums ciphertexts: rule must be 'mean' (a robust rule needs a "
+                    f"multiparty key, keys=, and runs on bucket means), no pre-steps; got {rule!r}"
                 )
             if keys is not None:
                 if he_context is not None and bytes(he_context) != keys.public:
@@ -121,9 +126,10 @@ class AggregationRound(Decryption, Intake):
         self.params = dict(params or {})
         self.backend, self.secure, self.he_context = backend, secure, he_context
         self.domain = ledger.domain
-        self.keys = keys
+        self.keys, self.bucket_size = keys, bucket_size
         self._request = None
         self._shares = {}
+        self._buckets = None
         if keys is not None:
             from .he.mpepoch import check_epoch
 
@@ -184,7 +190,12 @@ class AggregationRound(Decryption, Intake):
         assert self.dim is not None
         return decode_update(data, self.dim)
 
-    def _meta(self, backend: str | None, keys: dict[str, Any] | None = None) -> dict[str, Any]:
+    def _meta(
+        self,
+        backend: str | None,
+        keys: dict[str, Any] | None = None,
+        buckets: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         context = None
         if self.secure == "ckks":
             assert self.he_context is not None
@@ -201,6 +212,7 @@ class AggregationRound(Decryption, Intake):
             dim=self.dim,
             he_context=context,
             keys=keys,
+            buckets=buckets,
         )
 
     def finalize(self) -> RoundResult:
@@ -233,9 +245,17 @@ class AggregationRound(Decryption, Intake):
         weights = [int(r["weight"]) for r in self._records]
         t0 = time.perf_counter()
         if self.keys is not None:
-            result_bytes, decryption = self._decrypt()
-            meta = self._meta(None, decryption)
-            update = decode_result(result_bytes)
+            plain, decryption, bucket_info = self._decrypt()
+            if bucket_info is None:  # the weighted sum of every payload, decrypted
+                meta = self._meta(None, decryption)
+                result_bytes = plain[0].astype(RESULT_DTYPE).tobytes()
+                update = decode_result(result_bytes)
+            else:  # the rule over the decrypted bucket means
+                means = bucket_means(plain, bucket_info["weights"])
+                kernels = rules.get(self.rule).kernels
+                chosen = backends.choose(self.rule, kernels, means, self.backend)
+                meta = self._meta(chosen.backend, decryption, bucket_info)
+                update, result_bytes = rule_aggregate(meta, means, bucket_info["weights"])
         elif self._sum is not None:
             meta = self._meta(None)
             update = result_bytes = self._sum.result()  # he.aggregate's bytes (the audit's)

@@ -177,7 +177,7 @@ def test_a_party_refuses_a_request_that_does_not_hold(ledger, n_of_n, tmp_path) 
     )
     other_root = dataclasses.replace(req, updates_root=keccak256(b"another root"))
     one = ts.ckks_vector(ts.context_from(n_of_n["public"]), [1.0] * D).serialize()
-    oracle = dataclasses.replace(req, aggregate=one)  # one client's ciphertext as the aggregate
+    oracle = dataclasses.replace(req, aggregates=(one,))  # one client's ciphertext as the aggregate
     bad_sig = dict(req.records[0], signature=req.records[1]["signature"])
     forged = dataclasses.replace(req, records=(bad_sig, *req.records[1:]))
     twice = dataclasses.replace(
@@ -214,7 +214,7 @@ def test_bad_shares_are_named_and_nothing_is_committed(ledger, n_of_n, tmp_path)
         rnd.add_share(dataclasses.replace(good[2], signature=good[3].signature))
     assert e.value.party == 2
     with pytest.raises(KeyShareError, match="party 1"):  # party 2's share under party 1's name
-        rnd.add_share(SignedShare(1, good[2].share, good[1].signature))
+        rnd.add_share(SignedShare(1, good[2].shares, good[1].signature))
     rnd.add_share(good[1])
     rnd.add_share(good[1])  # the same share again is a no-op
     with pytest.raises(KeyShareError, match="party 1 sent a second"):
@@ -235,8 +235,8 @@ def test_audit_names_an_altered_share_and_a_lying_epoch(ledger, n_of_n, tmp_path
     res = rnd.finalize()
     store = PayloadStore(tmp_path)
     meta = json.loads(store.get(res.meta_hash, hasher=protocol.meta_hash))
-    party, digest, _ = meta["keys"]["shares"][1]
-    path = store.path(digest)
+    party, digests, _ = meta["keys"]["shares"][1]
+    path = store.path(digests[0])
     data = bytearray(path.read_bytes())
     data[100] ^= 1
     path.chmod(0o644)
@@ -266,4 +266,4 @@ def test_keys_need_a_secure_round(ledger, n_of_n, tmp_path) -> None:
     with pytest.raises(InvalidArgument, match="no accepted payload"):
         rnd.decryption_request()
     with pytest.raises(InvalidArgument, match="decryption_request"):
-        rnd.add_share(SignedShare(1, b"", b""))
+        rnd.add_share(SignedShare(1, (b"",), b""))
