@@ -44,6 +44,11 @@ def _aggregate(
         blob = he.aggregate(list(inputs), weights=list(weights), context=he_context)
         return blob, bytes(blob)
     x = inputs
+    if meta.get("dp") is not None:  # the private mean (fresh noise): never bit for bit
+        from .round_dp import private_aggregate
+
+        out = private_aggregate(meta, x)
+        return out, encode_update(out)
     info = rules.get(meta["rule"])
     w = torch.tensor(weights, dtype=torch.float64) if info.weighted else None
     pre = [p if isinstance(p, str) else (p[0], p[1]) for p in meta["pre"]]
@@ -141,7 +146,13 @@ def audit(
     checked.append("updates root")
     _check_stored_result(store, commit.result_digest, problems, hasher)
     complete = len(rows) == len(raw) == len(records) and all(d is not None for d in rows)
-    if meta is not None and complete:
+    if meta is not None and complete and meta.get("dp") is not None:
+        from .round_dp import audit_private
+
+        checked += audit_private(
+            ledger, store, key, task, round, meta, rows, commit.result_digest, problems
+        )
+    elif meta is not None and complete:
         _recompute(store, meta, rows, records, commit.result_digest, problems, hasher)
         checked.append(f"result recomputed with {meta['rule']}")
     if tree is not None:

@@ -42,13 +42,14 @@ from .errors import (
     InvalidArgument,
 )
 from .protocol import Payload, decode_update, encode_update, leaves_of, sign_payload
+from .round_dp import PrivateRound
 from .round_intake import Intake
 from .round_result import RoundResult, committed_result
 from .store import PayloadStore
 from .updates import UpdateBatch
 
 
-class AggregationRound(Intake):
+class AggregationRound(PrivateRound, Intake):
     """Collects, aggregates and commits round ``round`` of ``task`` (see the module docstring).
 
     Parameters
@@ -62,6 +63,10 @@ class AggregationRound(Intake):
         :func:`bcfl_engine.aggregate`); the backend is pinned in the metadata so an audit
         recomputes the result bit for bit
     secure : None (plaintext) or "ckks"; then ``he_context`` is the public context bytes
+    dp : a :class:`bcfl_engine.dp.GaussianDP` (plaintext mean only): the round releases the
+        private mean, commits the DP parameters and the task's spent epsilon in its metadata,
+        and finalize refuses (BudgetExceeded, nothing changed) a round past ``dp.budget``
+        (:mod:`bcfl_engine.round_dp`)
     """
 
     def __init__(
@@ -80,7 +85,9 @@ class AggregationRound(Intake):
         backend: str | None = None,
         secure: str | None = None,
         he_context: bytes | None = None,
+        dp: Any = None,
     ) -> None:
+        self._init_dp(dp, rule, pre, params, secure, len(participants))
         if secure not in (None, "ckks"):
             raise InvalidArgument(f"secure must be None or 'ckks'; got {secure!r}")
         if secure == "ckks":
@@ -166,7 +173,7 @@ class AggregationRound(Intake):
         if self.secure == "ckks":
             assert self.he_context is not None
             context = self.store.put(self.he_context)
-        return protocol.round_meta(
+        meta = protocol.round_meta(
             task=self.task,
             round=self.round,
             secure=self.secure,
@@ -178,6 +185,7 @@ class AggregationRound(Intake):
             dim=self.dim,
             he_context=context,
         )
+        return self._with_dp(meta)  # BudgetExceeded here: before any noise or write
 
     def finalize(self) -> RoundResult:
         """Aggregate the accepted payloads, commit the round, return its :class:`RoundResult`.
