@@ -209,6 +209,7 @@ class AggregationRound(PrivateRound, Intake):
         from .chain import MerkleTree
 
         weights = [int(r["weight"]) for r in self._records]
+        self._spend()  # a private round past its budget stops here; the accountant off the clock
         t0 = time.perf_counter()
         if self._sum is not None:
             meta = self._meta(None)

@@ -72,11 +72,13 @@ class PrivateRound:
             )
         self._dp_rate = dp.num_sampled_clients / participants
 
-    def _with_dp(self, meta: dict[str, Any]) -> dict[str, Any]:
-        """``meta`` with the round's DP parameters and the task's spent epsilon after it.
-        BudgetExceeded (nothing drawn, nothing written) when that is over the budget."""
+    def _spend(self) -> Any:
+        """The task's spent epsilon after this round (:class:`~bcfl_engine.dp.Accounting`), None
+        without DP; BudgetExceeded (nothing drawn, nothing written) when it is over the budget.
+        The accountant's result is cached: finalize asks before it starts its clock, and the
+        metadata gets the same numbers."""
         if self.dp is None:
-            return meta
+            return None
         earlier = spent_rounds(self.ledger, self.store, self.key, self.task, self.round)
         events = [(e["noise_multiplier"], e["sample_rate"]) for _, e in earlier]
         acc = account([*events, (self.dp.noise_multiplier, self._dp_rate)], self.dp.delta)
@@ -87,6 +89,15 @@ class PrivateRound:
                 f"at delta {self.dp.delta:g} (spent {before:.4g} over {len(events)} private "
                 f"round(s)), over the budget {self.dp.budget:g}; the round is not aggregated"
             )
+        return acc
+
+    def _with_dp(self, meta: dict[str, Any]) -> dict[str, Any]:
+        """``meta`` with the round's DP parameters and the task's spent epsilon after it
+        (:meth:`_spend`, which raises BudgetExceeded past the budget)."""
+        acc = self._spend()
+        if acc is None:
+            return meta
+        assert self.dp is not None
         return {**meta, "dp": dp_meta(self.dp, self._dp_rate, acc.epsilon, acc.method)}
 
 
