@@ -161,3 +161,34 @@ def test_gaussian_dp_validates(kw: dict) -> None:
 def test_gaussian_dp_meta_round_trip() -> None:
     dp = bdp.GaussianDP(0.5, 1.1, 7, delta=1e-6, budget=3.0)
     assert bdp.GaussianDP.from_meta(dp.as_meta()) == dp
+
+
+def test_dp_on_a_batch_ignores_its_weights_and_keeps_the_structure() -> None:
+    x = spread_rows(4, 6, torch.float32, seed=6)
+    batch = be.UpdateBatch(6, 4)
+    for i in range(4):
+        batch.add(f"c{i}", x[i], weight=float(i + 1))
+    dp = bdp.GaussianDP(clipping_norm=2.0, noise_multiplier=0.0, num_sampled_clients=4)
+    assert torch.equal(be.aggregate(batch, dp=dp), bdp.clipped_mean(x, 2.0, 4))
+    dicts = [{"w": x[i, :4].reshape(2, 2), "b": x[i, 4:]} for i in range(4)]
+    out = be.aggregate(dicts, dp=dp)
+    assert set(out) == {"w", "b"} and out["w"].shape == (2, 2)
+    assert_close(torch.cat([out["w"].reshape(-1), out["b"]]), bdp.clipped_mean(x, 2.0, 4))
+
+
+def test_native_bindings_check_their_arguments() -> None:
+    from bcfl_engine.backends import _load_native
+
+    mod = _load_native()[0]
+    if mod is None:
+        pytest.skip("the extension is not built")
+    x, out = torch.ones(3, 4), torch.empty(4)
+    w, norms = torch.full((3,), 1 / 3, dtype=torch.float64), torch.empty(3, dtype=torch.float64)
+    with pytest.raises(InvalidArgument, match="w"):
+        mod.clipped_mean(x, w.float(), 1.0, norms, out)
+    with pytest.raises(InvalidArgument, match="max_norm"):
+        mod.clipped_mean(x, w, 0.0, norms, out)
+    with pytest.raises(InvalidArgument, match="words"):
+        mod.add_gaussian(torch.zeros(5, dtype=torch.uint64), 1.0, out)  # needs 6 for d = 4
+    with pytest.raises(InvalidArgument, match="std"):
+        mod.add_gaussian(torch.zeros(6, dtype=torch.uint64), -1.0, out)
