@@ -24,7 +24,9 @@ depends on the other clients' updates, and nothing that is not proven is account
 
 Clipping costs no ``[n, d]`` write: the clip becomes a per-row coefficient of the weighted mean
 (``csrc/dp.cpp``: one read of ``x`` for the norms, one for the mean; Triton: the clip rule's
-norm kernel, then the mean kernel with the coefficients; torch: the reference, clip then sum).
+norm kernel, then the mean kernel with the coefficients; torch: float64 norms over column
+blocks, then one matrix-vector product). The reference, :func:`clipped_mean_reference`, clips
+then sums, as the definition reads.
 The noise (:mod:`bcfl_engine.dp_noise`) is drawn from keyed BLAKE3 under a fresh key from the
 operating system, then added in one pass.
 
@@ -54,6 +56,7 @@ from .rules._common import (
     contiguous,
     exact_sq_norms,
     raise_nonfinite,
+    row_sq_norms64,
 )
 from .updates import all_finite
 
@@ -179,7 +182,21 @@ def _coefficients(norms: torch.Tensor, clipping_norm: float, m: int) -> torch.Te
 
 
 def _cm_torch(x: torch.Tensor, clipping_norm: float, m: int) -> torch.Tensor:
-    return clipped_mean_reference(x, clipping_norm, m)
+    # The clip as the coefficients of one matrix-vector product: float64 norms over column
+    # blocks (no [n, d] float64 copy), then coef @ x; no clipped copy of x is written.
+    xf = x.float()
+    coef = _coefficients(row_sq_norms64(xf).sqrt(), clipping_norm, m)
+    return _combine(xf, coef)
+
+
+def _combine(x: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+    """``sum_i coef_i x_i`` in float32, rows whose coefficient is below float32's normal range
+    (a subnormal float32 coefficient keeps few bits) in float64, each product rounded once."""
+    tiny = coef < FLT_MIN
+    out = torch.where(tiny, 0.0, coef).float().to(x.device) @ x
+    for i in tiny.nonzero().reshape(-1).tolist():
+        out += (x[i].double() * float(coef[i])).float()
+    return out
 
 
 def _cm_native(x: torch.Tensor, clipping_norm: float, m: int) -> torch.Tensor:
@@ -201,7 +218,7 @@ def _cm_triton(x: torch.Tensor, clipping_norm: float, m: int) -> torch.Tensor:
 
     x = contiguous(x)
     coef = _coefficients(exact_sq_norms(x, row_sq_norms(x)).sqrt().cpu(), clipping_norm, m)
-    tiny = coef < FLT_MIN  # a subnormal float32 coefficient keeps few bits: such rows in float64
+    tiny = coef < FLT_MIN  # as _combine: such rows in float64
     out = weighted_mean(x, torch.where(tiny, 0.0, coef).float().to(x.device))
     for i in tiny.nonzero().reshape(-1).tolist():
         out += (x[i].double() * float(coef[i])).float()

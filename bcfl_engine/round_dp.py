@@ -249,6 +249,11 @@ def audit_private(
     the lines it reports."""
     from .protocol import decode_update
 
+    try:
+        read_dp(meta)
+    except PayloadError as exc:  # committed so: a finding
+        problems.append(str(exc))
+        return ["privacy not checked"]
     lines = [audit_privacy(ledger, store, key, task, round, meta, problems)]
     try:
         x = torch.stack([decode_update(bytes(d or b""), meta["dim"]) for d in rows])

@@ -150,3 +150,15 @@ def test_private_round_refuses_rules_without_sensitivity_and_ckks(ledger, tmp_pa
             dim=D,
             dp=bdp.GaussianDP(1.0, 1.0, N + 1),
         )
+
+
+def test_audit_reports_malformed_dp_metadata(ledger, tmp_path, monkeypatch):
+    task = new_task(ledger)
+    rnd, _ = run_round(ledger, task, 1, tmp_path, bdp.GaussianDP(5.0, 1.0, N))
+    with monkeypatch.context() as m:  # an aggregator that commits a broken dp object
+        m.setattr(round_dp, "dp_meta", lambda *a: {"mechanism": "gaussian", "delta": 1e-5})
+        dp = bdp.GaussianDP(5.0, 1.0, N)
+        m.setattr(round_dp, "private_aggregate", lambda meta, x: bdp.private_mean(x, dp))
+        rnd.finalize()
+    report = audit(ledger, task, 1, tmp_path)
+    assert not report.ok and any("dp field" in p for p in report.problems), report.summary()
