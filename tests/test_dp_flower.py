@@ -173,3 +173,38 @@ def test_refuses_bad_arguments_and_an_unconfigured_round():
     replies = [reply(11 + i, c, 1) for i, c in enumerate(client_models(glob, 50))]
     with pytest.raises(InvalidArgument, match="configure_train"):
         OurDP(bfl.EngineFedAvg("mean"), 1.0, 1.0, N).aggregate_train(1, replies)
+
+
+class Clients:
+    """The little of Flower's ClientManager that the legacy configure_fit asks."""
+
+    def num_available(self) -> int:
+        return N
+
+    def sample(self, num_clients, min_num_clients=None, criterion=None):
+        return [object() for _ in range(N)]
+
+
+@pytest.mark.parametrize("ours", ["LegacyEngineFedAvg", "FedAvg"])
+def test_flowers_legacy_wrapper_around_our_legacy_strategies(ours):
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+    from flwr.server.strategy import DifferentialPrivacyServerSideFixedClipping as LegacyDP
+    from flwr.server.strategy import FedAvg as LegacyFedAvg
+
+    from bcfl_engine.integrations import flower_legacy
+
+    glob = model(SHAPES, 6)
+    clients = client_models(glob, 60)
+
+    def run_legacy(inner):
+        strategy = LegacyDP(inner, 0.0, 1.0, N)
+        list(strategy.configure_fit(1, ndarrays_to_parameters(glob), Clients()))
+        res = [
+            (None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(c), w, {}))
+            for c, w in zip(clients, [2, 7, 1, 8, 2], strict=True)
+        ]
+        params, _ = strategy.aggregate_fit(1, res, [])
+        return parameters_to_ndarrays(params)
+
+    got = run_legacy(getattr(flower_legacy, ours)())
+    assert_arrays_close(got, run_legacy(LegacyFedAvg()))
