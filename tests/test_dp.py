@@ -192,3 +192,13 @@ def test_native_bindings_check_their_arguments() -> None:
         mod.add_gaussian(torch.zeros(5, dtype=torch.uint64), 1.0, out)  # needs 6 for d = 4
     with pytest.raises(InvalidArgument, match="std"):
         mod.add_gaussian(torch.zeros(6, dtype=torch.uint64), -1.0, out)
+
+
+def test_noise_without_the_kernel_equals_the_kernels() -> None:
+    # A strided (or CUDA) output takes the numpy path: the same stream, the same normals.
+    d = 1001
+    strided = torch.zeros(2 * d)[::2]
+    bdp.add_noise_(strided, 0.5, bdp.NoiseGenerator(11))
+    dense = bdp.add_noise_(torch.zeros(d), 0.5, bdp.NoiseGenerator(11))
+    assert_close(strided, dense, rtol=1e-6, atol=1e-7)
+    assert 0.4 < float(dense.std()) < 0.6  # noise of std 0.5 was added
