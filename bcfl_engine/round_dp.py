@@ -179,6 +179,8 @@ def audit_privacy(
         parts.append(f"round {r}: {shown}")
         claimed = obj.get("epsilon")
         claimed = math.inf if claimed is None else claimed
+        if isinstance(claimed, bool) or not isinstance(claimed, (int, float)):
+            claimed = math.nan  # not a number: differs from any epsilon
         if r == round and not _same(claimed, acc.epsilon):
             problems.append(
                 f"round {r} claims epsilon {claimed!r} spent; the committed parameters of "
