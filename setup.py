@@ -150,6 +150,8 @@ setup(
         # NVIDIA FLARE's HE aggregator and robust rules (bcfl_engine.integrations.nvflare); the
         # server's TenSEAL must be the clients' (nvflare[he] pins 0.3.15 on Python < 3.13).
         "nvflare": ["nvflare==2.9.0", "tenseal==0.3.18", "zstandard>=0.22"],
+        # Google's privacy accountant (RDP and PLD) for bcfl_engine.dp's budgets.
+        "dp": ["dp-accounting==0.6.0"],
         "demo": ["scikit-learn>=1.3", "matplotlib>=3.7"],
         # ByzFL (a benchmark peer) is installed with --no-deps: its package requires torchvision,
         # which would replace the CPU torch with a multi-GB CUDA build; its aggregators need neither.
@@ -174,6 +176,7 @@ setup(
             "scikit-learn>=1.3",
             "matplotlib>=3.7",
             "pytest-benchmark>=4",
+            "dp-accounting==0.6.0",
         ],
     },
     entry_points={"console_scripts": ["bcfl=bcfl_engine.cli:main"]},

@@ -63,6 +63,8 @@ def aggregate(
     weights: Any = None,
     backend: str | None = None,
     pre: Sequence[PreStep] = (),
+    dp: Any = None,
+    generator: Any = None,
     **params: Any,
 ) -> Any:
     """Aggregate client updates with a rule.
@@ -79,6 +81,12 @@ def aggregate(
     backend : "torch", "native", "triton" or None (automatic; ``BCFL_BACKEND`` overrides).
     pre : pre-aggregation steps applied in order, each a name ("nnm") or ``(name, params)``
         (``("clip", {"max_norm": 1.0})``); ``f`` and ``backend`` are passed on where they apply.
+    dp : a :class:`bcfl_engine.dp.GaussianDP`: each update clipped to ``dp.clipping_norm``, the
+        clipped sum divided by ``dp.num_sampled_clients``, Gaussian noise added
+        (:func:`bcfl_engine.dp.private_mean`). Only ``rule="mean"``, unweighted: other rules,
+        pre-steps and explicit weights raise DPUnsupported; a batch's weights are not used.
+    generator : with ``dp``, a :class:`bcfl_engine.dp.NoiseGenerator` (tests); None draws a
+        fresh key from the operating system.
     **params : extra parameters of the rule (``m`` for multi_krum, ``tau`` for
         centered_clipping, ...).
 
@@ -87,6 +95,8 @@ def aggregate(
     The aggregate in the structure of one update: a ``[d]`` float32 tensor for a tensor input,
     a ``[d]`` ndarray for an ndarray, a state dict or array list for lists of those.
     """
+    if dp is not None:
+        return _private(updates, rule, f, weights, backend, pre, dp, generator, params)
     info = rules.get(rule)
     if info.kind != "aggregate":
         raise InvalidArgument(f"{rule!r} is a pre-aggregation step; pass it as pre=[{rule!r}]")
@@ -114,8 +124,41 @@ def aggregate(
     if info.takes_f:
         kw["f"] = f
     out = info.fn(x, backend=backend, check=not validated, **kw)
+    return _shaped(out, updates, spec)
+
+
+def _shaped(out: torch.Tensor, updates: Any, spec: ParamSpec | None) -> Any:
+    """``out`` ``[d]`` in the structure of one of ``updates``."""
     if spec is not None:
         return spec.unflatten(out)
     if isinstance(updates, np.ndarray):
         return out.cpu().numpy()
     return out
+
+
+def _private(
+    updates: Any,
+    rule: str,
+    f: int,
+    weights: Any,
+    backend: str | None,
+    pre: Sequence[PreStep],
+    dp: Any,
+    generator: Any,
+    params: dict[str, Any],
+) -> Any:
+    """:func:`aggregate` with ``dp``: the checks, then :func:`bcfl_engine.dp.private_mean`."""
+    from . import dp as dpmod
+    from .errors import DPUnsupported
+
+    dpmod.check_rule(rule, pre, params)
+    if weights is not None:
+        raise DPUnsupported(
+            "dp= with client weights: a weighted mean's sensitivity grows with the weights; "
+            "the private mean is unweighted"
+        )
+    if f:
+        raise DPUnsupported(f"dp= with f={f}: the mean tolerates no Byzantine client")
+    x, _, spec, validated = as_matrix(updates, None)
+    out = dpmod.private_mean(x, dp, backend=backend, generator=generator, check=not validated)
+    return _shaped(out, updates, spec)

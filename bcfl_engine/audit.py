@@ -43,6 +43,11 @@ def _aggregate(
 
         blob = he.aggregate(list(inputs), weights=list(weights), context=he_context)
         return blob, bytes(blob)
+    if meta.get("dp") is not None:  # the private mean (fresh noise): never bit for bit
+        from .round_dp import private_aggregate
+
+        out = private_aggregate(meta, inputs)
+        return out, encode_update(out)
     return rule_aggregate(meta, inputs, weights)
 
 
@@ -146,7 +151,13 @@ def audit(
     checked.append("updates root")
     _check_stored_result(store, commit.result_digest, problems, hasher)
     complete = len(rows) == len(raw) == len(records) and all(d is not None for d in rows)
-    if meta is not None and complete:
+    if meta is not None and complete and meta.get("dp") is not None:
+        from .round_dp import audit_private
+
+        checked += audit_private(
+            ledger, store, key, task, round, meta, rows, commit.result_digest, problems
+        )
+    elif meta is not None and complete:
         decrypt = None
         if "keys" in meta:
             from .audit_keys import decrypted

@@ -76,6 +76,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                 f"--threshold must be in [2, --clients={args.clients}]; got {args.threshold}"
             )
     rule_names = _rules(args.rule)
+    if args.dp_noise is None and (args.dp_clip is not None or args.dp_budget is not None):
+        raise UsageError("--dp-clip and --dp-budget go with --dp-noise Z")
+    if args.dp_noise is not None:
+        from .demo.private import mechanism
+
+        mechanism(args.dp_noise, args.dp_clip, args.dp_budget, args.clients)  # values checked
     if args.secure == "ckks" and not args.rule:
         rule_names = ["mean"]
     config = DemoConfig(
@@ -92,6 +98,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         dataset=args.dataset,
         attack=args.attack,
         progress=not args.quiet,
+        dp_noise=args.dp_noise,
+        dp_clip=args.dp_clip,
+        dp_budget=args.dp_budget,
     )
     run_demo(config, echo=print)
     return EXIT_OK
@@ -259,6 +268,23 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["mix", "sign_flip", "scaled_noise", "label_flip"],
         default="mix",
         help="what Byzantine hospitals do (default mix: each a different attack)",
+    )
+    demo.add_argument(
+        "--dp-noise",
+        type=float,
+        metavar="Z",
+        help="add a FedAvg line with central differential privacy, noise multiplier Z "
+        "(noise std Z * C / hospitals per coordinate)",
+    )
+    demo.add_argument(
+        "--dp-clip", type=float, metavar="C", help="with --dp-noise: clipping norm C (default 1.0)"
+    )
+    demo.add_argument(
+        "--dp-budget",
+        type=float,
+        metavar="EPS",
+        help="with --dp-noise: the most epsilon (delta 1e-5) the private line may spend; rounds "
+        "past it are refused",
     )
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(fn=_cmd_demo)

@@ -81,3 +81,13 @@ class KeyEpochError(BcflError, ValueError):
 class DecryptionRefused(KeyShareError):
     """A party refuses to compute a decryption share: the ciphertext is not the sum of the round's
     contributions, has too few contributors, or was already decrypted under another active set."""
+
+
+class DPUnsupported(InvalidArgument):
+    """Differential privacy was asked of a rule or an option whose sensitivity is not stated and
+    implemented (only the mean of clipped updates is; see :mod:`bcfl_engine.dp`)."""
+
+
+class BudgetExceeded(BcflError, ValueError):
+    """A round would spend more privacy budget (epsilon at the task's delta) than the task allows;
+    refused before any noise is drawn, nothing changed."""

@@ -43,13 +43,14 @@ from .errors import (
 )
 from .protocol import Payload, decode_update, encode_update, leaves_of, sign_payload
 from .round_decrypt import RESULT_DTYPE, Decryption, bucket_means, decode_result
+from .round_dp import PrivateRound
 from .round_intake import Intake
 from .round_result import RoundResult, committed_result
 from .store import PayloadStore
 from .updates import UpdateBatch
 
 
-class AggregationRound(Decryption, Intake):
+class AggregationRound(Decryption, PrivateRound, Intake):
     """Collects, aggregates and commits round ``round`` of ``task`` (see the module docstring).
 
     Parameters
@@ -69,6 +70,10 @@ class AggregationRound(Decryption, Intake):
         or with a robust ``rule`` the rule over decrypted bucket means
     bucket_size : a robust secure round's bucket size (None: the largest the rule allows for
         ``n`` and ``f``; see :mod:`bcfl_engine.buckets`)
+    dp : a :class:`bcfl_engine.dp.GaussianDP` (plaintext mean only): the round releases the
+        private mean, commits the DP parameters and the task's spent epsilon in its metadata,
+        and finalize refuses (BudgetExceeded, nothing changed) a round past ``dp.budget``
+        (:mod:`bcfl_engine.round_dp`)
     """
 
     def __init__(
@@ -89,7 +94,9 @@ class AggregationRound(Decryption, Intake):
         he_context: bytes | None = None,
         keys: Any = None,
         bucket_size: int | None = None,
+        dp: Any = None,
     ) -> None:
+        self._init_dp(dp, rule, pre, params, secure, len(participants))
         if secure not in (None, "ckks"):
             raise InvalidArgument(f"secure must be None or 'ckks'; got {secure!r}")
         if secure == "ckks":
@@ -200,7 +207,7 @@ class AggregationRound(Decryption, Intake):
         if self.secure == "ckks":
             assert self.he_context is not None
             context = self.store.put(self.he_context)
-        return protocol.round_meta(
+        meta = protocol.round_meta(
             task=self.task,
             round=self.round,
             secure=self.secure,
@@ -214,6 +221,7 @@ class AggregationRound(Decryption, Intake):
             keys=keys,
             buckets=buckets,
         )
+        return self._with_dp(meta)  # BudgetExceeded here: before any noise or write
 
     def finalize(self) -> RoundResult:
         """Aggregate the accepted payloads, commit the round, return its :class:`RoundResult`.
@@ -243,6 +251,7 @@ class AggregationRound(Decryption, Intake):
         from .chain import MerkleTree
 
         weights = [int(r["weight"]) for r in self._records]
+        self._spend()  # a private round past its budget stops here; the accountant off the clock
         t0 = time.perf_counter()
         if self.keys is not None:
             plain, decryption, bucket_info = self._decrypt()

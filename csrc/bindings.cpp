@@ -11,6 +11,8 @@
 // The CKKS and chain bindings check the same way (their files say how).
 #include "bindings_util.h"
 
+#include <cmath>
+
 #include "mean.h"
 #include "median.h"
 #include "trimmed_mean.h"
@@ -19,6 +21,7 @@
 #include "multi_krum.h"
 #include "_distances.h"
 #include "bulyan.h"
+#include "dp.h"
 
 using namespace bcfl::bind;  // NOLINT: the checks every block below uses
 
@@ -83,6 +86,34 @@ PYBIND11_MODULE(_C, m) {
     no_overlap(norms, "clip_rows: norms", {&x, &out});
     py::gil_scoped_release release;
     bcfl::clip_rows(x.code, x.as<const void>(), n, d, max_norm, out.as<float>(), norms.as<double>());
+  });
+
+  // ---- dp ----
+  // The mean of clipped rows (see dp.h); the row norms are written to norms [n] float64.
+  m.def("clipped_mean", [](py::handle x_, py::handle w_, double max_norm, py::handle norms_,
+                           py::handle out_) {
+    const View x = storage(x_, "clipped_mean: x", {-1, -1});
+    const int64_t n = x.dim(0), d = x.dim(1);
+    const View w = view(w_, "clipped_mean: w", {kF64}, {n});
+    const View norms = view(norms_, "clipped_mean: norms", {kF64}, {n}, true);
+    const View out = view(out_, "clipped_mean: out", {kF32}, {d}, true);
+    if (!(max_norm > 0.0)) invalid("clipped_mean: max_norm must be > 0; got " + std::to_string(max_norm));
+    no_overlap(out, "clipped_mean: out", {&x, &w, &norms});
+    no_overlap(norms, "clipped_mean: norms", {&x, &w});
+    py::gil_scoped_release release;
+    bcfl::clipped_mean(x.code, x.as<const void>(), n, d, w.as<const double>(), max_norm,
+                       norms.as<double>(), out.as<float>());
+  });
+
+  // Gaussian noise added into out (float32 [d]) from words (uint64 [3 * ceil(d / 2)]).
+  m.def("add_gaussian", [](py::handle words_, double std, py::handle out_) {
+    const View out = view(out_, "add_gaussian: out", {kF32}, {-1}, true);
+    const int64_t d = out.dim(0);
+    const View words = view(words_, "add_gaussian: words", {kU64}, {3 * ((d + 1) / 2)});
+    if (!(std >= 0.0) || !std::isfinite(std)) invalid("add_gaussian: std must be finite and >= 0");
+    no_overlap(out, "add_gaussian: out", {&words});
+    py::gil_scoped_release release;
+    bcfl::add_gaussian(words.as<const uint64_t>(), d, std, out.as<float>());
   });
 
   // ---- median ----

@@ -17,13 +17,22 @@ REFERENCE_STYLE = {"color": "black", "ls": "--", "lw": 2.0, "zorder": 3}
 
 def is_reference(run: dict[str, Any]) -> bool:
     """Whether ``run`` (an entry of ``summary["runs"]``) is the attack-free FedAvg reference."""
-    return run["rule"] == "mean" and not run["attacked"] and run["secure"] is None
+    return (
+        run["rule"] == "mean"
+        and not run["attacked"]
+        and run["secure"] is None
+        and not run.get("dp")
+    )
 
 
 def line_label(label: str, run: dict[str, Any], attacked_demo: bool) -> str:
     """The legend entry of ``run``; ``attacked_demo`` is whether the demo has Byzantine hospitals."""
     if run["rule"] != "mean":
         return label
+    if run.get("dp"):
+        dp, eps = run["dp"], run["rounds"][-1].get("epsilon")
+        spent = "" if eps is None else f", epsilon {eps:.3g}"
+        return f"FedAvg + DP (z={dp['noise_multiplier']:g}, C={dp['clipping_norm']:g}{spent})"
     name = "FedAvg on CKKS" if run["secure"] == "ckks" else "FedAvg"
     if run["attacked"]:
         return f"{name} (attacked)"
@@ -57,6 +66,17 @@ def figure(summary: dict[str, Any]) -> Any:
             label=line_label(label, run, attacked_demo),
             **style,
         )
+        stop = (run.get("dp") or {}).get("stopped_at_round")
+        if stop is not None:  # where the privacy budget refused the next round
+            ax.axvline(stop - 0.5, color="grey", ls=":", lw=1.2, zorder=1)
+            ax.annotate(
+                f"DP budget {run['dp']['budget']:g} spent",
+                (stop - 0.5, 0.02),
+                xycoords=("data", "axes fraction"),
+                fontsize=7,
+                rotation=90,
+                color="grey",
+            )
     ax.set_xlabel("round")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("test accuracy" if metric == "accuracy" else "test RMSE")

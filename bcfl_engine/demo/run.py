@@ -22,11 +22,11 @@ from typing import Any
 
 import torch
 
-from ..errors import InvalidArgument, PreconditionError
+from ..errors import BudgetExceeded, InvalidArgument, PreconditionError
 from ..round import AggregationRound, encode_update, sign_payload
 from ..store import PayloadStore
 from ..updates import keccak256
-from . import attacks, data, train
+from . import attacks, data, private, train
 from . import keys as mpkeys
 from .plot import plot
 
@@ -56,6 +56,9 @@ class DemoConfig:
     hidden: int = 0
     epochs: int = 2
     lr: float = 0.1
+    dp_noise: float | None = None  # with it, a FedAvg line with central DP (.private)
+    dp_clip: float | None = None
+    dp_budget: float | None = None
 
 
 @dataclass
@@ -70,6 +73,8 @@ class Run:
     params: torch.Tensor
     task: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    dp: Any = None  # a GaussianDP for the private line
+    stopped: int | None = None  # the round its budget refused
 
 
 def hospital_keys(n: int, seed: int) -> list[bytes]:
@@ -151,6 +156,9 @@ def plan_runs(config: DemoConfig, n_byzantine: int, initial: torch.Tensor) -> li
         runs.append(Run(rule, rule, attacked, None, rule_f(rule, n_byzantine), initial.clone()))
     if config.secure == "ckks":
         runs.append(Run("mean, ckks", "mean", attacked, "ckks", 0, initial.clone()))
+    dp = private.mechanism(config.dp_noise, config.dp_clip, config.dp_budget, config.clients)
+    if dp is not None:
+        runs.append(Run(private.LABEL, "mean", False, None, 0, initial.clone(), dp=dp))
     return runs
 
 
@@ -170,12 +178,13 @@ def mp_precision(parties: int) -> float:
 def _table(round_no: int, rounds: int, runs: list[Run], metric: str) -> str:
     lines = [
         f"round {round_no}/{rounds}",
-        f"  {'rule':<18} {metric:>9} {'agg ms':>9} {'gas':>7}  root",
+        f"  {'rule':<18} {metric:>9} {'epsilon':>8} {'agg ms':>9} {'gas':>7}  root",
     ]
     for run in runs:
         h = run.history[-1]
         lines.append(
-            f"  {run.label:<18} {h[metric]:>9.4f} {1e3 * h['aggregation_seconds']:>9.3f} "
+            f"  {run.label:<18} {h[metric]:>9.4f} {private.show(h['epsilon']):>8} "
+            f"{1e3 * h['aggregation_seconds']:>9.3f} "
             f"{h['gas']:>7}  {h['root'][:18]}..."
         )
     return "\n".join(lines)
@@ -228,9 +237,15 @@ def run_demo(config: DemoConfig, echo: Echo = print) -> dict[str, Any]:
     started = time.perf_counter()
     for r in range(1, config.rounds + 1):
         for run in runs:
+            if run.stopped is not None:  # its budget is spent: the model stays as it was
+                run.history.append(
+                    {**run.history[-1], "round": r, "aggregation_seconds": 0.0, "gas": 0}
+                )
+                bar.update(config.clients)
+                continue
             rnd = AggregationRound(
                 ledger, run.task, r, store, participants=addresses, dim=trainer.dim, rule=run.rule, f=run.f,
-                secure=run.secure, keys=epochs.get(run.task) if epochs else None,
+                secure=run.secure, keys=epochs.get(run.task) if epochs else None, dp=run.dp,
             )  # fmt: skip
             for i, (x, y) in enumerate(fed.clients):
                 attack = byz.get(i) if run.attacked else None
@@ -250,7 +265,17 @@ def run_demo(config: DemoConfig, echo: Echo = print) -> dict[str, Any]:
             if run.secure == "ckks":
                 assert hospitals is not None
                 hospitals.decrypt(rnd, ledger, addresses)
-            res = rnd.finalize()
+            try:
+                res = rnd.finalize()
+            except BudgetExceeded as exc:
+                run.stopped = r
+                echo(f"{run.label}: {exc}")
+                prior = run.history[-1] if run.history else None
+                run.history.append(
+                    {"round": r, fed.metric: prior[fed.metric] if prior else trainer.score(run.params, *fed.test) * scale,
+                     "epsilon": prior["epsilon"] if prior else 0.0, "aggregation_seconds": 0.0, "gas": 0, "root": "-"}
+                )  # fmt: skip
+                continue
             if run.secure == "ckks":
                 summed = torch.as_tensor(res.update[: trainer.dim], dtype=torch.float64)
                 total = sum(len(y) for _, y in fed.clients)
@@ -260,7 +285,7 @@ def run_demo(config: DemoConfig, echo: Echo = print) -> dict[str, Any]:
             run.params = run.params + agg
             score = trainer.score(run.params, *fed.test) * scale
             run.history.append(
-                {"round": r, fed.metric: score, "aggregation_seconds": res.seconds, "gas": res.gas_used, "root": "0x" + res.root.hex()}
+                {"round": r, fed.metric: score, "epsilon": private.spent(run.dp, r), "aggregation_seconds": res.seconds, "gas": res.gas_used, "root": "0x" + res.root.hex()}
             )  # fmt: skip
         (bar.write if config.progress else echo)(_table(r, config.rounds, runs, fed.metric))
     bar.close()
@@ -283,11 +308,13 @@ def run_demo(config: DemoConfig, echo: Echo = print) -> dict[str, Any]:
                 "attacked": run.attacked,
                 "secure": run.secure,
                 "task": run.task,
+                "dp": private.summary(run.dp, run.stopped),
                 "rounds": run.history,
             }
             for run in runs
         },
         "final": {run.label: run.history[-1][fed.metric] for run in runs},
+        "epsilon": {run.label: run.history[-1]["epsilon"] for run in runs},
     }
     if hospitals is not None:
         plain = next(

@@ -26,6 +26,9 @@ Every strategy here survives what Flower survives: a reply with NaN or an infini
 out with a warning, too few replies for the rule follow ``on_too_few``
 (:mod:`.flower_policy`), and arrays keep their shapes and dtypes (:mod:`.flower_arrays`).
 
+:class:`DifferentialPrivacyServerSideFixedClipping` (Flower's name and arguments) adds central
+differential privacy around any of these strategies (:mod:`.flower_dp`).
+
 The legacy ``Strategy.aggregate_fit`` interface is in :mod:`.flower_legacy`.
 """
 
@@ -66,6 +69,7 @@ from .flower_chain import (
     round_options,
     sign_reply,
 )
+from .flower_dp import DifferentialPrivacyServerSideFixedClipping
 from .flower_dropin import (
     Bulyan,
     EngineStrategy,
@@ -349,6 +353,7 @@ __all__ = [
     "RECORD_KEY",
     "ROUND_KEY",
     "Bulyan",
+    "DifferentialPrivacyServerSideFixedClipping",
     "EngineFedAvg",
     "FedAvg",
     "FedMedian",

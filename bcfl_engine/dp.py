@@ -1,0 +1,359 @@
+"""Central differential privacy: the mean of clipped updates plus Gaussian noise, and its budget.
+
+The mechanism (DP-FedAvg, McMahan et al., "Learning Differentially Private Recurrent Language
+Models", ICLR 2018; Flower's server-side fixed clipping uses the same noise scale): each update
+``x_i`` (a model delta, a row of ``[n_clients, dim]``) is scaled to L2 norm at most ``C``
+(``clipping_norm``), the clipped updates are summed and divided by ``m``
+(``num_sampled_clients``, fixed in advance), and each coordinate gets Gaussian noise of standard
+deviation ``sigma = z * C / m`` (``z``, ``noise_multiplier``)::
+
+    out = (1/m) sum_i x_i min(1, C / ||x_i||) + N(0, sigma^2 I)
+
+Sensitivity: adding or removing one client's update moves the clipped sum by at most ``C`` in L2,
+so ``out`` moves by at most ``C / m``; the Gaussian mechanism with ``sigma = z * (C / m)`` is then
+what the accountant analyses (add-or-remove-one neighbouring; a client sampled with probability
+``q`` per round, Poisson sampling). This holds for the *unweighted* sum over the fixed ``m``: a
+weighted mean moves by ``w_i C / sum(w)``, unbounded in the weights, so client weights are not
+used with ``dp=`` (explicit ones raise), and the divisor is ``m`` even when ``n != m`` clients
+came (then ``out`` is not the mean of the ``n``; with ``n == m`` it is).
+
+Only the mean has a stated and implemented sensitivity here. The robust rules (median, Krum,
+trimmed mean, ...) and pre-steps (NNM mixes updates) raise :class:`~bcfl_engine.errors.
+DPUnsupported` with ``dp=``: their sensitivity is either the diameter of the update space or
+depends on the other clients' updates, and nothing that is not proven is accounted.
+
+Clipping costs no ``[n, d]`` write: the clip becomes a per-row coefficient of the weighted mean
+(``csrc/dp.cpp``: one read of ``x`` for the norms, one for the mean; Triton: the clip rule's
+norm kernel, then the mean kernel with the coefficients; torch: float64 norms over column
+blocks, then one matrix-vector product). The reference, :func:`clipped_mean_reference`, clips
+then sums, as the definition reads.
+The noise (:mod:`bcfl_engine.dp_noise`) is drawn from keyed BLAKE3 under a fresh key from the
+operating system, then added in one pass.
+
+Accounting (:func:`epsilon`) uses Google's ``dp-accounting``: Renyi DP (Mironov 2017; the
+sampled Gaussian of Mironov, Talwar, Zhang 2019) and privacy loss distributions (PLD, Koskela et
+al. 2020; Doroshenko et al. 2022), both for the same event; the smaller epsilon is the budget
+spent (both are upper bounds), and :class:`Accounting` says which one it was.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from . import rules
+from .backends import Kernel, dispatch, native
+from .dp_noise import NoiseGenerator, add_noise_
+from .errors import DPUnsupported, InvalidArgument, MissingDependency, PayloadError
+from .rules._common import (
+    FLT_MIN,
+    check_updates,
+    contiguous,
+    exact_sq_norms,
+    raise_nonfinite,
+    row_sq_norms64,
+)
+from .updates import all_finite
+
+__all__ = [
+    "Accounting",
+    "GaussianDP",
+    "NoiseGenerator",
+    "account",
+    "add_noise_",
+    "clipped_mean",
+    "clipped_mean_reference",
+    "epsilon",
+    "private_mean",
+]
+
+#: The rules whose sensitivity under ``dp=`` is stated (module docstring) and implemented.
+SUPPORTED_RULES = ("mean",)
+
+
+@dataclass(frozen=True)
+class GaussianDP:
+    """Central Gaussian DP of the mean (see the module docstring).
+
+    Parameters
+    ----------
+    clipping_norm : ``C``, the L2 bound of each update, finite and > 0
+    noise_multiplier : ``z`` >= 0; the noise's standard deviation is ``z * C / m``
+    num_sampled_clients : ``m`` >= 1, the divisor of the clipped sum
+    delta : the ``delta`` of the ``(epsilon, delta)`` guarantee, in (0, 1)
+    budget : the most epsilon a task may spend (at ``delta``), or None (accounted, not capped)
+    """
+
+    clipping_norm: float
+    noise_multiplier: float
+    num_sampled_clients: int
+    delta: float = 1e-5
+    budget: float | None = None
+
+    def __post_init__(self) -> None:
+        def real(name: str, v: object, lo: float, strict: bool) -> None:
+            ok = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+            if not ok or (v <= lo if strict else v < lo):  # type: ignore[operator]
+                bound = f"> {lo}" if strict else f">= {lo}"
+                raise InvalidArgument(
+                    f"GaussianDP: {name} must be a finite number {bound}; got {v!r}"
+                )
+
+        real("clipping_norm", self.clipping_norm, 0.0, True)
+        real("noise_multiplier", self.noise_multiplier, 0.0, False)
+        m = self.num_sampled_clients
+        if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+            raise InvalidArgument(f"GaussianDP: num_sampled_clients must be an int >= 1; got {m!r}")
+        real("delta", self.delta, 0.0, True)
+        if self.delta >= 1:
+            raise InvalidArgument(f"GaussianDP: delta must be < 1; got {self.delta!r}")
+        if self.budget is not None:
+            real("budget", self.budget, 0.0, True)
+
+    @property
+    def noise_std(self) -> float:
+        """``noise_multiplier * clipping_norm / num_sampled_clients``, per coordinate."""
+        return self.noise_multiplier * self.clipping_norm / self.num_sampled_clients
+
+    def as_meta(self) -> dict[str, Any]:
+        """The parameters as a round commits them (JSON numbers)."""
+        return {
+            "mechanism": "gaussian",
+            "clipping_norm": float(self.clipping_norm),
+            "noise_multiplier": float(self.noise_multiplier),
+            "num_sampled_clients": self.num_sampled_clients,
+            "delta": float(self.delta),
+            "budget": None if self.budget is None else float(self.budget),
+        }
+
+    @classmethod
+    def from_meta(cls, obj: object) -> GaussianDP:
+        """The parameters a round committed; PayloadError if malformed."""
+        keys = ("clipping_norm", "noise_multiplier", "num_sampled_clients", "delta", "budget")
+        if not isinstance(obj, Mapping) or obj.get("mechanism") != "gaussian":
+            raise PayloadError(f"round metadata: dp must be a gaussian mechanism; got {obj!r:.120}")
+        try:
+            return cls(**{k: obj[k] for k in keys})
+        except KeyError as exc:
+            raise PayloadError(f"round metadata: dp field {exc} is missing") from None
+        except InvalidArgument as exc:
+            raise PayloadError(f"round metadata: {exc}") from None
+
+
+def check_rule(rule: str, pre: Sequence[Any] = (), params: Mapping[str, Any] | None = None) -> None:
+    """DPUnsupported unless ``rule`` (with no pre-step and no extra parameter) has a stated and
+    implemented sensitivity: only "mean"."""
+    rules.get(rule)  # InvalidArgument for an unknown name
+    if rule not in SUPPORTED_RULES:
+        raise DPUnsupported(
+            f"dp= with rule {rule!r}: its sensitivity is not stated and implemented; "
+            f"supported: {', '.join(SUPPORTED_RULES)} (the clipped sum has sensitivity C)"
+        )
+    if pre:
+        raise DPUnsupported(
+            "dp= with pre-steps: the mechanism clips each update itself, and a mixing step "
+            "(nnm) changes the sensitivity; pass pre=()"
+        )
+    if params:
+        raise DPUnsupported(f"dp= with extra rule parameters {sorted(params)}")
+
+
+# ---- the clipped mean -----------------------------------------------------------------------
+
+
+def clipped_mean_reference(x: torch.Tensor, clipping_norm: float, m: int) -> torch.Tensor:
+    """Pure torch: :func:`~bcfl_engine.rules.clip_reference` of the rows, their sum in float64,
+    divided by ``m`` -> float32 ``[d]``."""
+    clipped = rules.clip_reference(x, max_norm=clipping_norm)
+    return (clipped.double().sum(dim=0) / m).float()
+
+
+def _coefficients(norms: torch.Tensor, clipping_norm: float, m: int) -> torch.Tensor:
+    """float64 ``min(1, C / ||x_i||) / m`` per row; ``1 / m`` for a non-finite norm (the row's
+    NaN or inf then reaches the result, for the caller to report)."""
+    over = (norms > clipping_norm) & torch.isfinite(norms)
+    scale = torch.where(over, clipping_norm / norms, torch.ones_like(norms))
+    return scale / m
+
+
+def _cm_torch(x: torch.Tensor, clipping_norm: float, m: int) -> torch.Tensor:
+    # The clip as the coefficients of one matrix-vector product: float64 norms over column
+    # blocks (no [n, d] float64 copy), then coef @ x; no clipped copy of x is written.
+    xf = x.float()
+    coef = _coefficients(row_sq_norms64(xf).sqrt(), clipping_norm, m)
+    return _combine(xf, coef)
+
+
+def _combine(x: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+    """``sum_i coef_i x_i`` in float32, rows whose coefficient is below float32's normal range
+    (a subnormal float32 coefficient keeps few bits) in float64, each product rounded once."""
+    tiny = coef < FLT_MIN
+    out = torch.where(tiny, 0.0, coef).float().to(x.device) @ x
+    for i in tiny.nonzero().reshape(-1).tolist():
+        out += (x[i].double() * float(coef[i])).float()
+    return out
+
+
+def _cm_native(x: torch.Tensor, clipping_norm: float, m: int) -> torch.Tensor:
+    x = contiguous(x)
+    n, d = x.shape
+    w = torch.full((n,), 1.0 / m, dtype=torch.float64)
+    out = torch.empty(d, dtype=torch.float32)
+    norms = torch.empty(n, dtype=torch.float64)
+    native().clipped_mean(x, w, float(clipping_norm), norms, out)
+    return out
+
+
+def _cm_triton(x: torch.Tensor, clipping_norm: float, m: int) -> torch.Tensor:
+    # Two kernels, two reads of x: the clip rule's norms, then the mean with the clip folded
+    # into the weights. One kernel would need every row's norm before the first column's sum,
+    # a grid-wide synchronization Triton does not offer.
+    from .kernels.clip import row_sq_norms
+    from .kernels.mean import weighted_mean
+
+    x = contiguous(x)
+    coef = _coefficients(exact_sq_norms(x, row_sq_norms(x)).sqrt().cpu(), clipping_norm, m)
+    tiny = coef < FLT_MIN  # as _combine: such rows in float64
+    out = weighted_mean(x, torch.where(tiny, 0.0, coef).float().to(x.device))
+    for i in tiny.nonzero().reshape(-1).tolist():
+        out += (x[i].double() * float(coef[i])).float()
+    return out
+
+
+KERNELS = (
+    Kernel("torch", _cm_torch),
+    Kernel("native", _cm_native, needs="cpp"),
+    Kernel("triton", _cm_triton),
+)
+
+
+def clipped_mean(
+    x: torch.Tensor,
+    clipping_norm: float,
+    num_sampled_clients: int,
+    *,
+    backend: str | None = None,
+    check: bool = True,
+) -> torch.Tensor:
+    """``(1/m) sum_i x_i min(1, C / ||x_i||)`` of ``x`` ``[n, d]`` -> float32 ``[d]``, without
+    noise (the deterministic part of :func:`private_mean`, which an audit recomputes).
+
+    Norms accumulate in float64 in every backend (as :func:`~bcfl_engine.rules.clip`). A clipped
+    row's norm is ``C`` up to float32 rounding of the scaled values (relative 1e-7).
+    ``check``: reject non-finite updates (no pass of its own: they make the result non-finite).
+    """
+    x = check_updates(x, "dp mean")
+    dp = GaussianDP(clipping_norm, 0.0, num_sampled_clients)  # validates both
+    out = dispatch(
+        "clipped_mean", KERNELS, x, backend, float(dp.clipping_norm), dp.num_sampled_clients
+    )
+    if check and not all_finite(out):
+        raise_nonfinite(x, "dp mean")
+    return out
+
+
+def private_mean(
+    x: torch.Tensor,
+    dp: GaussianDP,
+    *,
+    backend: str | None = None,
+    generator: NoiseGenerator | None = None,
+    check: bool = True,
+) -> torch.Tensor:
+    """:func:`clipped_mean` plus ``N(0, dp.noise_std^2)`` per coordinate -> float32 ``[d]``.
+
+    ``generator``: a :class:`NoiseGenerator` for tests; None draws a fresh key from the
+    operating system (never reuse noise).
+    """
+    if not isinstance(dp, GaussianDP):
+        raise InvalidArgument(f"dp must be a GaussianDP; got {type(dp).__name__}")
+    out = clipped_mean(x, dp.clipping_norm, dp.num_sampled_clients, backend=backend, check=check)
+    return add_noise_(out, dp.noise_std, generator)
+
+
+# ---- accounting -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Accounting:
+    """Epsilon spent at ``delta``: ``epsilon = min(rdp, pld)``, ``method`` the one that gave it."""
+
+    epsilon: float
+    method: str
+    rdp: float
+    pld: float
+    delta: float
+
+
+def _dp_accounting() -> Any:
+    try:
+        import dp_accounting
+        from dp_accounting import pld as _pld  # noqa: F401
+        from dp_accounting import rdp as _rdp  # noqa: F401
+    except ImportError as exc:
+        raise MissingDependency(
+            f"privacy accounting needs dp-accounting ({exc}); pip install 'bcfl_engine[dp]'"
+        ) from None
+    return dp_accounting
+
+
+def _event(dpa: Any, runs: tuple[tuple[float, float, int], ...]) -> Any:
+    parts = []
+    for z, q, count in runs:
+        gauss = dpa.GaussianDpEvent(z)
+        one = gauss if q == 1.0 else dpa.PoissonSampledDpEvent(q, gauss)
+        parts.append(dpa.SelfComposedDpEvent(one, count))
+    return parts[0] if len(parts) == 1 else dpa.ComposedDpEvent(parts)
+
+
+@functools.lru_cache(maxsize=256)
+def _account(runs: tuple[tuple[float, float, int], ...], delta: float) -> Accounting:
+    if any(z == 0.0 for z, _, _ in runs):
+        return Accounting(math.inf, "none (noise multiplier 0)", math.inf, math.inf, delta)
+    dpa = _dp_accounting()
+    event = _event(dpa, runs)
+    rdp = dpa.rdp.RdpAccountant()
+    rdp.compose(event)
+    eps_rdp = float(rdp.get_epsilon(delta))
+    pld = dpa.pld.PLDAccountant()
+    pld.compose(event)
+    eps_pld = float(pld.get_epsilon(delta))
+    if eps_pld < eps_rdp:
+        return Accounting(eps_pld, "pld", eps_rdp, eps_pld, delta)
+    return Accounting(eps_rdp, "rdp", eps_rdp, eps_pld, delta)
+
+
+def account(rounds: Sequence[tuple[float, float]], delta: float) -> Accounting:
+    """Epsilon at ``delta`` of the rounds ``[(noise_multiplier, sample_rate), ...]`` composed
+    (each a Poisson-sampled Gaussian mechanism; ``sample_rate`` 1 is every client every round).
+    Runs of equal rounds are composed as one self-composed event (same epsilon, less work)."""
+    if not 0 < delta < 1:
+        raise InvalidArgument(f"delta must be in (0, 1); got {delta!r}")
+    runs: list[tuple[float, float, int]] = []
+    for z, q in rounds:
+        z, q = float(z), float(q)
+        if not (math.isfinite(z) and z >= 0 and 0 < q <= 1):
+            raise InvalidArgument(
+                f"a round needs noise_multiplier >= 0 and sample_rate in (0, 1]; got {(z, q)}"
+            )
+        if runs and runs[-1][:2] == (z, q):
+            runs[-1] = (z, q, runs[-1][2] + 1)
+        else:
+            runs.append((z, q, 1))
+    if not runs:
+        return Accounting(0.0, "none (no round)", 0.0, 0.0, delta)
+    return _account(tuple(runs), float(delta))
+
+
+def epsilon(noise_multiplier: float, sample_rate: float, rounds: int, delta: float) -> float:
+    """Epsilon at ``delta`` after ``rounds`` rounds of the Gaussian mechanism with
+    ``noise_multiplier``, each client sampled with probability ``sample_rate`` per round: the
+    smaller of dp-accounting's RDP and PLD bounds (:func:`account` says which)."""
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
+        raise InvalidArgument(f"rounds must be an int >= 0; got {rounds!r}")
+    return account([(noise_multiplier, sample_rate)] * rounds, delta).epsilon
