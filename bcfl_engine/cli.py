@@ -227,13 +227,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="RULE",
         help="rule(s) to compare, repeatable or comma-separated "
-        f"(default: {','.join(DEFAULT_RULES)}; mean alone with --secure ckks)",
+        f"(default: {','.join(DEFAULT_RULES)}; mean alone with --secure ckks, where a robust "
+        "rule runs on the decrypted means of buckets of hospitals)",
     )
     demo.add_argument(
         "--secure",
         choices=["ckks"],
-        help="encrypt updates with CKKS under a multiparty key the hospitals hold: the "
-        "aggregator holds none (rule mean only)",
+        help="also run each rule on CKKS-encrypted updates under a multiparty key the hospitals "
+        "hold (the aggregator holds none): FedAvg decrypts the sum, a robust rule the sums of "
+        "buckets drawn from the chain",
     )
     demo.add_argument(
         "--threshold",

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import PreconditionError
 from ..he import multiparty as mp
 from ..he.mpepoch import KeyEpoch, active_default, check_context, open_epoch, parties_of
 
@@ -37,8 +38,8 @@ class DemoKeys:
         check_context(ledger, task, self.public, keys.epoch)
         return keys
 
-    def decrypt(self, rnd: Any, ledger: Any, participants: list[str]) -> tuple[int, ...]:
-        """Have the active hospitals answer ``rnd``'s decryption request; returns who did."""
+    def decrypt(self, rnd: Any, ledger: Any, participants: list[str]) -> Any:
+        """Have the active hospitals answer ``rnd``'s decryption request; returns it."""
         from ..decryption import party_share
 
         request = rnd.decryption_request()
@@ -49,7 +50,7 @@ class DemoKeys:
                     ledger=ledger, participants=participants, min_clients=2,
                 )
             )  # fmt: skip
-        return request.active
+        return request
 
     def who_decrypts(self) -> str:
         """One line for the report: who holds what and who can decrypt what."""
@@ -78,3 +79,50 @@ def setup(account_keys: list[bytes], threshold: int | None = None) -> DemoKeys:
     )
     keys = KeyEpoch(public, described, threshold or len(parties))
     return DemoKeys({p.party: p for p in parties}, accounts, keys)
+
+
+def check_buckets(rule: str, n: int, f: int) -> None:
+    """PreconditionError, before any work, if a robust rule cannot run on buckets of at least
+    2 of the ``n`` hospitals with ``f`` Byzantine ones."""
+    from .. import buckets
+
+    if rule != "mean":
+        try:
+            buckets.bucket_size(rule, n, f)
+        except PreconditionError as exc:
+            raise PreconditionError(f"--secure ckks --rule {rule}: {exc}") from None
+
+
+def summary(hospitals: DemoKeys, runs: list[Any], rounds: int, echo: Any) -> dict[str, Any]:
+    """The ``ckks`` part of the demo's summary: the key, who decrypts what, the bucket sizes
+    and what each decrypted value hides; each encrypted line against its plaintext line."""
+    n_parties = len(hospitals.parties)
+    out: dict[str, Any] = {
+        "preset": hospitals.parties[1].preset,
+        "keys": "multiparty",
+        "parties": n_parties,
+        "threshold": hospitals.keys.threshold,
+        "who_decrypts": hospitals.who_decrypts(),
+        "precision": mp.precision(n_parties),
+        "lines": {},
+    }
+    for run in (r for r in runs if r.secure):
+        plain = next(
+            r for r in runs if r.rule == run.rule and not r.secure and r.attacked == run.attacked
+        )
+        bucket = run.history[-1].get("bucket")
+        hides = (
+            f"each decrypted value is a sum of at least {bucket} hospitals' updates (a bucket)"
+            if bucket
+            else "the one decrypted value is the sum of every hospital's update"
+        )
+        diff = float((run.params - plain.params).abs().max())
+        out["lines"][run.label] = {
+            "bucket_size": bucket,
+            "hides": hides,
+            "max_abs_param_diff_vs_plaintext": diff,
+        }
+        if run.rule == "mean":
+            out["max_abs_param_diff_vs_plaintext"] = diff
+        echo(f"{run.label}: {hides}; max |param diff| vs {plain.label} {diff:.3g}")
+    return out

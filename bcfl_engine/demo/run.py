@@ -114,6 +114,8 @@ def check_preconditions(config: DemoConfig) -> None:
                 f"{exc} (--clients {n} --byzantine {config.byzantine} gives f={f} Byzantine "
                 f"hospitals){hint}"
             ) from None
+        if config.secure == "ckks":
+            mpkeys.check_buckets(name, n, f)
 
 
 def audit_command(chain: str, task: int, round: int, store: Path) -> str:
@@ -141,13 +143,10 @@ def _ledger(config: DemoConfig, out: Path) -> Any:
 
 
 def plan_runs(config: DemoConfig, n_byzantine: int, initial: torch.Tensor) -> list[Run]:
-    """The lines compared: each rule under attack, FedAvg without attack, FedAvg under CKKS."""
+    """The lines compared: each rule under attack, FedAvg without attack, and under CKKS each
+    rule again on encrypted updates (FedAvg a decrypted sum, a robust rule bucketed)."""
     if config.secure not in (None, "ckks"):
         raise InvalidArgument(f"secure must be None or 'ckks'; got {config.secure!r}")
-    if config.secure == "ckks" and any(r != "mean" for r in config.rules):
-        raise InvalidArgument(
-            f"--secure ckks aggregates ciphertexts by a weighted sum: rule must be mean; got {config.rules}"
-        )
     attacked = n_byzantine > 0
     runs = []
     if attacked:
@@ -155,7 +154,9 @@ def plan_runs(config: DemoConfig, n_byzantine: int, initial: torch.Tensor) -> li
     for rule in config.rules:
         runs.append(Run(rule, rule, attacked, None, rule_f(rule, n_byzantine), initial.clone()))
     if config.secure == "ckks":
-        runs.append(Run("mean, ckks", "mean", attacked, "ckks", 0, initial.clone()))
+        for rule in config.rules:
+            f = rule_f(rule, n_byzantine)
+            runs.append(Run(f"{rule}, ckks", rule, attacked, "ckks", f, initial.clone()))
     dp = private.mechanism(config.dp_noise, config.dp_clip, config.dp_budget, config.clients)
     if dp is not None:
         runs.append(Run(private.LABEL, "mean", False, None, 0, initial.clone(), dp=dp))
@@ -178,12 +179,13 @@ def mp_precision(parties: int) -> float:
 def _table(round_no: int, rounds: int, runs: list[Run], metric: str) -> str:
     lines = [
         f"round {round_no}/{rounds}",
-        f"  {'rule':<18} {metric:>9} {'epsilon':>8} {'agg ms':>9} {'gas':>7}  root",
+        f"  {'rule':<22} {metric:>9} {'epsilon':>8} {'bucket':>6} {'agg ms':>9} {'gas':>7}  root",
     ]
     for run in runs:
         h = run.history[-1]
         lines.append(
-            f"  {run.label:<18} {h[metric]:>9.4f} {private.show(h['epsilon']):>8} "
+            f"  {run.label:<22} {h[metric]:>9.4f} {private.show(h['epsilon']):>8} "
+            f"{h.get('bucket') or '-':>6} "
             f"{1e3 * h['aggregation_seconds']:>9.3f} "
             f"{h['gas']:>7}  {h['root'][:18]}..."
         )
@@ -262,9 +264,10 @@ def run_demo(config: DemoConfig, echo: Echo = print) -> dict[str, Any]:
                     sign_payload(keys[i], run.task, r, payload_bytes, ledger.domain, weight=len(y))
                 )
                 bar.update(1)
+            bucket = None
             if run.secure == "ckks":
                 assert hospitals is not None
-                hospitals.decrypt(rnd, ledger, addresses)
+                bucket = hospitals.decrypt(rnd, ledger, addresses).bucket_size
             try:
                 res = rnd.finalize()
             except BudgetExceeded as exc:
@@ -276,16 +279,18 @@ def run_demo(config: DemoConfig, echo: Echo = print) -> dict[str, Any]:
                      "epsilon": prior["epsilon"] if prior else 0.0, "aggregation_seconds": 0.0, "gas": 0, "root": "-"}
                 )  # fmt: skip
                 continue
-            if run.secure == "ckks":
+            if run.secure == "ckks" and bucket is None:  # the decrypted weighted sum
                 summed = torch.as_tensor(res.update[: trainer.dim], dtype=torch.float64)
                 total = sum(len(y) for _, y in fed.clients)
                 agg = (summed / total).to(torch.float32)
+            elif run.secure == "ckks":  # the rule over the decrypted bucket means
+                agg = torch.as_tensor(res.update, dtype=torch.float32)[: trainer.dim]
             else:
                 agg = torch.as_tensor(res.update, dtype=torch.float32)
             run.params = run.params + agg
             score = trainer.score(run.params, *fed.test) * scale
             run.history.append(
-                {"round": r, fed.metric: score, "epsilon": private.spent(run.dp, r), "aggregation_seconds": res.seconds, "gas": res.gas_used, "root": "0x" + res.root.hex()}
+                {"round": r, fed.metric: score, "epsilon": private.spent(run.dp, r), "bucket": bucket, "aggregation_seconds": res.seconds, "gas": res.gas_used, "root": "0x" + res.root.hex()}
             )  # fmt: skip
         (bar.write if config.progress else echo)(_table(r, config.rounds, runs, fed.metric))
     bar.close()
@@ -317,33 +322,16 @@ def run_demo(config: DemoConfig, echo: Echo = print) -> dict[str, Any]:
         "epsilon": {run.label: run.history[-1]["epsilon"] for run in runs},
     }
     if hospitals is not None:
-        plain = next(
-            run
-            for run in runs
-            if run.rule == "mean" and run.secure is None and run.attacked == runs[-1].attacked
-        )
-        diff = float((runs[-1].params - plain.params).abs().max())
-        n_parties = len(hospitals.parties)
-        summary["ckks"] = {
-            "preset": hospitals.parties[1].preset,
-            "keys": "multiparty",
-            "parties": n_parties,
-            "threshold": hospitals.keys.threshold,
-            "who_decrypts": hospitals.who_decrypts(),
-            "precision": mp_precision(n_parties),
-            "max_abs_param_diff_vs_plaintext": diff,
-        }
-        echo(
-            f"CKKS FedAvg vs plaintext FedAvg after {config.rounds} rounds: max |param diff| {diff:.3g} "
-            f"(preset {summary['ckks']['preset']!r}, {hospitals.keys.threshold}-of-{n_parties} "
-            f"multiparty key, precision {summary['ckks']['precision']:.3g} per round)"
-        )
+        summary["ckks"] = mpkeys.summary(hospitals, runs, config.rounds, echo)
     shown = _audited_run(runs)
     command = audit_command(
         config.chain or str(out / CHAIN_DIR), shown.task, config.rounds, out / "store"
     )
     summary["chain"]["audit_command"] = command
-    secure = next((run for run in runs if run.secure), None)
+    encrypted = [run for run in runs if run.secure]  # a bucketed robust one first
+    secure = next(
+        (run for run in encrypted if run.rule != "mean"), encrypted[0] if encrypted else None
+    )
     if secure is not None:  # its audit recombines the hospitals' stored decryption shares
         summary["chain"]["audit_command_secure"] = audit_command(
             config.chain or str(out / CHAIN_DIR), secure.task, config.rounds, out / "store"
