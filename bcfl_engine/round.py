@@ -102,10 +102,12 @@ class AggregationRound(Decryption, PrivateRound, Intake):
         if secure == "ckks":
             if he_context is None and keys is None:
                 raise InvalidArgument("a CKKS round needs he_context (the public context bytes)")
-            if (rule != "mean" and keys is None) or pre:
+            bucketed = keys is not None and rule != "mean"
+            if (rule != "mean" and keys is None) or (pre and not bucketed):
                 raise InvalidArgument(
-                    f"a CKKS round sums ciphertexts: rule must be 'mean' (a robust rule needs a "
-                    f"multiparty key, keys=, and runs on bucket means), no pre-steps; got {rule!r}"
+                    f"a CKKS round sums ciphertexts: rule must be 'mean' with no pre-steps (a "
+                    f"robust rule, with pre-steps on the bucket means, needs a multiparty key, "
+                    f"keys=); got {rule!r}, pre={list(pre)}"
                 )
             if keys is not None:
                 if he_context is not None and bytes(he_context) != keys.public:

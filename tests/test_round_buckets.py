@@ -150,3 +150,20 @@ def test_audit_names_an_altered_bucket_share(key, tmp_path) -> None:
     path.write_bytes(bytes(data))
     report = audit(ledger, rnd.task, 1, tmp_path)
     assert not report.ok and any(f"party {party}" in p for p in report.problems), report.summary()
+
+
+def test_clipping_bucket_means_before_the_rule(key, tmp_path) -> None:
+    """pre=[("clip", ...)] runs on the decrypted bucket means, as the audit reruns it."""
+    rnd, ledger = _round(key, tmp_path, seed=2, pre=[("clip", {"max_norm": 0.5})])
+    req = _answer_all(rnd, key, ledger)
+    res = rnd.finalize()
+    x, w = (
+        torch.as_tensor(_xs(2)),
+        torch.tensor([1.0 + i % 3 for i in range(N)], dtype=torch.float64),
+    )
+    means = torch.stack([(w[list(b)] @ x[list(b)]) / w[list(b)].sum() for b in req.buckets]).float()
+    norms = means.norm(dim=1, keepdim=True)
+    clipped = means * torch.clamp(0.5 / norms, max=1.0)
+    want = rules.get("median").reference(clipped)
+    assert float((torch.as_tensor(res.update)[:D] - want[:D]).abs().max()) < 1e-4
+    assert audit(ledger, rnd.task, 1, tmp_path).ok
