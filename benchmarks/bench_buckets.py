@@ -8,7 +8,9 @@ One run, the same ``n`` client updates of ``d`` reals (stock TenSEAL vectors und
   decryption shares of every bucket sum (``party_share``: its checks of the request included;
   the parties work in parallel, so one party's time is the phase's), the combination of the
   shares, the rule on the bucket means, and ``finalize`` (combination, rule, commit);
-- ``secure FedAvg``: the same phases with one aggregate of every payload;
+- ``secure FedAvg``: the same phases with one aggregate of every payload (its running sum is
+  built as the payloads are accepted, at intake, which is not timed: its ``sums`` is reading the
+  payloads back and writing the aggregate);
 - ``plaintext median``: ``finalize`` (the rule on the updates, commit).
 
 Ratios are against secure FedAvg's total and plaintext median's.
@@ -20,11 +22,32 @@ Ratios are against secure FedAvg's total and plaintext median's.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """File descriptors 1 and 2 to /dev/null (C++ writes there directly)."""
+    sys.stdout.flush()
+    saved = [os.dup(1), os.dup(2)]
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, null):
+            os.close(fd)
 
 
 def _round(ledger: Any, task: int, store: str, clients: list[str], blobs: list[bytes],
@@ -112,7 +135,8 @@ def main() -> None:
     x = rng.normal(0, 0.1, (args.n, args.d))
     t0 = time.perf_counter()
     tctx = ts.context_from(public)
-    blobs = [ts.ckks_vector(tctx, row.tolist()).serialize() for row in x]
+    with quiet():  # TenSEAL warns on stdout for every vector over one ciphertext
+        blobs = [ts.ckks_vector(tctx, row.tolist()).serialize() for row in x]
     print(f"n={args.n} d={args.d} f={args.f}: {args.n} clients encrypted in "
           f"{time.perf_counter() - t0:.1f} s ({sum(map(len, blobs)) / 2**20:.0f} MiB)")  # fmt: skip
     ctx = {"clients": clients, "client_keys": client_keys, "keys": keys,
