@@ -1,0 +1,229 @@
+"""Distributed DP noise under multiparty CKKS keys (bcfl_engine.he.mpnoise, bcfl_engine.dp_shares).
+
+The derivation (coefficient noise of variance ``2 sigma^2 Delta^2 / N`` decodes to
+``N(0, sigma^2)`` per real value) checked on the decoder alone; the decrypted aggregate minus
+the plaintext sum carries the declared standard deviation (within 2%) for N-of-N and 3-of-5,
+each party ``sigma^2 / t`` of it; shares stay deterministic per (c1, active set, sigma) and
+fresh per c1; the client's clip; and a private round under a multiparty key, its refusals and
+its audit recomputing epsilon from the chain.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+
+from bcfl_engine import dp as bdp
+from bcfl_engine import he
+from bcfl_engine.errors import DecryptionRefused, InvalidArgument
+from bcfl_engine.he import mpnoise
+from bcfl_engine.he import multiparty as mp
+from bcfl_engine.he.decode import decode
+
+ts = pytest.importorskip("tenseal")
+
+PARTIES = [1, 2, 3, 4, 5]
+SLOTS = 4096  # the "threshold" preset: N = 8192
+D = 8 * SLOTS  # eight ciphertexts a vector: 32768 noisy values an aggregate
+SIGMA = 0.25
+SCALE = 2.0**80
+
+
+def check_noise(noise: np.ndarray, sigma: float, tol: float = 0.02) -> None:
+    """The sample std within ``tol`` of ``sigma`` and the mean within 4 standard errors of 0.
+    2% is 5.1 standard errors of the sample std at 32768 values (sigma / sqrt(2 (d - 1)))."""
+    d = noise.size
+    std, mean = float(noise.std()), float(noise.mean())
+    assert abs(std / sigma - 1) <= tol, (std, sigma, d)
+    assert abs(mean) <= 4 * sigma / math.sqrt(d), (mean, sigma, d)
+
+
+# ---- the derivation, on the decoder alone ------------------------------------------------------
+
+
+@pytest.mark.parametrize("pair", [False, True], ids=["real", "paired"])
+@pytest.mark.parametrize("active", [1, 3], ids=["t1", "t3"])
+def test_coefficient_noise_decodes_to_the_declared_std(pair: bool, active: int) -> None:
+    prm = mp.params("threshold")
+    primes = prm.key_primes[:2]  # a payload's primes (q_0 q_1)
+    n, c = prm.preset.poly_degree, 8
+    ids = tuple(range(1, active + 1))
+    total = np.zeros((c, len(primes), n), dtype=np.uint64)
+    for i in ids:
+        part, _ = mpnoise.noise(bytes([i]) * 32, b"c1" * 16, ids, SIGMA, SCALE, (c, n), primes)
+        one = decode(part, primes, SCALE, (n // 2,) * c, c * n, pair)
+        check_noise(one, SIGMA / math.sqrt(active))  # one party's part: sigma^2 / t
+        for k, q in enumerate(primes):
+            total[:, k] = (total[:, k] + part[:, k]) % np.uint64(q)
+    values = decode(total, primes, SCALE, (n // 2,) * c, c * n, pair)
+    assert values.size == c * n // (1 if pair else 2)
+    check_noise(values, SIGMA)
+    # neighbouring slots and the real and imaginary parts are uncorrelated (iid, as derived)
+    assert abs(np.corrcoef(values[:-1], values[1:])[0, 1]) < 4 / math.sqrt(values.size)
+
+
+def test_coefficient_std_formula() -> None:
+    assert mpnoise.coefficient_std(1.0, 2.0**80, 8192, 1) == 2.0**80 * math.sqrt(2 / 8192)
+    assert mpnoise.coefficient_std(2.0, 1.0, 8, 4) == pytest.approx(2 * math.sqrt(2 / 32))
+    assert mpnoise.colluding_noise_multiplier(1.0, 4, 3) == 0.5
+    assert mpnoise.colluding_noise_multiplier(2.0, 5, 0) == 2.0
+    with pytest.raises(InvalidArgument, match="colluding"):
+        mpnoise.colluding_noise_multiplier(1.0, 3, 3)
+
+
+# ---- collective decryption with noise ----------------------------------------------------------
+
+
+def _fresh(parties: list[mp.KeyShare]) -> list[mp.KeyShare]:
+    """The same parties (same seeds, same dealt shares), with empty decryption logs."""
+    return [mp.KeyShare(p.party, p.preset, p._seed, shamir=p._shamir) for p in parties]
+
+
+@pytest.fixture(scope="module", params=[None, 3], ids=["5-of-5", "3-of-5"])
+def setup(request: Any) -> dict[str, Any]:
+    parties = [mp.KeyShare.generate(party=i) for i in PARTIES]
+    public, _ = mp.local_setup(parties, threshold=request.param)
+    ctx = ts.context_from(public)
+    rng = np.random.default_rng(11)
+    xs = [rng.uniform(-1, 1, D) for _ in range(3)]
+    payloads = [ts.ckks_vector(ctx, x.tolist()).serialize() for x in xs]
+    agg = he.aggregate(payloads, context=public)
+    active = PARTIES if request.param is None else [2, 4, 5]
+    return dict(parties=parties, public=public, ctx=ctx, xs=xs, payloads=payloads, agg=agg,
+                active=active)  # fmt: skip
+
+
+def _decrypt(s: dict[str, Any], parties: list[mp.KeyShare], sigma: float | None) -> np.ndarray:
+    chosen = [p for p in parties if p.party in s["active"]]
+    shares = [
+        p.decryption_share(
+            s["agg"], contributions=s["payloads"], active=s["active"], min_clients=3, dp_sigma=sigma
+        )
+        for p in chosen
+    ]
+    return mp.combine_decryption(s["agg"], shares)
+
+
+def test_decrypted_sum_carries_the_declared_noise(setup: dict[str, Any]) -> None:
+    s = setup
+    plain = np.sum(s["xs"], axis=0)
+    out = _decrypt(s, _fresh(s["parties"]), SIGMA)
+    check_noise(out - plain, SIGMA)
+    # without DP the same key decrypts within its precision: the noise is the parties'
+    clean = _decrypt(s, _fresh(s["parties"]), None)
+    assert np.abs(clean - plain).max() <= 3 * mp.precision(len(s["active"]))
+
+
+def test_each_party_adds_its_share_of_the_variance(setup: dict[str, Any]) -> None:
+    """Party 5 with and without its DP part, the others unchanged: the difference of the two
+    decryptions is party 5's noise alone, of variance sigma^2 / t (t - 1 colluders face it)."""
+    s = setup
+    t = len(s["active"])
+    with_noise = _decrypt(s, _fresh(s["parties"]), SIGMA)
+    chosen = [p for p in _fresh(s["parties"]) if p.party in s["active"]]
+    shares = [
+        p.decryption_share(
+            s["agg"], contributions=s["payloads"], active=s["active"], min_clients=3,
+            dp_sigma=SIGMA if p.party != 5 else None,
+        )
+        for p in chosen
+    ]  # fmt: skip
+    without_5 = mp.combine_decryption(s["agg"], shares)
+    check_noise(with_noise - without_5, SIGMA / math.sqrt(t))
+    assert mpnoise.colluding_noise_multiplier(1.0, t, t - 1) == pytest.approx(1 / math.sqrt(t))
+
+
+def test_shares_are_deterministic_per_c1_and_fresh_across_c1(setup: dict[str, Any]) -> None:
+    s = setup
+    party = next(p for p in _fresh(s["parties"]) if p.party == s["active"][0])
+    kw = dict(contributions=s["payloads"], active=s["active"], min_clients=3)
+    first = party.decryption_share(s["agg"], dp_sigma=SIGMA, **kw)
+    assert party.decryption_share(s["agg"], dp_sigma=SIGMA, **kw) == first  # a retry
+    assert _fresh([party])[0].decryption_share(s["agg"], dp_sigma=SIGMA, **kw) == first
+    with pytest.raises(DecryptionRefused, match=r"sigma 0\.25; refusing sigma 0\.5"):
+        party.decryption_share(s["agg"], dp_sigma=0.5, **kw)
+    with pytest.raises(DecryptionRefused, match="refusing sigma None"):
+        party.decryption_share(s["agg"], **kw)
+    plain = _fresh([party])[0]
+    plain.decryption_share(s["agg"], **kw)
+    with pytest.raises(DecryptionRefused, match=r"sigma None; refusing sigma 0\.25"):
+        plain.decryption_share(s["agg"], dp_sigma=SIGMA, **kw)
+    # 0 is no noise: the same share as without dp_sigma
+    assert _fresh([party])[0].decryption_share(s["agg"], dp_sigma=0.0, **kw) == (
+        _fresh([party])[0].decryption_share(s["agg"], **kw)
+    )
+    # another aggregate (another c1): independent noise
+    payloads = [ts.ckks_vector(s["ctx"], x.tolist()).serialize() for x in s["xs"]]
+    agg2 = he.aggregate(payloads, context=s["public"])
+    plain_sum = np.sum(s["xs"], axis=0)
+    n1 = _decrypt(s, _fresh(s["parties"]), SIGMA) - plain_sum
+    n2 = _decrypt({**s, "agg": agg2, "payloads": payloads}, _fresh(s["parties"]), SIGMA) - plain_sum
+    check_noise(n2, SIGMA)
+    assert abs(np.corrcoef(n1, n2)[0, 1]) < 4 / math.sqrt(D)
+
+
+def test_the_log_keeps_sigma_and_the_noise_digest(tmp_path: Any) -> None:
+    parties = [mp.KeyShare.generate(party=i) for i in (1, 2)]
+    public, _ = mp.local_setup(parties)
+    ctx = ts.context_from(public)
+    payloads = [ts.ckks_vector(ctx, [float(i)] * 10).serialize() for i in range(3)]
+    agg = he.aggregate(payloads, context=public)
+    kw = dict(contributions=payloads, active=[1, 2], min_clients=3)
+    path = tmp_path / "p1.key"
+    parties[0].save(path)
+    first = parties[0].decryption_share(agg, dp_sigma=SIGMA, **kw)
+    entry = json.loads(path.with_name("p1.key.log").read_text().splitlines()[-1])
+    assert float(entry["dp"]["sigma"]) == SIGMA and len(entry["dp"]["noise"]) == 64
+    loaded = mp.KeyShare.load(path)
+    assert loaded.decryption_share(agg, dp_sigma=SIGMA, **kw) == first
+    with pytest.raises(DecryptionRefused, match=r"refusing sigma 0\.5"):
+        loaded.decryption_share(agg, dp_sigma=0.5, **kw)
+    # a recomputation whose noise differs from the logged one (another machine's floating
+    # point, simulated by an altered digest) is refused, not published
+    entry["dp"]["noise"] = "00" * 32
+    path.with_name("p1.key.log").write_text(json.dumps(entry) + "\n")
+    with pytest.raises(DecryptionRefused, match="recomputed here differs"):
+        mp.KeyShare.load(path).decryption_share(agg, dp_sigma=SIGMA, **kw)
+
+
+@pytest.mark.parametrize("bad", [-1.0, math.nan, math.inf, True, "1", 1e12])
+def test_bad_sigma_is_refused_before_anything_is_logged(bad: Any) -> None:
+    parties = [mp.KeyShare.generate(party=i) for i in (1, 2)]
+    public, _ = mp.local_setup(parties)
+    ctx = ts.context_from(public)
+    payloads = [ts.ckks_vector(ctx, [1.0]).serialize() for _ in range(2)]
+    agg = he.aggregate(payloads, context=public)
+    before = dict(parties[0]._log)  # the setup's known-answer decryption
+    with pytest.raises(InvalidArgument, match="dp_sigma"):
+        parties[0].decryption_share(agg, contributions=payloads, active=[1, 2], dp_sigma=bad)
+    assert parties[0]._log == before
+
+
+# ---- the client's clip -------------------------------------------------------------------------
+
+
+def test_clip_update_bounds_the_norm_and_says_so() -> None:
+    rng = np.random.default_rng(3)
+    for scale in (1e-3, 0.7, 1.0, 3.0, 1e6):
+        x = rng.standard_normal(1001) * scale / math.sqrt(1001)
+        out, norm = bdp.clip_update(x, 1.0)
+        assert norm == pytest.approx(float(np.linalg.norm(x)), rel=1e-12)
+        got = float(np.linalg.norm(out.double().numpy()))
+        assert got <= 1.0
+        if norm > 1.0:  # scaled down to the bound, direction kept
+            assert got == pytest.approx(1.0, rel=1e-6)
+            assert np.allclose(out.numpy(), x / norm, atol=1e-6)
+        else:
+            assert np.array_equal(out.numpy(), x.astype(np.float32))
+    # float32 rounding can push a clipped norm past C: it never does here
+    for seed in range(200):
+        x = np.random.default_rng(seed).standard_normal(257) * 10
+        assert float(np.linalg.norm(bdp.clip_update(x, 0.3)[0].double().numpy())) <= 0.3
+    with pytest.raises(InvalidArgument, match="non-finite"):
+        bdp.clip_update([1.0, math.nan], 1.0)
+    with pytest.raises(InvalidArgument, match="clipping_norm"):
+        bdp.clip_update([1.0], 0.0)
