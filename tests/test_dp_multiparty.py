@@ -227,3 +227,150 @@ def test_clip_update_bounds_the_norm_and_says_so() -> None:
         bdp.clip_update([1.0, math.nan], 1.0)
     with pytest.raises(InvalidArgument, match="clipping_norm"):
         bdp.clip_update([1.0], 0.0)
+
+
+# ---- a private round under a multiparty key ----------------------------------------------------
+
+CLIENTS_N, ROUND_D = 5, 2 * SLOTS
+Z, C = 0.5, 1.0
+
+
+@pytest.fixture(scope="module")
+def chain() -> dict[str, Any]:
+    pytest.importorskip("web3")
+    pytest.importorskip("dp_accounting")
+    from eth_account import Account
+
+    from bcfl_engine.chain import Ledger
+    from bcfl_engine.he.mpepoch import KeyEpoch, parties_of
+    from bcfl_engine.updates import keccak256
+
+    client_keys = [keccak256(f"dp mp client {i}".encode()) for i in range(CLIENTS_N)]
+    party_keys = {i: keccak256(f"dp mp party {i}".encode()) for i in (1, 2, 3)}
+    accounts = {i: Account.from_key(k).address for i, k in party_keys.items()}
+    parties = [mp.KeyShare.generate(party=i) for i in (1, 2, 3)]
+    public, crs = mp.local_setup(parties)
+    commitments = {p.party: p.commitment(crs) for p in parties}
+    return dict(
+        ledger=Ledger.embedded(), client_keys=client_keys, party_keys=party_keys,
+        clients=[Account.from_key(k).address for k in client_keys], parties=parties,
+        keys=KeyEpoch(public, parties_of(commitments, accounts), 3), public=public,
+    )  # fmt: skip
+
+
+def _task(c: dict[str, Any]) -> tuple[int, Any]:
+    from bcfl_engine.he.mpepoch import open_epoch
+
+    ledger = c["ledger"]
+    task = ledger.create_task(aggregator=ledger.sender, participants=c["clients"], model_spec=b"d")
+    return task, open_epoch(ledger, task, c["keys"])
+
+
+def _private_round(
+    c: dict[str, Any], task: int, keys: Any, r: int, store: Any, dp: Any, weight: int = 1
+) -> tuple[Any, np.ndarray]:
+    """Round ``r``: 4 of the 5 clients clip their own update, encrypt and submit it."""
+    from bcfl_engine.round import AggregationRound, sign_payload
+
+    ctx = ts.context_from(c["public"])
+    rnd = AggregationRound(
+        c["ledger"], task, r, store, participants=c["clients"], secure="ckks", keys=keys, dp=dp
+    )
+    rng = np.random.default_rng(r)
+    total = np.zeros(ROUND_D)
+    for i in range(4):
+        clipped, norm = bdp.clip_update(rng.uniform(-1, 1, ROUND_D), C)
+        assert norm > C  # these updates are clipped
+        total += clipped.double().numpy()
+        blob = ts.ckks_vector(ctx, clipped.tolist()).serialize()
+        w = weight if i == 0 else 1
+        rnd.submit(sign_payload(c["client_keys"][i], task, r, blob, c["ledger"].domain, weight=w))
+    return rnd, total
+
+
+def _share(c: dict[str, Any], keys: Any, req: Any, i: int, dp: Any) -> Any:
+    from bcfl_engine.decryption import party_share
+
+    party = next(p for p in c["parties"] if p.party == i)
+    return party_share(
+        party, c["party_keys"][i], req, keys=keys, ledger=c["ledger"],
+        participants=c["clients"], dp=dp,
+    )  # fmt: skip
+
+
+def test_private_round_adds_distributed_noise_and_audit_recomputes_epsilon(chain, tmp_path):
+    from bcfl_engine import protocol
+    from bcfl_engine.round import audit
+    from bcfl_engine.store import PayloadStore
+
+    c = chain
+    task, keys = _task(c)
+    dp = bdp.GaussianDP(clipping_norm=C, noise_multiplier=Z, num_sampled_clients=4)
+    rnd, total = _private_round(c, task, keys, 1, tmp_path, dp)
+    req = rnd.decryption_request()
+    assert req.dp == dp
+    other = bdp.GaussianDP(C, 2 * Z, 4)
+    for wrong in (None, other):  # a party adds only the noise it agreed to, to a request naming it
+        with pytest.raises(DecryptionRefused, match="DP parameters"):
+            _share(c, keys, req, 1, wrong)
+    for i in (1, 2, 3):
+        rnd.add_share(_share(c, keys, req, i, dp))
+    res = rnd.finalize()
+    # The committed result is the noisy sum; over 4 (m) it is the private mean of noise z C / m.
+    # 8192 values: 5% is 6.4 standard errors of the sample std.
+    check_noise(res.update - total, dp.sum_noise_std, tol=0.05)
+    check_noise((res.update - total) / 4, dp.noise_std, tol=0.05)
+    store = PayloadStore(tmp_path)
+    raw = store.get(c["ledger"].record(task, 1).meta_hash, hasher=protocol.meta_hash)
+    meta = json.loads(raw)["dp"]
+    want = bdp.epsilon(Z, 4 / CLIENTS_N, 1, 1e-5)
+    assert meta["sample_rate"] == 4 / CLIENTS_N and meta["epsilon"] == pytest.approx(want)
+    report = audit(c["ledger"], task, 1, tmp_path)
+    assert report.ok, report.summary()
+    line = next(x for x in report.checked if x.startswith("privacy"))
+    assert f"round 1: {want:.4g}" in line, line
+    assert any("decrypted by the parties' stored shares" in x for x in report.checked)
+    assert any("every payload of weight 1" in x for x in report.checked)
+    # the sensitivity premise is checked too: a committed weight other than 1 is a finding
+    from bcfl_engine.dp_shares import audit_distributed
+
+    full = protocol.check_meta(json.loads(raw))
+    problems: list[str] = []
+    audit_distributed(c["ledger"], store, rnd.key, task, 1, full, [1, 2, 1, 1], problems)
+    assert problems == [
+        "1 payload(s) of this private round have weight != 1: the parties' noise covers an "
+        "unweighted sum only"
+    ]
+
+
+def test_private_round_refusals(chain, tmp_path):
+    from bcfl_engine.errors import BudgetExceeded, DPUnsupported
+    from bcfl_engine.round import AggregationRound
+
+    c = chain
+    task, keys = _task(c)
+    # a client weight other than 1: the parties refuse (the noise covers an unweighted sum)
+    dp = bdp.GaussianDP(C, Z, 4)
+    rnd, _ = _private_round(c, task, keys, 1, tmp_path / "a", dp, weight=2)
+    req = rnd.decryption_request()
+    with pytest.raises(DecryptionRefused, match="weight != 1"):
+        _share(c, keys, req, 1, dp)
+    # past the budget: refused before the request goes out, so before any party draws noise
+    task, keys = _task(c)
+    one, two = bdp.epsilon(Z, 0.8, 1, 1e-5), bdp.epsilon(Z, 0.8, 2, 1e-5)
+    tight = bdp.GaussianDP(C, Z, 4, budget=(one + two) / 2)
+    rnd, _ = _private_round(c, task, keys, 1, tmp_path / "b", tight)
+    req = rnd.decryption_request()
+    for i in (1, 2, 3):
+        rnd.add_share(_share(c, keys, req, i, tight))
+    rnd.finalize()
+    rnd, _ = _private_round(c, task, keys, 2, tmp_path / "b", tight)
+    with pytest.raises(BudgetExceeded, match="over the budget"):
+        rnd.decryption_request()
+    assert rnd._request is None and c["ledger"].record(task, 2) is None
+    # a robust (bucketed) rule has no stated sensitivity
+    with pytest.raises(DPUnsupported, match="median"):
+        AggregationRound(
+            c["ledger"], task, 3, tmp_path / "c", participants=c["clients"], secure="ckks",
+            keys=keys, rule="median", f=1, dp=dp,
+        )  # fmt: skip

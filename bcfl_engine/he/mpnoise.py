@@ -23,9 +23,9 @@ twisted DFT, one root of each conjugate pair), so they are iid. Hence::
 
 a real vector's slots and a paired vector's real and imaginary parts alike; a party of ``t``
 draws ``v / t`` (:func:`coefficient_std`). Rounding each coefficient to an integer adds at most
-1/2 (variance ``<= N / (24 Delta^2)`` per value, ``2^-151`` at ``N = 8192``, ``Delta = 2^80``);
-the smudging noise adds ``t N 2^100 / (2 Delta^2)`` (``2^-47`` for 3 parties); both are left out of
-the stated ``sigma``. ``Delta`` is the aggregate's scale: a weighted sum keeps the scale, so
+1/2 (variance ``<= N / (8 Delta^2)`` per value: ``2^-150`` at ``N = 8192``, ``Delta = 2^80``);
+the smudging noise (standard deviation ``2^50`` a coefficient) adds ``t N 2^100 / (2 Delta^2)``
+(about ``2^-46`` for 3 parties); both are left out of the stated ``sigma``. ``Delta`` is the aggregate's scale: a weighted sum keeps the scale, so
 ``sigma`` is in the units of the decrypted sum.
 
 Where the bits come from, and why they are deterministic
@@ -61,6 +61,7 @@ shares bit for bit but cannot see the noise inside them.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -131,6 +132,25 @@ def noise(
     return out, blake3(out.tobytes()).digest()
 
 
+def draw(
+    seed: bytes, digest: bytes, active: tuple[int, ...], sigma: float | None, layout: Any
+) -> tuple[np.ndarray | None, bytes | None]:
+    """:func:`noise` for the ciphertexts of ``layout`` (a :class:`~bcfl_engine.he.wire.Layout`:
+    scale, ring degree, primes); ``(None, None)`` when ``sigma`` is None."""
+    if sigma is None:
+        return None, None
+    shape = (layout.ciphertexts, layout.poly_degree)
+    return noise(seed, digest, active, sigma, layout.scale, shape, layout.primes)
+
+
+def add_(out: np.ndarray, extra: np.ndarray | None, layout: Any) -> np.ndarray:
+    """``out + extra`` ``[C, K, N]`` mod each prime of ``layout``, in place (None adds nothing)."""
+    if extra is not None:
+        for k, q in enumerate(layout.primes):
+            out[:, k] = T.addmod(out[:, k], extra[:, k], q)
+    return out
+
+
 def check_logged(
     party: int, logged: dict[str, str] | None, sigma: float | None, noise_digest: bytes | None
 ) -> None:
@@ -168,10 +188,12 @@ def colluding_noise_multiplier(noise_multiplier: float, active: int, colluding: 
 
 
 __all__ = [
+    "add_",
     "check_logged",
     "check_sigma",
     "coefficient_std",
     "colluding_noise_multiplier",
+    "draw",
     "log_entry",
     "noise",
 ]
