@@ -47,21 +47,25 @@ def check_noise(noise: np.ndarray, sigma: float, tol: float = 0.02) -> None:
 
 @pytest.mark.parametrize("pair", [False, True], ids=["real", "paired"])
 @pytest.mark.parametrize("active", [1, 3], ids=["t1", "t3"])
-def test_coefficient_noise_decodes_to_the_declared_std(pair: bool, active: int) -> None:
+@pytest.mark.parametrize("sigma", [SIGMA, 2.0**30], ids=["small", "large"])
+def test_coefficient_noise_decodes_to_the_declared_std(
+    pair: bool, active: int, sigma: float
+) -> None:
+    """2^30 at t = 1 puts coefficients near 2^107: past int64, through the exact split."""
     prm = mp.params("threshold")
     primes = prm.key_primes[:2]  # a payload's primes (q_0 q_1)
     n, c = prm.preset.poly_degree, 8
     ids = tuple(range(1, active + 1))
     total = np.zeros((c, len(primes), n), dtype=np.uint64)
     for i in ids:
-        part, _ = mpnoise.noise(bytes([i]) * 32, b"c1" * 16, ids, SIGMA, SCALE, (c, n), primes)
+        part, _ = mpnoise.noise(bytes([i]) * 32, b"c1" * 16, ids, sigma, SCALE, (c, n), primes)
         one = decode(part, primes, SCALE, (n // 2,) * c, c * n, pair)
-        check_noise(one, SIGMA / math.sqrt(active))  # one party's part: sigma^2 / t
+        check_noise(one, sigma / math.sqrt(active))  # one party's part: sigma^2 / t
         for k, q in enumerate(primes):
             total[:, k] = (total[:, k] + part[:, k]) % np.uint64(q)
     values = decode(total, primes, SCALE, (n // 2,) * c, c * n, pair)
     assert values.size == c * n // (1 if pair else 2)
-    check_noise(values, SIGMA)
+    check_noise(values, sigma)
     # neighbouring slots and the real and imaginary parts are uncorrelated (iid, as derived)
     assert abs(np.corrcoef(values[:-1], values[1:])[0, 1]) < 4 / math.sqrt(values.size)
 

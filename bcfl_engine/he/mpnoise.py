@@ -70,7 +70,6 @@ from . import ntt as T
 from . import sampling
 
 _TAG = b"bcfl-mp-dp-noise"
-_LOW = np.array(1 << 32, dtype=np.uint64)
 
 
 def coefficient_std(sigma: float, scale: float, poly_degree: int, active: int) -> float:
@@ -115,18 +114,18 @@ def noise(
     )
     z = standard_normal(np.frombuffer(raw, dtype="<u8"), count)
     x = np.rint(z * coefficient_std(sigma, scale, n, len(active)))
-    # x is an integer below 2^95 in float64: split it exactly as hi 2^32 + lo, 0 <= lo < 2^32
-    # (both terms are integers, the difference is exact), then reduce each part per prime.
-    hi = np.floor(x / 2.0**32)
-    lo = (x - hi * 2.0**32).astype(np.uint64)
+    # x is an integer below 2^127 in float64 (check_sigma's bound keeps it below 2^111): split it
+    # exactly as hi 2^64 + lo, 0 <= lo < 2^64 (lo is x's bits below 2^64: at most 53 of them, so
+    # the float subtraction is exact), then reduce each part per prime.
+    hi = np.floor(x / 2.0**64)
+    lo = (x - hi * 2.0**64).astype(np.uint64).reshape(c, n)
     hi = hi.astype(np.int64).reshape(c, n)
-    lo = lo.reshape(c, n)
     out = np.empty((c, len(primes), n), dtype=np.uint64)
     for k, q in enumerate(primes):
         qq = np.uint64(q)
-        wp = T.shoup(int(_LOW), q)
-        res = T.addmod(T.mulmod_shoup(T.from_signed(hi, q), _LOW, wp, qq), lo, q)
-        out[:, k] = T.ntt(res, q)
+        w = np.array((1 << 64) % q, dtype=np.uint64)
+        high = T.mulmod_shoup(T.from_signed(hi, q), w, T.shoup(w, q), qq)
+        out[:, k] = T.ntt(T.addmod(high, lo % qq, q), q)
     from blake3 import blake3
 
     return out, blake3(out.tobytes()).digest()
