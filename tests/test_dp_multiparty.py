@@ -70,6 +70,18 @@ def test_coefficient_noise_decodes_to_the_declared_std(
     assert abs(np.corrcoef(values[:-1], values[1:])[0, 1]) < 4 / math.sqrt(values.size)
 
 
+def test_residues_of_large_integers_are_exact() -> None:
+    primes = mp.params("threshold").key_primes
+    edges = [0, 1, -1, 2**53 + 2, -(2**53) - 2, 2**64 - 2**11, -(2**64) + 2**11, 2**64, -(2**64),
+             3 * 2**70 + 2**20, -(3 * 2**70) - 2**20, 2**110, -(2**110), -5, 12345]  # fmt: skip
+    rng = np.random.default_rng(5)
+    values = [float(v) for v in edges] + list(np.rint(rng.standard_normal(500) * 2.0**90))
+    assert all(float(int(v)) == v for v in values)  # every value is an exact float64 integer
+    got = mpnoise.residues(np.array(values).reshape(1, -1), primes)
+    for k, q in enumerate(primes):
+        assert got[0, k].tolist() == [int(v) % q for v in values]
+
+
 def test_coefficient_std_formula() -> None:
     assert mpnoise.coefficient_std(1.0, 2.0**80, 8192, 1) == 2.0**80 * math.sqrt(2 / 8192)
     assert mpnoise.coefficient_std(2.0, 1.0, 8, 4) == pytest.approx(2 * math.sqrt(2 / 32))

@@ -113,22 +113,33 @@ def noise(
         _TAG, seed, digest, tag, np.float64(sigma).tobytes(), nbytes=24 * ((count + 1) // 2)
     )
     z = standard_normal(np.frombuffer(raw, dtype="<u8"), count)
-    x = np.rint(z * coefficient_std(sigma, scale, n, len(active)))
-    # x is an integer below 2^127 in float64 (check_sigma's bound keeps it below 2^111): split it
-    # exactly as hi 2^64 + lo, 0 <= lo < 2^64 (lo is x's bits below 2^64: at most 53 of them, so
-    # the float subtraction is exact), then reduce each part per prime.
-    hi = np.floor(x / 2.0**64)
-    lo = (x - hi * 2.0**64).astype(np.uint64).reshape(c, n)
-    hi = hi.astype(np.int64).reshape(c, n)
+    x = np.rint(z * coefficient_std(sigma, scale, n, len(active))).reshape(c, n)
+    res = residues(x, primes)
     out = np.empty((c, len(primes), n), dtype=np.uint64)
     for k, q in enumerate(primes):
-        qq = np.uint64(q)
-        w = np.array((1 << 64) % q, dtype=np.uint64)
-        high = T.mulmod_shoup(T.from_signed(hi, q), w, T.shoup(w, q), qq)
-        out[:, k] = T.ntt(T.addmod(high, lo % qq, q), q)
+        out[:, k] = T.ntt(res[:, k], q)
     from blake3 import blake3
 
     return out, blake3(out.tobytes()).digest()
+
+
+def residues(x: np.ndarray, primes: tuple[int, ...]) -> np.ndarray:
+    """Integers held in float64 ``[..., N]`` (``|x| < 2^127``; check_sigma keeps the noise below
+    2^111) -> residues ``[..., K, N]`` mod each prime, exactly: ``|x| = hi 2^64 + lo`` with
+    ``0 <= lo < 2^64`` (``lo`` is ``|x|``'s bits below 2^64, at most 53 of them: the float
+    subtraction is exact), each part reduced, then negated where ``x < 0``."""
+    mag = np.abs(x)
+    hi = np.floor(mag / 2.0**64)
+    lo = (mag - hi * 2.0**64).astype(np.uint64)
+    hi = hi.astype(np.uint64)
+    neg = x < 0
+    out = np.empty((*x.shape[:-1], len(primes), x.shape[-1]), dtype=np.uint64)
+    for k, q in enumerate(primes):
+        qq = np.uint64(q)
+        w = np.array((1 << 64) % q, dtype=np.uint64)
+        r = T.addmod(T.mulmod_shoup(hi % qq, w, T.shoup(w, q), qq), lo % qq, q)
+        out[..., k, :] = np.where(neg & (r != 0), qq - r, r)
+    return out
 
 
 def draw(
@@ -195,4 +206,5 @@ __all__ = [
     "draw",
     "log_entry",
     "noise",
+    "residues",
 ]
