@@ -151,7 +151,12 @@ def audit(
     checked.append("updates root")
     _check_stored_result(store, commit.result_digest, problems, hasher)
     complete = len(rows) == len(raw) == len(records) and all(d is not None for d in rows)
-    if meta is not None and complete and meta.get("dp") is not None:
+    if meta is not None and complete and "keys" in meta and meta.get("dp") is not None:
+        from .dp_shares import audit_distributed  # the budget; the result: below, bit for bit
+
+        weights = [r["weight"] for r in records]
+        checked += audit_distributed(ledger, store, key, task, round, meta, weights, problems)
+    if meta is not None and complete and meta.get("dp") is not None and "keys" not in meta:
         from .round_dp import audit_private
 
         checked += audit_private(

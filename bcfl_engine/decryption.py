@@ -55,6 +55,9 @@ class DecryptionRequest:
     root of their leaves. A plain secure round has one aggregate, of every payload; a bucketed
     one (:mod:`bcfl_engine.buckets`) one per bucket: ``buckets`` lists the records' indices of
     each, ``bucket_size`` the ``s`` they were drawn with, from the round's seal on chain.
+    ``dp`` names the round's :class:`~bcfl_engine.dp.GaussianDP` (None: no DP): each party
+    adds its part of the noise (:mod:`bcfl_engine.dp_shares`) and the round commits the same
+    parameters.
     """
 
     task: int
@@ -67,6 +70,7 @@ class DecryptionRequest:
     payloads: tuple[bytes, ...]
     buckets: tuple[tuple[int, ...], ...] | None = None
     bucket_size: int | None = None
+    dp: Any = None
 
     @property
     def members(self) -> tuple[tuple[int, ...], ...]:
@@ -209,6 +213,7 @@ def party_share(
     ledger: Any,
     participants: Sequence[str],
     min_clients: int = 2,
+    dp: Any = None,
 ) -> SignedShare:
     """A party's signed decryption share for ``request``, after the checks of the module
     docstring.
@@ -220,6 +225,9 @@ def party_share(
     keys : the :class:`~bcfl_engine.he.mpepoch.KeyEpoch` this party set up
     ledger : a ledger of the task's chain (read only)
     participants : the task's registered participants, in registration order
+    dp : the :class:`~bcfl_engine.dp.GaussianDP` this party agreed to for the task, or None;
+        it must be the request's, and this party then adds its part of the noise to each share
+        (:func:`bcfl_engine.dp_shares.check_request`)
 
     Raises
     ------
@@ -276,6 +284,9 @@ def party_share(
     if root != request.updates_root:
         raise refuse("the records do not give the request's updates root")
     groups = request.members
+    from .dp_shares import check_request
+
+    dp_sigma = check_request(dp, request, records, refuse)
     if request.buckets is not None:
         _check_buckets(request, ledger, refuse)
     elif len(request.aggregates) != 1:
@@ -287,6 +298,7 @@ def party_share(
             weights=[records[i]["weight"] for i in bucket],
             active=list(request.active),
             min_clients=min_clients,
+            dp_sigma=dp_sigma,
         )
         for agg, bucket in zip(request.aggregates, groups, strict=True)
     ]

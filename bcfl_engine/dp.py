@@ -66,6 +66,7 @@ __all__ = [
     "NoiseGenerator",
     "account",
     "add_noise_",
+    "clip_update",
     "clipped_mean",
     "clipped_mean_reference",
     "epsilon",
@@ -120,6 +121,12 @@ class GaussianDP:
         """``noise_multiplier * clipping_norm / num_sampled_clients``, per coordinate."""
         return self.noise_multiplier * self.clipping_norm / self.num_sampled_clients
 
+    @property
+    def sum_noise_std(self) -> float:
+        """``noise_multiplier * clipping_norm``: the same noise at the scale of the clipped
+        *sum* (what the parties of a multiparty round add, :mod:`bcfl_engine.he.mpnoise`)."""
+        return self.noise_multiplier * self.clipping_norm
+
     def as_meta(self) -> dict[str, Any]:
         """The parameters as a round commits them (JSON numbers)."""
         return {
@@ -161,6 +168,31 @@ def check_rule(rule: str, pre: Sequence[Any] = (), params: Mapping[str, Any] | N
         )
     if params:
         raise DPUnsupported(f"dp= with extra rule parameters {sorted(params)}")
+
+
+def clip_update(x: Any, clipping_norm: float) -> tuple[torch.Tensor, float]:
+    """A client's own clip, before it encrypts: ``(x min(1, C / ||x||)`` as float32 ``[d]``,
+    ``||x||`` before the clip``)``, the norm in float64. The returned vector's float64 norm is at
+    most ``C`` after float32 rounding (the factor is nudged down until it is).
+
+    Under CKKS nobody sees an update, so a client that skips this cannot be detected: one
+    unclipped update breaks the sensitivity ``C`` the noise is sized for. Where that matters run
+    the bucketed robust round (``AggregationRound(secure="ckks", keys=..., rule="median")``),
+    which bounds what one update moves, instead of (not with) ``dp=``. CKKS encoding adds up to
+    the preset's precision per value after the clip (``sqrt(d) 2^-20`` in norm at most, against
+    ``C``): left out of the sensitivity.
+    """
+    C = GaussianDP(clipping_norm, 0.0, 1).clipping_norm  # validates it
+    v = torch.as_tensor(x).reshape(-1).to(torch.float64)
+    if not bool(torch.isfinite(v).all()):
+        raise InvalidArgument("clip_update: the update has a non-finite value")
+    norm = float(torch.linalg.vector_norm(v))
+    factor = 1.0 if norm <= C else C / norm
+    while True:
+        out = (v * factor).to(torch.float32)
+        if float(torch.linalg.vector_norm(out.double())) <= C:
+            return out, norm
+        factor = math.nextafter(factor * (1 - 2.0**-24), 0.0)
 
 
 # ---- the clipped mean -----------------------------------------------------------------------

@@ -70,8 +70,9 @@ class AggregationRound(Decryption, PrivateRound, Intake):
         or with a robust ``rule`` the rule over decrypted bucket means
     bucket_size : a robust secure round's bucket size (None: the largest the rule allows for
         ``n`` and ``f``; see :mod:`bcfl_engine.buckets`)
-    dp : a :class:`bcfl_engine.dp.GaussianDP` (plaintext mean only): the round releases the
-        private mean, commits the DP parameters and the task's spent epsilon in its metadata,
+    dp : a :class:`bcfl_engine.dp.GaussianDP` (the mean only; under a multiparty key the parties
+        add the noise to the decrypted sum, :mod:`bcfl_engine.dp_shares`): the round releases the
+        private mean (sum), commits the DP parameters and the task's spent epsilon in its metadata,
         and finalize refuses (BudgetExceeded, nothing changed) a round past ``dp.budget``
         (:mod:`bcfl_engine.round_dp`)
     """
@@ -96,7 +97,7 @@ class AggregationRound(Decryption, PrivateRound, Intake):
         bucket_size: int | None = None,
         dp: Any = None,
     ) -> None:
-        self._init_dp(dp, rule, pre, params, secure, len(participants))
+        self._init_dp(dp, rule, pre, params, secure, len(participants), keys)
         if secure not in (None, "ckks"):
             raise InvalidArgument(f"secure must be None or 'ckks'; got {secure!r}")
         if secure == "ckks":

@@ -115,6 +115,8 @@ class Decryption:
     _shares: dict[int, SignedShare]
     _buckets: dict[str, Any] | None
     key: str
+    dp: Any  # PrivateRound's, with _spend: a private round past its budget asks no party
+    _spend: Any
 
     @property
     def committed(self) -> bool:
@@ -155,6 +157,7 @@ class Decryption:
             return self._request
         if not self._records:
             raise InvalidArgument(f"round {self.round} of task {self.task} has no accepted payload")
+        self._spend()  # BudgetExceeded before any party draws noise
         outside = sorted(set(chosen) - set(self.keys.ids))
         if outside:
             raise KeyShareError(f"party {outside[0]} is not a party of the key", outside[0])
@@ -170,7 +173,7 @@ class Decryption:
         self._request = DecryptionRequest(
             task=self.task, round=self.round, epoch=self.keys.epoch, updates_root=root,
             aggregates=aggregates, active=tuple(chosen), records=tuple(dict(r) for r in self._records),
-            payloads=payloads, buckets=groups, bucket_size=s,
+            payloads=payloads, buckets=groups, bucket_size=s, dp=self.dp,
         )  # fmt: skip
         return self._request
 

@@ -2,7 +2,8 @@
 the chain committed; the check that refuses a round past its budget before any noise is drawn;
 the private aggregate; and what an audit can check of it.
 
-A private round (``AggregationRound(..., dp=GaussianDP(...))``) commits, in its metadata (whose
+A private round (``AggregationRound(..., dp=GaussianDP(...))``; under a multiparty key the
+parties add the noise as they decrypt, :mod:`bcfl_engine.dp_shares`) commits, in its metadata (whose
 hash is on chain), ``meta["dp"]``: the mechanism's parameters (:meth:`GaussianDP.as_meta`), the
 sample rate ``q = num_sampled_clients / registered participants`` (each client in a round with
 probability ``q``: the accountant's Poisson sampling assumption; 1 when everyone takes part in
@@ -53,16 +54,17 @@ class PrivateRound:
         params: Any,
         secure: Any,
         participants: int,
+        keys: Any = None,
     ) -> None:
         self.dp = dp
         if dp is None:
             return
         if not isinstance(dp, GaussianDP):
             raise InvalidArgument(f"dp must be a GaussianDP; got {type(dp).__name__}")
-        if secure is not None:
+        if secure is not None and keys is None:
             raise InvalidArgument(
-                "dp= on a CKKS round: the aggregator never sees the sum to add noise to "
-                "(distributed noise under multiparty keys is not implemented)"
+                "dp= on a CKKS round: the aggregator never sees the sum to add noise to; "
+                "under a multiparty key (keys=) the parties add it (bcfl_engine.dp_shares)"
             )
         check_rule(rule, pre, params)
         if dp.num_sampled_clients > participants:

@@ -24,6 +24,8 @@ under a second active set (two noisy shares of one ``c1`` leak the key; a retry 
 set returns the same share). Passive security, as in Lattigo: no proof of correct shares.
 Each party's noise alone must flood the aggregate's, so the decryption error grows like
 ``sqrt(parties)``: the preset's precision (2^-20) holds up to 8 parties (2.7e-6 at 100).
+With ``dp_sigma`` each active party also adds its part of Gaussian DP noise
+(:mod:`bcfl_engine.he.mpnoise`): the decryption then carries ``N(0, dp_sigma^2)`` per value.
 
 t-of-n (:meth:`KeyShare.deal`, :meth:`KeyShare.accept_dealt`, :mod:`bcfl_engine.he.shamir`):
 after the setup each party Shamir-shares its ``s_i`` (each dealt share goes to one party only,
@@ -50,9 +52,9 @@ import numpy as np
 
 from ..errors import DecryptionRefused, InvalidArgument, KeyShareError
 from . import mpformat as fmt
+from . import mpnoise, sampling, shamir
 from . import ntt as T
 from . import presets as _presets
-from . import sampling, shamir
 from .mpcombine import (
     combine_decryption,
     combine_public,
@@ -125,12 +127,15 @@ class KeyShare:
             raise KeyShareError(f"party {party}: a seed is 32 bytes; got {len(seed)}", party)
         self._seed = bytes(seed)
         self._log: dict[bytes, tuple[int, ...]] = {}
+        self._dp_log: dict[bytes, dict[str, str]] = {}  # the DP noise of a logged c1, if any
         self._log_path = log_path
         if log_path is not None and log_path.exists():
             for number, line in enumerate(log_path.read_text().splitlines(), 1):
                 try:
                     entry = json.loads(line)
                     self._log[bytes.fromhex(entry["c1"])] = tuple(int(a) for a in entry["active"])
+                    if entry.get("dp") is not None:
+                        self._dp_log[bytes.fromhex(entry["c1"])] = dict(entry["dp"])
                 except (ValueError, KeyError, TypeError):
                     raise KeyShareError(
                         f"party {self.party}: decryption log {log_path} line {number} is corrupt",
@@ -164,7 +169,7 @@ class KeyShare:
         self._log_path = p.with_name(p.name + ".log")
         self._log_path.unlink(missing_ok=True)  # rewritten whole: this share's log only
         for digest, active in list(self._log.items()):
-            self._record(digest, active)
+            self._record(digest, active, self._dp_log.get(digest))
 
     @functools.cached_property
     def _secret(self) -> tuple[np.ndarray, np.ndarray]:
@@ -302,6 +307,7 @@ class KeyShare:
         active: Sequence[int],
         min_clients: int = 2,
         weights: Sequence[int] | None = None,
+        dp_sigma: float | None = None,
     ) -> bytes:
         """This party's share of the decryption of the aggregate ``agg``.
 
@@ -315,11 +321,17 @@ class KeyShare:
             does not count)
         weights : the integer client weights ``agg`` was summed with (``he.aggregate(payloads,
             weights)``, in the order of ``contributions``); None: a plain sum
+        dp_sigma : the standard deviation of the Gaussian DP noise the *decrypted values* carry
+            once every active party added its part (in the units of the decrypted sum: for
+            :class:`~bcfl_engine.dp.GaussianDP`, ``noise_multiplier * clipping_norm``); this
+            party adds ``N(0, dp_sigma^2 / len(active))`` per value (:mod:`.mpnoise`). None or
+            0: smudging noise only
 
         Raises
         ------
         DecryptionRefused : ``agg`` is not the sum of ``contributions``, holds fewer than
             ``min_clients`` of them, or this ``c1`` was already shared under another active set
+            or another ``dp_sigma``
         """
         if isinstance(min_clients, bool) or not isinstance(min_clients, int) or min_clients < 1:
             raise InvalidArgument(f"min_clients must be an int >= 1; got {min_clients!r}")
@@ -358,6 +370,8 @@ class KeyShare:
                 self.party,
             )
         digest = c1_digest(res[:, 1], layout.parms_id)
+        sigma = mpnoise.check_sigma(dp_sigma, prm.preset.headroom)
+        extra, noise_digest = mpnoise.draw(self._seed, digest, tuple(ids), sigma, layout)
         before = self._log.get(digest)
         if before is not None and before != tuple(ids):
             raise DecryptionRefused(
@@ -366,17 +380,24 @@ class KeyShare:
                 self.party,
             )
         if before is None:
-            self._record(digest, tuple(ids))
-        out = self._share(res, layout.primes, digest, tuple(ids))
+            self._record(digest, tuple(ids), mpnoise.log_entry(sigma, noise_digest))
+        else:
+            mpnoise.check_logged(self.party, self._dp_log.get(digest), sigma, noise_digest)
+        out = mpnoise.add_(self._share(res, layout.primes, digest, tuple(ids)), extra, layout)
         share = fmt.DecryptionShare(self.party, digest, tuple(ids), self.preset, out)
         return fmt.write_decryption_share(share)
 
-    def _record(self, digest: bytes, active: tuple[int, ...]) -> None:
+    def _record(
+        self, digest: bytes, active: tuple[int, ...], dp: dict[str, str] | None = None
+    ) -> None:
         self._log[digest] = active
+        entry: dict[str, Any] = {"c1": digest.hex(), "active": list(active)}
+        if dp is not None:
+            self._dp_log[digest] = entry["dp"] = dp
         if self._log_path is not None:
             fd = os.open(self._log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             try:
-                line = json.dumps({"c1": digest.hex(), "active": list(active)}) + "\n"
+                line = json.dumps(entry) + "\n"
                 os.write(fd, line.encode())
                 os.fsync(fd)
             finally:
