@@ -30,6 +30,7 @@ contract RoundRegistry {
 
     /// @notice Multiparty CKKS key epochs per task, in order (epoch e is index e - 1): the hash of
     /// the collective public key and the Merkle root of its key parties.
+    // slither-disable-next-line uninitialized-state (written by push through a storage pointer)
     mapping(uint256 task => KeyEpoch[]) private _keyEpochs;
 
     struct KeyEpoch {
@@ -267,8 +268,8 @@ contract RoundRegistry {
     mapping(uint256 task => mapping(address account => uint256 seat)) private _seats;
     /// @dev Per seat index: its latest vote, tuple id << 64 | round.
     mapping(uint256 task => mapping(uint256 index => uint256 vote)) private _votes;
-    /// @dev The members in seat order.
-    mapping(uint256 task => address[]) private _quorum;
+    /// @dev The members by seat index (m is in their seats).
+    mapping(uint256 task => mapping(uint256 index => address account)) private _members;
     /// @dev The last final round of a quorum task: tuple id << 64 | round (tuple id 1: unknown).
     mapping(uint256 task => uint256 last) private _lastFinal;
 
@@ -312,7 +313,6 @@ contract RoundRegistry {
             revert BadQuorum(task, m, threshold);
         }
         _dropQuorum(task);
-        address[] storage members = _quorum[task];
         if (m == 1) {
             if (aggregators[0] == address(0)) revert ZeroAddress();
             t.aggregator = aggregators[0];
@@ -323,7 +323,7 @@ contract RoundRegistry {
                 if (_seats[task][a] != 0) revert DuplicateAggregator(task, a);
                 _seats[task][a] = (i + 1) | (m << 8) | (threshold << 16);
                 _votes[task][i] = _UNSET;
-                members.push(a);
+                _members[task][i] = a;
             }
             t.aggregator = address(this);
             _lastFinal[task] = _UNSET | latestRound(task);
@@ -341,8 +341,12 @@ contract RoundRegistry {
             aggregators[0] = t.aggregator;
             return (aggregators, 1);
         }
-        aggregators = _quorum[task];
-        threshold = _seats[task][aggregators[0]] >> 16;
+        uint256 seat = _seats[task][_members[task][0]];
+        aggregators = new address[]((seat >> 8) & 0xff);
+        for (uint256 i = 0; i < aggregators.length; ++i) {
+            aggregators[i] = _members[task][i];
+        }
+        threshold = seat >> 16;
     }
 
     /// @notice One aggregator's vote for round `round` of a quorum task: the tuple is final (its
@@ -388,7 +392,7 @@ contract RoundRegistry {
         uint256 vote = (uint256(uint192(tuple)) << 64) | round;
         votes[index] = vote;
         if (round == uint64(last)) return (_lateVote(task, round, tuple, last), false);
-        (uint256 count, bool split) = _tally(votes, (seat >> 8) & 0xff, index, vote);
+        (uint256 count, uint256 others) = _tally(votes, (seat >> 8) & 0xff, index, vote);
         if (count < seat >> 16) {
             emit RoundAttested(task, round, msg.sender, tuple);
             return (count == 1, false);
@@ -396,7 +400,7 @@ contract RoundRegistry {
         // The finalizing vote is the RoundCommitted event's transaction: no RoundAttested.
         if (_roots[task][round] != bytes32(0)) revert RoundExists(task, round);
         _lastFinal[task] = vote;
-        if (split) _nameConflicts(task, round, vote, (seat >> 8) & 0xff);
+        if (others != 0) _nameConflicts(task, round, vote, others);
         return (false, true);
     }
 
@@ -422,12 +426,12 @@ contract RoundRegistry {
         return true;
     }
 
-    /// @dev How many seats other than `index` voted `vote` (plus this one), and whether some
-    /// seat voted another tuple in the same round.
+    /// @dev How many seats other than `index` voted `vote` (plus this one), and the bitmask of
+    /// the seats that voted another tuple in the same round.
     function _tally(mapping(uint256 => uint256) storage votes, uint256 m, uint256 index, uint256 vote)
         private
         view
-        returns (uint256 count, bool split)
+        returns (uint256 count, uint256 others)
     {
         count = 1;
         uint256 round = uint64(vote);
@@ -435,31 +439,29 @@ contract RoundRegistry {
             uint256 v = votes[i];
             if (i == index || uint64(v) != round) continue;
             if (v == vote) ++count;
-            else split = true;
+            else others |= 1 << i;
         }
     }
 
-    /// @dev Evidence at finality: every other vote of the round, with its aggregator.
-    function _nameConflicts(uint256 task, uint256 round, uint256 vote, uint256 m) private {
+    /// @dev Evidence at finality: every other vote of the round (the seats in `others`).
+    function _nameConflicts(uint256 task, uint256 round, uint256 vote, uint256 others) private {
         mapping(uint256 => uint256) storage votes = _votes[task];
-        for (uint256 i = 0; i < m; ++i) {
-            uint256 v = votes[i];
-            if (uint64(v) == round && v != vote) {
-                emit AttestationConflict(
-                    task, round, _quorum[task][i], bytes24(uint192(v >> 64)), bytes24(uint192(vote >> 64))
-                );
-            }
+        bytes24 finalTuple = bytes24(uint192(vote >> 64));
+        for (uint256 i = 0; others != 0; ++i) {
+            if (others & (1 << i) == 0) continue;
+            others &= others - 1;
+            emit AttestationConflict(task, round, _members[task][i], bytes24(uint192(votes[i] >> 64)), finalTuple);
         }
     }
 
     /// @dev Leaves quorum mode: the seats of the task's members are cleared (setAggregator and
     /// setQuorum call it, so a non-zero seat always means the task is in quorum mode).
     function _dropQuorum(uint256 task) private {
-        address[] storage members = _quorum[task];
-        for (uint256 i = 0; i < members.length; ++i) {
+        mapping(uint256 => address) storage members = _members[task];
+        uint256 m = (_seats[task][members[0]] >> 8) & 0xff;
+        for (uint256 i = 0; i < m; ++i) {
             delete _seats[task][members[i]];
         }
-        delete _quorum[task];
     }
 
     function _refuseAttestation(uint256 task) private view {

@@ -211,26 +211,51 @@ class Quorum:
             raise
 
     def _same_as_attested(self, task: int, round: int, tuple: bytes) -> Receipt | None:
-        logs = self.contract.events.RoundAttested.get_logs(
-            argument_filters={"task": task, "round": round, "aggregator": self.sender},
-            from_block=self.from_block,
-        )
-        if not logs:
+        held = self._vote_of(task, round, self.sender)
+        if held is None:
             return None
-        held = bytes(logs[0]["args"]["tuple"])
-        if held != tuple:
+        if held[0] != tuple:
             raise RoundConflict(
                 f"{self.sender} already attested round {round} of task {task} with tuple "
-                f"0x{held.hex()}; given 0x{tuple.hex()}"
+                f"0x{held[0].hex()}; given 0x{tuple.hex()}"
             )
-        return Receipt(None, 0, int(logs[0]["blockNumber"]), noop=True)
+        return Receipt(None, 0, held[1], noop=True)
+
+    def _vote_of(self, task: int, round: int, account: str) -> tuple[bytes, int] | None:
+        """The tuple ``account`` attested for the round and the block, or None."""
+        rec = self.record(task, round)
+        if rec is not None and self._finalizer(rec) == account:
+            return rec.tuple, rec.block_number
+        logs = self.contract.events.RoundAttested.get_logs(
+            argument_filters={"task": task, "round": round, "aggregator": account},
+            from_block=self.from_block,
+        )
+        since = self._quorum_since(task, rec)
+        logs = [log for log in logs if _order(log) > since]
+        if logs:
+            return bytes(logs[0]["args"]["tuple"]), int(logs[0]["blockNumber"])
+        return None
+
+    def _quorum_since(self, task: int, rec: RoundRecord | None) -> tuple[int, int]:
+        """Where the quorum that votes (or voted) the round was set: votes before it were
+        discarded by the change (the last ``QuorumChanged`` before the round's finality)."""
+        changes = self.contract.events.QuorumChanged.get_logs(
+            argument_filters={"task": task}, from_block=self.from_block
+        )
+        end = (rec.block_number, -1) if rec is not None else (1 << 62, 0)
+        return max((_order(c) for c in changes if _order(c) < end), default=(-1, -1))
+
+    def _finalizer(self, rec: RoundRecord) -> str:
+        """Who sent the transaction that made the round final (its commit or finalizing vote:
+        that vote has no RoundAttested event, its RoundCommitted stands for it)."""
+        return str(self.w3.eth.get_transaction(rec.tx_hash)["from"])
 
     # ---- reading back -------------------------------------------------------------------
     def round_status(self, task: int, round: int) -> RoundStatus:
         """Who attested what for round ``round`` of ``task``, the final tuple, the conflicts.
 
-        For a task with a single aggregator the attestation is its commit (by the sender of the
-        commit's transaction).
+        The finalizing vote (and a single aggregator's commit) is told by the sender of the
+        transaction that emitted ``RoundCommitted``.
         """
         status = RoundStatus(task, round, self.quorum(task))
         filters = {
@@ -252,11 +277,16 @@ class Quorum:
             )
             status.final = tup.id
             status.tuples[tup.id] = tup
-        for log in sorted(events.RoundAttested.get_logs(**filters), key=_order):
-            status.attestations[str(log["args"]["aggregator"])] = bytes(log["args"]["tuple"])
-        if not status.attestations and rec is not None:  # a single aggregator's commit
-            sender = self.w3.eth.get_transaction(rec.tx_hash)["from"]
-            status.attestations[str(sender)] = rec.tuple
+        since = self._quorum_since(task, rec)
+        votes = [
+            (_order(log), str(log["args"]["aggregator"]), bytes(log["args"]["tuple"]))
+            for log in events.RoundAttested.get_logs(**filters)
+            if _order(log) > since
+        ]
+        if rec is not None:  # the finalizing vote (or a single aggregator's commit)
+            votes.append(((rec.block_number, -1), self._finalizer(rec), rec.tuple))
+        for _, aggregator, tup_id in sorted(votes):
+            status.attestations[aggregator] = tup_id
         for log in sorted(events.AttestationConflict.get_logs(**filters), key=_order):
             a = log["args"]
             status.conflicts.append(
