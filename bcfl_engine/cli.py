@@ -75,6 +75,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             raise UsageError(
                 f"--threshold must be in [2, --clients={args.clients}]; got {args.threshold}"
             )
+    _check_quorum_args(args)
     rule_names = _rules(args.rule)
     if args.secure == "ckks" and not args.rule:
         rule_names = ["mean"]
@@ -92,9 +93,26 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         dataset=args.dataset,
         attack=args.attack,
         progress=not args.quiet,
+        aggregators=args.aggregators,
+        quorum=args.quorum,
+        dishonest_aggregator=args.dishonest_aggregator,
     )
     run_demo(config, echo=print)
     return EXIT_OK
+
+
+def _check_quorum_args(args: argparse.Namespace) -> None:
+    from .chain.quorum import MAX_AGGREGATORS
+
+    m = args.aggregators
+    if not 1 <= m <= MAX_AGGREGATORS:
+        raise UsageError(f"--aggregators must be in [1, {MAX_AGGREGATORS}]; got {m}")
+    if args.quorum is not None and (m < 2 or not 1 <= args.quorum <= m):
+        raise UsageError(f"--quorum must be in [1, --aggregators={m}] with --aggregators >= 2")
+    if args.dishonest_aggregator and m < 2:
+        raise UsageError("--dishonest-aggregator needs --aggregators >= 2")
+    if m > 1 and (args.chain or args.secure):
+        raise UsageError("--aggregators > 1 runs on the embedded chain in plaintext")
 
 
 def _address_or_none(value: object) -> str | None:
@@ -259,6 +277,26 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["mix", "sign_flip", "scaled_noise", "label_flip"],
         default="mix",
         help="what Byzantine hospitals do (default mix: each a different attack)",
+    )
+    demo.add_argument(
+        "--aggregators",
+        type=int,
+        default=1,
+        metavar="M",
+        help="M aggregator replicas on their own stores and keys attest each round (embedded "
+        "chain, plaintext; default 1)",
+    )
+    demo.add_argument(
+        "--quorum",
+        type=int,
+        metavar="T",
+        help="with --aggregators: a round is final when T replicas attest the same result "
+        "(default: a majority). Not --threshold, which is the CKKS key's t-of-n",
+    )
+    demo.add_argument(
+        "--dishonest-aggregator",
+        action="store_true",
+        help="with --aggregators >= 2: aggregator 2 runs another rule; its votes are evidence",
     )
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(fn=_cmd_demo)
