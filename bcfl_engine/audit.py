@@ -190,6 +190,9 @@ def audit(
                 + ", ".join(rejected)
             )
         checked.append(f"{len(leaves)} inclusion proofs")
+    from .audit_quorum import quorum_lines
+
+    checked.extend(quorum_lines(ledger, task, round, problems))
     return AuditReport(task, round, problems, checked)
 
 

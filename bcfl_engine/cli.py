@@ -75,6 +75,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             raise UsageError(
                 f"--threshold must be in [2, --clients={args.clients}]; got {args.threshold}"
             )
+    _check_quorum_args(args)
     rule_names = _rules(args.rule)
     if args.dp_noise is None and (args.dp_clip is not None or args.dp_budget is not None):
         raise UsageError("--dp-clip and --dp-budget go with --dp-noise Z")
@@ -101,9 +102,26 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         dp_noise=args.dp_noise,
         dp_clip=args.dp_clip,
         dp_budget=args.dp_budget,
+        aggregators=args.aggregators,
+        quorum=args.quorum,
+        dishonest_aggregator=args.dishonest_aggregator,
     )
     run_demo(config, echo=print)
     return EXIT_OK
+
+
+def _check_quorum_args(args: argparse.Namespace) -> None:
+    from .chain.quorum import MAX_AGGREGATORS
+
+    m = args.aggregators
+    if not 1 <= m <= MAX_AGGREGATORS:
+        raise UsageError(f"--aggregators must be in [1, {MAX_AGGREGATORS}]; got {m}")
+    if args.quorum is not None and (m < 2 or not 1 <= args.quorum <= m):
+        raise UsageError(f"--quorum must be in [1, --aggregators={m}] with --aggregators >= 2")
+    if args.dishonest_aggregator and m < 2:
+        raise UsageError("--dishonest-aggregator needs --aggregators >= 2")
+    if m > 1 and (args.chain or args.secure):
+        raise UsageError("--aggregators > 1 runs on the embedded chain in plaintext")
 
 
 def _address_or_none(value: object) -> str | None:
@@ -287,6 +305,26 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="EPS",
         help="with --dp-noise: the most epsilon (delta 1e-5) the private line may spend; rounds "
         "past it are refused",
+    )
+    demo.add_argument(
+        "--aggregators",
+        type=int,
+        default=1,
+        metavar="M",
+        help="M aggregator replicas on their own stores and keys attest each round (embedded "
+        "chain, plaintext; default 1)",
+    )
+    demo.add_argument(
+        "--quorum",
+        type=int,
+        metavar="T",
+        help="with --aggregators: a round is final when T replicas attest the same result "
+        "(default: a majority). Not --threshold, which is the CKKS key's t-of-n",
+    )
+    demo.add_argument(
+        "--dishonest-aggregator",
+        action="store_true",
+        help="with --aggregators >= 2: aggregator 2 runs another rule; its votes are evidence",
     )
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(fn=_cmd_demo)

@@ -55,7 +55,8 @@ class AggregationRound(Decryption, PrivateRound, Intake):
 
     Parameters
     ----------
-    ledger : a :class:`bcfl_engine.chain.Ledger` (its signer must be the task's aggregator)
+    ledger : a :class:`bcfl_engine.chain.Ledger` (its signer must be the task's aggregator, or
+        one of its quorum: each replica on its own store attests the round it computed)
     task, round : the task id and the round number (>= 1, rounds in order)
     store : a :class:`PayloadStore` or its folder
     participants : the addresses allowed to submit, in the order the task registered them
@@ -296,7 +297,8 @@ class AggregationRound(Decryption, PrivateRound, Intake):
         }
         # Written before the commit: a crash in between replays the same commit (a no-op).
         self.store.write_round(self.key, self.round, record)
-        receipt = self.ledger.commit_round(
+        # A quorum's aggregator votes; a single aggregator commits (attest_round is commit_round).
+        receipt = self.ledger.attest_round(
             self.task,
             round=self.round,
             updates_root=tree.root,

@@ -6,6 +6,10 @@ Prague rules:
 - ``RoundRegistry.commitRound`` at 10, 1,000 and 100,000 leaves (real trees of update leaves);
 - ``RoundRegistry.verifyInclusion`` of one leaf of a 16,384-leaf round, sent as a transaction
   (what a contract calling it would pay at most; an ``eth_call`` is free);
+- a quorum of m = 1, 3, 7 aggregators (t = m // 2 + 1) at the same sizes: the gas of a vote
+  (``attestRound`` that does not finalize: the first one, which also spells out the tuple), of the
+  finalizing vote, of a late agreeing vote, and of a finalizing vote that names one earlier
+  conflicting vote as evidence; m = 1 is ``commitRound`` (both columns);
 - the baseline ``DigestPerClient``: every client's digest in its own slot, batched by the
   aggregator in one transaction (its cheapest form), and one transaction per client (what
   existing BCFL contracts do). 100,000 digests exceed a 30 M-gas block, so that point is the
@@ -79,6 +83,67 @@ def registry_gas(
     return out
 
 
+QUORUMS = (1, 3, 7)
+
+
+def quorum_gas(owner: Ledger, keys: list[bytes], trees: dict[int, MerkleTree]) -> dict[str, int]:
+    """Vote and finalization gas per quorum size m and number of leaves n (keys[1..m] vote)."""
+    out: dict[str, int] = {}
+    for m in QUORUMS:
+        t = m // 2 + 1
+        aggs = [owner.as_sender(k) for k in keys[1 : m + 1]]
+        task = owner.create_task(
+            aggregators=[a.sender for a in aggs], threshold=t, participants=[owner.sender],
+            model_spec=b"bench quorum",
+        )  # fmt: skip
+
+        def vote(a: Ledger, r: int, tree: MerkleTree, tag: bytes = b"", task: int = task) -> int:
+            return a.attest_round(
+                task, r, updates_root=tree.root, result_digest=keccak256(tag + b"%d" % r),
+                meta={"rule": "mean"}, n=len(tree),
+            ).gas_used  # fmt: skip
+
+        # Round 1 skips the read of round r - 1 under m = 1: measure from round 2 on.
+        for a in aggs[:t]:
+            vote(a, 1, tree_of(1, seed=1))
+        for r, n in enumerate(SIZES, start=2):
+            gas = [vote(a, r, trees[n]) for a in aggs[:t]]
+            out[f"m={m} vote n={n}"] = max(gas[:-1], default=gas[-1])
+            out[f"m={m} final n={n}"] = gas[-1]
+            if m > t:
+                out[f"m={m} late n={n}"] = vote(aggs[t], r, trees[n])
+        if m > 1:  # the last seat votes another tuple first; the finalizing vote names it
+            r = len(SIZES) + 2
+            vote(aggs[-1], r, trees[SIZES[0]], b"other")
+            gas = [vote(a, r, trees[SIZES[0]]) for a in aggs[:t]]
+            out[f"m={m} final naming a conflict"] = gas[-1]
+    return out
+
+
+def report_quorum(q: dict[str, int]) -> None:
+    print(f"{'quorum (t = m // 2 + 1): vote / finalizing vote':<48}")
+    print(f"  {'m':<6}" + "".join(f"{'n=' + format(n, ','):>22}" for n in SIZES))
+    for m in QUORUMS:
+        cells = [f"{q[f'm={m} vote n={n}']:,} / {q[f'm={m} final n={n}']:,}" for n in SIZES]
+        print(f"  {m:<6}" + "".join(f"{c:>22}" for c in cells))
+    for m in QUORUMS[1:]:
+        late = max(q[f"m={m} late n={n}"] for n in SIZES)
+        ratio = q[f"m={m} final n={SIZES[0]}"] / q[f"m=1 final n={SIZES[0]}"]
+        print(
+            f"  m={m}: late agreeing vote {late:,}; finalizing vote naming a conflict "
+            f"{q[f'm={m} final naming a conflict']:,}; finalizing / commitRound {ratio:.2f}x"
+        )
+
+
+def quorum_ok(q: dict[str, int]) -> bool:
+    """The issue's targets: a vote <= 60,000 and the finalizing one <= 80,000 at every n."""
+    return all(
+        q[f"m={m} vote n={n}"] <= 60_000 and q[f"m={m} final n={n}"] <= 80_000
+        for m in QUORUMS
+        for n in SIZES
+    )
+
+
 def baseline_gas(w3: Any, keys: list[bytes]) -> dict[str, float]:
     from eth_account import Account
 
@@ -144,28 +209,30 @@ def main(argv: list[str] | None = None) -> int:
         f"built trees of {', '.join(map(str, SIZES))} and {PROOF_LEAVES} leaves in {time.perf_counter() - t0:.1f} s"
     )
     results = {}
+    quorums = {}
     emb = Ledger.embedded()
-    results["embedded (eth-tester + py-evm, prague)"] = (
-        registry_gas(emb, trees, proof_tree),
-        baseline_gas(emb.w3, emb.dev_keys),
-    )
+    name = "embedded (eth-tester + py-evm, prague)"
+    results[name] = (registry_gas(emb, trees, proof_tree), baseline_gas(emb.w3, emb.dev_keys))
+    quorums[name] = quorum_gas(emb, emb.dev_keys, trees)
     if not args.no_anvil:
         with AnvilNode() as node:
             keys = [node.fund_key(b"bench %d" % i) for i in range(SIZES[0])]
             led = Ledger.deploy(node.w3, keys[0])
-            results[f"{node.w3.client_version} (prague)"] = (
-                registry_gas(led, trees, proof_tree),
-                baseline_gas(node.w3, keys),
-            )
+            name = f"{node.w3.client_version} (prague)"
+            results[name] = (registry_gas(led, trees, proof_tree), baseline_gas(node.w3, keys))
+            quorums[name] = quorum_gas(led, keys, trees)
     for name, (reg, base) in results.items():
         report(name, reg, base)
+        report_quorum(quorums[name])
     ok = all(
         max(reg[f"commit n={n}"] for n in SIZES) <= 60_000
         and reg[f"inclusion at {PROOF_LEAVES}"] <= 45_000
         for reg, _ in results.values()
-    )
+    ) and all(quorum_ok(q) for q in quorums.values())
     print(
-        f"\ntargets (commit <= 60,000 at every n; inclusion at {PROOF_LEAVES} <= 45,000): {'met' if ok else 'MISSED'}"
+        f"\ntargets (commit <= 60,000 at every n; inclusion at {PROOF_LEAVES} <= 45,000; "
+        f"quorum vote <= 60,000 and finalizing vote <= 80,000 at m = 3, 7): "
+        f"{'met' if ok else 'MISSED'}"
     )
     return 0 if ok else 1
 

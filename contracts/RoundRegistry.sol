@@ -30,6 +30,7 @@ contract RoundRegistry {
 
     /// @notice Multiparty CKKS key epochs per task, in order (epoch e is index e - 1): the hash of
     /// the collective public key and the Merkle root of its key parties.
+    // slither-disable-next-line uninitialized-state (written by push through a storage pointer)
     mapping(uint256 task => KeyEpoch[]) private _keyEpochs;
 
     struct KeyEpoch {
@@ -98,6 +99,7 @@ contract RoundRegistry {
         if (msg.sender != t.owner) revert NotOwner(task, msg.sender);
         if (aggregator == address(0)) revert ZeroAddress();
         t.aggregator = aggregator;
+        _dropQuorum(task);
         emit AggregatorChanged(task, aggregator);
     }
 
@@ -226,7 +228,7 @@ contract RoundRegistry {
 
     /// @notice The last committed round of a task (0 if none), by galloping then bisecting over
     /// the gap-free rounds: O(log r) reads, no counter to keep up to date in commitRound.
-    function latestRound(uint256 task) external view returns (uint256) {
+    function latestRound(uint256 task) public view returns (uint256) {
         mapping(uint256 => bytes32) storage roots = _roots[task];
         if (roots[1] == bytes32(0)) return 0;
         uint256 lo = 1;
@@ -272,5 +274,232 @@ contract RoundRegistry {
             }
             h := keccak256(0x00, 0x40)
         }
+    }
+
+
+    // ---- Quorum of aggregators: a round is final when t of m aggregators attest one tuple ----
+    //
+    // A task in quorum mode has the registry itself as its aggregator (so nobody can call
+    // commitRound) and m seats. Each seat keeps ONE slot, its latest vote (round, tuple id),
+    // written over round after round: setQuorum initializes it non-zero, so a vote is a
+    // non-zero-to-non-zero write (2,900 + 2,100 cold) and not a fresh slot (22,100). Counting
+    // the votes for a tuple reads the other m - 1 seats; the task's last final (round, tuple id)
+    // is one more slot, written over at each finalization. Nothing grows with n.
+
+    /// @notice The most aggregators a quorum may have: each vote reads every seat (2,100 gas
+    /// each), and at m = 8 a vote stays under 60,000 gas and the finalizing one under 80,000.
+    uint256 public constant MAX_AGGREGATORS = 8;
+    /// @dev A seat's slot before its first vote, and the last final's before the first quorum
+    /// round (tuple id 1, round 0): non-zero so that every later write updates a slot.
+    uint256 private constant _UNSET = 1 << 64;
+
+    /// @dev (seat index + 1) | m << 8 | t << 16 per member; zero for everyone else.
+    mapping(uint256 task => mapping(address account => uint256 seat)) private _seats;
+    /// @dev Per seat index: its latest vote, tuple id << 64 | round.
+    mapping(uint256 task => mapping(uint256 index => uint256 vote)) private _votes;
+    /// @dev The members by seat index (m is in their seats).
+    mapping(uint256 task => mapping(uint256 index => address account)) private _members;
+    /// @dev The last final round of a quorum task: tuple id << 64 | round (tuple id 1: unknown).
+    mapping(uint256 task => uint256 last) private _lastFinal;
+
+    event QuorumChanged(uint256 indexed task, address[] aggregators, uint256 threshold);
+    /// @notice `aggregator` voted `tuple` for `round`: the first 24 bytes of keccak256(abi.encode(
+    /// updatesRoot, contributionsRoot, resultDigest, metaHash, n)) (192 bits: a collision costs
+    /// 2^96 hashes). Every vote but the finalizing one, whose RoundCommitted stands for it.
+    event RoundAttested(uint256 indexed task, uint256 indexed round, address indexed aggregator, bytes24 tuple);
+    /// @notice The fields of a tuple first attested without finalizing the round (the fields of
+    /// a final tuple are in its RoundCommitted event).
+    event TupleProposed(
+        uint256 indexed task,
+        uint256 indexed round,
+        bytes24 indexed tuple,
+        bytes32 updatesRoot,
+        bytes32 contributionsRoot,
+        bytes32 resultDigest,
+        bytes32 metaHash,
+        uint256 n
+    );
+    /// @notice Evidence: `aggregator` attested `attested` for a round whose final tuple is
+    /// `finalTuple` (emitted at finalization for earlier votes, at once for later ones).
+    event AttestationConflict(
+        uint256 indexed task, uint256 indexed round, address indexed aggregator, bytes24 attested, bytes24 finalTuple
+    );
+
+    error NoQuorum(uint256 task);
+    error BadQuorum(uint256 task, uint256 aggregators, uint256 threshold);
+    error DuplicateAggregator(uint256 task, address aggregator);
+    error AlreadyAttested(uint256 task, uint256 round, address aggregator);
+    error AttestationTooLate(uint256 task, uint256 round);
+
+    /// @notice Names the m aggregators of `task` and the threshold t (owner only; 1 <= t <= m
+    /// <= MAX_AGGREGATORS). m = 1 is today's single aggregator (commitRound, no seats); m > 1
+    /// makes the registry the task's aggregator: rounds are then final by attestRound. A change
+    /// discards the votes of a round not final yet.
+    function setQuorum(uint256 task, address[] calldata aggregators, uint256 threshold) external {
+        Task storage t = _tasks[task];
+        if (t.owner == address(0)) revert UnknownTask(task);
+        if (msg.sender != t.owner) revert NotOwner(task, msg.sender);
+        uint256 m = aggregators.length;
+        if (m == 0 || m > MAX_AGGREGATORS || threshold == 0 || threshold > m) {
+            revert BadQuorum(task, m, threshold);
+        }
+        _dropQuorum(task);
+        if (m == 1) {
+            if (aggregators[0] == address(0)) revert ZeroAddress();
+            t.aggregator = aggregators[0];
+        } else {
+            for (uint256 i = 0; i < m; ++i) {
+                address a = aggregators[i];
+                if (a == address(0)) revert ZeroAddress();
+                if (_seats[task][a] != 0) revert DuplicateAggregator(task, a);
+                _seats[task][a] = (i + 1) | (m << 8) | (threshold << 16);
+                _votes[task][i] = _UNSET;
+                _members[task][i] = a;
+            }
+            t.aggregator = address(this);
+            _lastFinal[task] = _UNSET | latestRound(task);
+        }
+        emit QuorumChanged(task, aggregators, threshold);
+    }
+
+    /// @notice The aggregators of `task` in seat order and its threshold ([aggregator], 1 for a
+    /// task with a single aggregator).
+    function quorum(uint256 task) external view returns (address[] memory aggregators, uint256 threshold) {
+        Task storage t = _tasks[task];
+        if (t.owner == address(0)) revert UnknownTask(task);
+        if (t.aggregator != address(this)) {
+            aggregators = new address[](1);
+            aggregators[0] = t.aggregator;
+            return (aggregators, 1);
+        }
+        uint256 seat = _seats[task][_members[task][0]];
+        aggregators = new address[]((seat >> 8) & 0xff);
+        for (uint256 i = 0; i < aggregators.length; ++i) {
+            aggregators[i] = _members[task][i];
+        }
+        threshold = seat >> 16;
+    }
+
+    /// @notice One aggregator's vote for round `round` of a quorum task: the tuple is final (its
+    /// root written, RoundCommitted emitted) when the threshold's worth of distinct aggregators
+    /// voted it. Round r is open once r - 1 is final; the last final round still takes late votes
+    /// (an agreeing one is recorded, another is evidence: AttestationConflict); older ones are
+    /// AttestationTooLate. Each aggregator votes once per round, rounds in order.
+    /// @dev Gas: the seat, the vote slot, the last final, the other m - 1 votes and an event;
+    /// the finalizing vote adds the round's one fresh slot and RoundCommitted (at m = 7: about
+    /// 54,000 and 77,000), plus about 6,000 per other vote it names. Nothing grows with n.
+    function attestRound(
+        uint256 task,
+        uint256 round,
+        bytes32 updatesRoot,
+        bytes32 contributionsRoot,
+        bytes32 resultDigest,
+        bytes32 metaHash,
+        uint256 n
+    ) external {
+        uint256 seat = _seats[task][msg.sender]; // non-zero only in quorum mode (_dropQuorum)
+        if (seat == 0) _refuseAttestation(task);
+        if (n == 0 || updatesRoot == bytes32(0)) revert EmptyRound(task, round);
+        bytes24 tuple = bytes24(keccak256(abi.encode(updatesRoot, contributionsRoot, resultDigest, metaHash, n)));
+        (bool proposed, bool isFinal) = _vote(task, round, seat, tuple);
+        if (proposed) {
+            emit TupleProposed(task, round, tuple, updatesRoot, contributionsRoot, resultDigest, metaHash, n);
+        }
+        if (isFinal) {
+            emit RoundCommitted(task, round, updatesRoot, contributionsRoot, resultDigest, metaHash, n);
+            _roots[task][round] = _hashPair(updatesRoot, contributionsRoot);
+        }
+    }
+
+    /// @dev Checks and records the sender's vote for `tuple`; says whether the tuple's fields
+    /// must be emitted (its first vote, or evidence) and whether the round is now final.
+    function _vote(uint256 task, uint256 round, uint256 seat, bytes24 tuple)
+        private
+        returns (bool proposed, bool isFinal)
+    {
+        uint256 last = _lastFinal[task];
+        uint256 index = (seat & 0xff) - 1;
+        mapping(uint256 => uint256) storage votes = _votes[task];
+        _checkOrder(task, round, uint64(votes[index]), last);
+        uint256 vote = (uint256(uint192(tuple)) << 64) | round;
+        votes[index] = vote;
+        if (round == uint64(last)) return (_lateVote(task, round, tuple, last), false);
+        (uint256 count, uint256 others) = _tally(votes, (seat >> 8) & 0xff, index, vote);
+        if (count < seat >> 16) {
+            emit RoundAttested(task, round, msg.sender, tuple);
+            return (count == 1, false);
+        }
+        // The finalizing vote is the RoundCommitted event's transaction: no RoundAttested.
+        if (_roots[task][round] != bytes32(0)) revert RoundExists(task, round);
+        _lastFinal[task] = vote;
+        if (others != 0) _nameConflicts(task, round, vote, others);
+        return (false, true);
+    }
+
+    /// @dev Round r is open once r - 1 is final; the last final round takes late votes; each
+    /// aggregator votes once per round, rounds in order (`own`: the last round it voted).
+    function _checkOrder(uint256 task, uint256 round, uint256 own, uint256 last) private view {
+        uint256 lastRound = uint64(last);
+        if (round == 0 || round > lastRound + 1) revert RoundOutOfOrder(task, round);
+        if (round < lastRound) revert AttestationTooLate(task, round);
+        if (own == round) revert AlreadyAttested(task, round, msg.sender);
+        if (own > round) revert RoundOutOfOrder(task, round);
+        // A round final before the quorum was set has no known tuple to compare with.
+        if (round == lastRound && last >> 64 == 1) revert AttestationTooLate(task, round);
+    }
+
+    /// @dev A vote for the last final round: recorded; evidence if it is not the final tuple.
+    /// Returns whether the tuple's fields must be emitted.
+    function _lateVote(uint256 task, uint256 round, bytes24 tuple, uint256 last) private returns (bool) {
+        emit RoundAttested(task, round, msg.sender, tuple);
+        bytes24 finalTuple = bytes24(uint192(last >> 64));
+        if (tuple == finalTuple) return false;
+        emit AttestationConflict(task, round, msg.sender, tuple, finalTuple);
+        return true;
+    }
+
+    /// @dev How many seats other than `index` voted `vote` (plus this one), and the bitmask of
+    /// the seats that voted another tuple in the same round.
+    function _tally(mapping(uint256 => uint256) storage votes, uint256 m, uint256 index, uint256 vote)
+        private
+        view
+        returns (uint256 count, uint256 others)
+    {
+        count = 1;
+        uint256 round = uint64(vote);
+        for (uint256 i = 0; i < m; ++i) {
+            uint256 v = votes[i];
+            if (i == index || uint64(v) != round) continue;
+            if (v == vote) ++count;
+            else others |= 1 << i;
+        }
+    }
+
+    /// @dev Evidence at finality: every other vote of the round (the seats in `others`).
+    function _nameConflicts(uint256 task, uint256 round, uint256 vote, uint256 others) private {
+        mapping(uint256 => uint256) storage votes = _votes[task];
+        bytes24 finalTuple = bytes24(uint192(vote >> 64));
+        for (uint256 i = 0; others != 0; ++i) {
+            if (others & (1 << i) == 0) continue;
+            others &= others - 1;
+            emit AttestationConflict(task, round, _members[task][i], bytes24(uint192(votes[i] >> 64)), finalTuple);
+        }
+    }
+
+    /// @dev Leaves quorum mode: the seats of the task's members are cleared (setAggregator and
+    /// setQuorum call it, so a non-zero seat always means the task is in quorum mode).
+    function _dropQuorum(uint256 task) private {
+        mapping(uint256 => address) storage members = _members[task];
+        uint256 m = (_seats[task][members[0]] >> 8) & 0xff;
+        for (uint256 i = 0; i < m; ++i) {
+            delete _seats[task][members[i]];
+        }
+    }
+
+    function _refuseAttestation(uint256 task) private view {
+        Task storage t = _tasks[task];
+        if (t.owner == address(0)) revert UnknownTask(task);
+        if (t.aggregator != address(this)) revert NoQuorum(task);
+        revert NotAggregator(task, msg.sender);
     }
 }

@@ -11,6 +11,8 @@ const solc = require("solc");
 const EVM_VERSION = "prague";
 // runs 10000: deployment is paid once, commits and proofs every round, so favour runtime gas.
 const OPTIMIZER = { enabled: true, runs: 10000 };
+// No metadata hash: the bytecode depends on the code, not on comments or file paths.
+const METADATA = { bytecodeHash: "none", appendCBOR: false };
 
 function parseArgs(argv) {
   const i = argv.indexOf("--out");
@@ -27,8 +29,7 @@ function compile() {
     settings: {
       evmVersion: EVM_VERSION,
       optimizer: OPTIMIZER,
-      // No metadata hash: the bytecode depends on the code, not on comments or file paths.
-      metadata: { bytecodeHash: "none", appendCBOR: false },
+      metadata: METADATA,
       outputSelection: { "*": { "*": ["abi", "evm.bytecode.object", "evm.deployedBytecode.object"] } },
     },
   };
@@ -54,9 +55,15 @@ function compile() {
   return artifacts;
 }
 
-const { out } = parseArgs(process.argv.slice(2));
-fs.mkdirSync(out, { recursive: true });
-for (const [name, artifact] of Object.entries(compile())) {
-  fs.writeFileSync(path.join(out, name + ".json"), JSON.stringify(artifact, null, 2) + "\n");
-  process.stdout.write(`${name}: ${(artifact.deployedBytecode.length - 2) / 2} bytes deployed\n`);
+// The settings every compile of the contracts uses (solc-shim.js too: what slither analyses is
+// what is deployed).
+module.exports = { EVM_VERSION, OPTIMIZER, METADATA };
+
+if (require.main === module) {
+  const { out } = parseArgs(process.argv.slice(2));
+  fs.mkdirSync(out, { recursive: true });
+  for (const [name, artifact] of Object.entries(compile())) {
+    fs.writeFileSync(path.join(out, name + ".json"), JSON.stringify(artifact, null, 2) + "\n");
+    process.stdout.write(`${name}: ${(artifact.deployedBytecode.length - 2) / 2} bytes deployed\n`);
+  }
 }

@@ -58,3 +58,34 @@ def test_compiler_and_evm_version_are_pinned() -> None:
         assert f"pragma solidity {solc_pin};" in sol.read_text(), (
             f"{sol.name} must pin solidity {solc_pin}"
         )
+
+
+def test_the_solc_shim_answers_as_solc_with_the_deployed_bytecode(tmp_path: Path) -> None:
+    """contracts/solc-shim.js (the `solc` slither runs, see .ci/slither): `--version` names the
+    pinned compiler and `--combined-json` gives the committed artifacts' code and ABI."""
+    node = shutil.which("node")
+    assert node, "node is not installed: the solc shim cannot be checked"
+    shim = [node, str(CONTRACTS / "solc-shim.js")]
+    version = subprocess.run([*shim, "--version"], capture_output=True, text=True, timeout=60)
+    pin = json.loads((CONTRACTS / "package.json").read_text())["devDependencies"]["solc"]
+    assert version.returncode == 0 and f"Version: {pin}+commit." in version.stdout, version
+    fields = "abi,ast,bin,bin-runtime,srcmap,srcmap-runtime,userdoc,devdoc,hashes"
+    sol = "contracts/RoundRegistry.sol"
+    out = subprocess.run(
+        [*shim, sol, "--combined-json", fields, "--allow-paths", ".,contracts"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stderr
+    combined = json.loads(out.stdout)
+    art = json.loads((CONTRACTS / "artifacts" / "RoundRegistry.json").read_text())
+    c = combined["contracts"][f"{sol}:RoundRegistry"]
+    assert "0x" + c["bin-runtime"] == art["deployedBytecode"] and c["abi"] == art["abi"]
+    assert c["hashes"]["attestRound(uint256,uint256,bytes32,bytes32,bytes32,bytes32,uint256)"]
+    assert combined["sourceList"] == [sol] and combined["sources"][sol]["AST"]["nodeType"] == (
+        "SourceUnit"
+    )
+    bad = subprocess.run([*shim, sol, "--optimize"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "unsupported option --optimize" in bad.stderr

@@ -20,7 +20,8 @@ from .merkle import (
     round_root,
     verify_proof,
 )
-from .records import Receipt, RoundRecord, TaskInfo, meta_hash
+from .quorum import Conflict, QuorumInfo, RoundStatus, RoundTuple
+from .records import Receipt, RoundRecord, TaskInfo, meta_hash, tuple_id
 from .seals import SealRecord
 from .signing import (
     PayloadDomain,
@@ -33,12 +34,16 @@ from .signing import (
 
 __all__ = [
     "AnvilNode",
+    "Conflict",
     "KeyEpochRecord",
     "Ledger",
     "MerkleTree",
     "PayloadDomain",
+    "QuorumInfo",
     "Receipt",
     "RoundRecord",
+    "RoundStatus",
+    "RoundTuple",
     "SealRecord",
     "SignedPayload",
     "TaskInfo",
@@ -52,6 +57,7 @@ __all__ = [
     "process_proof",
     "round_root",
     "sign_payload",
+    "tuple_id",
     "verify_payload",
     "verify_payloads",
     "verify_proof",

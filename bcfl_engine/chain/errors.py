@@ -73,6 +73,26 @@ class AlreadySealed(ContractRevert):
     """This round's payloads are already sealed (a round is sealed once)."""
 
 
+class NoQuorum(ContractRevert):
+    """The task has a single aggregator: it commits with ``commitRound``, not attestations."""
+
+
+class BadQuorum(ContractRevert):
+    """A quorum needs 1 <= threshold <= aggregators <= MAX_AGGREGATORS."""
+
+
+class DuplicateAggregator(ContractRevert):
+    """An account was named twice in one quorum."""
+
+
+class AlreadyAttested(ContractRevert):
+    """This aggregator already attested this round (one vote per aggregator and round)."""
+
+
+class AttestationTooLate(ContractRevert):
+    """The round was final before the latest final round: it takes no more attestations."""
+
+
 class RoundConflict(ChainError):
     """A round was re-committed with data other than what the chain holds."""
 
@@ -97,6 +117,11 @@ REVERTS: dict[str, type[ContractRevert]] = {
         EmptyKeyEpoch,
         UnknownKeyEpoch,
         AlreadySealed,
+        NoQuorum,
+        BadQuorum,
+        DuplicateAggregator,
+        AlreadyAttested,
+        AttestationTooLate,
     )
 }
 
@@ -137,4 +162,11 @@ REVERT_MESSAGES = {
     "EmptyKeyEpoch": "a key epoch of task {task} needs a non-zero key hash and parties root",
     "UnknownKeyEpoch": "task {task} has no key epoch {epoch}",
     "AlreadySealed": "round {round} of task {task} is already sealed; a round is sealed once",
+    "NoQuorum": "task {task} has a single aggregator: it commits rounds, it takes no attestations",
+    "BadQuorum": "task {task}: a quorum needs 1 <= threshold <= aggregators <= 8; "
+    "got {aggregators} aggregators, threshold {threshold}",
+    "DuplicateAggregator": "{aggregator} is named twice in the quorum of task {task}",
+    "AlreadyAttested": "{aggregator} already attested round {round} of task {task}",
+    "AttestationTooLate": "round {round} of task {task} was final before the latest final "
+    "round: it takes no more attestations",
 }

@@ -25,12 +25,13 @@ from ._deps import need
 from .errors import RoundConflict, RoundExists, TransactionFailed, UnknownTask
 from .keys import KeyEpochs
 from .merkle import ZERO32, MerkleTree, as_bytes32, participant_leaf
+from .quorum import Quorum
 from .records import Meta, Receipt, RoundRecord, TaskInfo, meta_hash
 from .seals import Seals
 from .signing import PayloadDomain, SignedPayload, verify_payload
 
 
-class Ledger(KeyEpochs, Seals):
+class Ledger(KeyEpochs, Seals, Quorum):
     """A deployed ``RoundRegistry`` and the account that sends transactions to it.
 
     Build one with :meth:`embedded` (in-process chain, nothing to start) or :meth:`connect`
@@ -165,24 +166,36 @@ class Ledger(KeyEpochs, Seals):
 
     # ---- tasks --------------------------------------------------------------------------
     def create_task(
-        self, *, aggregator: str, participants: Sequence[str], model_spec: bytes
+        self,
+        *,
+        aggregator: str | None = None,
+        participants: Sequence[str],
+        model_spec: bytes,
+        aggregators: Sequence[str] | None = None,
+        threshold: int | None = None,
     ) -> int:
         """Registers a task owned by the sender; returns its id.
 
         ``participants`` become the task's participants root (a :class:`MerkleTree` over
-        :func:`participant_leaf`); ``model_spec`` is stored as its keccak256.
+        :func:`participant_leaf`); ``model_spec`` is stored as its keccak256. One
+        ``aggregator`` commits rounds; or ``aggregators`` and ``threshold`` name a quorum whose
+        ``threshold`` agreeing attestations make a round final (:mod:`.quorum`).
         """
         if len(participants) == 0:
             raise InvalidArgument("a task needs at least one participant; got 0")
+        first, members = self._quorum_args(aggregator, aggregators, threshold)
         root = MerkleTree.from_leaves([participant_leaf(p) for p in participants]).root
         fn = self.contract.functions.createTask(
-            _checksum(self.w3, aggregator), root, keccak256(model_spec)
+            _checksum(self.w3, first), root, keccak256(model_spec)
         )
         receipt = _send(self.w3, self._signer(), fn)
         topic = self.contract.events.TaskCreated().topic
         for log in receipt["logs"]:
             if bytes(log["topics"][0]) == bytes.fromhex(topic.removeprefix("0x")):
-                return int.from_bytes(bytes(log["topics"][1]), "big")
+                task = int.from_bytes(bytes(log["topics"][1]), "big")
+                if members is not None:
+                    self.transact("setQuorum", task, members, threshold)
+                return task
         raise ChainError("createTask was mined without a TaskCreated event")
 
     def set_aggregator(self, task: int, aggregator: str) -> Receipt:

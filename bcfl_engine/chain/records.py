@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import InvalidArgument
+from ..updates import keccak256
 from .merkle import as_bytes32, round_root
 
 Meta = bytes | str | Mapping[str, Any]
@@ -49,6 +50,27 @@ class RoundRecord:
     def root(self) -> bytes:
         """The root the contract stores for this round."""
         return round_root(self.updates_root, self.contributions_root)
+
+    @property
+    def tuple(self) -> bytes:
+        """The id of the committed tuple (:func:`tuple_id`), what a quorum voted for."""
+        return tuple_id(
+            self.updates_root, self.contributions_root, self.result_digest, self.meta_hash, self.n
+        )
+
+
+def tuple_id(
+    updates_root: bytes, contributions_root: bytes, result_digest: bytes, meta_hash: bytes, n: int
+) -> bytes:
+    """The 24-byte id under which aggregators of a quorum vote for a round's tuple: the first 24
+    bytes of keccak256(abi.encode(updatesRoot, contributionsRoot, resultDigest, metaHash, n)),
+    as ``RoundRegistry.attestRound`` computes it."""
+    words = [
+        as_bytes32(updates_root, "updates_root"),
+        as_bytes32(contributions_root, "contributions_root"),
+    ]
+    words += [as_bytes32(result_digest, "result_digest"), as_bytes32(meta_hash, "meta_hash")]
+    return keccak256(b"".join(words) + int(n).to_bytes(32, "big"))[:24]
 
 
 def meta_hash(meta: Meta) -> bytes:

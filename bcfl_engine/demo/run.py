@@ -29,6 +29,7 @@ from ..updates import keccak256
 from . import attacks, data, private, train
 from . import keys as mpkeys
 from .plot import plot
+from .quorum import Replicas
 
 Echo = Callable[[str], None]
 CHAIN_DIR = "chain"  # where the embedded chain's journal goes, in the output folder
@@ -59,6 +60,9 @@ class DemoConfig:
     dp_noise: float | None = None  # with it, a FedAvg line with central DP (.private)
     dp_clip: float | None = None
     dp_budget: float | None = None
+    aggregators: int = 1  # > 1: replicas on their own stores and keys (demo/quorum.py)
+    quorum: int | None = None  # how many agreeing replicas make a round final (majority)
+    dishonest_aggregator: bool = False
 
 
 @dataclass
@@ -187,7 +191,7 @@ def _table(round_no: int, rounds: int, runs: list[Run], metric: str) -> str:
             f"  {run.label:<22} {h[metric]:>9.4f} {private.show(h['epsilon']):>8} "
             f"{h.get('bucket') or '-':>6} "
             f"{1e3 * h['aggregation_seconds']:>9.3f} "
-            f"{h['gas']:>7}  {h['root'][:18]}..."
+            f"{h['gas']:>7}  {h['root'][:18]}..." + (f"  {h['quorum']}" if "quorum" in h else "")
         )
     return "\n".join(lines)
 
@@ -212,6 +216,7 @@ def run_demo(config: DemoConfig, echo: Echo = print) -> dict[str, Any]:
         shutil.rmtree(out / CHAIN_DIR)  # an earlier embedded chain's, no longer the store's
     store = PayloadStore(out / "store")
     ledger = _ledger(config, out)
+    replicas = Replicas(ledger, config, out)
     keys = hospital_keys(config.clients, config.seed)
     addresses = [Account.from_key(k).address for k in keys]
     hospitals = epochs = None
@@ -220,7 +225,7 @@ def run_demo(config: DemoConfig, echo: Echo = print) -> dict[str, Any]:
         echo(hospitals.who_decrypts())
     for run in runs:
         run.task = ledger.create_task(
-            aggregator=ledger.sender,
+            **replicas.task_kw(),
             participants=addresses,
             model_spec=f"demo {run.label}".encode(),
         )
@@ -232,6 +237,8 @@ def run_demo(config: DemoConfig, echo: Echo = print) -> dict[str, Any]:
         f"{fed.name}: {config.clients} hospitals ({', '.join(str(len(y)) for _, y in fed.clients)} patients), "
         f"Byzantine: {({f'h{i}': a for i, a in byz.items()}) or 'none'}; chain {ledger.address} (chain id {ledger.chain_id})"
     )
+    if replicas.m > 1:
+        echo(replicas.describe())
     total = config.rounds * len(runs) * config.clients
     bar = tqdm(
         total=total, desc="hospital updates", unit="upd", disable=not config.progress, leave=False
@@ -249,6 +256,19 @@ def run_demo(config: DemoConfig, echo: Echo = print) -> dict[str, Any]:
                 ledger, run.task, r, store, participants=addresses, dim=trainer.dim, rule=run.rule, f=run.f,
                 secure=run.secure, keys=epochs.get(run.task) if epochs else None, dp=run.dp,
             )  # fmt: skip
+            others = replicas.others(
+                lambda a, s, rule, run=run, r=r: AggregationRound(
+                    a,
+                    run.task,
+                    r,
+                    s,
+                    participants=addresses,
+                    dim=trainer.dim,
+                    rule=rule,
+                    f=run.f if rule == run.rule else 0,
+                ),
+                run.rule,
+            )
             for i, (x, y) in enumerate(fed.clients):
                 attack = byz.get(i) if run.attacked else None
                 seed = config.seed * 1_000_003 + r * 1009 + i
@@ -260,16 +280,19 @@ def run_demo(config: DemoConfig, echo: Echo = print) -> dict[str, Any]:
                     payload_bytes = _tenseal().ckks_vector(ctx, update.tolist()).serialize()
                 else:
                     payload_bytes = encode_update(update)
-                rnd.submit(
-                    sign_payload(keys[i], run.task, r, payload_bytes, ledger.domain, weight=len(y))
+                signed = sign_payload(
+                    keys[i], run.task, r, payload_bytes, ledger.domain, weight=len(y)
                 )
+                signed = replicas.salted(signed, run.task, r, i)
+                for replica in (rnd, *others):  # every replica receives every payload
+                    replica.submit(signed)
                 bar.update(1)
             bucket = None
             if run.secure == "ckks":
                 assert hospitals is not None
                 bucket = hospitals.decrypt(rnd, ledger, addresses).bucket_size
             try:
-                res = rnd.finalize()
+                res, attested = replicas.finalize(rnd, others)
             except BudgetExceeded as exc:
                 run.stopped = r
                 echo(f"{run.label}: {exc}")
@@ -291,6 +314,7 @@ def run_demo(config: DemoConfig, echo: Echo = print) -> dict[str, Any]:
             score = trainer.score(run.params, *fed.test) * scale
             run.history.append(
                 {"round": r, fed.metric: score, "epsilon": private.spent(run.dp, r), "bucket": bucket, "aggregation_seconds": res.seconds, "gas": res.gas_used, "root": "0x" + res.root.hex()}
+                | ({"quorum": attested} if attested else {})
             )  # fmt: skip
         (bar.write if config.progress else echo)(_table(r, config.rounds, runs, fed.metric))
     bar.close()
