@@ -34,6 +34,9 @@ from .keys import context_info, load_context, tenseal
 from .ntt import intt
 
 
+_SHM = "/dev/shm"
+
+
 @functools.lru_cache(maxsize=4)
 def _seal_tools(ctx: Any) -> tuple[Any, Any, Any]:
     import tenseal.sealapi as sa
@@ -109,7 +112,9 @@ def encrypt(
     sc, encoder, encryptor = _seal_tools(ctx)
     residues = np.empty(layout.shape, dtype=np.uint64)
     per = info.slots * (2 if pair else 1)
-    with tempfile.TemporaryDirectory() as tmp:
+    # The bundled SEAL API saves to a path only: a RAM-backed folder where there is one (0.24 ms
+    # a ciphertext against 0.54 on a disk-backed /tmp, at N = 8192).
+    with tempfile.TemporaryDirectory(dir=_SHM if os.path.isdir(_SHM) else None) as tmp:
         path = os.path.join(tmp, "ct")
         for c in range(layout.ciphertexts):
             chunk = x[c * per : (c + 1) * per]
