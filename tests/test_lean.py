@@ -129,3 +129,19 @@ def test_a_forged_header_is_refused(few: tuple) -> None:
     with pytest.raises(PayloadError, match="client 2"):
         he.aggregate([blobs[0], blobs[1], bytes(lowered)], [1, 1, 1])
     assert lay.max_weight_sum == 1000 and lean_wire.HEADER.size == 84
+
+
+def test_bcfl_info_lists_every_preset(capsys: pytest.CaptureFixture[str]) -> None:
+    from bcfl_engine.cli import main
+
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    table = out[out.index("CKKS presets") :].splitlines()
+    assert "B/param" in table[1] and "mean of 1000" in table[1] and "headroom" in table[1]
+    for p in presets.PRESETS.values():
+        (line,) = [x for x in table if x.split()[:1] == [p.name]]
+        assert f"{p.bytes_per_parameter():.2f}" in line and "128-bit" in line
+        assert f"2^{math.log2(p.mean_precision):.4g}" in line
+        assert f"2^{math.log2(p.headroom):.4g}" in line
+    (lean_line,) = [x for x in table if x.split()[:1] == ["lean"]]
+    assert "9.50" in lean_line and "weights sum <= 1000" in lean_line

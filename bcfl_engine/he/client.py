@@ -33,7 +33,6 @@ from . import lean, lean_wire, presets, wire
 from .keys import context_info, load_context, tenseal
 from .ntt import intt
 
-
 _SHM = "/dev/shm"
 
 
