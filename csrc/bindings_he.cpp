@@ -194,9 +194,10 @@ void bind_he(py::module_& m) {
     py::gil_scoped_release release;
     bcfl::lean_unpack(blob.span.as<const uint8_t>() + offset, C, N, b, k, out.as<uint64_t>());
   });
-  // lean_accumulate(payloads, offset, b, k, w [n] | None, acc [C, 2, N]): acc += their sum.
+  // lean_accumulate(payloads, offset, b, k, w [n] | None, acc [C, 2, N], fresh): acc (zeroed
+  // first when fresh) += their sum.
   m.def("lean_accumulate", [](py::handle blobs_, int64_t offset, int b, int k, py::handle w_,
-                              py::handle acc_) {
+                              py::handle acc_, bool fresh) {
     lean_bits(b, k, "lean_accumulate");
     const Payloads in = payloads(blobs_, "lean_accumulate: payloads");
     const int64_t n = in.n();
@@ -214,7 +215,18 @@ void bind_he(py::module_& m) {
     std::vector<uint64_t> addrs(in.addrs.begin(), in.addrs.end());
     for (auto& a : addrs) a += static_cast<uint64_t>(offset);
     py::gil_scoped_release release;
-    bcfl::lean_accumulate(n, addrs.data(), C, N, b, k, w.as<const uint64_t>(), acc.as<uint64_t>());
+    bcfl::lean_accumulate(n, addrs.data(), C, N, b, k, w.as<const uint64_t>(), fresh, acc.as<uint64_t>());
+  });
+  // lean_lift(x [M] below 2^b, q0, b, out [M]).
+  m.def("lean_lift", [](py::handle x_, uint64_t q0, int b, py::handle out_) {
+    lean_bits(b, 0, "lean_lift");
+    if (q0 % 2 == 0 || q0 <= (uint64_t{1} << b) || q0 >= (uint64_t{1} << 60))
+      invalid("lean_lift: q0 must be odd, in (2^b, 2^60); got " + std::to_string(q0));
+    const View x = view(x_, "lean_lift: x", {kI64, kU64}, {-1});
+    const View out = view(out_, "lean_lift: out", {kI64, kU64}, {x.dim(0)}, true);
+    no_overlap(out, "lean_lift: out", {&x});
+    py::gil_scoped_release release;
+    bcfl::lean_lift(x.as<const uint64_t>(), x.dim(0), q0, b, out.as<uint64_t>());
   });
 
   // ---- ntt ----

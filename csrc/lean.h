@@ -19,8 +19,11 @@ void lean_sum(const uint64_t* x, int64_t n, int64_t M, int b, const uint64_t* w,
 // C N (2b - k) / 8 bytes (the caller checks).
 void lean_unpack(const uint8_t* body, int64_t C, int64_t N, int b, int k, uint64_t* out);
 
-// lean_accumulate: acc [C, 2, N] += sum_i w[i] * unpack(body_i) mod 2^b, each body as in
-// lean_unpack, w null (all ones); one pass over each payload, no intermediate buffer.
+// lean_accumulate: acc [C, 2, N] = (fresh ? 0 : acc) + sum_i w[i] * unpack(body_i) mod 2^b,
+// each body as in lean_unpack, w null (all ones); one pass over each payload, no buffer.
 void lean_accumulate(int64_t n, const uint64_t* addrs, int64_t C, int64_t N, int b, int k,
-                     const uint64_t* w, uint64_t* acc);
+                     const uint64_t* w, bool fresh, uint64_t* acc);
+
+// lean_lift: out[j] = round(q0 x[j] / 2^b) mod q0 for x[j] < 2^b (exact, 128-bit products).
+void lean_lift(const uint64_t* x, int64_t M, uint64_t q0, int b, uint64_t* out);
 }  // namespace bcfl

@@ -105,11 +105,15 @@ def test_sum_matches_reference(
     assert not report(got, want), report(got, want)
 
 
-def test_lift_matches_reference() -> None:
+@pytest.mark.parametrize("how", ["numpy", "native"])
+def test_lift_matches_reference(how: str) -> None:
+    if how == "native" and _load_native()[0] is None:
+        pytest.skip(str(_load_native()[1]))
     for q0, b in ((P60, 42), (P60, 50), (P30, 20)):
         x = np.random.default_rng(b).integers(0, 2**b, size=(2, 2, 1024), dtype=np.uint64)
         x[0, 0, :3] = [0, 1, 2**b - 1]
-        got, want = lean.lift(x, q0, b), lean.lift_reference(x, q0, b)
+        x[0, 1, :3] = [2 ** (b - 1) - 1, 2 ** (b - 1), 2 ** (b - 1) + 1]  # the tie: q0 / 2
+        got, want = lean.lift(x, q0, b, backend=how), lean.lift_reference(x, q0, b)
         assert not report(got, want), report(got, want)
         assert int(got.max()) < q0
 
@@ -133,12 +137,14 @@ def test_pack_and_unpack_round_trip(b: int, k: int) -> None:
     if _load_native()[0] is not None:  # the fused native accumulate reads the same values
         from bcfl_engine.backends import native
 
-        acc = torch.zeros((c, 2, n), dtype=torch.int64)
-        native().lean_accumulate(
-            [blob, blob], lean_wire.HEADER.size, b, k, torch.tensor([1, 2]), acc
-        )
+        acc = torch.full((c, 2, n), -1, dtype=torch.int64)  # garbage: fresh zeroes it
+        w = torch.tensor([1, 2])
+        native().lean_accumulate([blob, blob], lean_wire.HEADER.size, b, k, w, acc, True)
         want3 = lean.sum_reference(np.stack([want, want]), b, [1, 2])
         assert not report(acc.numpy().view(np.uint64), want3)
+        native().lean_accumulate([blob], lean_wire.HEADER.size, b, k, None, acc, False)
+        want4 = lean.sum_reference(np.stack([want3, want]), b)
+        assert not report(acc.numpy().view(np.uint64), want4)
 
 
 def test_bad_arguments_are_refused() -> None:

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ..backends import Kernel, dispatch, native
+from ..backends import Kernel, _load_native, dispatch, native
 from ..errors import InvalidArgument
 from .ntt import mulhi
 
@@ -248,15 +248,22 @@ def lean_sum(
 # ---------------------------------------------------------------- lift
 
 
-def lift(x: np.ndarray, q0: int, b: int) -> np.ndarray:
+def lift(x: np.ndarray, q0: int, b: int, *, backend: str | None = None) -> np.ndarray:
     """``round(q_0 c / 2^b) mod q_0`` of ``x`` (values below ``2^b``) -> uint64, same shape.
 
-    The 128-bit product ``c q_0`` as (``mulhi``, wrapping low word), plus ``2^(b-1)`` with its
-    carry, shifted right by ``b``: exact.
+    ``backend``: "native" (C++, 128-bit products), "numpy" (the 128-bit product ``c q_0`` as
+    ``mulhi`` and the wrapping low word, plus ``2^(b-1)`` with its carry, shifted right by
+    ``b``) or None (native where built). Both exact, equal to :func:`lift_reference`.
     """
     check_bits(q0, b, 0)
-    c = np.ascontiguousarray(x).view(np.uint64) if np.asarray(x).dtype == np.int64 else x
-    c = np.asarray(c, dtype=np.uint64)
+    c = np.ascontiguousarray(np.asarray(x)).view(np.uint64)
+    if backend not in (None, "native", "numpy"):
+        raise InvalidArgument(f"lift: backend must be 'native', 'numpy' or None; got {backend!r}")
+    if backend == "native" or (backend is None and _load_native()[0] is not None):
+        out = np.empty(c.shape, dtype=np.uint64)
+        flat = torch.from_numpy(c.reshape(-1).view(np.int64))
+        native().lean_lift(flat, q0, b, torch.from_numpy(out.reshape(-1).view(np.int64)))
+        return out
     q = np.uint64(q0)
     lo = c * q  # wraps mod 2^64 (numpy's unsigned arithmetic is modular)
     hi = mulhi(c, np.full(c.shape, q, dtype=np.uint64))

@@ -129,7 +129,9 @@ def _aggregate_fused(
             except PayloadError as exc:
                 raise PayloadError(f"client {ids[i]!r}: {exc}") from None
             raise PayloadError(f"client {ids[i]!r}: its header is not the aggregate's")
-    acc = torch.zeros(layout.shape, dtype=torch.int64)
+    acc = torch.empty(layout.shape, dtype=torch.int64)
     w = None if ints is None else lean.weights_u64(ints, layout.b)
-    native().lean_accumulate(list(payloads), lean_wire.HEADER.size, layout.b, layout.k, w, acc)
+    native().lean_accumulate(
+        list(payloads), lean_wire.HEADER.size, layout.b, layout.k, w, acc, True
+    )
     return lean_wire.to_tenseal(acc.numpy(), layout)

@@ -180,7 +180,13 @@ def parse(blob: bytes | memoryview, layout: LeanLayout) -> np.ndarray:
 def to_tenseal(values: np.ndarray, layout: LeanLayout) -> bytes:
     """``values`` ``[C, 2, N]`` modulo ``2^b`` (a sum of payloads) lifted to ``q_0`` and put back
     in NTT form: a ``CKKSVectorProto`` at ``q_0`` that TenSEAL loads and decrypts."""
+    import torch
+
+    from .batch import to_tenseal as write
+
     lifted = lean.lift(values, layout.q0, layout.b)
     residues = ntt(np.ascontiguousarray(lifted), layout.q0)
     compact = layout.compact()
-    return wire.to_tenseal(residues.reshape(compact.shape), compact, layout.scale)
+    res = torch.from_numpy(residues.reshape(compact.shape).view(np.int64))
+    codec = "python" if _load_native()[0] is None else "native"
+    return write(res, compact, layout.scale, (4, 3), codec)
