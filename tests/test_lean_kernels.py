@@ -134,6 +134,10 @@ def test_pack_and_unpack_round_trip(b: int, k: int) -> None:
     want[:, 0] <<= np.uint64(k)
     got = lean_wire.parse(blob, layout)
     assert not report(got, want), report(got, want)
+    with pytest.MonkeyPatch.context() as mp:  # the numpy unpacker (no extension) reads the same
+        mp.setattr(lean_wire, "_load_native", lambda: (None, "not built"))
+        got_py = lean_wire.parse(blob, layout)
+    assert not report(got_py, want), report(got_py, want)
     if _load_native()[0] is not None:  # the fused native accumulate reads the same values
         from bcfl_engine.backends import native
 
