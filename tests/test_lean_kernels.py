@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bcfl_engine.backends import _load_native
-from bcfl_engine.errors import InvalidArgument
+from bcfl_engine.errors import BackendUnavailable, InvalidArgument
 from bcfl_engine.he import lean, lean_wire, wire
 
 # A real 60-bit SEAL prime (the lean preset's q_0 is one like it) and a 30-bit one.
@@ -149,6 +149,18 @@ def test_pack_and_unpack_round_trip(b: int, k: int) -> None:
         native().lean_accumulate([blob], lean_wire.HEADER.size, b, k, None, acc, False)
         want4 = lean.sum_reference(np.stack([want3, want]), b)
         assert not report(acc.numpy().view(np.uint64), want4)
+
+
+def test_switch_of_any_length(backend: str) -> None:
+    """N not a power of two: torch and C++ take it, Triton says why not (forced)."""
+    x = coefficients(2, 1024, P60, 42, seed=3)[:, :, :100].contiguous()
+    if backend == "triton":
+        with pytest.raises(BackendUnavailable, match="power of two"):
+            lean.switch(x, P60, 42, 8, backend=backend)
+        return
+    got = lean.switch(x, P60, 42, 8, backend=backend).numpy().view(np.uint64)
+    want = lean.switch_reference(x.numpy(), P60, 42, 8)
+    assert not report(got, want), report(got, want)
 
 
 def test_bad_arguments_are_refused() -> None:

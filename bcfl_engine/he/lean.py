@@ -128,10 +128,15 @@ def _switch_triton(x: torch.Tensor, q0: int, b: int, k: int) -> torch.Tensor:
     return launch(x, q0, b, k)
 
 
+def _switch_triton_limits(x: torch.Tensor) -> str | None:
+    n = x.shape[-1]
+    return None if n > 0 and n & (n - 1) == 0 else f"N={n}: the Triton switch needs a power of two"
+
+
 SWITCH_KERNELS = (
     Kernel("torch", _switch_torch),
     Kernel("native", _switch_native, needs="cpp"),
-    Kernel("triton", _switch_triton),
+    Kernel("triton", _switch_triton, limits=_switch_triton_limits),
 )
 
 
