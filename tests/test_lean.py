@@ -145,3 +145,24 @@ def test_bcfl_info_lists_every_preset(capsys: pytest.CaptureFixture[str]) -> Non
         assert f"2^{math.log2(p.headroom):.4g}" in line
     (lean_line,) = [x for x in table if x.split()[:1] == ["lean"]]
     assert "9.50" in lean_line and "weights sum <= 1000" in lean_line
+
+
+def test_running_sum_equals_the_aggregate_and_checks_headroom_as_weights_come(few: tuple) -> None:
+    from bcfl_engine.he.lean_aggregate import LeanRunningSum
+
+    _, blobs = few
+    rs = LeanRunningSum(keys().public_context())
+    for i, (blob, w) in enumerate(zip(blobs, [1, 7, 0, 300, 2], strict=True)):
+        rs.add(i, blob, w)
+    assert rs.weight_sum == 310
+    before = rs.result()
+    assert before == he.aggregate(blobs, [1, 7, 0, 300, 2], context=keys().public_context())
+    with pytest.raises(HeadroomExceeded, match=r"client 'x'.*1001"):
+        rs.add("x", blobs[0], 691)
+    with pytest.raises(PayloadError, match="client 'y'"):
+        rs.add("y", blobs[0][:-1], 1)
+    with pytest.raises(InvalidWeight, match="client 'z'"):
+        rs.add("z", blobs[0], 1.5)
+    assert rs.weight_sum == 310 and rs.result() == before  # refused payloads changed nothing
+    rs.add("w", blobs[0], 690)  # exactly at the headroom
+    assert rs.weight_sum == 1000

@@ -135,3 +135,60 @@ def _aggregate_fused(
         list(payloads), lean_wire.HEADER.size, layout.b, layout.k, w, acc, True
     )
     return lean_wire.to_tenseal(acc.numpy(), layout)
+
+
+class LeanRunningSum:
+    """Lean payloads summed one at a time, as a round accepts them, the headroom checked as the
+    weights come: the sum of the weights accepted so far never passes ``max_weight_sum``.
+
+    :meth:`result` is the bytes :func:`aggregate_lean` writes for the same payloads and integer
+    weights (an audit that recomputes it gets the same digest). A payload that fails a check
+    raises (PayloadError naming the client, HeadroomExceeded, InvalidWeight) and changes
+    nothing.
+
+    Parameters
+    ----------
+    context : the public context (bytes or ``tenseal.Context``) payloads are checked against;
+        None: against the first payload's layout only
+    """
+
+    def __init__(self, context: Any = None) -> None:
+        self.info = None if context is None else context_info(context)
+        self.layout: lean_wire.LeanLayout | None = None
+        self.weight_sum = 0
+        self._acc: torch.Tensor | None = None
+
+    def check(self, client: Any, blob: Any) -> np.ndarray:
+        """``blob``'s values mod ``2^b`` ``[C, 2, N]``, parsed against the round's layout (the
+        first payload's) and the context."""
+        try:
+            layout = self.layout or lean_wire.layout_of(blob)
+            if self.info is not None:
+                lean_wire.check_context(layout, self.info)
+            return lean_wire.parse(blob, layout)
+        except PayloadError as exc:
+            raise PayloadError(f"client {client!r}: {exc}") from None
+
+    def add(self, client: Any, blob: Any, weight: int = 1) -> None:
+        """Check ``blob`` and its ``weight`` (a non-negative integer within the headroom left),
+        then add ``weight`` times it to the sum."""
+        values = self.check(client, blob)
+        layout = self.layout or lean_wire.layout_of(blob)
+        f = float(weight)
+        if isinstance(weight, bool) or not (math.isfinite(f) and f >= 0 and f.is_integer()):
+            raise InvalidWeight(f"client {client!r}: weight {weight!r} is not an integer >= 0")
+        if self.weight_sum + int(f) > layout.max_weight_sum:
+            raise HeadroomExceeded(
+                f"client {client!r}: its weight {int(f)} takes the round's weight sum to "
+                f"{self.weight_sum + int(f)}, past the payloads' headroom of "
+                f"{layout.max_weight_sum}: the sum would wrap"
+            )
+        x = torch.from_numpy(values.view(np.int64))[None]
+        self._acc = lean.lean_sum(x, layout.b, [int(f)], acc=self._acc)
+        self.layout, self.weight_sum = layout, self.weight_sum + int(f)
+
+    def result(self) -> bytes:
+        """The sum lifted to ``q_0``: ``CKKSVectorProto`` bytes (see :func:`aggregate_lean`)."""
+        if self.layout is None or self._acc is None:
+            raise InvalidArgument("the running sum holds no payload yet")
+        return lean_wire.to_tenseal(self._acc.numpy(), self.layout)
