@@ -166,3 +166,27 @@ def test_running_sum_equals_the_aggregate_and_checks_headroom_as_weights_come(fe
     assert rs.weight_sum == 310 and rs.result() == before  # refused payloads changed nothing
     rs.add("w", blobs[0], 690)  # exactly at the headroom
     assert rs.weight_sum == 1000
+
+
+def test_stock_tenseal_decrypts_the_lifted_aggregate() -> None:
+    """Unpaired lean payloads: the aggregate is a plain TenSEAL vector at q_0 that stock
+    TenSEAL loads and decrypts itself."""
+    import tenseal as ts
+
+    pub, rng = keys().public_context(), np.random.default_rng(3)
+    xs = [rng.uniform(-1, 1, 5000) for _ in range(3)]
+    agg = he.aggregate([he.encrypt(x, pub, pair=False) for x in xs], [2, 1, 1], context=pub)
+    vec = ts.ckks_vector_from(keys().secret_context, agg)
+    got = np.asarray(vec.decrypt())
+    assert got.shape == (5000,)
+    assert np.abs(got - (2 * xs[0] + xs[1] + xs[2])).max() < 4 * 2.0**-14
+
+
+def test_a_list_of_vectors_per_client() -> None:
+    pub, rng = keys().public_context(), np.random.default_rng(4)
+    xs = [[rng.uniform(-1, 1, 100), rng.uniform(-1, 1, 9000)] for _ in range(3)]
+    blobs = [[he.encrypt(v, pub) for v in client] for client in xs]
+    outs = he.aggregate(blobs, [1, 2, 3], context=pub)
+    for j, out in enumerate(outs):
+        want = sum(w * c[j] for w, c in zip([1, 2, 3], xs, strict=True))
+        assert np.abs(he.decrypt(out, keys().secret_context) - want).max() < 6 * 2.0**-14
