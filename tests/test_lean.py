@@ -70,7 +70,9 @@ def test_every_backend_gives_the_same_aggregate(path: str, few: tuple) -> None:
     if path == "native":
         from bcfl_engine.he.lean_aggregate import aggregate_lean
 
-        got = aggregate_lean(blobs, w, backend="native", block=2)  # the two-pass path, blocks of 2
+        got = aggregate_lean(
+            blobs, w, backend="native", block=2, fused=False
+        )  # the two-pass path, blocks of 2
     else:
         got = he.aggregate(blobs, w, context=keys().public_context(), backend=backend)
     lay = lean_wire.layout_of(blobs[0])

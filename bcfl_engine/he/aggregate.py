@@ -114,7 +114,13 @@ def aggregate(
         raise InvalidArgument(f"client_ids must be {n} names; got {len(ids)}")
     if bytes(memoryview(payloads[0])[:4]) == lean_wire.LEAN_MAGIC:
         return aggregate_lean(
-            payloads, weights, context=context, backend=backend, block=block, client_ids=ids
+            payloads,
+            weights,
+            context=context,
+            backend=backend,
+            block=block,
+            client_ids=ids,
+            fused=fused,
         )
     if fused is not False and fused_path(backend, codec):
         return _aggregate_fused(payloads, weights, context, frac_bits, ids)

@@ -75,11 +75,14 @@ def aggregate_lean(
     backend: str | None = None,
     block: int | None = None,
     client_ids: Sequence[Any] | None = None,
+    fused: bool | None = None,
 ) -> bytes:
     """Weighted sum of lean payloads mod ``2^b``, lifted to ``q_0`` -> ``CKKSVectorProto`` bytes.
 
-    Parameters are those of :func:`~bcfl_engine.he.aggregate` (``backend`` runs
-    :func:`~bcfl_engine.he.lean.lean_sum`). The result is a TenSEAL vector at ``q_0`` and the
+    Parameters are those of :func:`~bcfl_engine.he.aggregate`: with the extension built,
+    ``backend`` None or "native" takes the fused path (payloads unpacked straight into the sum)
+    unless ``fused`` is False; otherwise payloads are unpacked into blocks of ``block`` rows
+    and summed by :func:`~bcfl_engine.he.lean.lean_sum` on ``backend``. The result is a TenSEAL vector at ``q_0`` and the
     preset's scale, decrypted by :func:`~bcfl_engine.he.decrypt` or any holder of the key.
     """
     n = len(payloads)
@@ -93,7 +96,7 @@ def aggregate_lean(
     except PayloadError as exc:
         raise PayloadError(f"client {ids[0]!r}: {exc}") from None
     ints = lean_weights(weights, n, layout)
-    if backend in (None, "native") and _load_native()[0] is not None:
+    if fused is not False and backend in (None, "native") and _load_native()[0] is not None:
         return _aggregate_fused(payloads, ints, layout, ids)
     per_client = 8 * int(np.prod(layout.shape))
     step = block or max(1, min(n, BLOCK_BYTES // per_client))
