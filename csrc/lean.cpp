@@ -130,7 +130,7 @@ void lean_sum(const uint64_t* x, int64_t n, int64_t M, int b, const uint64_t* w,
 
 void lean_unpack(const uint8_t* body, int64_t C, int64_t N, int b, int k, uint64_t* out) {
   const int64_t row0 = N * (b - k) / 8, row1 = N * b / 8;
-#pragma omp parallel for schedule(static) if (C > 8)
+#pragma omp parallel for schedule(static) if (C * N > (1 << 19))  // one thread below 4 MiB (lean_accumulate)
   for (int64_t c = 0; c < C; ++c) {
     const uint8_t* p = body + c * (row0 + row1);
     unpack_row(p, N, b - k, k, out + (2 * c) * N);

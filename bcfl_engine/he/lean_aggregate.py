@@ -107,7 +107,7 @@ def aggregate_lean(
         m = min(step, n - start)
         for j in range(m):
             try:
-                rows[j] = lean_wire.parse(payloads[start + j], layout)
+                lean_wire.parse(payloads[start + j], layout, out=rows[j])
             except PayloadError as exc:
                 raise PayloadError(f"client {ids[start + j]!r}: {exc}") from None
         x = torch.from_numpy(rows[:m].view(np.int64)).to(device)

@@ -148,8 +148,11 @@ def write(values: np.ndarray, layout: LeanLayout) -> bytes:
     return b"".join(parts)
 
 
-def parse(blob: bytes | memoryview, layout: LeanLayout) -> np.ndarray:
-    """A payload's values modulo ``2^b`` -> uint64 ``[C, 2, N]``, ``c_0`` read back as ``t 2^k``.
+def parse(
+    blob: bytes | memoryview, layout: LeanLayout, out: np.ndarray | None = None
+) -> np.ndarray:
+    """A payload's values modulo ``2^b`` -> uint64 ``[C, 2, N]`` (into ``out``, contiguous,
+    when given), ``c_0`` read back as ``t 2^k``.
 
     PayloadError unless its header is exactly ``layout``'s (every payload of an aggregate
     shares one layout; a different bound or headroom is a different preset).
@@ -161,7 +164,8 @@ def parse(blob: bytes | memoryview, layout: LeanLayout) -> np.ndarray:
     if len(buf) != layout.nbytes:
         raise PayloadError(f"lean payload holds {len(buf)} bytes; expected {layout.nbytes}")
     n, b, k = layout.poly_degree, layout.b, layout.k
-    out = np.empty(layout.shape, dtype=np.uint64)
+    if out is None:
+        out = np.empty(layout.shape, dtype=np.uint64)
     if _load_native()[0] is not None:
         import torch
 
