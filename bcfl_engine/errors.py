@@ -29,6 +29,12 @@ class InvalidWeight(InvalidArgument):
     ``[1, 2**64 - 1]``)."""
 
 
+class HeadroomExceeded(InvalidArgument):
+    """A CKKS sum would wrap around its modulus: a client value beyond its preset's bound on
+    ``|x|``, or a set of weights whose sum exceeds the preset's headroom (CKKS itself cannot
+    detect a wrapped sum: it decrypts to garbage)."""
+
+
 class DuplicateClient(BcflError, KeyError):
     """A client id was already added to this batch or round."""
 

@@ -1,4 +1,4 @@
-// The CKKS bindings (seal_codec, ckks_accumulate, ckks_sum) and the NTT's: residues and tables
+// The CKKS bindings (seal_codec, ckks_accumulate, ckks_sum, lean) and the NTT's: residues and tables
 // are int64 (or uint64) tensors whose shapes follow the layout (a CkksLayout, checked when
 // built); payloads are bytes-like objects read through the buffer protocol at their real length,
 // held (so neither resized nor freed) until the call returns. See bindings.cpp.
@@ -6,11 +6,20 @@
 
 #include "ckks_accumulate.h"
 #include "ckks_sum.h"
+#include "lean.h"
 #include "ntt.h"
 #include "seal_codec.h"
 #include "seal_zstd.h"
 
 namespace bcfl::bind {
+
+namespace {
+void lean_bits(int b, int k, const char* fn) {
+  if (b < 1 || b > 50 || k < 0 || k >= b)
+    invalid(std::string(fn) + ": need 1 <= b <= 50 and 0 <= k < b; got b=" + std::to_string(b) +
+            ", k=" + std::to_string(k));
+}
+}  // namespace
 
 void bind_he(py::module_& m) {
   // ---- seal_codec ----
@@ -143,6 +152,81 @@ void bind_he(py::module_& m) {
     py::gil_scoped_release release;
     bcfl::ckks_sum(x.as<const uint64_t>(), n, C * 2 * K, N, K, q.as<const uint64_t>(), w.as<const uint64_t>(),
                    ws.as<const uint64_t>(), acc.as<const uint64_t>(), out.as<uint64_t>());
+  });
+
+  // ---- lean (he/lean.py): b in [1, 50], k in [0, b), q0 odd in (2^b, 2^60) ----
+  // lean_switch(x [C, 2, N] coefficients below q0, q0, b, k, out [C, 2, N]).
+  m.def("lean_switch", [](py::handle x_, uint64_t q0, int b, int k, py::handle out_) {
+    lean_bits(b, k, "lean_switch");
+    if (q0 % 2 == 0 || q0 <= (uint64_t{1} << b) || q0 >= (uint64_t{1} << 60))
+      invalid("lean_switch: q0 must be odd, in (2^b, 2^60); got " + std::to_string(q0));
+    const View x = view(x_, "lean_switch: x", {kI64, kU64}, {-1, 2, -1});
+    const int64_t C = x.dim(0), N = x.dim(2);
+    const View out = view(out_, "lean_switch: out", {kI64, kU64}, {C, 2, N}, true);
+    no_overlap(out, "lean_switch: out", {&x});
+    py::gil_scoped_release release;
+    bcfl::lean_switch(x.as<const uint64_t>(), C, N, q0, b, k, out.as<uint64_t>());
+  });
+  // lean_sum(x [n, M], b, w [n] | None, acc [M] | None, out [M]); acc may be out (in place).
+  m.def("lean_sum", [](py::handle x_, int b, py::handle w_, py::handle acc_, py::handle out_) {
+    lean_bits(b, 0, "lean_sum");
+    const View x = view(x_, "lean_sum: x", {kI64, kU64}, {-1, -1});
+    const int64_t n = x.dim(0), M = x.dim(1);
+    const View w = none(w_) ? View{} : view(w_, "lean_sum: w", {kI64, kU64}, {n});
+    const View acc = none(acc_) ? View{} : view(acc_, "lean_sum: acc", {kI64, kU64}, {M});
+    const View out = view(out_, "lean_sum: out", {kI64, kU64}, {M}, true);
+    no_overlap(out, "lean_sum: out", {&x, &w});
+    if (acc.data != out.data) no_overlap(out, "lean_sum: out", {&acc});
+    py::gil_scoped_release release;
+    bcfl::lean_sum(x.as<const uint64_t>(), n, M, b, w.as<const uint64_t>(), acc.as<const uint64_t>(),
+                   out.as<uint64_t>());
+  });
+  // lean_unpack(payload, offset, b, k, out [C, 2, N]): the body after `offset` bytes.
+  m.def("lean_unpack", [](py::handle blob_, int64_t offset, int b, int k, py::handle out_) {
+    lean_bits(b, k, "lean_unpack");
+    const Bytes blob(blob_, "lean_unpack: payload");
+    const View out = view(out_, "lean_unpack: out", {kI64, kU64}, {-1, 2, -1}, true);
+    const int64_t C = out.dim(0), N = out.dim(2);
+    if (N % 8 || offset < 0 || blob.span.nbytes != offset + C * N * (2 * b - k) / 8)
+      invalid("lean_unpack: the payload holds " + std::to_string(blob.span.nbytes) +
+              " bytes; its layout needs " + std::to_string(offset + C * N * (2 * b - k) / 8));
+    no_overlap(out, "lean_unpack: out", {&blob.span});
+    py::gil_scoped_release release;
+    bcfl::lean_unpack(blob.span.as<const uint8_t>() + offset, C, N, b, k, out.as<uint64_t>());
+  });
+  // lean_accumulate(payloads, offset, b, k, w [n] | None, acc [C, 2, N], fresh): acc (zeroed
+  // first when fresh) += their sum.
+  m.def("lean_accumulate", [](py::handle blobs_, int64_t offset, int b, int k, py::handle w_,
+                              py::handle acc_, bool fresh) {
+    lean_bits(b, k, "lean_accumulate");
+    const Payloads in = payloads(blobs_, "lean_accumulate: payloads");
+    const int64_t n = in.n();
+    const View acc = view(acc_, "lean_accumulate: acc", {kI64, kU64}, {-1, 2, -1}, true);
+    const int64_t C = acc.dim(0), N = acc.dim(2);
+    const View w = none(w_) ? View{} : view(w_, "lean_accumulate: w", {kI64, kU64}, {n});
+    const int64_t want = offset + C * N * (2 * b - k) / 8;
+    for (int64_t i = 0; i < n; ++i)
+      if (N % 8 || offset < 0 || in.lens[static_cast<size_t>(i)] != want)
+        invalid("lean_accumulate: payload " + std::to_string(i) + " holds " +
+                std::to_string(in.lens[static_cast<size_t>(i)]) + " bytes; the layout needs " +
+                std::to_string(want));
+    no_overlap(acc, "lean_accumulate: acc", {&w});
+    no_overlap(acc, "lean_accumulate: acc", in);
+    std::vector<uint64_t> addrs(in.addrs.begin(), in.addrs.end());
+    for (auto& a : addrs) a += static_cast<uint64_t>(offset);
+    py::gil_scoped_release release;
+    bcfl::lean_accumulate(n, addrs.data(), C, N, b, k, w.as<const uint64_t>(), fresh, acc.as<uint64_t>());
+  });
+  // lean_lift(x [M] below 2^b, q0, b, out [M]).
+  m.def("lean_lift", [](py::handle x_, uint64_t q0, int b, py::handle out_) {
+    lean_bits(b, 0, "lean_lift");
+    if (q0 % 2 == 0 || q0 <= (uint64_t{1} << b) || q0 >= (uint64_t{1} << 60))
+      invalid("lean_lift: q0 must be odd, in (2^b, 2^60); got " + std::to_string(q0));
+    const View x = view(x_, "lean_lift: x", {kI64, kU64}, {-1});
+    const View out = view(out_, "lean_lift: out", {kI64, kU64}, {x.dim(0)}, true);
+    no_overlap(out, "lean_lift: out", {&x});
+    py::gil_scoped_release release;
+    bcfl::lean_lift(x.as<const uint64_t>(), x.dim(0), q0, b, out.as<uint64_t>());
   });
 
   // ---- ntt ----

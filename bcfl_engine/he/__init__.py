@@ -6,12 +6,15 @@
 >>> agg = he.aggregate([blob, ...], context=keys.public_context())  # doctest: +SKIP
 >>> he.decrypt(agg, keys.secret_context)                     # doctest: +SKIP
 
+Lean payloads (~9.5 bytes per parameter, switched to ``2^b``): ``generate_keys("lean")``, then
+the same calls; see :mod:`bcfl_engine.he.lean`.
+
 Multiparty keys (no single holder of the secret): :mod:`bcfl_engine.he.multiparty`.
 """
 
 from __future__ import annotations
 
-from . import presets
+from . import lean, presets
 from .aggregate import aggregate
 from .batch import CiphertextBatch
 from .ckks_sum import ckks_sum, ckks_sum_reference
@@ -32,5 +35,6 @@ __all__ = [
     "decrypt",
     "encrypt",
     "generate_keys",
+    "lean",
     "presets",
 ]

@@ -9,11 +9,12 @@ import torch
 
 from ..backends import _load_native
 from ..errors import InvalidArgument, PayloadError
-from . import wire
+from . import lean_wire, wire
 from .accumulate import accumulate
 from .batch import CiphertextBatch, integer_weights, to_tenseal
 from .ckks_sum import ckks_sum
 from .keys import context_info
+from .lean_aggregate import aggregate_lean
 
 
 def fused_path(backend: str | None, codec: str | None) -> bool:
@@ -60,7 +61,8 @@ def aggregate(
     Parameters
     ----------
     payloads : one per client: TenSEAL ``CKKSVector.serialize()`` bytes (SEAL compression none,
-        zlib or zstd) or compact bytes from :func:`~bcfl_engine.he.encrypt`. A client's vector
+        zlib or zstd) or compact bytes from :func:`~bcfl_engine.he.encrypt`, or lean ones
+        (:mod:`~bcfl_engine.he.lean_aggregate`: integer weights within the headroom only). A client's vector
         of ``d`` reals is one payload holding ``ceil(d / slots)`` ciphertexts (TenSEAL's own
         chunking). A list of lists (each client sends several vectors) aggregates each position
         and returns a list.
@@ -110,6 +112,16 @@ def aggregate(
     ids = list(range(n)) if client_ids is None else list(client_ids)
     if len(ids) != n:
         raise InvalidArgument(f"client_ids must be {n} names; got {len(ids)}")
+    if bytes(memoryview(payloads[0])[:4]) == lean_wire.LEAN_MAGIC:
+        return aggregate_lean(
+            payloads,
+            weights,
+            context=context,
+            backend=backend,
+            block=block,
+            client_ids=ids,
+            fused=fused,
+        )
     if fused is not False and fused_path(backend, codec):
         return _aggregate_fused(payloads, weights, context, frac_bits, ids)
     block_ids, block_blobs = ids[:1], payloads[:1]

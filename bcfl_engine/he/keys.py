@@ -160,9 +160,10 @@ class Keys:
         return context_info(self.secret_context)
 
 
-def generate_keys(preset: str | _presets.Preset = "default") -> Keys:
-    """A fresh CKKS key pair for ``preset`` (see :data:`~bcfl_engine.he.presets.PRESETS`)."""
-    p = _presets.get(preset)
+def generate_keys(preset: str | _presets.Preset | None = None) -> Keys:
+    """A fresh CKKS key pair for ``preset`` (see :data:`~bcfl_engine.he.presets.PRESETS`; None:
+    :data:`~bcfl_engine.he.presets.DEFAULT`)."""
+    p = _presets.get(_presets.DEFAULT if preset is None else preset)
     ts = tenseal()
     ctx = ts.context(ts.SCHEME_TYPE.CKKS, p.poly_degree, coeff_mod_bit_sizes=list(p.coeff_bits))
     ctx.global_scale = p.scale

@@ -17,10 +17,24 @@ first prime ``q_0`` is left. That fixes three numbers of a preset:
   decryption is garbage (CKKS cannot detect this).
 - bytes per parameter on the wire: ``bits(q_0) / 2`` bit-packed (two polynomials of ``N``
   residues carry ``N / 2`` slots), half that when two reals share one complex slot.
+
+A *lean* preset (``switch_bits`` set, :mod:`bcfl_engine.he.lean`) goes further: the client
+switches its lowest-level ciphertext from ``q_0`` to ``2^b`` (public post-processing in
+coefficient form, no security lost) and rounds the low ``drop_bits`` of ``c_0`` away, so a
+payload holds ``2b - drop_bits`` bits per paired real. Its headroom is checked, never assumed:
+the client refuses values beyond ``bound`` and the aggregator refuses weights summing past
+``max_weight_sum`` (:class:`~bcfl_engine.errors.HeadroomExceeded`). A malicious client can still
+encrypt values beyond the bound (nobody sees them in the clear) and make the sum wrap; the
+robust secure round (bucket sums, then a robust rule) is the answer to that.
+
+``mean_precision`` is what ``bcfl info`` reports: the largest absolute error on the *mean* of
+1,000 clients of values in ``[-1, 1]`` (weight 1 each), measured with distinct encryptions
+(``benchmarks/bench_ckks.py --precision``) and stated with a margin.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ..errors import InvalidArgument
@@ -44,6 +58,14 @@ class Preset:
     note : what the preset is for
     payload_primes : primes a payload keeps: 1 (clients drop to ``q_0``, :func:`~bcfl_engine.he.encrypt`)
         or 2 (the scale needs more than ``q_0``: stock TenSEAL vectors at the top data level)
+    mean_precision : stated max absolute error on the mean of 1,000 clients of values in [-1, 1]
+    switch_bits : ``b`` of a lean preset (payloads at modulus ``2^b``), 0 for the others
+    drop_bits : low bits of ``c_0`` a lean payload rounds away (ties to even)
+    bound : the largest ``|x|`` a client may encrypt (checked by :func:`~bcfl_engine.he.encrypt`);
+        None: not checked
+    max_weight_sum : the largest sum of integer weights the aggregate accepts (checked before
+        anything is summed); None: not checked
+    pair : whether :func:`~bcfl_engine.he.encrypt` pairs two reals per slot by default
     """
 
     name: str
@@ -53,6 +75,17 @@ class Preset:
     precision: float
     note: str
     payload_primes: int = 1
+    mean_precision: float = 0.0
+    switch_bits: int = 0
+    drop_bits: int = 0
+    bound: float | None = None
+    max_weight_sum: int | None = None
+    pair: bool = False
+
+    @property
+    def lean(self) -> bool:
+        """Whether payloads are switched to ``2^switch_bits`` (:mod:`bcfl_engine.he.lean`)."""
+        return self.switch_bits > 0
 
     @property
     def log_q(self) -> int:
@@ -69,12 +102,34 @@ class Preset:
 
     @property
     def headroom(self) -> float:
-        """Largest |slot value| of an aggregate before it wraps around its payload primes."""
-        return float(2 ** (sum(self.coeff_bits[: self.payload_primes]) - 2 - self.scale_bits))
+        """Largest |slot value| of an aggregate before it wraps around its payload primes.
 
-    def bytes_per_parameter(self, pair: bool = False) -> float:
-        """Wire bytes per real parameter of a bit-packed lowest-level ciphertext."""
+        ``2^(bits - 2 - scale_bits)``: a prime of ``bits`` bits is at least ``2^(bits - 1)``
+        and a centered value must stay below half of it. A lean preset's modulus is
+        ``2^b``, at the scale ``scale * 2^b / q_0``: the same bound in ``q_0``, where SEAL's
+        primes of ``bits`` bits are the largest below ``2^bits`` that are ``1 mod 2N``, above
+        ``2^bits (1 - 2^-20)`` (``tests/test_lean.py`` checks the real ``q_0``), so the bound is
+        ``2^(bits - 1 - scale_bits) (1 - 2^-20)``.
+        """
+        bits = sum(self.coeff_bits[: self.payload_primes])
+        if self.lean:
+            return float(2 ** (bits - 1 - self.scale_bits)) * (1 - 2.0**-20)
+        return float(2 ** (bits - 2 - self.scale_bits))
+
+    def bytes_per_parameter(self, pair: bool | None = None) -> float:
+        """Wire bytes per real parameter (pairing: the preset's default when None)."""
+        pair = self.pair if pair is None else pair
+        if self.lean:  # c_0 at b - k bits, c_1 at b bits, per N/2 slots
+            return (2 * self.switch_bits - self.drop_bits) / (8 if pair else 4)
         return sum(self.coeff_bits[: self.payload_primes]) / (4 if pair else 2)
+
+    @property
+    def headroom_weight_sum(self) -> int | None:
+        """The largest weight sum the headroom holds for values within ``bound`` (paired slots
+        hold ``sqrt(2) bound``); None without a bound."""
+        if self.bound is None:
+            return None
+        return int(self.headroom / (self.bound * (2**0.5 if self.pair else 1.0)))
 
 
 PRESETS: dict[str, Preset] = {
@@ -87,6 +142,7 @@ PRESETS: dict[str, Preset] = {
             40,
             2.0**-25,
             "the parameters of NVIDIA FLARE's TenSEAL path; log q = 140 <= 218",
+            mean_precision=2.0**-30,  # measured 2^-31.8
         ),
         Preset(
             "compact",
@@ -96,6 +152,7 @@ PRESETS: dict[str, Preset] = {
             2.0**-11,
             "fewer bytes on the wire (20 per parameter, 10 paired) at ~1e-4 precision; "
             "log q = 80 <= 109",
+            mean_precision=2.0**-16,  # measured 2^-17.7
         ),
         Preset(
             "test",
@@ -104,6 +161,25 @@ PRESETS: dict[str, Preset] = {
             20,
             2.0**-7,
             "small and fast for tests (still 128-bit: log q = 54 <= 54), ~2e-3 precision",
+            mean_precision=2.0**-12,  # measured 2^-13.7
+        ),
+        Preset(
+            "lean",
+            8192,
+            (60, 60),
+            48,
+            2.0**-14,
+            "9.5 bytes per parameter: paired, switched to 2^42, 8 low bits of c_0 rounded away; "
+            "20 bits on the mean of 1,000 clients (measured 20.6-20.8; the mean of n clients is "
+            "within ~2^-15.8 / sqrt(n): fewer clients, fewer bits); |x| <= 1 and integer weights "
+            "summing to <= 1,000, both checked (headroom 2^11 > sqrt(2) 1,000); "
+            "log q = 120 <= 218",
+            mean_precision=2.0**-20,  # measured 2^-20.6 to 2^-20.8
+            switch_bits=42,
+            drop_bits=8,
+            bound=1.0,
+            max_weight_sum=1000,
+            pair=True,
         ),
         Preset(
             "threshold",
@@ -116,9 +192,57 @@ PRESETS: dict[str, Preset] = {
             "TenSEAL vectors at the top data level (q_0 q_1); sums only (no rescaling at 2^80). "
             "Precision: collective decryption by up to 8 parties, error ~ 2^-30 sqrt(parties N / 2)",
             payload_primes=2,
+            # One key: measured 2^-52.7; collective decryption by up to 8 parties adds its
+            # smudging once, 2^-20 on a sum (precision above): 2^-30 on the mean of 1,000.
+            mean_precision=2.0**-30,
         ),
     )
 }
+
+
+# The preset of keys made without naming one (he.generate_keys()): what the secure round and the
+# demo get today. "lean" is the one to switch them to once they take lean payloads end to end.
+DEFAULT = "default"
+
+
+def of_context(poly_degree: int, scale: float, data_bits: tuple[int, ...]) -> Preset | None:
+    """The preset whose parameters a context has (``N``, scale, bit sizes of its highest data
+    level), or None. :func:`~bcfl_engine.he.encrypt` takes pairing and the lean path from it."""
+    for p in PRESETS.values():
+        if (
+            p.poly_degree == poly_degree
+            and p.scale == scale
+            and tuple(p.coeff_bits[:-1]) == tuple(data_bits)
+        ):
+            return p
+    return None
+
+
+def _bits(x: float) -> str:
+    return f"2^{math.log2(x):.4g}" if x > 0 else "-"
+
+
+def table() -> list[str]:
+    """``bcfl info``'s table: one line per preset (header first): ring degree, log q, security,
+    bytes per parameter as :func:`~bcfl_engine.he.encrypt` sends it (the other pairing in
+    parentheses), the stated error on the mean of 1,000 clients of ``|x| <= 1``, and the
+    headroom (largest ``|slot|`` of an aggregate; the weight sum and ``|x|`` checked, if any)."""
+    lines = [
+        f"  {'name':<10} {'N':>5} {'log q':>5} {'security':>8} {'B/param':>19} "
+        f"{'mean of 1000':>12}  headroom"
+    ]
+    for p in PRESETS.values():
+        other = p.bytes_per_parameter(not p.pair)
+        per = f"{p.bytes_per_parameter():.2f} ({other:.1f} {'un' if p.pair else ''}paired)"
+        room = _bits(p.headroom)
+        if p.max_weight_sum is not None:
+            room += f": weights sum <= {p.max_weight_sum}, |x| <= {p.bound:g} (checked)"
+        sec = f"{p.security_bits}-bit" if p.security_bits else "none"
+        lines.append(
+            f"  {p.name:<10} {p.poly_degree:>5} {p.log_q:>5} {sec:>8} {per:>19} "
+            f"{_bits(p.mean_precision):>12}  {room}"
+        )
+    return lines
 
 
 def get(preset: str | Preset) -> Preset:
