@@ -14,8 +14,9 @@ and the round's Merkle root and result digest are committed to the ledger.
 
 With ``secure="ckks"`` the clients send CKKS ciphertexts (:func:`bcfl_engine.he.encrypt`) and
 the strategy returns their homomorphic weighted sum; the clients, who hold the secret key,
-decrypt it (:func:`decrypt_global`). Robust rules need the updates in the clear, so a CKKS
-strategy is a weighted mean.
+decrypt it (:func:`decrypt_global`). With ``rounds`` whose rounds carry a multiparty key the
+server holds no key: the clients' key parties decrypt at the strategy's request, and a robust
+rule runs on the decrypted means of buckets drawn from the chain (:mod:`.flower_secure`).
 
 What a client puts in its reply, besides Flower's usual ``ArrayRecord`` and ``MetricRecord``
 (with the weight under ``weighted_by_key``): a ``ConfigRecord`` under :data:`RECORD_KEY` with
@@ -175,17 +176,22 @@ class EngineFedAvg(EngineStrategy, FlowerFedAvg):
         info.check_precondition(info.min_clients(f if isinstance(f, int) else 0), f)
         if secure not in (None, "ckks"):
             raise InvalidArgument(f"secure must be None or 'ckks'; got {secure!r}")
-        if secure == "ckks" and (rule != "mean" or pre):
+        if secure == "ckks" and (rule != "mean" or pre) and rounds is None:
             raise InvalidArgument(
-                f"CKKS aggregation is a weighted sum: rule must be 'mean' with no pre steps; got {rule!r}"
+                f"CKKS aggregation is a weighted sum: rule must be 'mean' with no pre steps; got "
+                f"{rule!r} (a robust rule runs on buckets under a multiparty key: rounds=)"
             )
         self.rule, self.f, self.params, self.pre = rule, f, dict(params or {}), tuple(pre)
-        if secure == "ckks" and he_context is None:
+        if secure == "ckks" and he_context is None and rounds is None:
             raise InvalidArgument("secure='ckks' needs he_context (the public context bytes)")
         self.rounds, self.secure, self.he_context = rounds, secure, he_context
         self.last_result: Any = None
         self.rejected: dict[int, list[str]] = {}  # server round -> replies left out, and why
         self.chain_rounds = ChainRounds()
+        self.record_key = RECORD_KEY
+        self.grid: Any = None  # kept from configure_train: a multiparty round asks its parties
+        self.template: list[np.ndarray] = []  # the model's arrays, the shapes of a result
+        self.decrypt_timeout = 600.0
 
     @property
     def round_options(self) -> dict[str, Any]:
@@ -211,6 +217,8 @@ class EngineFedAvg(EngineStrategy, FlowerFedAvg):
         (:data:`ROUND_KEY`; see :class:`~.flower_chain.ChainRounds`)."""
         if self.rounds is not None:
             config[ROUND_KEY] = self.chain_rounds.of(server_round)
+        if self.secure == "ckks" and self.rounds is not None:
+            self.grid, self.template = grid, list(arrays.to_numpy_ndarrays())
         return super().configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(
@@ -304,6 +312,10 @@ class EngineFedAvg(EngineStrategy, FlowerFedAvg):
         from .. import he
 
         valid, _ = self._check_and_log_replies(replies, is_train=True, validate=False)
+        if self.rounds is not None:  # a multiparty key: the parties decrypt, no key here
+            from .flower_secure import train_multiparty
+
+            return train_multiparty(self, server_round, valid)
         blobs: list[bytes] = []
         weights: list[int] = []
         kept: list[Any] = []
