@@ -197,6 +197,13 @@ class Decryption:
         self._buckets = bucket_meta(seal, beacon, s, [sum(weights[i] for i in b) for b in groups])
         return groups, s, sums
 
+    @property
+    def missing_shares(self) -> list[int]:
+        """The active parties whose shares are not in yet (all of them before a request)."""
+        if self._request is None:
+            return []
+        return sorted(set(self._request.active) - set(self._shares))
+
     def add_share(self, signed: SignedShare) -> None:
         """Keep a party's answer to :meth:`decryption_request`; KeyShareError naming the party
         for a share from a non-party or a party outside the active set, a second share, a

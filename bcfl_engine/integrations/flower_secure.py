@@ -159,7 +159,7 @@ def decrypt_round(rnd: Any, grid: Any, nodes: Mapping[int, int], timeout: float,
         except (BcflError, KeyError) as exc:
             warn(f"node {reply.metadata.src_node_id}: {exc}")
             ok = False
-    return ok and set(req.active) <= set(rnd._shares)
+    return ok and not rnd.missing_shares
 
 
 def _active(keys: Any, nodes: Mapping[int, int]) -> list[int] | None:
