@@ -364,3 +364,30 @@ def test_key_epochs_are_owner_only_append_only_and_read_back(actors: Actors) -> 
     assert actors.stranger.key_epoch(task, 3) is None and actors.stranger.key_epoch(task, 0) is None
     with pytest.raises(ce.UnknownKeyEpoch, match="has no key epoch 3"):
         actors.stranger.call("keyEpoch", task, 3)
+
+
+def test_a_round_is_sealed_once_by_its_aggregator_and_the_next_block_is_its_beacon(
+    actors: Actors,
+) -> None:
+    """sealRound on both chains: the aggregator only, rounds in order, once (a second seal with
+    the same root and n is the same seal); the block after it is mined on demand."""
+    tree = _tree(4)
+    with pytest.raises(ce.NotAggregator):
+        actors.owner.seal_round(actors.task, 1, updates_root=tree.root, n=4)
+    with pytest.raises(ce.RoundOutOfOrder):
+        actors.agg.seal_round(actors.task, 2, updates_root=tree.root, n=4)
+    with pytest.raises(ce.EmptyRound):
+        actors.agg.seal_round(actors.task, 1, updates_root=ZERO, n=4)
+    assert actors.agg.sealed(actors.task, 1) is None
+    seal = actors.agg.seal_round(actors.task, 1, updates_root=tree.root, n=4)
+    assert (seal.updates_root, seal.n) == (tree.root, 4)
+    assert int(actors.agg.call("sealedAt", actors.task, 1)) == seal.block_number
+    assert actors.agg.seal_round(actors.task, 1, updates_root=tree.root, n=4) == seal
+    with pytest.raises(ce.AlreadySealed):
+        actors.agg.seal_round(actors.task, 1, updates_root=_tree(5).root, n=5)
+    beacon = actors.agg.beacon(seal)
+    assert beacon == bytes(actors.agg.w3.eth.get_block(seal.block_number + 1)["hash"])
+    assert actors.stranger.beacon(seal) == beacon  # anyone reads the same block back
+    _commit(actors, 1, tree)  # a sealed round commits as any other
+    with pytest.raises(ce.RoundExists):  # the contract's own check, under the Python one
+        actors.agg.transact("sealRound", actors.task, 1, _tree(6).root, 6)
