@@ -12,21 +12,46 @@ otherwise in one ``AttestationConflicts`` event (a seat bitmask: its gas does no
 number of conflicts), and a later vote for another tuple is an ``AttestationConflict`` naming
 the aggregator and both tuples. :meth:`Quorum.round_status` reads all of it back as one list of
 :class:`Conflict`. m = 1 is the single aggregator of ``commit_round``.
+
+What replicas must do to agree. A replica's tuple is a pure function of what it accepted, in
+the order it accepted it: the leaves (so the updates root) are in acceptance order, and a
+plaintext rule sums the batch's rows in that order (a float mean's bits depend on it). So every
+replica of a round must
+
+1. accept the same set of payloads: every client sends each payload to every replica, and the
+   replicas close the round at one agreed cutoff (a replica that missed a payload votes another
+   ``n`` and root, and is evidence);
+2. take each client's own salt (``Payload.salt``): a replica draws one for a payload that
+   brings none, and its leaves differ;
+3. submit them in one order: :func:`replica_order` (by client address) of the payloads held at
+   the cutoff, e.g. as one ``submit_many`` burst, whatever order they arrived in;
+4. aggregate with the same rule, parameters and ``backend=`` (the backend is pinned in the
+   metadata whose hash is voted: replicas that pick different backends vote different tuples).
+
+A single aggregator's rounds keep their acceptance order (their committed bytes do not change).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from ..errors import ChainError, InvalidArgument
 from ._web3 import checksum as _checksum
 from .errors import AlreadyAttested, RoundConflict
-from .merkle import ZERO32, as_bytes32
+from .merkle import ZERO32, address_bytes, as_bytes32
 from .records import Meta, Receipt, RoundRecord, meta_hash, tuple_id
 
 MAX_AGGREGATORS = 8  # RoundRegistry.MAX_AGGREGATORS: each vote reads every seat
+
+
+class _FromClient(Protocol):
+    @property
+    def client(self) -> str: ...
+
+
+P = TypeVar("P", bound=_FromClient)
 
 
 @dataclass(frozen=True)
@@ -327,6 +352,16 @@ class Quorum:
             a = log["args"]
             out.append(Conflict(str(a["aggregator"]), bytes(a["attested"]), bytes(a["finalTuple"])))
         return out
+
+
+def replica_order(payloads: Iterable[P]) -> list[P]:
+    """``payloads`` in the order every replica of a quorum submits them: by the client's 20
+    address bytes (one payload per client and round, so the order is total). Replicas that hold
+    the same payloads in any arrival order then accept them in one order and vote one tuple.
+
+    InvalidArgument if a payload's ``client`` is not an address.
+    """
+    return sorted(payloads, key=lambda p: address_bytes(p.client, "client"))
 
 
 def _order(log: Any) -> tuple[int, int]:
