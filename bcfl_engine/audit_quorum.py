@@ -46,7 +46,5 @@ def quorum_lines(ledger: Any, task: int, round: int, problems: list[str]) -> lis
             f"{aggregator} attested {_short(tup)}, not the final tuple (conflict evidence)"
         )
         if aggregator not in named:
-            problems.append(
-                f"{aggregator}'s vote for {_short(tup)} has no AttestationConflict event"
-            )
+            problems.append(f"{aggregator}'s vote for {_short(tup)} is named by no conflict event")
     return lines

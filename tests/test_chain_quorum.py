@@ -28,7 +28,7 @@ from bcfl_engine.updates import keccak256
 ZERO = bytes(32)
 # The issue's targets: a vote <= 60,000 gas, the finalizing vote <= 80,000, whatever n is; the
 # calldata of n = 10 vs 100,000 and of random roots differs by a few dozen gas (see
-# test_chain_ledger.SAME_GAS_BAND).
+# test_chain_ledger.SAME_GAS_BAND); conflicts named or not.
 VOTE_GAS_MAX, FINAL_GAS_MAX, SAME_GAS_BAND = 60_000, 80_000, 200
 
 
@@ -281,11 +281,39 @@ def test_vote_gas_is_under_target_whatever_n(chain: Chain, m: int) -> None:
     assert max(max(v) for v in votes.values()) <= VOTE_GAS_MAX, votes
     assert max(final.values()) <= FINAL_GAS_MAX, final
     assert max(final.values()) - min(final.values()) <= SAME_GAS_BAND, final
-    # With an earlier conflicting vote, the finalizing one also names it.
-    r = 5
-    q.aggs[-1].attest_round(q.task, r, **_tuple(r, b"bad"))
-    receipts = [a.attest_round(q.task, r, **_tuple(r)) for a in q.aggs[:t]]
-    assert q.stranger.round_status(q.task, r).conflicts[0].aggregator == q.aggs[-1].sender
-    assert max(x.gas_used for x in receipts[:-1]) <= VOTE_GAS_MAX
-    # Naming a vote at finality costs its event and its aggregator's address (~6,000 gas).
-    assert receipts[-1].gas_used <= FINAL_GAS_MAX + 6_500, receipts[-1]
+    # With earlier conflicting votes (one, then every seat outside the quorum), the finalizing
+    # vote names them all in one event: within the same bound.
+    for r, bad in ((5, q.aggs[-1:]), (6, q.aggs[t:])):
+        for i, a in enumerate(bad):
+            a.attest_round(q.task, r, **_tuple(r, b"bad%d" % i))
+        receipts = [a.attest_round(q.task, r, **_tuple(r)) for a in q.aggs[:t]]
+        conflicts = q.stranger.round_status(q.task, r).conflicts
+        assert [c.aggregator for c in conflicts] == [a.sender for a in bad]
+        assert max(x.gas_used for x in receipts[:-1]) <= VOTE_GAS_MAX
+        assert receipts[-1].gas_used <= FINAL_GAS_MAX, (r, receipts[-1])
+
+
+def test_the_largest_quorum_finalizes_within_the_bound_with_six_conflicts(chain: Chain) -> None:
+    """m = 8 (MAX_AGGREGATORS), t = 2: six seats vote six other tuples first, then two agree."""
+    q = _quorum(chain, 8, 2)
+    honest = _tuple(1)
+    for i, a in enumerate(q.aggs[2:]):
+        assert a.attest_round(q.task, 1, **_tuple(1, b"bad%d" % i)).gas_used <= VOTE_GAS_MAX
+    assert q.aggs[0].attest_round(q.task, 1, **honest).gas_used <= VOTE_GAS_MAX
+    final = q.aggs[1].attest_round(q.task, 1, **honest)
+    assert final.gas_used <= FINAL_GAS_MAX, final
+    status = q.stranger.round_status(q.task, 1)
+    assert status.final == _id(honest)
+    assert [(c.aggregator, c.attested) for c in status.conflicts] == [
+        (a.sender, _id(_tuple(1, b"bad%d" % i))) for i, a in enumerate(q.aggs[2:])
+    ]
+    # The finalizer's vote is the last final's seat: sent again, it is refused.
+    with pytest.raises(ce.AlreadyAttested):
+        q.aggs[1].transact(
+            "attestRound", q.task, 1, honest["updates_root"], ZERO, honest["result_digest"],
+            meta_hash(honest["meta"]), 5,
+        )  # fmt: skip
+    # The next round counts the finalizer's new vote like any other.
+    for a in q.aggs[1:3]:
+        a.attest_round(q.task, 2, **_tuple(2))
+    assert q.stranger.round_status(q.task, 2).final == _id(_tuple(2))

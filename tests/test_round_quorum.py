@@ -1,7 +1,7 @@
 """Three AggregationRound replicas, each on its own store and key, attest the same rounds; t = 2.
 
-Clients send every payload, with its salt, to every replica (in one order: the leaves are in
-acceptance order); the engine being deterministic, the two honest
+Clients send every payload, with its salt, to every replica, which submit them in one order
+(the leaves are in acceptance order: see replica_order); the engine being deterministic, the two honest
 replicas compute the same tuple and make each round final; the third computes another (here a
 different rule: what a lying or misconfigured aggregator commits) and is named as evidence,
 whether it votes before the quorum or after. The audit passes on an honest store and names who
@@ -23,7 +23,7 @@ from bcfl_engine.updates import keccak256
 pytest.importorskip("web3")
 from eth_account import Account
 
-from bcfl_engine.chain import AnvilNode, Ledger
+from bcfl_engine.chain import AnvilNode, Ledger, replica_order
 from bcfl_engine.chain.records import tuple_id
 
 N, D = 5, 11
@@ -105,3 +105,70 @@ def test_two_honest_replicas_finalize_every_round_and_the_third_is_evidence(
         bad = audit(owner, task, r, tmp_path / "store2")  # the dishonest store fails its audit
         assert not bad.ok
     assert owner.latest_round(task) == 3
+
+
+def test_replicas_agree_whatever_the_arrival_order_when_they_submit_in_replica_order(
+    replicas: list[Ledger], tmp_path: Path
+) -> None:
+    """t = 3 of 3. Round 1: the replicas get the payloads in three orders and submit them in
+    replica_order: one tuple, final, no conflict, the audit passes. Round 2: they submit in
+    their arrival orders: three roots, three tuples, not final (why the order is a rule for
+    replicas, not a detail)."""
+    owner, *aggs = replicas
+    task = owner.create_task(
+        aggregators=[a.sender for a in aggs], threshold=3, participants=PARTICIPANTS,
+        model_spec=b"order",
+    )  # fmt: skip
+    # Three groupings of the 5 leaves into pairs (sorted pairs: a swap within a pair is no change).
+    arrivals = [[3, 0, 4, 1, 2], [1, 2, 3, 4, 0], [0, 4, 1, 3, 2]]
+    results = []
+    for r, canonical in ((1, True), (2, False)):
+        x = make_updates(N, D, seed=10 + r)
+        payloads = [
+            dataclasses.replace(
+                sign_payload(KEYS[i], task, r, encode_update(x[i]), owner.domain, weight=i + 1),
+                salt=keccak256(b"order salt %d %d" % (r, i)),
+            )
+            for i in range(N)
+        ]
+        results = []
+        for a, arrival in zip(aggs, arrivals, strict=True):
+            rnd = AggregationRound(
+                a, task, r, tmp_path / f"order{a.sender}", participants=PARTICIPANTS, dim=D,
+                rule="mean", backend="torch",
+            )  # fmt: skip
+            got = [payloads[i] for i in arrival]
+            if canonical:
+                accepted = rnd.submit_many(replica_order(got))
+                assert all(isinstance(rec, dict) for rec in accepted), accepted
+            else:
+                for p in got:
+                    rnd.submit(p)
+            results.append(rnd.finalize())
+        status = owner.round_status(task, r)
+        if canonical:
+            assert len({(x.root, x.result_digest, x.meta_hash) for x in results}) == 1
+            assert status.is_final and status.conflicts == []
+            assert status.attested(status.final) == [a.sender for a in aggs]
+            report = audit(owner, task, r, tmp_path / f"order{aggs[0].sender}")
+            assert report.ok, report.summary()
+        else:
+            assert len({x.root for x in results}) == 3
+            assert not status.is_final and len(set(status.attestations.values())) == 3
+
+
+def test_replica_order_is_by_address_bytes_whatever_the_case() -> None:
+    from bcfl_engine.errors import InvalidArgument
+
+    payloads = [_Sent(a) for a in PARTICIPANTS]
+    mixed = [_Sent(p.client.lower()) if i % 2 else p for i, p in enumerate(payloads)]
+    want = sorted(PARTICIPANTS, key=lambda a: bytes.fromhex(a[2:]))
+    assert [p.client.lower() for p in replica_order(mixed)] == [a.lower() for a in want]
+    assert [p.client for p in replica_order(reversed(payloads))] == want
+    with pytest.raises(InvalidArgument):
+        replica_order([_Sent("0x12")])
+
+
+@dataclasses.dataclass(frozen=True)
+class _Sent:
+    client: str

@@ -20,7 +20,7 @@ from .merkle import (
     round_root,
     verify_proof,
 )
-from .quorum import Conflict, QuorumInfo, RoundStatus, RoundTuple
+from .quorum import Conflict, QuorumInfo, RoundStatus, RoundTuple, replica_order
 from .records import Receipt, RoundRecord, TaskInfo, meta_hash, tuple_id
 from .seals import SealRecord
 from .signing import (
@@ -55,6 +55,7 @@ __all__ = [
     "meta_hash",
     "participant_leaf",
     "process_proof",
+    "replica_order",
     "round_root",
     "sign_payload",
     "tuple_id",

@@ -15,7 +15,7 @@ import os
 from importlib import resources
 from typing import Any
 
-from ..errors import ChainError
+from ..errors import ChainError, InvalidArgument
 from ._deps import need
 from .errors import REVERT_MESSAGES, REVERTS, ContractRevert, TransactionFailed
 
@@ -119,3 +119,13 @@ def translate(exc: BaseException, contract: str = "RoundRegistry") -> ChainError
     shown = {k: (v.hex() if isinstance(v, bytes) else v) for k, v in fields.items()}
     message = REVERT_MESSAGES.get(name, name).format(**shown)
     return REVERTS.get(name, ContractRevert)(f"{name}: {message}", name, fields)
+
+
+def checksum(w3: Any, address: str) -> str:
+    """``address`` in its EIP-55 form; InvalidArgument if it is not a 20-byte address."""
+    try:
+        return str(w3.to_checksum_address(address))
+    except (ValueError, TypeError) as exc:
+        raise InvalidArgument(
+            f"expected a 20-byte address (0x + 40 hex digits); got {address!r}"
+        ) from exc

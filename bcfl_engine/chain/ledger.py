@@ -22,16 +22,18 @@ from ..errors import ChainError, InvalidArgument
 from ..updates import keccak256
 from . import _web3, embedded
 from ._deps import need
+from ._web3 import checksum as _checksum
 from .errors import RoundConflict, RoundExists, TransactionFailed, UnknownTask
 from .keys import KeyEpochs
 from .merkle import ZERO32, MerkleTree, as_bytes32, participant_leaf
+from .proofs import Proofs
 from .quorum import Quorum
 from .records import Meta, Receipt, RoundRecord, TaskInfo, meta_hash
 from .seals import Seals
-from .signing import PayloadDomain, SignedPayload, verify_payload
+from .signing import PayloadDomain
 
 
-class Ledger(KeyEpochs, Seals, Quorum):
+class Ledger(KeyEpochs, Seals, Quorum, Proofs):
     """A deployed ``RoundRegistry`` and the account that sends transactions to it.
 
     Build one with :meth:`embedded` (in-process chain, nothing to start) or :meth:`connect`
@@ -316,68 +318,6 @@ class Ledger(KeyEpochs, Seals, Quorum):
             self._records[(rec.task, rec.round)] = rec  # immutable once mined
             out.append(rec)
         return out
-
-    # ---- proofs and credits -------------------------------------------------------------
-    def verify_inclusion(self, task: int, round: int, leaf: bytes, proof: Sequence[bytes]) -> bool:
-        """Asks the contract whether ``leaf`` is in the round's updates tree by ``proof``.
-
-        ``proof`` is the leaf's proof in the updates tree (:meth:`MerkleTree.proof`); the
-        round's contributions root is appended, as the stored root covers both subtrees.
-        """
-        rec = self.record(task, round)
-        full = [*proof, rec.contributions_root] if rec is not None else list(proof)
-        return bool(self.call("verifyInclusion", task, round, as_bytes32(leaf, "leaf"), full))
-
-    def claim(
-        self, task: int, round: int, *, account: str, credit: int, proof: Sequence[bytes]
-    ) -> Receipt:
-        """Adds ``credit`` to ``account``'s tally, once per round (anyone may send it).
-
-        ``proof`` is the proof of :func:`contribution_leaf` ``(round, account, credit)`` in the
-        round's contributions tree; the updates root is appended.
-        """
-        rec = self.record(task, round)
-        full = [*proof, rec.updates_root] if rec is not None else list(proof)
-        return self.transact("claim", task, round, _checksum(self.w3, account), credit, full)
-
-    def credits(self, task: int, account: str) -> int:
-        return int(self.call("credits", task, _checksum(self.w3, account)))
-
-    def is_participant(self, task: int, account: str, proof: Sequence[bytes]) -> bool:
-        return bool(self.call("isParticipant", task, _checksum(self.w3, account), list(proof)))
-
-    def verify_payload(
-        self,
-        payload: SignedPayload,
-        *,
-        task: int,
-        round: int,
-        participants: Sequence[str],
-        data: bytes | None = None,
-    ) -> str:
-        """:func:`~bcfl_engine.chain.signing.verify_payload` in this registry's domain, after
-        checking that ``participants`` are the task's registered participants."""
-        registered = self.task_info(task).participants_root
-        given = MerkleTree.from_leaves([participant_leaf(p) for p in participants]).root
-        if given != registered:
-            raise ChainError(f"participants given do not match the root registered for task {task}")
-        return verify_payload(
-            payload,
-            task=task,
-            round=round,
-            participants=participants,
-            domain=self.domain,
-            data=data,
-        )
-
-
-def _checksum(w3: Any, address: str) -> str:
-    try:
-        return str(w3.to_checksum_address(address))
-    except (ValueError, TypeError) as exc:
-        raise InvalidArgument(
-            f"expected a 20-byte address (0x + 40 hex digits); got {address!r}"
-        ) from exc
 
 
 def _show(v: Any) -> str:

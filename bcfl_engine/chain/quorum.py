@@ -6,24 +6,52 @@ comparison. A task's owner names m aggregators and a threshold t (:meth:`Quorum.
 ``Ledger.create_task(aggregators=..., threshold=...)``); each aggregator votes with
 :meth:`Quorum.attest_round`; the contract writes the round's root when the t-th distinct
 aggregator votes the same tuple (:func:`~bcfl_engine.chain.records.tuple_id`). A vote for
-another tuple never overwrites and never blocks: at finality, and for every later vote of the
-final round, the contract emits ``AttestationConflict`` naming the aggregator and both tuples.
-:meth:`Quorum.round_status` reads back who voted what. m = 1 is the single aggregator of
-``commit_round``.
+another tuple never overwrites and never blocks. Every vote but the finalizing one is a
+``RoundAttested`` event (who voted what); the finalizing vote names the seats that voted
+otherwise in one ``AttestationConflicts`` event (a seat bitmask: its gas does not grow with the
+number of conflicts), and a later vote for another tuple is an ``AttestationConflict`` naming
+the aggregator and both tuples. :meth:`Quorum.round_status` reads all of it back as one list of
+:class:`Conflict`. m = 1 is the single aggregator of ``commit_round``.
+
+What replicas must do to agree. A replica's tuple is a pure function of what it accepted, in
+the order it accepted it: the leaves (so the updates root) are in acceptance order, and a
+plaintext rule sums the batch's rows in that order (a float mean's bits depend on it). So every
+replica of a round must
+
+1. accept the same set of payloads: every client sends each payload to every replica, and the
+   replicas close the round at one agreed cutoff (a replica that missed a payload votes another
+   ``n`` and root, and is evidence);
+2. take each client's own salt (``Payload.salt``): a replica draws one for a payload that
+   brings none, and its leaves differ;
+3. submit them in one order: :func:`replica_order` (by client address) of the payloads held at
+   the cutoff, e.g. as one ``submit_many`` burst, whatever order they arrived in;
+4. aggregate with the same rule, parameters and ``backend=`` (the backend is pinned in the
+   metadata whose hash is voted: replicas that pick different backends vote different tuples).
+
+A single aggregator's rounds keep their acceptance order (their committed bytes do not change).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from ..errors import ChainError, InvalidArgument
+from ._web3 import checksum as _checksum
 from .errors import AlreadyAttested, RoundConflict
-from .merkle import ZERO32, as_bytes32
+from .merkle import ZERO32, address_bytes, as_bytes32
 from .records import Meta, Receipt, RoundRecord, meta_hash, tuple_id
 
 MAX_AGGREGATORS = 8  # RoundRegistry.MAX_AGGREGATORS: each vote reads every seat
+
+
+class _FromClient(Protocol):
+    @property
+    def client(self) -> str: ...
+
+
+P = TypeVar("P", bound=_FromClient)
 
 
 @dataclass(frozen=True)
@@ -239,11 +267,16 @@ class Quorum:
     def _quorum_since(self, task: int, rec: RoundRecord | None) -> tuple[int, int]:
         """Where the quorum that votes (or voted) the round was set: votes before it were
         discarded by the change (the last ``QuorumChanged`` before the round's finality)."""
+        change = self._quorum_change(task, rec)
+        return (-1, -1) if change is None else _order(change)
+
+    def _quorum_change(self, task: int, rec: RoundRecord | None) -> Any:
+        """The last ``QuorumChanged`` log of ``task`` before the round's finality (or now)."""
         changes = self.contract.events.QuorumChanged.get_logs(
             argument_filters={"task": task}, from_block=self.from_block
         )
         end = (rec.block_number, -1) if rec is not None else (1 << 62, 0)
-        return max((_order(c) for c in changes if _order(c) < end), default=(-1, -1))
+        return max((c for c in changes if _order(c) < end), key=_order, default=None)
 
     def _finalizer(self, rec: RoundRecord) -> str:
         """Who sent the transaction that made the round final (its commit or finalizing vote:
@@ -277,7 +310,8 @@ class Quorum:
             )
             status.final = tup.id
             status.tuples[tup.id] = tup
-        since = self._quorum_since(task, rec)
+        change = self._quorum_change(task, rec)
+        since = (-1, -1) if change is None else _order(change)
         votes = [
             (_order(log), str(log["args"]["aggregator"]), bytes(log["args"]["tuple"]))
             for log in events.RoundAttested.get_logs(**filters)
@@ -287,14 +321,47 @@ class Quorum:
             votes.append(((rec.block_number, -1), self._finalizer(rec), rec.tuple))
         for _, aggregator, tup_id in sorted(votes):
             status.attestations[aggregator] = tup_id
-        for log in sorted(events.AttestationConflict.get_logs(**filters), key=_order):
-            a = log["args"]
-            status.conflicts.append(
-                Conflict(str(a["aggregator"]), bytes(a["attested"]), bytes(a["finalTuple"]))
-            )
+        status.conflicts = self._conflicts(status, change, filters)
         if status.final is not None and any(c.final != status.final for c in status.conflicts):
             raise ChainError(f"round {round} of task {task}: a conflict names another final tuple")
         return status
+
+    def _conflicts(
+        self, status: RoundStatus, change: Any, filters: dict[str, Any]
+    ) -> list[Conflict]:
+        """The evidence of a round: the seats its finalizing vote named (each one's vote is its
+        RoundAttested), then the late votes for another tuple, in chain order."""
+        events = self.contract.events
+        seats = (change["args"]["aggregators"] if change is not None else ()) or ()
+        out: list[Conflict] = []
+        for log in sorted(events.AttestationConflicts.get_logs(**filters), key=_order):
+            a, named = log["args"], int(log["args"]["seats"])
+            for i, account in enumerate(seats):
+                if not named >> i & 1:
+                    continue
+                attested = status.attestations.get(str(account))
+                if attested is None or attested == bytes(a["finalTuple"]):
+                    raise ChainError(
+                        f"round {status.round} of task {status.task}: seat {i} ({account}) is "
+                        "named a conflict but has no vote for another tuple"
+                    )
+                out.append(Conflict(str(account), attested, bytes(a["finalTuple"])))
+            if named >> len(seats):
+                raise ChainError(f"round {status.round}: a conflict names a seat beyond the quorum")
+        for log in sorted(events.AttestationConflict.get_logs(**filters), key=_order):
+            a = log["args"]
+            out.append(Conflict(str(a["aggregator"]), bytes(a["attested"]), bytes(a["finalTuple"])))
+        return out
+
+
+def replica_order(payloads: Iterable[P]) -> list[P]:
+    """``payloads`` in the order every replica of a quorum submits them: by the client's 20
+    address bytes (one payload per client and round, so the order is total). Replicas that hold
+    the same payloads in any arrival order then accept them in one order and vote one tuple.
+
+    InvalidArgument if a payload's ``client`` is not an address.
+    """
+    return sorted(payloads, key=lambda p: address_bytes(p.client, "client"))
 
 
 def _order(log: Any) -> tuple[int, int]:
@@ -309,8 +376,6 @@ def _check_quorum(w3: Any, aggregators: Sequence[str], threshold: int) -> list[s
         raise InvalidArgument(f"a quorum has 1 to {MAX_AGGREGATORS} aggregators; got {m}")
     if not isinstance(threshold, int) or isinstance(threshold, bool) or not 1 <= threshold <= m:
         raise InvalidArgument(f"threshold must be an int in [1, {m}]; got {threshold!r}")
-    from .ledger import _checksum
-
     members = [_checksum(w3, a) for a in aggregators]
     if len(set(members)) != m:
         raise InvalidArgument(f"an aggregator is named twice in {list(aggregators)}")

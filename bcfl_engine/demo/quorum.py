@@ -1,7 +1,9 @@
 """``bcfl demo --aggregators M --quorum T [--dishonest-aggregator]``: M aggregator replicas.
 
 Every hospital sends each payload (with its own salt, so every replica builds the same leaves)
-to every replica; each replica is an :class:`~bcfl_engine.round.AggregationRound` on its own
+to every replica, all in the demo's one loop, so every replica accepts them in one order
+(replicas that are separate processes submit in :func:`~bcfl_engine.chain.quorum.replica_order`
+instead); each replica is an :class:`~bcfl_engine.round.AggregationRound` on its own
 store and key that attests the round it computed; a round is final when T of them attested the
 same tuple (:mod:`bcfl_engine.chain.quorum`). The dishonest replica (aggregator 2) aggregates
 with another rule than the task's (FedAvg for a robust rule, the median for FedAvg): it votes
