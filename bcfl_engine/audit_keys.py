@@ -73,7 +73,7 @@ def decrypted(
             )
             return None
     shares = _shares(
-        ledger, task, round, store, desc, keys, aggregates, updates_root, problems, hasher
+        ledger, task, round, store, meta, desc, keys, aggregates, updates_root, problems, hasher
     )
     if shares is None:
         return None
@@ -138,6 +138,7 @@ def _shares(
     task: int,
     round: int,
     store: Any,
+    meta: dict[str, Any],
     desc: dict[str, Any],
     keys: Any,
     aggregates: Sequence[bytes],
@@ -146,8 +147,15 @@ def _shares(
     hasher: Callable[[bytes], bytes],
 ) -> dict[int, list[bytes]] | None:
     """Every party's stored shares, each party's signature checked; None after a finding."""
-    from .decryption import SignedShare, digest_list, share_signer
+    from .decryption import SignedShare, digest_list, noise_digest, share_signer
+    from .round_dp import read_dp
 
+    try:
+        private = read_dp(meta)
+    except PayloadError as exc:
+        problems.append(f"decryption: the DP parameters cannot be read: {exc}")
+        return None
+    noise = noise_digest(None if private is None else private[0])
     out: dict[int, list[bytes]] = {}
     ok = True
     for party, digests, signature in desc["shares"]:
@@ -162,7 +170,7 @@ def _shares(
         try:
             signer = share_signer(
                 signed, ledger.domain, task=task, round=round, updates_root=updates_root,
-                aggregate=digest_list(aggregates), epoch=keys.epoch,
+                aggregate=digest_list(aggregates), epoch=keys.epoch, noise=noise,
             )  # fmt: skip
             expected = keys.account_of(party)
         except BcflError as exc:

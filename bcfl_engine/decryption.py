@@ -40,6 +40,7 @@ SHARE_FIELDS: tuple[tuple[str, str], ...] = (
     ("aggregate", "bytes32"),
     ("share", "bytes32"),
     ("epoch", "uint256"),
+    ("noise", "bytes32"),
     ("party", "uint256"),
 )
 SHARE_TYPE = "DecryptionShare(" + ",".join(f"{t} {n}" for n, t in SHARE_FIELDS) + ")"
@@ -104,6 +105,17 @@ def digest_list(blobs: Sequence[bytes]) -> bytes:
     return payload_digest(b"".join(payload_digest(b) for b in blobs))
 
 
+def noise_digest(dp: Any) -> bytes:
+    """What a party signs of the differential-privacy noise it added: the keccak-256 of the
+    mechanism's parameters as a round commits them (:meth:`bcfl_engine.dp.GaussianDP.as_meta`),
+    32 zero bytes without DP. A party can later prove which noise scale it agreed to."""
+    if dp is None:
+        return bytes(32)
+    from .protocol import encode_meta
+
+    return keccak256(encode_meta(dp.as_meta()))
+
+
 def _word(value: int, what: str) -> bytes:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**256:
         raise InvalidArgument(f"{what} must be a uint256; got {value!r:.80}")
@@ -125,6 +137,7 @@ def share_message(
     share: bytes,
     epoch: int,
     party: int,
+    noise: bytes = bytes(32),
 ) -> bytes:
     """The 32 bytes a party signs: EIP-712 ``hashStruct(DecryptionShare)`` under ``domain``
     (the chain's :class:`~bcfl_engine.chain.PayloadDomain`); ``aggregate`` and ``share`` are
@@ -140,6 +153,7 @@ def share_message(
         + as_bytes32(aggregate, "aggregate")
         + as_bytes32(share, "share")
         + _word(epoch, "epoch")
+        + as_bytes32(noise, "noise")
         + _word(party, "party")
     )
     return keccak256(b"\x19\x01" + domain_separator(domain) + struct)
@@ -169,6 +183,7 @@ def sign_share(
         share=digest_list(shares),
         epoch=request.epoch,
         party=party,
+        noise=noise_digest(request.dp),
     )
     signature = need("coincurve").PrivateKey(bytes(key)).sign_recoverable(message, hasher=None)
     return SignedShare(party, tuple(bytes(s) for s in shares), bytes(signature))
@@ -183,6 +198,7 @@ def share_signer(
     updates_root: bytes,
     aggregate: bytes,
     epoch: int,
+    noise: bytes = bytes(32),
 ) -> str:
     """The ``0x`` address that signed ``signed`` for these fields (``aggregate``: the
     aggregates' :func:`digest_list`); KeyShareError naming the party if it does not recover."""
@@ -197,6 +213,7 @@ def share_signer(
         share=signed.digest,
         epoch=epoch,
         party=signed.party,
+        noise=noise,
     )
     try:
         return "0x" + _recover(message, bytes(signed.signature), f"party {signed.party}").hex()
@@ -335,6 +352,7 @@ __all__ = [
     "DecryptionRequest",
     "SignedShare",
     "digest_list",
+    "noise_digest",
     "party_share",
     "share_message",
     "share_signer",

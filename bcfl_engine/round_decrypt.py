@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .decryption import DecryptionRequest, SignedShare, digest_list, share_signer
+from .decryption import DecryptionRequest, SignedShare, digest_list, noise_digest, share_signer
 from .errors import InvalidArgument, KeyShareError
 
 RESULT_DTYPE = np.dtype("<f8")
@@ -235,7 +235,7 @@ class Decryption:
         signer = share_signer(
             signed, self.ledger.domain, task=self.task, round=self.round,
             updates_root=request.updates_root, aggregate=request.aggregate_digest,
-            epoch=request.epoch,
+            epoch=request.epoch, noise=noise_digest(request.dp),
         )  # fmt: skip
         if signer != self.keys.account_of(party):
             raise KeyShareError(

@@ -267,3 +267,20 @@ def test_keys_need_a_secure_round(ledger, n_of_n, tmp_path) -> None:
         rnd.decryption_request()
     with pytest.raises(InvalidArgument, match="decryption_request"):
         rnd.add_share(SignedShare(1, (b"",), b""))
+
+
+def test_a_share_signature_names_the_noise_the_party_agreed_to(ledger, n_of_n, tmp_path) -> None:
+    """The signed statement carries the DP parameters' digest (zero without DP): the same share
+    read as one made under another noise scale does not recover the party's account."""
+    from bcfl_engine.decryption import noise_digest, share_signer
+    from bcfl_engine.dp import GaussianDP
+
+    rnd, keys = _round(ledger, n_of_n, tmp_path)
+    req = rnd.decryption_request()
+    signed = _answer(n_of_n, keys, ledger, req, 1)
+    fields = dict(task=rnd.task, round=1, updates_root=req.updates_root,
+                  aggregate=req.aggregate_digest, epoch=keys.epoch)  # fmt: skip
+    assert share_signer(signed, ledger.domain, **fields) == keys.account_of(1)
+    other = noise_digest(GaussianDP(clipping_norm=1.0, noise_multiplier=1.0, num_sampled_clients=4))
+    assert other != bytes(32)
+    assert share_signer(signed, ledger.domain, **fields, noise=other) != keys.account_of(1)
