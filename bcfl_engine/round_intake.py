@@ -25,6 +25,7 @@ from .errors import (
     BcflError,
     DuplicateClient,
     InvalidArgument,
+    InvalidWeight,
     NonFiniteUpdate,
     PayloadError,
     ShapeMismatch,
@@ -64,6 +65,7 @@ class Intake:
     _records: list[dict[str, Any]]
     _clients: dict[str, dict[str, Any]]
     _commit: Any
+    secure: str | None
 
     def _check_group(
         self, group: list[tuple[str, bytes]], skip: int = 0, layout: Any = None
@@ -340,6 +342,13 @@ class Intake:
         if not isinstance(payload, Payload):
             raise InvalidArgument(f"expected a Payload; got {type(payload).__name__}")
         weight = protocol.check_weight(payload.weight, f"client {payload.client}: weight")
+        if weight != 1 and self.secure == "ckks" and getattr(self, "dp", None) is not None:
+            # The parties' noise covers a sum of clipped updates of weight 1 each: they would
+            # refuse the aggregate at decryption, after the round was closed.
+            raise InvalidWeight(
+                f"client {payload.client}: weight {weight}; a private round under a multiparty "
+                "key sums updates of weight 1 (the noise's sensitivity)"
+            )
         if payload.salt is not None and (
             not isinstance(payload.salt, bytes) or len(payload.salt) != 32
         ):

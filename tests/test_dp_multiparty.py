@@ -365,12 +365,13 @@ def test_private_round_refusals(chain, tmp_path):
 
     c = chain
     task, keys = _task(c)
-    # a client weight other than 1: the parties refuse (the noise covers an unweighted sum)
+    # a client weight other than 1 is refused at submit, before the round could close on it
+    # (the parties would refuse it too: the noise covers an unweighted sum)
+    from bcfl_engine.errors import InvalidWeight
+
     dp = bdp.GaussianDP(C, Z, 4)
-    rnd, _ = _private_round(c, task, keys, 1, tmp_path / "a", dp, weight=2)
-    req = rnd.decryption_request()
-    with pytest.raises(DecryptionRefused, match="weight != 1"):
-        _share(c, keys, req, 1, dp)
+    with pytest.raises(InvalidWeight, match="weight 2; a private round"):
+        _private_round(c, task, keys, 1, tmp_path / "a", dp, weight=2)
     # past the budget: refused before the request goes out, so before any party draws noise
     task, keys = _task(c)
     one, two = bdp.epsilon(Z, 0.8, 1, 1e-5), bdp.epsilon(Z, 0.8, 2, 1e-5)
