@@ -1,0 +1,214 @@
+"""bcfl_engine.distributed: 2 and 3 gloo processes on 127.0.0.1 against one process, bit for bit.
+
+Each world size is one spawn that runs every case (starting processes costs seconds; the
+cases cost milliseconds). Shapes: n and d not multiples of the world size, a rank with no
+rows (3 ranks), a rank with no columns (d = 600: two 256-column blocks for 3 ranks).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import socket
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import bcfl_engine
+from bcfl_engine import distributed
+from bcfl_engine.backends import _load_native
+from bcfl_engine.distributed_comm import column_ranges
+from bcfl_engine.errors import InvalidArgument, NonFiniteUpdate, PeerFailure
+
+krum_select = importlib.import_module("bcfl_engine.rules.krum").krum_select
+
+NATIVE = _load_native()[1] is None
+BACKENDS = ["torch"] + (["native"] if NATIVE else [])
+
+# (case id, rule, f, params, weighted, n, d, dtype)
+CASES = [
+    ("mean", "mean", 0, {}, False, 11, 1001, torch.float32),
+    ("mean-weighted", "mean", 0, {}, True, 11, 1001, torch.float32),
+    ("mean-bf16", "mean", 0, {}, True, 10, 257, torch.bfloat16),
+    ("median-odd", "median", 2, {}, False, 11, 1001, torch.float32),
+    ("median-even", "median", 3, {}, False, 10, 1001, torch.float32),
+    ("median-f16", "median", 0, {}, False, 7, 130, torch.float16),
+    ("trimmed_mean", "trimmed_mean", 2, {}, False, 11, 1001, torch.float32),
+    ("krum", "krum", 2, {}, False, 11, 1001, torch.float32),
+    ("multi_krum", "multi_krum", 2, {}, False, 11, 1001, torch.float32),
+    ("multi_krum-m3", "multi_krum", 1, {"m": 3}, False, 10, 4099, torch.float32),
+    # Two column blocks: with 3 ranks the last holds no column.
+    ("mean-d600", "mean", 0, {}, True, 5, 600, torch.float32),
+    ("median-d600", "median", 1, {}, False, 5, 600, torch.float32),
+    ("krum-d600", "krum", 1, {}, False, 5, 600, torch.float32),
+    # Fewer columns than one block: one rank holds them all.
+    ("median-d2", "median", 1, {}, False, 5, 2, torch.float32),
+]
+
+
+def _data(n: int, d: int, dtype: torch.dtype, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g) * 0.1 + 1.0  # a common component, as FL updates share
+    x[-2:] += 5.0 * torch.randn(2, d, generator=g)  # two outliers for the robust rules
+    w = torch.rand(n, generator=g, dtype=torch.float64) * 10 + 0.5
+    return x.to(dtype), w
+
+
+def _split(n: int, world: int) -> list[tuple[int, int]]:
+    """Uneven row shards: with 2 ranks a third and two thirds, with 3 the middle one empty."""
+    if world == 3:
+        a = n // 2
+        return [(0, a), (a, a), (a, n)]
+    a = n // 3
+    return [(0, a), (a, n)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _init(rank: int, world: int, port: int, timeout_s: float) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=world,
+        timeout=timedelta(seconds=timeout_s),
+    )
+
+
+def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    _init(rank, world, port, 60)
+    results = {}
+    for backend in BACKENDS:
+        for i, (cid, rule, f, params, weighted, n, d, dtype) in enumerate(CASES):
+            x, w = _data(n, d, dtype, seed=i)
+            a, b = _split(n, world)[rank]
+            out = distributed.aggregate(
+                x[a:b],
+                rule=rule,
+                f=f,
+                weights=w[a:b] if weighted else None,
+                client_ids=[f"c{j}" for j in range(a, b)],
+                backend=backend,
+                send_bytes=4096,  # several all-to-all rounds even on these small shapes
+                **params,
+            )
+            results[f"{backend}/{cid}"] = out
+    # Errors raised on every rank, from one rank's bad input.
+    x, _ = _data(7, 33, torch.float32, seed=99)
+    a, b = _split(7, world)[rank]
+    mine = x[a:b].clone()
+    if rank == world - 1:
+        mine[-1, 5] = float("nan")
+    try:
+        distributed.aggregate(mine, rule="median", client_ids=[f"c{j}" for j in range(a, b)])
+    except NonFiniteUpdate as exc:
+        results["error/nonfinite"] = str(exc)
+    bad = x[a:b, :32] if rank == 0 else x[a:b]
+    try:
+        distributed.aggregate(bad, rule="median")
+    except InvalidArgument as exc:
+        results["error/shape"] = str(exc)
+    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module", params=[2, 3], ids=["ranks2", "ranks3"])
+def spawned(request, tmp_path_factory):
+    world = request.param
+    out = tmp_path_factory.mktemp(f"dist{world}")
+    mp.spawn(_worker, args=(world, _free_port(), str(out)), nprocs=world, join=True)
+    return world, [torch.load(out / f"rank{r}.pt") for r in range(world)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bit_identical_to_one_process(spawned, case, backend):
+    world, ranks = spawned
+    cid, rule, f, params, weighted, n, d, dtype = case
+    x, w = _data(n, d, dtype, seed=CASES.index(case))
+    want = bcfl_engine.aggregate(
+        x, rule=rule, f=f, weights=w if weighted else None, backend=backend, **params
+    )
+    for r, res in enumerate(ranks):
+        got = res[f"{backend}/{cid}"]
+        assert got.dtype == torch.float32 and got.shape == (d,)
+        diff = (got != want).nonzero().reshape(-1)
+        assert torch.equal(got, want), (
+            f"rank {r} of {world}: {diff.numel()} columns differ, first {diff[:5].tolist()}"
+        )
+
+
+def test_krum_selection_matches_one_process(spawned):
+    """Krum copies one row: the same bits means the same client was selected."""
+    _, ranks = spawned
+    for cid in ("krum", "krum-d600"):
+        case = next(c for c in CASES if c[0] == cid)
+        x, _ = _data(case[5], case[6], case[7], seed=CASES.index(case))
+        got = ranks[0][f"torch/{cid}"]
+        rows = [i for i in range(x.shape[0]) if torch.equal(x[i].float(), got)]
+        want = krum_select(x, case[2], backend="torch")
+        assert rows == [want]
+
+
+def test_every_rank_raises_the_same_error(spawned):
+    world, ranks = spawned
+    msgs = {res.get("error/nonfinite") for res in ranks}
+    assert len(msgs) == 1 and None not in msgs
+    (msg,) = msgs
+    assert "update 6 (client 'c6')" in msg and f"rank {world - 1}" in msg
+    shapes = {res.get("error/shape") for res in ranks}
+    assert len(shapes) == 1 and None not in shapes
+    assert "d or dtype" in next(iter(shapes))
+
+
+def _dying_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    _init(rank, world, port, 4)
+    x, _ = _data(9, 5000, torch.float32, seed=5)
+    a, b = column_ranges(9, world)[rank]
+    if rank == world - 1:
+        # This rank dies once the round's metadata is exchanged, in the middle of the aggregate.
+        def die(*args, **kwargs):
+            os._exit(3)
+
+        distributed.to_columns = die  # type: ignore[assignment]
+    start = time.monotonic()
+    try:
+        distributed.aggregate(x[a:b], rule="median", send_bytes=1024)
+        outcome = "returned"
+    except PeerFailure as exc:
+        outcome = f"PeerFailure after {time.monotonic() - start:.1f}s: {exc}"
+    except Exception as exc:  # any other type is reported, and fails the test
+        outcome = f"{type(exc).__name__}: {exc}"
+    Path(out_dir, f"rank{rank}.txt").write_text(outcome)
+    os._exit(0)  # the group is broken: no orderly shutdown to wait for
+
+
+def test_dead_rank_gives_peer_failure_within_timeout(tmp_path):
+    world = 3
+    ctx = mp.start_processes(
+        _dying_worker,
+        args=(world, _free_port(), str(tmp_path)),
+        nprocs=world,
+        join=False,
+        start_method="spawn",
+    )
+    deadline = time.monotonic() + 60
+    for p in ctx.processes:
+        p.join(max(1.0, deadline - time.monotonic()))
+    codes = [p.exitcode for p in ctx.processes]
+    assert codes == [0, 0, 3], codes
+    for r in range(world - 1):
+        text = Path(tmp_path, f"rank{r}.txt").read_text()
+        assert text.startswith("PeerFailure after"), text
+        assert float(text.split()[2].rstrip("s:")) < 4 + 2.0, text
+        assert f"rank {r} of {world}" in text
