@@ -26,7 +26,10 @@ What is guaranteed, per rule (same ``backend`` on both sides; the tests check ev
   Multi-Krum averages the selected rows column by column with the backend's own kernel. All
   ranks always agree with each other: they select from one matrix, summed in one order.
 
-Not here yet: Bulyan, NNM, geometric median, centered clipping and CKKS residue sums.
+- CKKS sums: :func:`ckks_sum` (from :mod:`.distributed_ckks`), bit-identical to
+  :func:`bcfl_engine.he.ckks_sum.ckks_sum` in one process: modular sums are exact.
+
+Not here yet: Bulyan, NNM, geometric median and centered clipping.
 
 A rank that dies, or does not answer within the process group's ``timeout``, makes every other
 rank raise :class:`~bcfl_engine.errors.PeerFailure`; a bad input on any rank makes every rank
@@ -43,6 +46,7 @@ import torch.distributed as dist
 
 from . import rules
 from .backends import choose, dispatch, native
+from .distributed_ckks import ckks_sum
 from .distributed_comm import (
     SEND_BYTES,
     Layout,
@@ -58,6 +62,8 @@ from .errors import (
     NonFiniteUpdate,
 )
 from .updates import STORAGE_DTYPES, all_finite
+
+__all__ = ["RULES", "aggregate", "ckks_sum"]
 
 COORDINATE_RULES = ("mean", "median", "trimmed_mean")
 DISTANCE_RULES = ("krum", "multi_krum")

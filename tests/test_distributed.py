@@ -24,6 +24,8 @@ from bcfl_engine import distributed
 from bcfl_engine.backends import _load_native
 from bcfl_engine.distributed_comm import column_ranges
 from bcfl_engine.errors import InvalidArgument, NonFiniteUpdate, PeerFailure
+from bcfl_engine.he.ckks_sum import ckks_sum as ckks_sum_one
+from bcfl_engine.he.ckks_sum import ckks_sum_reference
 
 krum_select = importlib.import_module("bcfl_engine.rules.krum").krum_select
 
@@ -57,6 +59,18 @@ def _data(n: int, d: int, dtype: torch.dtype, seed: int):
     x[-2:] += 5.0 * torch.randn(2, d, generator=g)  # two outliers for the robust rules
     w = torch.rand(n, generator=g, dtype=torch.float64) * 10 + 0.5
     return x.to(dtype), w
+
+
+def _residues(n: int):
+    """Residues ``[n, C=1, 2, K=5, N=43]`` near their primes (the largest below 2^60), weights up
+    to 2^64 - 1: a plain int64 sum over ranks would overflow."""
+    primes = [2**60 - 173, 2**60 - 257, 2**59 - 55, 2**45 - 55, 2**30 - 35]
+    g = torch.Generator().manual_seed(7)
+    q = torch.tensor(primes)[None, None, None, :, None]
+    r = torch.randint(0, 2**62, (n, 1, 2, 5, 43), generator=g) % q
+    r[:, :, :, :, :8] = (q - 1).expand(n, 1, 2, 5, 8)
+    weights = [2**64 - 1 - i for i in range(n)]
+    return r, primes, weights
 
 
 def _split(n: int, world: int) -> list[tuple[int, int]]:
@@ -103,6 +117,12 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
                 **params,
             )
             results[f"{backend}/{cid}"] = out
+    for backend in BACKENDS:
+        res, primes, wts = _residues(9)
+        a, b = _split(9, world)[rank]
+        results[f"ckks/{backend}"] = distributed.ckks_sum(
+            res[a:b], primes, wts[a:b], backend=backend
+        )
     # Errors raised on every rank, from one rank's bad input.
     x, _ = _data(7, 33, torch.float32, seed=99)
     a, b = _split(7, world)[rank]
@@ -146,6 +166,16 @@ def test_bit_identical_to_one_process(spawned, case, backend):
         assert torch.equal(got, want), (
             f"rank {r} of {world}: {diff.numel()} columns differ, first {diff[:5].tolist()}"
         )
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ckks_sum_bit_identical_to_one_process(spawned, backend):
+    world, ranks = spawned
+    res, primes, wts = _residues(9)
+    want = ckks_sum_one(res, primes, wts, backend=backend)
+    assert torch.equal(want, ckks_sum_reference(res, primes, wts))
+    for r, out in enumerate(ranks):
+        assert torch.equal(out[f"ckks/{backend}"], want), f"rank {r} of {world}"
 
 
 def test_krum_selection_matches_one_process(spawned):
