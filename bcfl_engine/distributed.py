@@ -14,7 +14,7 @@ What is guaranteed, per rule (same ``backend`` on both sides; the tests check ev
   the same order. The one cross-column decision of the engine, the mean's float64 recomputation
   when a float32 sum overflowed, is taken for all ranks at once, as one process takes it for
   all columns.
-- ``krum``, ``multi_krum``: **bit-identical whenever the selection is**. The ``[n, n]``
+- ``krum``, ``multi_krum``, ``bulyan``: **bit-identical whenever the selection is**. The ``[n, n]``
   distances are summed across column shards (each rank's partial Gram, or partial float64
   distances for the torch backend, added in rank order on every rank). Those sums are not the
   single-process sums split differently, so the distances differ from one process's in their
@@ -23,13 +23,14 @@ What is guaranteed, per rule (same ``backend`` on both sides; the tests check ev
   selection, the Krum order with ties to the lowest index, is therefore the same as one
   process's unless two candidate scores at the selection boundary lie within that error of
   each other. Given the same selected rows, the output is the same bits: Krum copies a row,
-  Multi-Krum averages the selected rows column by column with the backend's own kernel. All
+  Multi-Krum averages the selected rows column by column with the backend's own kernel, and
+  Bulyan runs its own coordinate-stage kernel on the column shard. All
   ranks always agree with each other: they select from one matrix, summed in one order.
 
 - CKKS sums: :func:`ckks_sum` (from :mod:`.distributed_ckks`), bit-identical to
   :func:`bcfl_engine.he.ckks_sum.ckks_sum` in one process: modular sums are exact.
 
-Not here yet: Bulyan, NNM, geometric median and centered clipping.
+Not here yet: NNM (a pre-step), geometric median and centered clipping (iterative).
 
 A rank that dies, or does not answer within the process group's ``timeout``, makes every other
 rank raise :class:`~bcfl_engine.errors.PeerFailure`; a bad input on any rank makes every rank
@@ -66,7 +67,7 @@ from .updates import STORAGE_DTYPES, all_finite
 __all__ = ["RULES", "aggregate", "ckks_sum"]
 
 COORDINATE_RULES = ("mean", "median", "trimmed_mean")
-DISTANCE_RULES = ("krum", "multi_krum")
+DISTANCE_RULES = ("krum", "multi_krum", "bulyan")
 RULES = COORDINATE_RULES + DISTANCE_RULES
 
 
@@ -284,10 +285,37 @@ def _distance(
         part = _partial_gram(xc, p, kernel)
         dist_ = gram_to_sq_dists(sum_in_rank_order(part, group, "all-gather of partial Grams"))
     checked(dist_, xc, rule, check=False)
+    if rule == "bulyan":
+        return _bulyan(xc, dist_, f, kernel)
     idx = krum_order(dist_, f)[: 1 if rule == "krum" else m]
     if rule == "krum" or xc.shape[1] == 0:
         return xc[int(idx[0])].float() if rule == "krum" else torch.empty(0)
     return _select_mean(xc, idx, kernel)
+
+
+def _bulyan(xc: torch.Tensor, dist_: torch.Tensor, f: int, kernel: str) -> torch.Tensor:
+    """Bulyan's selection (iterated Krum on the summed distances, by the backend's own code),
+    then its coordinate stage, by the backend's own kernel, on this rank's columns."""
+    from .rules._distances import iterated_krum
+    from .rules.bulyan import _select_native, bulyan_coordinates_reference
+
+    n = xc.shape[0]
+    theta, beta = n - 2 * f, n - 4 * f
+    select = _select_native if kernel == "native" else iterated_krum  # the same rows
+    idx = select(dist_, f, theta)
+    if xc.shape[1] == 0:
+        return torch.empty(0)
+    if kernel == "native":
+        out = torch.empty(xc.shape[1], dtype=torch.float32)
+        native().bulyan_coordinates(xc.contiguous(), idx, beta, out)
+        return out
+    if kernel == "triton":
+        from .kernels.bulyan import bulyan_coordinates
+        from .rules.median import finite_columns
+
+        out = bulyan_coordinates(xc.contiguous(), idx, beta)
+        return finite_columns(out, xc, lambda part: bulyan_coordinates_reference(part, idx, beta))
+    return bulyan_coordinates_reference(xc, idx, beta)
 
 
 def _global_pivot(xc: torch.Tensor, layout: Layout, group: Any) -> int:

@@ -43,6 +43,8 @@ CASES = [
     ("trimmed_mean", "trimmed_mean", 2, {}, False, 11, 1001, torch.float32),
     ("krum", "krum", 2, {}, False, 11, 1001, torch.float32),
     ("multi_krum", "multi_krum", 2, {}, False, 11, 1001, torch.float32),
+    ("bulyan", "bulyan", 2, {}, False, 11, 1001, torch.float32),
+    ("bulyan-f1", "bulyan", 1, {}, False, 10, 4099, torch.float32),
     ("multi_krum-m3", "multi_krum", 1, {"m": 3}, False, 10, 4099, torch.float32),
     # Two column blocks: with 3 ranks the last holds no column.
     ("mean-d600", "mean", 0, {}, True, 5, 600, torch.float32),
