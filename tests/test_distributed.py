@@ -8,6 +8,7 @@ rows (3 ranks), a rank with no columns (d = 600: two 256-column blocks for 3 ran
 from __future__ import annotations
 
 import importlib
+import itertools
 import os
 import socket
 import time
@@ -22,7 +23,7 @@ import torch.multiprocessing as mp
 import bcfl_engine
 from bcfl_engine import distributed
 from bcfl_engine.backends import _load_native
-from bcfl_engine.distributed_comm import column_ranges
+from bcfl_engine.distributed_comm import COLUMN_ALIGN, column_ranges
 from bcfl_engine.errors import InvalidArgument, NonFiniteUpdate, PeerFailure
 from bcfl_engine.he.ckks_sum import ckks_sum as ckks_sum_one
 from bcfl_engine.he.ckks_sum import ckks_sum_reference
@@ -244,3 +245,21 @@ def test_dead_rank_gives_peer_failure_within_timeout(tmp_path):
         assert text.startswith("PeerFailure after"), text
         assert float(text.split()[2].rstrip("s:")) < 4 + 2.0, text
         assert f"rank {r} of {world}" in text
+
+
+@pytest.mark.parametrize("d", [1, 2, 255, 256, 257, 600, 1001, 4099, 200_000])
+@pytest.mark.parametrize("world", [1, 2, 3, 7])
+def test_column_ranges_cover_d_in_aligned_blocks(d, world):
+    ranges = column_ranges(d, world)
+    assert len(ranges) == world and ranges[0][0] == 0 and ranges[-1][1] == d
+    for (a, b), (c, _) in itertools.pairwise(ranges):
+        assert b == c and a <= b
+    for a, b in ranges:
+        if b > a:  # a non-empty range: aligned, and a block wide unless it is all of d
+            assert a % COLUMN_ALIGN == 0
+            assert b - a >= COLUMN_ALIGN or (a, b) == (0, d)
+
+
+def test_aggregate_needs_an_initialised_group():
+    with pytest.raises(InvalidArgument, match="not initialised"):
+        distributed.aggregate(torch.zeros(3, 4), rule="mean")
