@@ -102,17 +102,13 @@ class Layout:
         return self.columns[self.rank]
 
 
-def _bytes(t: torch.Tensor) -> torch.Tensor:
-    """A contiguous tensor's bytes as a flat uint8 view (gloo moves any dtype as bytes)."""
-    return t.contiguous().reshape(-1).view(torch.uint8)
-
-
 def to_columns(rows: torch.Tensor, layout: Layout, group: Any, send_bytes: int = SEND_BYTES):
     """Rank ``r``'s column shard ``[n, c_r]`` of the round from every rank's row shard.
 
-    Streams in rounds of ``block`` columns of every destination's range, so the send buffer is
-    ``n_r * block * W`` values, not a copy of the whole shard. Each round is one
-    ``all_to_all_single`` of bytes with uneven splits.
+    Streams in rounds of ``block`` columns of every destination's range, through one send and
+    one receive buffer of at most ``send_bytes`` each, reused every round: a rank holds its
+    rows, its column shard and those two buffers, never a second copy of its rows. Each round
+    is one ``all_to_all_single`` of bytes (gloo moves any dtype so) with uneven splits.
     """
     world, rank = layout.world, layout.rank
     if world == 1:
@@ -128,18 +124,22 @@ def to_columns(rows: torch.Tensor, layout: Layout, group: Any, send_bytes: int =
     per_col = max(1, max(layout.counts) * world * esize)
     block = max(1, min(widest, send_bytes // per_col))
     offsets = layout.offsets
+    n_r = rows.shape[0]
+    send_buf = torch.empty(n_r * block * world, dtype=layout.dtype)
+    recv_buf = torch.empty(layout.n * block, dtype=layout.dtype)
     for t0 in range(0, widest, block):
-        sends, in_splits = [], []
+        in_splits, at = [], 0
         for a, b in cols:
             lo, hi = min(b, a + t0), min(b, a + t0 + block)
-            part = rows[:, lo:hi]
-            sends.append(_bytes(part))
-            in_splits.append(part.numel() * esize)
+            size = n_r * (hi - lo)
+            send_buf[at : at + size].view(n_r, hi - lo).copy_(rows[:, lo:hi])
+            in_splits.append(size * esize)
+            at += size
+        send = send_buf[:at].view(torch.uint8)
         lo, hi = min(c1, c0 + t0), min(c1, c0 + t0 + block)
         width = hi - lo
         out_splits = [cnt * width * esize for cnt in layout.counts]
-        send = torch.cat(sends) if sends else torch.empty(0, dtype=torch.uint8)
-        recv = torch.empty(sum(out_splits), dtype=torch.uint8)
+        recv = recv_buf[: layout.n * width].view(torch.uint8)
         collective(
             "all-to-all of column blocks",
             group,
@@ -147,11 +147,10 @@ def to_columns(rows: torch.Tensor, layout: Layout, group: Any, send_bytes: int =
         )
         at = 0
         for src, cnt in enumerate(layout.counts):
-            size = cnt * width * esize
-            if size:
-                piece = recv[at : at + size].view(layout.dtype).view(cnt, width)
+            if cnt and width:
+                piece = recv_buf[at : at + cnt * width].view(cnt, width)
                 out[offsets[src] : offsets[src] + cnt, lo - c0 : hi - c0] = piece
-            at += size
+            at += cnt * width
     return out
 
 
