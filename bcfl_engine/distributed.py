@@ -40,6 +40,7 @@ left waiting in a collective.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
@@ -81,6 +82,7 @@ def aggregate(
     group: Any = None,
     backend: str | None = None,
     send_bytes: int = SEND_BYTES,
+    stats: dict[str, float] | None = None,
     **params: Any,
 ) -> torch.Tensor:
     """Aggregate the updates held by every rank of ``group``; each rank gets the result.
@@ -97,6 +99,9 @@ def aggregate(
     group : the process group (None: the default group, which must be initialised).
     backend : "torch", "native", "triton" or None; every rank must resolve the same one.
     send_bytes : the send buffer of one all-to-all round (memory per rank).
+    stats : a dict to fill with this rank's seconds per phase (``check_s``, ``all_to_all_s``,
+        ``rule_s``: the rule on the shard, its own collectives included, ``gather_s``) and
+        ``sent_bytes`` (what this rank sent in the all-to-all).
     **params : rule parameters (``m`` for multi_krum).
 
     Returns
@@ -106,16 +111,33 @@ def aggregate(
     """
     if not dist.is_available() or not dist.is_initialized():
         raise InvalidArgument("distributed aggregate: torch.distributed is not initialised")
+    clock = [time.perf_counter()]
+
+    def lap(name: str) -> None:
+        clock.append(time.perf_counter())
+        if stats is not None:
+            stats[name] = clock[-1] - clock[-2]
+
     meta = _local_meta(local_rows, rule, weights, client_ids, backend)
     metas = gather_objects(meta, group, "exchange of shard metadata")
     layout, w, kernel = _check_round(metas, rule, f, params, dist.get_rank(group))
+    lap("check_s")
     x = local_rows.detach()
     xc = to_columns(x, layout, group, send_bytes)
+    lap("all_to_all_s")
     if rule in COORDINATE_RULES:
         out = _coordinate(xc, layout, rule, f, w, kernel, group)
     else:
         out = _distance(xc, layout, rule, f, params.get("m"), kernel, group)
-    return gather_columns(out, layout, group)
+    lap("rule_s")
+    result = gather_columns(out, layout, group)
+    lap("gather_s")
+    if stats is not None and layout.world > 1:
+        c0, c1 = layout.my_columns
+        stats["sent_bytes"] = float(x.shape[0] * (layout.d - (c1 - c0)) * x.element_size())
+    elif stats is not None:
+        stats["sent_bytes"] = 0.0
+    return result
 
 
 # ---- boundary -------------------------------------------------------------------------------

@@ -22,8 +22,6 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from .distributed_comm import column_ranges
-
 
 def _rows(a: int, b: int, d: int, seed: int) -> torch.Tensor:
     """Rows ``[a, b)`` of the synthetic round: a shared component plus per-client noise."""
@@ -76,22 +74,22 @@ def main(argv: list[str] | None = None) -> None:
     _init(args.timeout)
     rank, world = dist.get_rank(), dist.get_world_size()
     base = _peak_rss_mib()
-    a, b = column_ranges_rows(args.n, world)[rank]
+    a, b = row_ranges(args.n, world)[rank]
     x = _rows(a, b, args.d, args.seed)
     # Warm-up on one block of columns: gloo connects pairs on first use, not timed here.
     aggregate(x[:, :256].contiguous(), rule="mean")
     dist.barrier()
     start = time.perf_counter()
-    out = aggregate(x, rule=args.rule, f=args.f, backend=args.backend)
+    stats: dict[str, float] = {}
+    out = aggregate(x, rule=args.rule, f=args.f, backend=args.backend, stats=stats)
     seconds = time.perf_counter() - start
-    c0, c1 = column_ranges(args.d, world)[rank]
     mine = {
         "seconds": seconds,
         "base_rss_mib": base,
         "peak_rss_mib": _peak_rss_mib(),
         "rows": b - a,
-        # The all-to-all sends this rank's rows of every other rank's columns.
-        "sent_mib": (b - a) * (args.d - (c1 - c0)) * 4 / 2**20,
+        "sent_mib": stats.pop("sent_bytes") / 2**20,
+        **stats,
     }
     every: list[object] = [None] * world
     dist.all_gather_object(every, mine)
@@ -114,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     dist.destroy_process_group()
 
 
-def column_ranges_rows(n: int, world: int) -> list[tuple[int, int]]:
+def row_ranges(n: int, world: int) -> list[tuple[int, int]]:
     """Rows per rank for the synthetic round: ``n // world`` each, the first ``n % world`` one
     more (a round's real shards are whatever each ingest node received)."""
     base, extra = divmod(n, world)

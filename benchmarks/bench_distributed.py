@@ -67,17 +67,22 @@ def main() -> None:
     )
     print(
         f"{'ranks x threads':>16} {'time ratio':>11} {'peak RSS/rank ratio':>20} "
-        f"{'(peak - import)/rank ratio':>27} {'sent/rank, of data':>19}"
+        f"{'(peak - import)/rank ratio':>27} {'sent/rank, of data':>19} "
+        f"{'all-to-all share':>17} {'rule time ratio':>16}"
     )
+    b_rule = max(r["rule_s"] for r in base["per_rank"])
     b_peak = max(r["peak_rss_mib"] for r in base["per_rank"])
     b_work = max(r["peak_rss_mib"] - r["base_rss_mib"] for r in base["per_rank"])
     for ranks, threads, rep in rows:
         peak = max(r["peak_rss_mib"] for r in rep["per_rank"])
         work = max(r["peak_rss_mib"] - r["base_rss_mib"] for r in rep["per_rank"])
         sent = max(r["sent_mib"] for r in rep["per_rank"]) / data_mib
+        a2a = max(r["all_to_all_s"] for r in rep["per_rank"]) / rep["seconds"]
+        rule_s = max(r["rule_s"] for r in rep["per_rank"])
         print(
             f"{f'{ranks} x {threads}':>16} {rep['seconds'] / base['seconds']:>11.2f} "
-            f"{peak / b_peak:>20.2f} {work / b_work:>27.2f} {sent:>19.2f}"
+            f"{peak / b_peak:>20.2f} {work / b_work:>27.2f} {sent:>19.2f} "
+            f"{a2a:>17.2f} {rule_s / b_rule:>16.2f}"
         )
     print("json:", json.dumps([{"ranks": r, "threads": t, **rep} for r, t, rep in rows]))
 

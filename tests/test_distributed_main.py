@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from bcfl_engine.distributed_comm import column_ranges
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -30,4 +32,9 @@ def test_torchrun_entry_point_matches_one_process(rule, f):
     assert report["ranks"] == 2 and report["n"] == 9 and report["d"] == 1300
     assert report["identical"] is True
     assert [r["rows"] for r in report["per_rank"]] == [5, 4]
-    assert all(r["peak_rss_mib"] >= r["base_rss_mib"] > 0 for r in report["per_rank"])
+    widths = [b - a for a, b in column_ranges(1300, 2)]
+    for r, width in zip(report["per_rank"], widths, strict=True):
+        assert r["peak_rss_mib"] >= r["base_rss_mib"] > 0
+        # The all-to-all sends this rank's rows of the other rank's columns.
+        assert r["sent_mib"] * 2**20 == r["rows"] * (1300 - width) * 4
+        assert all(r[k] >= 0 for k in ("check_s", "all_to_all_s", "rule_s", "gather_s"))
