@@ -22,7 +22,7 @@ import torch.multiprocessing as mp
 
 import bcfl_engine
 from bcfl_engine import distributed
-from bcfl_engine.backends import _load_native
+from bcfl_engine.backends import _load_native, dispatch
 from bcfl_engine.distributed_comm import COLUMN_ALIGN, column_ranges
 from bcfl_engine.errors import InvalidArgument, NonFiniteUpdate, PeerFailure
 from bcfl_engine.he.ckks_sum import ckks_sum as ckks_sum_one
@@ -53,7 +53,15 @@ CASES = [
     ("krum-d600", "krum", 1, {}, False, 5, 600, torch.float32),
     # Fewer columns than one block: one rank holds them all.
     ("median-d2", "median", 1, {}, False, 5, 2, torch.float32),
+    # Values near the float32 maximum in the first columns (rank 0's): their float32 sums
+    # overflow, and the rule takes its float64 path (the mean: for every column, on every rank).
+    # Unweighted n = 10: the float32 sum of ten FLT_MAX * float32(1/10) rounds past FLT_MAX
+    # (checked below for each backend).
+    ("mean-huge", "mean", 0, {}, False, 10, 1001, torch.float32),
+    ("trimmed_mean-huge", "trimmed_mean", 1, {}, False, 11, 1001, torch.float32),
+    ("median-huge", "median", 0, {}, False, 10, 1001, torch.float32),
 ]
+HUGE = torch.finfo(torch.float32).max
 
 
 def _data(n: int, d: int, dtype: torch.dtype, seed: int):
@@ -61,6 +69,8 @@ def _data(n: int, d: int, dtype: torch.dtype, seed: int):
     x = torch.randn(n, d, generator=g) * 0.1 + 1.0  # a common component, as FL updates share
     x[-2:] += 5.0 * torch.randn(2, d, generator=g)  # two outliers for the robust rules
     w = torch.rand(n, generator=g, dtype=torch.float64) * 10 + 0.5
+    if 0 <= seed < len(CASES) and CASES[seed][0].endswith("-huge"):
+        x[:, :7] = HUGE
     return x.to(dtype), w
 
 
@@ -179,6 +189,16 @@ def test_ckks_sum_bit_identical_to_one_process(spawned, backend):
     assert torch.equal(want, ckks_sum_reference(res, primes, wts))
     for r, out in enumerate(ranks):
         assert torch.equal(out[f"ckks/{backend}"], want), f"rank {r} of {world}"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mean_overflow_takes_the_float64_path_everywhere(backend):
+    """The case above does overflow in float32 (the single-process mean then recomputes every
+    column in float64, which the distributed mean must do on every rank)."""
+    i = next(j for j, c in enumerate(CASES) if c[0] == "mean-huge")
+    x, _ = _data(10, 1001, torch.float32, seed=i)
+    raw = dispatch("mean", bcfl_engine.rules.get("mean").kernels, x, backend, None)
+    assert not bool(torch.isfinite(raw[:7]).any()) and bool(torch.isfinite(raw[7:]).all())
 
 
 def test_krum_selection_matches_one_process(spawned):
