@@ -14,19 +14,22 @@ What is guaranteed, per rule (same ``backend`` on both sides; the tests check ev
   the same order. The one cross-column decision of the engine, the mean's float64 recomputation
   when a float32 sum overflowed, is taken for all ranks at once, as one process takes it for
   all columns.
-- ``krum``, ``multi_krum``, ``bulyan``: **bit-identical whenever the selection is**. The ``[n, n]``
-  distances are summed across column shards (each rank's partial Gram, or partial float64
-  distances for the torch backend, added in rank order on every rank). Those sums are not the
-  single-process sums split differently, so the distances differ from one process's in their
-  last bits (~1e-15 relative in float64 for the torch backend; the float32-block Gram of the
-  native and Triton paths to ~1e-6, as documented in :mod:`.rules._distances`). The
-  selection, the Krum order with ties to the lowest index, is therefore the same as one
-  process's unless two candidate scores at the selection boundary lie within that error of
-  each other. Given the same selected rows, the output is the same bits: Krum copies a row,
-  Multi-Krum averages the selected rows column by column with the backend's own kernel, and
-  Bulyan runs its own coordinate-stage kernel on the column shard. All
-  ranks always agree with each other: they select from one matrix, summed in one order.
-
+- ``krum``, ``multi_krum``, ``bulyan`` with the torch backend: **bit-identical**. The
+  single-process reference defines its cross-column sum by blocks
+  (:func:`.rules._distances.sq_dists_reference`: ``REFERENCE_BLOCK``-column blocks added in
+  order); here each rank's shard is whole blocks of that grid, each block's partial is the
+  reference's own, and the partials are added in block order across ranks
+  (:func:`.distributed_comm.fold_in_rank_order`). Same distances, same selection, same rows.
+- the same rules with the native or Triton backend: **bit-identical whenever the selection
+  is**. Their distances come from a centred float32-block Gram (:mod:`.rules._distances`)
+  whose block order inside the kernel is its own; here each rank computes the partial Gram of
+  its shard (centred on the single-process pivot, gathered from the same column sample) and
+  the partials are added in rank order. The distances then differ from one process's within
+  the Gram's error (~1e-6 of the distances, documented there), so the selection (Krum order,
+  ties to the lowest index) is one process's unless two scores at the selection boundary lie
+  within that error of each other. Given the same rows, the output is the same bits: Krum
+  copies a row; Multi-Krum and Bulyan's coordinate stage run the backend's own kernel on the
+  column shard. All ranks always agree with each other: one matrix, summed in one order.
 - CKKS sums: :func:`ckks_sum` (from :mod:`.distributed_ckks`), bit-identical to
   :func:`bcfl_engine.he.ckks_sum.ckks_sum` in one process: modular sums are exact.
 
@@ -40,6 +43,7 @@ left waiting in a collective.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -52,6 +56,7 @@ from .distributed_ckks import ckks_sum
 from .distributed_comm import (
     SEND_BYTES,
     Layout,
+    fold_in_rank_order,
     gather_columns,
     gather_objects,
     sum_in_rank_order,
@@ -63,6 +68,7 @@ from .errors import (
     InvalidArgument,
     NonFiniteUpdate,
 )
+from .rules._distances import REFERENCE_BLOCK
 from .updates import STORAGE_DTYPES, all_finite
 
 __all__ = ["RULES", "aggregate", "ckks_sum"]
@@ -121,6 +127,9 @@ def aggregate(
     meta = _local_meta(local_rows, rule, weights, client_ids, backend)
     metas = gather_objects(meta, group, "exchange of shard metadata")
     layout, w, kernel = _check_round(metas, rule, f, params, dist.get_rank(group))
+    if rule in DISTANCE_RULES and kernel == "torch":
+        # Shards of whole blocks of the reference's distance sum (see _torch_distances).
+        layout = dataclasses.replace(layout, align=REFERENCE_BLOCK)
     lap("check_s")
     x = local_rows.detach()
     xc = to_columns(x, layout, group, send_bytes)
@@ -296,12 +305,11 @@ def _distance(
 ) -> torch.Tensor:
     """Krum / Multi-Krum on column shards: partial distances, one sum in rank order, the
     selection (same on every rank), then the selected rows by columns: float32 ``[c_r]``."""
-    from .rules._distances import checked, gram_to_sq_dists, krum_order, sq_dists_reference
+    from .rules._distances import checked, gram_to_sq_dists, krum_order
 
     n = layout.n
     if kernel == "torch":
-        part = sq_dists_reference(xc) if xc.shape[1] else torch.zeros(n, n, dtype=torch.float64)
-        dist_ = sum_in_rank_order(part, group, "all-gather of partial distances")
+        dist_ = _torch_distances(xc, n, group)
     else:
         p = xc[_global_pivot(xc, layout, group)].float().contiguous()
         part = _partial_gram(xc, p, kernel)
@@ -338,6 +346,22 @@ def _bulyan(xc: torch.Tensor, dist_: torch.Tensor, f: int, kernel: str) -> torch
         out = bulyan_coordinates(xc.contiguous(), idx, beta)
         return finite_columns(out, xc, lambda part: bulyan_coordinates_reference(part, idx, beta))
     return bulyan_coordinates_reference(xc, idx, beta)
+
+
+def _torch_distances(xc: torch.Tensor, n: int, group: Any) -> torch.Tensor:
+    """:func:`.rules._distances.sq_dists_reference` of the whole matrix, the same bits: each
+    rank's shard is whole ``REFERENCE_BLOCK`` blocks of the same grid (the layout's ``align``),
+    each block's partial is the reference's own (:func:`~.rules._distances.reference_block`),
+    and the partials are added in block order across ranks (:func:`fold_in_rank_order`).
+    Holds this rank's ``[n, n]`` partials (``8 n^2`` bytes a block) until its turn."""
+    from .rules._distances import reference_block
+
+    parts = [
+        reference_block(xc[:, j0 : j0 + REFERENCE_BLOCK])
+        for j0 in range(0, xc.shape[1], REFERENCE_BLOCK)
+    ]
+    upper = fold_in_rank_order(torch.zeros(n, n, dtype=torch.float64), parts, group)
+    return upper + upper.T
 
 
 def _global_pivot(xc: torch.Tensor, layout: Layout, group: Any) -> int:

@@ -52,17 +52,17 @@ def collective(step: str, group: Any, fn: Callable[[], T]) -> T:
         ) from exc
 
 
-def column_ranges(d: int, world: int) -> list[tuple[int, int]]:
-    """``[start, stop)`` of each rank's columns: ``d // COLUMN_ALIGN`` whole blocks (at least
-    one) shared out, the first ranks one block more, the ``d % COLUMN_ALIGN`` tail columns
-    added to the last block. So every range starts at a multiple of :data:`COLUMN_ALIGN` and is
-    at least that wide, or is all of ``d``; ranks beyond the number of blocks get none."""
-    blocks = max(1, d // COLUMN_ALIGN)
+def column_ranges(d: int, world: int, align: int = COLUMN_ALIGN) -> list[tuple[int, int]]:
+    """``[start, stop)`` of each rank's columns: ``d // align`` whole blocks (at least one)
+    shared out, the first ranks one block more, the ``d % align`` tail columns added to the
+    last block. So every range starts at a multiple of ``align`` and is at least that wide, or
+    is all of ``d``; ranks beyond the number of blocks get none."""
+    blocks = max(1, d // align)
     base, extra = divmod(blocks, world)
     out, start = [], 0
     for r in range(world):
-        stop = start + (base + (1 if r < extra else 0)) * COLUMN_ALIGN
-        stop = d if stop >= blocks * COLUMN_ALIGN else stop
+        stop = start + (base + (1 if r < extra else 0)) * align
+        stop = d if stop >= blocks * align else stop
         out.append((start, stop))
         start = stop
     return out
@@ -76,6 +76,7 @@ class Layout:
     d: int
     dtype: torch.dtype
     rank: int
+    align: int = COLUMN_ALIGN
 
     @property
     def world(self) -> int:
@@ -95,7 +96,7 @@ class Layout:
 
     @property
     def columns(self) -> list[tuple[int, int]]:
-        return column_ranges(self.d, self.world)
+        return column_ranges(self.d, self.world, self.align)
 
     @property
     def my_columns(self) -> tuple[int, int]:
@@ -165,6 +166,43 @@ def gather_columns(local: torch.Tensor, layout: Layout, group: Any) -> torch.Ten
         "all-gather of the result", group, lambda: dist.all_gather(parts, padded, group=group)
     )
     return torch.cat([p[: b - a] for p, (a, b) in zip(parts, cols, strict=True)])
+
+
+def peer(group: Any, r: int) -> int:
+    """The global rank of rank ``r`` of ``group`` (point-to-point calls take global ranks)."""
+    return r if group is None else int(dist.get_global_rank(group, r))
+
+
+def fold_in_rank_order(acc: torch.Tensor, parts: list[torch.Tensor], group: Any) -> torch.Tensor:
+    """``(((acc + parts of rank 0) + parts of rank 1) + ...)``, one addition at a time in rank
+    order, the total on every rank: the left fold one process makes over the same parts.
+
+    Each rank waits for the running sum of the ranks before it, adds its own parts and passes
+    it on; the last rank broadcasts the total. The parts are computed before, in parallel; only
+    the additions (``W - 1`` messages of ``acc``'s size) run in sequence.
+    """
+    world, rank = dist.get_world_size(group), dist.get_rank(group)
+    acc = acc.clone()
+    if rank > 0:
+        collective(
+            "receive of the running sum",
+            group,
+            lambda: dist.recv(acc, peer(group, rank - 1), group=group),
+        )
+    for p in parts:
+        acc += p
+    if rank < world - 1:
+        collective(
+            "send of the running sum",
+            group,
+            lambda: dist.send(acc, peer(group, rank + 1), group=group),
+        )
+    collective(
+        "broadcast of the sum",
+        group,
+        lambda: dist.broadcast(acc, peer(group, world - 1), group=group),
+    )
+    return acc
 
 
 def gather_objects(obj: Any, group: Any, step: str) -> list[Any]:

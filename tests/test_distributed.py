@@ -7,6 +7,7 @@ rows (3 ranks), a rank with no columns (d = 600: two 256-column blocks for 3 ran
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import itertools
 import os
@@ -23,10 +24,11 @@ import torch.multiprocessing as mp
 import bcfl_engine
 from bcfl_engine import distributed
 from bcfl_engine.backends import _load_native, dispatch
-from bcfl_engine.distributed_comm import COLUMN_ALIGN, column_ranges
+from bcfl_engine.distributed_comm import COLUMN_ALIGN, Layout, column_ranges, to_columns
 from bcfl_engine.errors import InvalidArgument, NonFiniteUpdate, PeerFailure
 from bcfl_engine.he.ckks_sum import ckks_sum as ckks_sum_one
 from bcfl_engine.he.ckks_sum import ckks_sum_reference
+from bcfl_engine.rules._distances import REFERENCE_BLOCK, sq_dists_reference
 
 krum_select = importlib.import_module("bcfl_engine.rules.krum").krum_select
 
@@ -47,6 +49,10 @@ CASES = [
     ("bulyan", "bulyan", 2, {}, False, 11, 1001, torch.float32),
     ("bulyan-f1", "bulyan", 1, {}, False, 10, 4099, torch.float32),
     ("multi_krum-m3", "multi_krum", 1, {"m": 3}, False, 10, 4099, torch.float32),
+    # Three blocks of the distances' 16384-column grid: the torch backend's distances split.
+    ("krum-wide", "krum", 2, {}, False, 11, 50_000, torch.float32),
+    ("multi_krum-wide", "multi_krum", 2, {}, False, 11, 50_000, torch.float32),
+    ("bulyan-wide", "bulyan", 2, {}, False, 11, 40_000, torch.float32),
     # Two column blocks: with 3 ranks the last holds no column.
     ("mean-d600", "mean", 0, {}, True, 5, 600, torch.float32),
     ("median-d600", "median", 1, {}, False, 5, 600, torch.float32),
@@ -136,6 +142,15 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         results[f"ckks/{backend}"] = distributed.ckks_sum(
             res[a:b], primes, wts[a:b], backend=backend
         )
+    # The torch backend's distances themselves, bits of the single-process reference. Six
+    # blocks: ranks after the first hold two or more (a per-rank sum then a sum over ranks
+    # would add them in another order).
+    x, _ = _data(9, 90_000, torch.float32, seed=123)
+    a, b = _split(9, world)[rank]
+    layout = Layout(tuple(q - p for p, q in _split(9, world)), 90_000, torch.float32, rank)
+    layout = dataclasses.replace(layout, align=REFERENCE_BLOCK)
+    xc = to_columns(x[a:b], layout, None, 1 << 16)
+    results["distances"] = distributed._torch_distances(xc, 9, None)
     # Errors raised on every rank, from one rank's bad input.
     x, _ = _data(7, 33, torch.float32, seed=99)
     a, b = _split(7, world)[rank]
@@ -199,6 +214,14 @@ def test_mean_overflow_takes_the_float64_path_everywhere(backend):
     x, _ = _data(10, 1001, torch.float32, seed=i)
     raw = dispatch("mean", bcfl_engine.rules.get("mean").kernels, x, backend, None)
     assert not bool(torch.isfinite(raw[:7]).any()) and bool(torch.isfinite(raw[7:]).all())
+
+
+def test_torch_distances_are_the_reference_bits(spawned):
+    _, ranks = spawned
+    x, _ = _data(9, 90_000, torch.float32, seed=123)
+    want = sq_dists_reference(x)
+    for r, res in enumerate(ranks):
+        assert torch.equal(res["distances"], want), f"rank {r}"
 
 
 def test_krum_selection_matches_one_process(spawned):
