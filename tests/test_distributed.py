@@ -25,6 +25,7 @@ import bcfl_engine
 from bcfl_engine import distributed
 from bcfl_engine.backends import _load_native, dispatch
 from bcfl_engine.distributed_comm import COLUMN_ALIGN, Layout, column_ranges, to_columns
+from bcfl_engine.distributed_distances import _torch_distances
 from bcfl_engine.errors import InvalidArgument, NonFiniteUpdate, PeerFailure
 from bcfl_engine.he.ckks_sum import ckks_sum as ckks_sum_one
 from bcfl_engine.he.ckks_sum import ckks_sum_reference
@@ -150,7 +151,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     layout = Layout(tuple(q - p for p, q in _split(9, world)), 90_000, torch.float32, rank)
     layout = dataclasses.replace(layout, align=REFERENCE_BLOCK)
     xc = to_columns(x[a:b], layout, None, 1 << 16)
-    results["distances"] = distributed._torch_distances(xc, 9, None)
+    results["distances"] = _torch_distances(xc, 9, None)
     # Errors raised on every rank, from one rank's bad input.
     x, _ = _data(7, 33, torch.float32, seed=99)
     a, b = _split(7, world)[rank]
