@@ -33,7 +33,11 @@ What is guaranteed, per rule (same ``backend`` on both sides; the tests check ev
 - CKKS sums: :func:`ckks_sum` (from :mod:`.distributed_ckks`), bit-identical to
   :func:`bcfl_engine.he.ckks_sum.ckks_sum` in one process: modular sums are exact.
 
-Not here yet: NNM (a pre-step), geometric median and centered clipping (iterative).
+- ``geometric_median``: **bit-identical** to one process's torch reference, which is the only
+  step it runs (:mod:`.distributed_iterative`); each step all-gathers the iterate and folds
+  ``n`` distances across ranks.
+
+Not here yet: NNM and clipping (pre-steps), centered clipping.
 
 A rank that dies, or does not answer within the process group's ``timeout``, makes every other
 rank raise :class:`~bcfl_engine.errors.PeerFailure`; a bad input on any rank makes every rank
@@ -61,6 +65,7 @@ from .distributed_comm import (
     to_columns,
 )
 from .distributed_distances import distance_rule
+from .distributed_iterative import check_params, geometric_median
 from .errors import (
     BackendUnavailable,
     DuplicateClient,
@@ -74,7 +79,8 @@ __all__ = ["RULES", "aggregate", "ckks_sum"]
 
 COORDINATE_RULES = ("mean", "median", "trimmed_mean")
 DISTANCE_RULES = ("krum", "multi_krum", "bulyan")
-RULES = COORDINATE_RULES + DISTANCE_RULES
+ITERATIVE_RULES = ("geometric_median",)
+RULES = COORDINATE_RULES + DISTANCE_RULES + ITERATIVE_RULES
 
 
 def aggregate(
@@ -126,19 +132,24 @@ def aggregate(
     meta = _local_meta(local_rows, rule, weights, client_ids, backend)
     metas = gather_objects(meta, group, "exchange of shard metadata")
     layout, w, kernel = _check_round(metas, rule, f, params, dist.get_rank(group))
-    if rule in DISTANCE_RULES and kernel == "torch":
-        # Shards of whole blocks of the reference's distance sum (see _torch_distances).
+    if (rule in DISTANCE_RULES and kernel == "torch") or rule in ITERATIVE_RULES:
+        # Shards of whole blocks of the reference's distance sums (distributed_distances,
+        # distributed_iterative): the same block grid as one process.
         layout = dataclasses.replace(layout, align=REFERENCE_BLOCK)
     lap("check_s")
     x = local_rows.detach()
     xc = to_columns(x, layout, group, send_bytes)
     lap("all_to_all_s")
-    if rule in COORDINATE_RULES:
+    if rule in ITERATIVE_RULES:
+        out = None
+        result = geometric_median(xc, layout, w, params, group)  # already whole, on every rank
+    elif rule in COORDINATE_RULES:
         out = _coordinate(xc, layout, rule, f, w, kernel, group)
     else:
         out = distance_rule(xc, layout, rule, f, params.get("m"), kernel, group)
     lap("rule_s")
-    result = gather_columns(out, layout, group)
+    if out is not None:
+        result = gather_columns(out, layout, group)
     lap("gather_s")
     if stats is not None and layout.world > 1:
         c0, c1 = layout.my_columns
@@ -180,6 +191,13 @@ def _local_meta(
         if n_r and not all_finite(x):
             bad = int((~torch.isfinite(x)).any(dim=1).nonzero()[0, 0])
         probe = x if n_r and d else torch.zeros(max(n_r, 1), max(d, 1), dtype=x.dtype)
+        if rule in ITERATIVE_RULES:
+            if backend not in (None, "torch"):
+                raise InvalidArgument(
+                    f"distributed {rule} runs the torch reference's step only; got "
+                    f"backend={backend!r}"
+                )
+            backend = "torch"
         meta.update(
             n=n_r,
             d=d,
@@ -253,6 +271,8 @@ def _check_round(
         if not isinstance(m_, int) or isinstance(m_, bool) or not 1 <= m_ <= n:
             raise InvalidArgument(f"multi_krum: m must be an int in [1, n={n}]; got {m_!r}")
         params["m"] = m_
+    elif rule in ITERATIVE_RULES:
+        params.update(check_params(params))
     elif params:
         raise InvalidArgument(f"{rule}: unexpected parameters {sorted(params)}")
     return layout, (w if any(given) else None), kernels.pop()

@@ -54,6 +54,17 @@ CASES = [
     ("krum-wide", "krum", 2, {}, False, 11, 50_000, torch.float32),
     ("multi_krum-wide", "multi_krum", 2, {}, False, 11, 50_000, torch.float32),
     ("bulyan-wide", "bulyan", 2, {}, False, 11, 40_000, torch.float32),
+    ("geometric_median", "geometric_median", 2, {}, True, 11, 40_000, torch.float32),
+    (
+        "geometric_median-7",
+        "geometric_median",
+        1,
+        {"max_iter": 7, "tol": 0.0},
+        False,
+        10,
+        1001,
+        torch.float32,
+    ),
     # Two column blocks: with 3 ranks the last holds no column.
     ("mean-d600", "mean", 0, {}, True, 5, 600, torch.float32),
     ("median-d600", "median", 1, {}, False, 5, 600, torch.float32),
@@ -69,6 +80,8 @@ CASES = [
     ("median-huge", "median", 0, {}, False, 10, 1001, torch.float32),
 ]
 HUGE = torch.finfo(torch.float32).max
+# The distributed geometric median runs the torch reference's step only (its docstring says why).
+COMBOS = [(c, b) for c in CASES for b in BACKENDS if c[1] != "geometric_median" or b == "torch"]
 
 
 def _data(n: int, d: int, dtype: torch.dtype, seed: int):
@@ -124,6 +137,8 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     results = {}
     for backend in BACKENDS:
         for i, (cid, rule, f, params, weighted, n, d, dtype) in enumerate(CASES):
+            if (CASES[i], backend) not in COMBOS:
+                continue
             x, w = _data(n, d, dtype, seed=i)
             a, b = _split(n, world)[rank]
             out = distributed.aggregate(
@@ -162,6 +177,10 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         distributed.aggregate(mine, rule="median", client_ids=[f"c{j}" for j in range(a, b)])
     except NonFiniteUpdate as exc:
         results["error/nonfinite"] = str(exc)
+    try:
+        distributed.aggregate(x[a:b], rule="geometric_median", backend="native")
+    except InvalidArgument as exc:
+        results["error/backend"] = str(exc)
     bad = x[a:b, :32] if rank == 0 else x[a:b]
     try:
         distributed.aggregate(bad, rule="median")
@@ -179,8 +198,7 @@ def spawned(request, tmp_path_factory):
     return world, [torch.load(out / f"rank{r}.pt") for r in range(world)]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(("case", "backend"), COMBOS, ids=[f"{c[0]}-{b}" for c, b in COMBOS])
 def test_bit_identical_to_one_process(spawned, case, backend):
     world, ranks = spawned
     cid, rule, f, params, weighted, n, d, dtype = case
@@ -246,6 +264,8 @@ def test_every_rank_raises_the_same_error(spawned):
     shapes = {res.get("error/shape") for res in ranks}
     assert len(shapes) == 1 and None not in shapes
     assert "d or dtype" in next(iter(shapes))
+    backends = {res.get("error/backend") for res in ranks}
+    assert len(backends) == 1 and "torch reference" in str(next(iter(backends)))
 
 
 def _dying_worker(rank: int, world: int, port: int, out_dir: str) -> None:
