@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections import Counter
 from typing import Any
 
 import torch
@@ -141,14 +142,14 @@ def aggregate(
     xc = to_columns(x, layout, group, send_bytes)
     lap("all_to_all_s")
     if rule in ITERATIVE_RULES:
-        out = None
         result = geometric_median(xc, layout, w, params, group)  # already whole, on every rank
-    elif rule in COORDINATE_RULES:
-        out = _coordinate(xc, layout, rule, f, w, kernel, group)
+        lap("rule_s")
     else:
-        out = distance_rule(xc, layout, rule, f, params.get("m"), kernel, group)
-    lap("rule_s")
-    if out is not None:
+        if rule in COORDINATE_RULES:
+            out = _coordinate(xc, layout, rule, f, w, kernel, group)
+        else:
+            out = distance_rule(xc, layout, rule, f, params.get("m"), kernel, group)
+        lap("rule_s")
         result = gather_columns(out, layout, group)
     lap("gather_s")
     if stats is not None and layout.world > 1:
@@ -208,7 +209,8 @@ def _local_meta(
             kernel=choose(rule, info.kernels, probe, backend).backend,
         )
     except (InvalidArgument, BackendUnavailable) as exc:
-        meta["problem"] = f"{type(exc).__name__}: {exc}"
+        meta["problem"] = str(exc)
+        meta["unavailable"] = isinstance(exc, BackendUnavailable)
     return meta
 
 
@@ -223,7 +225,8 @@ def _check_round(
     on the same gathered metadata (so every rank raises the same error)."""
     for r, m in enumerate(metas):
         if m["problem"]:
-            raise InvalidArgument(f"distributed aggregate: rank {r}: {m['problem']}")
+            error = BackendUnavailable if m.get("unavailable") else InvalidArgument
+            raise error(f"distributed aggregate: rank {r}: {m['problem']}")
     info = rules.get(rule)
     ds = {m["d"] for m in metas}
     dtypes = {m["dtype"] for m in metas}
@@ -254,8 +257,7 @@ def _check_round(
     has_ids = [m["ids"] is not None for m in metas if m["n"]]
     ids = [c for m in metas for c in (m["ids"] or [])] if all(has_ids) else None
     if ids is not None and len(set(ids)) != len(ids):
-        seen: set[str] = set()
-        dup = next(c for c in ids if c in seen or seen.add(c))  # type: ignore[func-returns-value]
+        dup = next(c for c, k in Counter(ids).items() if k > 1)
         raise DuplicateClient(f"distributed aggregate: client {dup!r} is on two ranks")
     dtype = getattr(torch, dtypes.pop().removeprefix("torch."))
     layout = Layout(counts, d, dtype, rank)

@@ -26,7 +26,7 @@ from bcfl_engine import distributed
 from bcfl_engine.backends import _load_native, dispatch
 from bcfl_engine.distributed_comm import COLUMN_ALIGN, Layout, column_ranges, to_columns
 from bcfl_engine.distributed_distances import _torch_distances
-from bcfl_engine.errors import InvalidArgument, NonFiniteUpdate, PeerFailure
+from bcfl_engine.errors import DuplicateClient, InvalidArgument, NonFiniteUpdate, PeerFailure
 from bcfl_engine.he.ckks_sum import ckks_sum as ckks_sum_one
 from bcfl_engine.he.ckks_sum import ckks_sum_reference
 from bcfl_engine.rules._distances import REFERENCE_BLOCK, sq_dists_reference
@@ -181,6 +181,13 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         distributed.aggregate(x[a:b], rule="geometric_median", backend="native")
     except InvalidArgument as exc:
         results["error/backend"] = str(exc)
+    ids = [f"c{j}" for j in range(a, b)]
+    if rank == world - 1:
+        ids[0] = "c0"  # rank 0's first client, again
+    try:
+        distributed.aggregate(x[a:b], rule="median", client_ids=ids)
+    except DuplicateClient as exc:
+        results["error/duplicate"] = str(exc)
     bad = x[a:b, :32] if rank == 0 else x[a:b]
     try:
         distributed.aggregate(bad, rule="median")
@@ -264,6 +271,8 @@ def test_every_rank_raises_the_same_error(spawned):
     shapes = {res.get("error/shape") for res in ranks}
     assert len(shapes) == 1 and None not in shapes
     assert "d or dtype" in next(iter(shapes))
+    dups = {res.get("error/duplicate") for res in ranks}
+    assert len(dups) == 1 and "'c0' is on two ranks" in str(next(iter(dups)))
     backends = {res.get("error/backend") for res in ranks}
     assert len(backends) == 1 and "torch reference" in str(next(iter(backends)))
 
