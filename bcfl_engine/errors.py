@@ -62,6 +62,11 @@ class PayloadError(BcflError, ValueError):
     """A client payload (ciphertext or signed update) is malformed, forged or mismatched."""
 
 
+class PeerFailure(BcflError, RuntimeError):
+    """A collective of a distributed aggregate failed: another rank died, left or did not
+    answer within the process group's timeout. Nothing was aggregated; rerun the round."""
+
+
 class ChainError(BcflError, RuntimeError):
     """The ledger refused or failed an operation (a revert, a conflicting commit, ...)."""
 

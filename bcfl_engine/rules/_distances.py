@@ -55,14 +55,29 @@ REFERENCE_BLOCK = 1 << 14
 
 
 def sq_dists_reference(x: torch.Tensor) -> torch.Tensor:
-    """``D[i, j] = sum_k (x[i, k] - x[j, k])^2`` in float64, directly (no Gram); ``[n, n]``."""
+    """``D[i, j] = sum_k (x[i, k] - x[j, k])^2`` in float64, directly (no Gram); ``[n, n]``.
+
+    The sum across columns is defined by blocks: the upper triangles of
+    :func:`reference_block` over ``REFERENCE_BLOCK``-column blocks at multiples of
+    ``REFERENCE_BLOCK``, added in block order. :mod:`bcfl_engine.distributed` adds the same
+    blocks in the same order across ranks, so its distances are these bits.
+    """
     n, d = x.shape
-    dist = torch.zeros(n, n, dtype=torch.float64, device=x.device)
+    upper = torch.zeros(n, n, dtype=torch.float64, device=x.device)
     for j0 in range(0, d, REFERENCE_BLOCK):
-        b = x[:, j0 : j0 + REFERENCE_BLOCK].double()
-        for i in range(n - 1):
-            dist[i, i + 1 :] += ((b[i + 1 :] - b[i]) ** 2).sum(dim=1)
-    return dist + dist.T
+        upper += reference_block(x[:, j0 : j0 + REFERENCE_BLOCK])
+    return upper + upper.T
+
+
+def reference_block(b: torch.Tensor) -> torch.Tensor:
+    """The upper triangle (zeros elsewhere) of one block's ``sum_k (b[i, k] - b[j, k])^2``,
+    float64 ``[n, n]``."""
+    n = b.shape[0]
+    b = b.double()
+    out = torch.zeros(n, n, dtype=torch.float64, device=b.device)
+    for i in range(n - 1):
+        out[i, i + 1 :] = ((b[i + 1 :] - b[i]) ** 2).sum(dim=1)
+    return out
 
 
 def gram_to_sq_dists(gram: torch.Tensor) -> torch.Tensor:
