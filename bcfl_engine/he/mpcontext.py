@@ -21,9 +21,11 @@ from . import sampling, shamir, wire
 from .decode import decode
 from .keys import ContextInfo, context_info, tenseal
 
-# Smudging noise uniform on [-SMUDGE_BOUND, SMUDGE_BOUND]: standard deviation 2^50 (bound / sqrt 3),
-# a margin of 2^41 over an aggregate's noise at scale 2^80 (THRESHOLD_CKKS.md's table).
-SMUDGE_BOUND = 1950115842888490  # floor(sqrt(3) * 2^50)
+# The smudging noise is a property of the preset (Preset.smudge_bits, .smudge_bound): uniform on
+# [-bound, bound], standard deviation 2^smudge_bits. SMUDGE_BOUND is the "threshold" preset's:
+# standard deviation 2^50, a margin of 2^41 over an aggregate's noise at scale 2^80
+# (THRESHOLD_CKKS.md's table).
+SMUDGE_BOUND = _presets.get("threshold").smudge_bound  # floor(sqrt(3) * 2^50)
 KEY_ETA = 21  # centered binomial, standard deviation 3.24 (SEAL's error: 3.2)
 KAT_VALUES = 64
 
