@@ -1,6 +1,8 @@
 """Multiparty presets for a stated smudging margin: the smudging noise is the preset's
-(Preset.smudge_bits), and "threshold16" (16-bit margin, one 60-bit prime, paired compact
-payloads) decrypts collectively within its stated precision at 15 bytes per parameter."""
+(Preset.smudge_bits); "threshold16" (16-bit margin, one 60-bit prime, paired compact payloads)
+decrypts collectively within its stated precision at 15 bytes per parameter, and "lean16" (the
+same margin on lean payloads switched to 2^58) at 11.25: its parties check the lifted
+aggregate's c1 against the lean contributions' c1 summed mod 2^58 and lifted."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ D = 8192  # one paired ciphertext at N = 8192
 
 
 def test_smudging_noise_is_a_property_of_the_preset() -> None:
-    assert set(mp.MULTIPARTY_PRESETS) == {"threshold", "threshold16"}
+    assert set(mp.MULTIPARTY_PRESETS) == {"threshold", "threshold16", "lean16"}
     for name in mp.MULTIPARTY_PRESETS:
         p = presets.get(name)
         assert p.multiparty and p.smudge_bound == math.isqrt(3 << (2 * p.smudge_bits))
@@ -83,3 +85,82 @@ def test_info_table_states_each_multiparty_preset_smudging() -> None:
         (line,) = [x for x in lines if x.split()[:1] == [name]]
         assert f"smudging 2^{p.smudge_bits} ({p.smudge_margin}-bit margin)" in line
         assert f"{p.bytes_per_parameter():.2f}" in line
+
+
+@pytest.fixture(scope="module")
+def lean16() -> dict[str, Any]:
+    parties = [mp.KeyShare.generate(party=i, preset="lean16") for i in PARTIES]
+    public, _crs = mp.local_setup(parties)
+    rng = np.random.default_rng(5)
+    xs = [rng.uniform(-1, 1, D) for _ in range(4)]
+    payloads = [he.encrypt(x, public) for x in xs]
+    return dict(parties=parties, public=public, xs=xs, payloads=payloads)
+
+
+def test_lean16_states_what_it_gives(lean16: dict[str, Any]) -> None:
+    from bcfl_engine.he import lean_wire
+
+    p = presets.get("lean16")
+    assert p.lean and p.multiparty and p.pair and p.security_bits == 128
+    assert p.bytes_per_parameter() == 11.25 <= 12
+    assert len(lean16["payloads"][0]) / D <= 11.27  # 84 header bytes over 8,192 reals
+    layout = lean_wire.layout_of(lean16["payloads"][0])
+    assert (layout.b, layout.k, layout.max_weight_sum) == (58, 26, 1000)
+    assert lean_wire.headroom_weight_sum(layout.q0, p.scale, 1.0, True) >= 1000
+    # the margin: sigma 2^31 over 5.5 standard deviations of the secret-dependent noise of
+    # 1,000 payloads, 8 parties: the switch's c1 s rounding (21.3 sqrt(8)) and the fresh noise
+    # (21.3 sqrt(8), times 2^58 / q_0), lifted back to q_0 (times q_0 / 2^58 ~ 2)
+    one = math.sqrt(8192 * 8 * (2 / 3) / 12)
+    worst = 5.5 * math.hypot(one, one / 2) * 2 * math.sqrt(1000)
+    assert p.smudge_bits - math.log2(worst) >= p.smudge_margin
+
+
+def test_lean16_weighted_sum_decrypts_collectively(lean16: dict[str, Any]) -> None:
+    w, payloads = [2, 1, 0, 9], lean16["payloads"]
+    agg = he.aggregate(payloads, w, context=lean16["public"])
+    shares = [
+        p.decryption_share(agg, contributions=payloads, active=PARTIES, weights=w, min_clients=3)
+        for p in lean16["parties"]
+    ]
+    got = mp.combine_decryption(agg, shares)[:D]
+    expected = sum(wi * x for wi, x in zip(w, lean16["xs"], strict=True))
+    err = float(np.abs(got - expected).max())
+    assert 1e-4 < err <= mp.precision(len(PARTIES), "lean16"), err  # smudging 2^31 shows
+
+
+def test_lean16_parties_refuse_what_is_not_the_lean_sum(lean16: dict[str, Any]) -> None:
+    from bcfl_engine.errors import DecryptionRefused
+
+    payloads, party = lean16["payloads"], lean16["parties"][0]
+    agg = he.aggregate(payloads, context=lean16["public"])
+    # one client's payload, lifted: the decryption oracle
+    one = he.aggregate(payloads[:1], context=lean16["public"])
+    with pytest.raises(DecryptionRefused, match="not the sum"):
+        party.decryption_share(one, contributions=payloads, active=PARTIES)
+    with pytest.raises(DecryptionRefused, match="not the sum"):
+        party.decryption_share(agg, contributions=payloads, active=PARTIES, weights=[1, 1, 1, 2])
+    with pytest.raises(DecryptionRefused, match="1 distinct"):
+        party.decryption_share(agg, contributions=[payloads[0]] * 4, active=PARTIES)
+    party.decryption_share(agg, contributions=payloads, active=PARTIES, min_clients=4)
+
+
+def test_wide_switch_sum_and_lift_equal_the_references() -> None:
+    """b = 58 (past the C++ and Triton kernels' 50 bits) runs on torch, exact."""
+    import torch
+
+    from bcfl_engine.errors import BackendUnavailable
+    from bcfl_engine.he import lean
+
+    q0 = (1 << 59) - (1 << 20) + 1  # odd, below 2^59
+    rng = np.random.default_rng(9)
+    x = rng.integers(0, q0, (3, 2, 67), dtype=np.uint64)
+    x[0, 0, :4] = [0, 1, q0 - 1, q0 // 2]
+    got = lean.switch(torch.from_numpy(x.view(np.int64)), q0, 58, 26)
+    assert np.array_equal(got.numpy().view(np.uint64), lean.switch_reference(x, q0, 58, 26))
+    y = lean.switch_reference(x, q0, 58, 0)
+    w = [3, (1 << 58) - 1, 1000]
+    s = lean.lean_sum(torch.from_numpy(y.view(np.int64)), 58, w)
+    assert np.array_equal(s.numpy().view(np.uint64), lean.sum_reference(y, 58, w))
+    assert np.array_equal(lean.lift(y, q0, 58), lean.lift_reference(y, q0, 58))
+    with pytest.raises(BackendUnavailable, match="b <= 50"):
+        lean.switch(torch.from_numpy(x.view(np.int64)), q0, 58, 26, backend="native")

@@ -122,3 +122,41 @@ def test_non_lean_payload_is_refused_by_a_lean_round(ledger, tmp_path) -> None:
     with pytest.raises(PayloadError, match=ADDRESSES[1].lower()):
         rnd.submit(sign_payload(KEYS[1], task, 1, lean[:-8], ledger.domain))
     assert len(rnd) == 0
+
+
+def test_multiparty_round_on_lean16_payloads_decrypts_commits_and_audits(ledger, tmp_path) -> None:
+    """A round under a multiparty key of the "lean16" preset: lean payloads summed mod 2^58 as
+    they come, the lifted sum decrypted by three parties (each checks it against the lean
+    payloads), committed and audited."""
+    from bcfl_engine.decryption import party_share
+    from bcfl_engine.he import multiparty as mp
+    from bcfl_engine.he.mpepoch import KeyEpoch, open_epoch, parties_of
+
+    party_keys = {i: keccak256(f"lean16 party {i}".encode()) for i in (1, 2, 3)}
+    accounts = {i: Account.from_key(k).address for i, k in party_keys.items()}
+    parties = {i: mp.KeyShare.generate(party=i, preset="lean16") for i in (1, 2, 3)}
+    public, crs = mp.local_setup(list(parties.values()))
+    commitments = {i: p.commitment(crs) for i, p in parties.items()}
+    task = ledger.create_task(aggregator=ledger.sender, participants=ADDRESSES, model_spec=b"l16")
+    keys = open_epoch(ledger, task, KeyEpoch(public, parties_of(commitments, accounts), 3))
+    rnd = AggregationRound(
+        ledger, task, 1, tmp_path, participants=ADDRESSES, secure="ckks", keys=keys
+    )
+    assert isinstance(rnd._sum, LeanRunningSum)
+    x, w = updates(6), [1, 2, 3, 4, 5]
+    for i in range(N):
+        blob = he.encrypt(x[i], public)
+        assert len(blob) / D < 12 * 8192 / D  # one paired ciphertext at 11.25 B per real
+        rnd.submit(sign_payload(KEYS[i], task, 1, blob, ledger.domain, weight=w[i]))
+    req = rnd.decryption_request()
+    for i in (1, 2, 3):
+        share = party_share(
+            parties[i], party_keys[i], req, keys=keys, ledger=ledger, participants=ADDRESSES
+        )
+        rnd.add_share(share)
+    res = rnd.finalize()
+    expected = (np.array(w, dtype=np.float64)[:, None] * x).sum(0)
+    err = float(np.abs(np.asarray(res.update)[:D] - expected).max())
+    assert err <= mp.precision(3, "lean16"), err
+    report = audit(ledger, task, 1, tmp_path)
+    assert report.ok, report.summary()

@@ -34,10 +34,14 @@ import numpy as np
 import torch
 
 from ..backends import Kernel, _load_native, dispatch, native
-from ..errors import InvalidArgument
+from ..errors import BackendUnavailable, InvalidArgument
 from .ntt import mulhi
 
-MAX_BITS = 50  # float64 estimates of the switch stay within 1 of the exact quotient below this
+MAX_BITS = 59  # 2^b < q_0 < 2^60
+# The C++ and Triton kernels (switch: a float64 estimate within 1 of the exact quotient; unpack:
+# one 8-byte read per value) hold up to here; a wider b (a multiparty lean preset, whose smudging
+# margin needs b close to q_0's bits) runs on the torch reference, exact for every b <= MAX_BITS.
+FAST_MAX_BITS = 50
 
 
 def check_bits(q0: int, b: int, k: int) -> None:
@@ -153,7 +157,7 @@ def switch(x: torch.Tensor, q0: int, b: int, k: int, *, backend: str | None = No
         raise InvalidArgument(f"lean.switch: x must be an int64 tensor [C, 2, N]; got {got}")
     if x.numel() and (int(x.min()) < 0 or int(x.max()) >= q0):
         raise InvalidArgument("lean.switch: coefficients must lie in [0, q_0)")
-    return dispatch("lean_switch", SWITCH_KERNELS, x.contiguous(), backend, q0, b, k)
+    return dispatch("lean_switch", SWITCH_KERNELS, x.contiguous(), _wide(b, backend), q0, b, k)
 
 
 # ---------------------------------------------------------------- sum
@@ -247,7 +251,17 @@ def lean_sum(
         raise InvalidArgument(
             f"lean_sum: acc must be int64 {tuple(x.shape[1:])}; got {acc.dtype} {tuple(acc.shape)}"
         )
-    return dispatch("lean_sum", SUM_KERNELS, x.contiguous(), backend, b, weights, acc)
+    return dispatch("lean_sum", SUM_KERNELS, x.contiguous(), _wide(b, backend), b, weights, acc)
+
+
+def _wide(b: int, backend: str | None) -> str | None:
+    """``backend``, or "torch" for ``b > FAST_MAX_BITS`` (BackendUnavailable if another was
+    forced)."""
+    if b <= FAST_MAX_BITS or backend in (None, "torch"):
+        return backend if b <= FAST_MAX_BITS else "torch"
+    raise BackendUnavailable(
+        f"lean: the {backend} kernels hold b <= {FAST_MAX_BITS}; b={b} runs on torch"
+    )
 
 
 # ---------------------------------------------------------------- lift
@@ -264,7 +278,11 @@ def lift(x: np.ndarray, q0: int, b: int, *, backend: str | None = None) -> np.nd
     c = np.ascontiguousarray(np.asarray(x)).view(np.uint64)
     if backend not in (None, "native", "numpy"):
         raise InvalidArgument(f"lift: backend must be 'native', 'numpy' or None; got {backend!r}")
-    if backend == "native" or (backend is None and _load_native()[0] is not None):
+    if backend == "native" and b > FAST_MAX_BITS:
+        raise BackendUnavailable(f"lift: the native kernel holds b <= {FAST_MAX_BITS}; got {b}")
+    if backend == "native" or (
+        backend is None and _load_native()[0] is not None and b <= FAST_MAX_BITS
+    ):
         out = np.empty(c.shape, dtype=np.uint64)
         flat = torch.from_numpy(c.reshape(-1).view(np.int64))
         native().lean_lift(flat, q0, b, torch.from_numpy(out.reshape(-1).view(np.int64)))

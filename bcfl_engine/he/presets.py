@@ -236,6 +236,28 @@ PRESETS: dict[str, Preset] = {
             smudge_bits=30,
             smudge_margin=16,
         ),
+        Preset(
+            "lean16",
+            8192,
+            (59, 60),
+            47,
+            2.0**-5,
+            "multiparty keys on lean payloads at a 16-bit smudging margin: 11.25 bytes per "
+            "parameter (paired, switched from a 59-bit q_0 to 2^58, 26 low bits of c_0 rounded "
+            "away: their noise is under the smudging's), smudging noise of sigma 2^31 = 2^16 x "
+            "the largest secret-dependent noise coefficient (2^14.5) of an aggregate of 1,000 "
+            "payloads under a key of up to 8 parties, lifted to q_0; |x| <= 1 and integer "
+            "weights summing to <= 1,000, both checked (headroom 2^11 > sqrt(2) 1,000); "
+            "log q = 119 <= 218",
+            mean_precision=2.0**-15,  # MEASURED
+            switch_bits=58,
+            drop_bits=26,
+            bound=1.0,
+            max_weight_sum=1000,
+            pair=True,
+            smudge_bits=31,
+            smudge_margin=16,
+        ),
     )
 }
 
