@@ -164,3 +164,27 @@ def test_wide_switch_sum_and_lift_equal_the_references() -> None:
     assert np.array_equal(lean.lift(y, q0, 58), lean.lift_reference(y, q0, 58))
     with pytest.raises(BackendUnavailable, match="b <= 50"):
         lean.switch(torch.from_numpy(x.view(np.int64)), q0, 58, 26, backend="native")
+
+
+def test_bench_reports_each_preset(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """benchmarks/bench_mp_presets.py on 3 clients and 2 parties: one row per preset, its bytes
+    per parameter as stated, bits on the mean within the stated precision."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_mp_presets.py"
+    spec = importlib.util.spec_from_file_location("bench_mp_presets", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    argv = ["bench", "--presets", "threshold16", "lean16", "--clients", "3", "--parties", "2"]
+    monkeypatch.setattr(sys, "argv", argv)
+    module.main()
+    rows = {ln.split()[0]: ln.split() for ln in capsys.readouterr().out.splitlines()[2:]}
+    for name in ("threshold16", "lean16"):
+        p = presets.get(name)
+        assert abs(float(rows[name][2]) - p.bytes_per_parameter()) < 0.02
+        assert 2.0 ** -float(rows[name][3]) * 3 <= mp.precision(2, name)

@@ -27,6 +27,16 @@ the client refuses values beyond ``bound`` and the aggregator refuses weights su
 encrypt values beyond the bound (nobody sees them in the clear) and make the sum wrap; the
 robust secure round (bucket sums, then a robust rule) is the answer to that.
 
+A *multiparty* preset (``smudge_bits`` set, :mod:`bcfl_engine.he.multiparty`) states the
+smudging noise each decryption share adds (standard deviation ``2^smudge_bits``) and its margin
+``smudge_margin`` over the largest secret-dependent noise coefficient of an aggregate of 1,000
+payloads under up to 8 parties (on lean payloads: after the lift to ``q_0``; the rounding of
+``c_0``'s low bits is not secret-dependent and only costs precision). Each bit of margin costs
+a bit of precision at a given payload size: "threshold" (41 bits) keeps two primes, 60 bytes per
+parameter; "threshold16" (16 bits) one, 15 paired; "lean16" (16 bits, lean) 11.25. A lean
+40-bit margin would need ``b`` about 82 (two primes, beyond the int64 sum mod ``2^b``): about
+14.3 bytes per parameter by the same arithmetic, not built.
+
 ``mean_precision`` is what ``bcfl info`` reports: the largest absolute error on the *mean* of
 1,000 clients of values in ``[-1, 1]`` (weight 1 each), measured with distinct encryptions
 (``benchmarks/bench_ckks.py --precision``) and stated with a margin.
@@ -228,7 +238,7 @@ PRESETS: dict[str, Preset] = {
             "noise coefficient (2^13.3) of an aggregate of 1,000 fresh payloads under a key of up "
             "to 8 parties; |x| <= 1 and integer weights summing to <= 1,000, checked by the "
             "client (|x|) and stated (headroom 2^11 > sqrt(2) 1,000); log q = 120 <= 218",
-            # 1,000 clients, 8 parties: measured 2^-17.58 (collective decryption, one key's
+            # 1,000 clients, 8 parties: measured 2^-17.58 (benchmarks/bench_mp_presets.py; one key's
             # noise is ~2^-37): the smudging sets it, ~2^30 sqrt(8 N / 2) / 2^47 / 1,000 x 5.5.
             mean_precision=2.0**-17,
             bound=1.0,
@@ -243,13 +253,14 @@ PRESETS: dict[str, Preset] = {
             47,
             2.0**-5,
             "multiparty keys on lean payloads at a 16-bit smudging margin: 11.25 bytes per "
-            "parameter (paired, switched from a 59-bit q_0 to 2^58, 26 low bits of c_0 rounded "
+            "parameter and 16 bits on the mean of 1,000 decrypted by 8 parties (measured 16.6; paired, switched from a 59-bit q_0 to 2^58, 26 low bits of c_0 rounded "
             "away: their noise is under the smudging's), smudging noise of sigma 2^31 = 2^16 x "
             "the largest secret-dependent noise coefficient (2^14.5) of an aggregate of 1,000 "
             "payloads under a key of up to 8 parties, lifted to q_0; |x| <= 1 and integer "
             "weights summing to <= 1,000, both checked (headroom 2^11 > sqrt(2) 1,000); "
             "log q = 119 <= 218",
-            mean_precision=2.0**-15,  # MEASURED
+            # 1,000 clients, 8 parties: measured 2^-16.59 (benchmarks/bench_mp_presets.py)
+            mean_precision=2.0**-16,
             switch_bits=58,
             drop_bits=26,
             bound=1.0,
