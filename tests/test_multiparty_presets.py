@@ -145,9 +145,11 @@ def test_lean16_parties_refuse_what_is_not_the_lean_sum(lean16: dict[str, Any]) 
 
 
 def test_wide_switch_sum_and_lift_equal_the_references() -> None:
-    """b = 58 (past the C++ and Triton kernels' 50 bits) runs on torch, exact."""
+    """b = 58 (past the float64 estimates' 50 bits): the switch in C++ (128-bit division) and
+    torch, the sum on torch, the lift in C++ and numpy, each exact."""
     import torch
 
+    from bcfl_engine.backends import _load_native
     from bcfl_engine.errors import BackendUnavailable
     from bcfl_engine.he import lean
 
@@ -162,8 +164,16 @@ def test_wide_switch_sum_and_lift_equal_the_references() -> None:
     s = lean.lean_sum(torch.from_numpy(y.view(np.int64)), 58, w)
     assert np.array_equal(s.numpy().view(np.uint64), lean.sum_reference(y, 58, w))
     assert np.array_equal(lean.lift(y, q0, 58), lean.lift_reference(y, q0, 58))
+    built = _load_native()[0] is not None  # CI builds the extension; a pure-Python install not
+    for backend in ("torch", "native") if built else ("torch",):
+        got = lean.switch(torch.from_numpy(x.view(np.int64)), q0, 58, 26, backend=backend)
+        assert np.array_equal(got.numpy().view(np.uint64), lean.switch_reference(x, q0, 58, 26))
     with pytest.raises(BackendUnavailable, match="b <= 50"):
-        lean.switch(torch.from_numpy(x.view(np.int64)), q0, 58, 26, backend="native")
+        lean.switch(torch.from_numpy(x.view(np.int64)), q0, 58, 26, backend="triton")
+    with pytest.raises(BackendUnavailable, match="b <= 50"):
+        lean.lean_sum(torch.from_numpy(y.view(np.int64)), 58, w, backend="native")
+    for backend in ("native", "numpy") if built else ("numpy",):
+        assert np.array_equal(lean.lift(y, q0, 58, backend=backend), lean.lift_reference(y, q0, 58))
 
 
 def test_bench_reports_each_preset(

@@ -38,9 +38,10 @@ from ..errors import BackendUnavailable, InvalidArgument
 from .ntt import mulhi
 
 MAX_BITS = 59  # 2^b < q_0 < 2^60
-# The C++ and Triton kernels (switch: a float64 estimate within 1 of the exact quotient; unpack:
-# one 8-byte read per value) hold up to here; a wider b (a multiparty lean preset, whose smudging
-# margin needs b close to q_0's bits) runs on the torch reference, exact for every b <= MAX_BITS.
+# The Triton kernels and the C++ sum and unpack (a float64 estimate within 1 of the exact
+# quotient; one 8-byte read per value) hold up to here; a wider b (a multiparty lean preset, whose
+# smudging margin needs b close to q_0's bits) sums on the torch reference, exact for every
+# b <= MAX_BITS, and switches and lifts in C++ (128-bit arithmetic) or torch / numpy.
 FAST_MAX_BITS = 50
 
 
@@ -157,7 +158,8 @@ def switch(x: torch.Tensor, q0: int, b: int, k: int, *, backend: str | None = No
         raise InvalidArgument(f"lean.switch: x must be an int64 tensor [C, 2, N]; got {got}")
     if x.numel() and (int(x.min()) < 0 or int(x.max()) >= q0):
         raise InvalidArgument("lean.switch: coefficients must lie in [0, q_0)")
-    return dispatch("lean_switch", SWITCH_KERNELS, x.contiguous(), _wide(b, backend), q0, b, k)
+    chosen = _wide(b, backend, wide=("torch", "native"))
+    return dispatch("lean_switch", SWITCH_KERNELS, x.contiguous(), chosen, q0, b, k)
 
 
 # ---------------------------------------------------------------- sum
@@ -254,13 +256,15 @@ def lean_sum(
     return dispatch("lean_sum", SUM_KERNELS, x.contiguous(), _wide(b, backend), b, weights, acc)
 
 
-def _wide(b: int, backend: str | None) -> str | None:
-    """``backend``, or "torch" for ``b > FAST_MAX_BITS`` (BackendUnavailable if another was
-    forced)."""
-    if b <= FAST_MAX_BITS or backend in (None, "torch"):
-        return backend if b <= FAST_MAX_BITS else "torch"
+def _wide(b: int, backend: str | None, wide: tuple[str, ...] = ("torch",)) -> str | None:
+    """``backend`` up to ``FAST_MAX_BITS``; past it, one of the ``wide`` kernels (the first built
+    of native, torch when None; BackendUnavailable for another forced one)."""
+    if b <= FAST_MAX_BITS or backend in wide:
+        return backend
+    if backend is None:
+        return "native" if "native" in wide and _load_native()[0] is not None else "torch"
     raise BackendUnavailable(
-        f"lean: the {backend} kernels hold b <= {FAST_MAX_BITS}; b={b} runs on torch"
+        f"lean: the {backend} kernel holds b <= {FAST_MAX_BITS}; b={b} runs on {' or '.join(wide)}"
     )
 
 
@@ -278,11 +282,7 @@ def lift(x: np.ndarray, q0: int, b: int, *, backend: str | None = None) -> np.nd
     c = np.ascontiguousarray(np.asarray(x)).view(np.uint64)
     if backend not in (None, "native", "numpy"):
         raise InvalidArgument(f"lift: backend must be 'native', 'numpy' or None; got {backend!r}")
-    if backend == "native" and b > FAST_MAX_BITS:
-        raise BackendUnavailable(f"lift: the native kernel holds b <= {FAST_MAX_BITS}; got {b}")
-    if backend == "native" or (
-        backend is None and _load_native()[0] is not None and b <= FAST_MAX_BITS
-    ):
+    if backend == "native" or (backend is None and _load_native()[0] is not None):
         out = np.empty(c.shape, dtype=np.uint64)
         flat = torch.from_numpy(c.reshape(-1).view(np.int64))
         native().lean_lift(flat, q0, b, torch.from_numpy(out.reshape(-1).view(np.int64)))
