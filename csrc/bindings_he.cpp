@@ -14,9 +14,9 @@
 namespace bcfl::bind {
 
 namespace {
-// max_b: 50 for the kernels that read or estimate in 64 bits (unpack, sum, accumulate); 59
-// for the switch (exact 128-bit division past 50) and the lift (128-bit products).
-void lean_bits(int b, int k, const char* fn, int max_b = 50) {
+// b <= 59 (2^b < q0 < 2^60): the switch divides in 128 bits past 50, unpacking reads a ninth
+// byte past 57, the sums wrap modulo 2^64 (a multiple of 2^b), the lift multiplies in 128 bits.
+void lean_bits(int b, int k, const char* fn, int max_b = 59) {
   if (b < 1 || b > max_b || k < 0 || k >= b)
     invalid(std::string(fn) + ": need 1 <= b <= " + std::to_string(max_b) +
             " and 0 <= k < b; got b=" + std::to_string(b) + ", k=" + std::to_string(k));
@@ -159,7 +159,7 @@ void bind_he(py::module_& m) {
   // ---- lean (he/lean.py): b in [1, 50], k in [0, b), q0 odd in (2^b, 2^60) ----
   // lean_switch(x [C, 2, N] coefficients below q0, q0, b, k, out [C, 2, N]).
   m.def("lean_switch", [](py::handle x_, uint64_t q0, int b, int k, py::handle out_) {
-    lean_bits(b, k, "lean_switch", 59);
+    lean_bits(b, k, "lean_switch");
     if (q0 % 2 == 0 || q0 <= (uint64_t{1} << b) || q0 >= (uint64_t{1} << 60))
       invalid("lean_switch: q0 must be odd, in (2^b, 2^60); got " + std::to_string(q0));
     const View x = view(x_, "lean_switch: x", {kI64, kU64}, {-1, 2, -1});
@@ -221,7 +221,7 @@ void bind_he(py::module_& m) {
   });
   // lean_lift(x [M] below 2^b, q0, b, out [M]).
   m.def("lean_lift", [](py::handle x_, uint64_t q0, int b, py::handle out_) {
-    lean_bits(b, 0, "lean_lift", 59);
+    lean_bits(b, 0, "lean_lift");
     if (q0 % 2 == 0 || q0 <= (uint64_t{1} << b) || q0 >= (uint64_t{1} << 60))
       invalid("lean_lift: q0 must be odd, in (2^b, 2^60); got " + std::to_string(q0));
     const View x = view(x_, "lean_lift: x", {kI64, kU64}, {-1});

@@ -32,11 +32,16 @@ inline uint64_t round_even(uint64_t y, int k) {
 }
 
 // Value j of a row of `bits`-bit values starting at `row`, whose last byte is row[len - 1].
+// Past 57 bits (b = 58, 59: multiparty lean presets) a value can span 9 bytes: the ninth is then
+// within the row (the value is).
 inline uint64_t read_bits(const uint8_t* row, int64_t len, int64_t j, int bits) {
   const int64_t off = j * bits, byte = off >> 3;
+  const int sh = static_cast<int>(off & 7);
   uint64_t word = 0;
   std::memcpy(&word, row + byte, static_cast<size_t>(std::min<int64_t>(8, len - byte)));
-  return (word >> (off & 7)) & ((uint64_t{1} << bits) - 1);
+  uint64_t v = word >> sh;
+  if (sh + bits > 64) v |= static_cast<uint64_t>(row[byte + 8]) << (64 - sh);
+  return v & ((uint64_t{1} << bits) - 1);
 }
 
 // One row of N values at BITS bits: dst[j] = value_j << SHIFT (ADD: dst[j] += w * that; W false:
@@ -73,6 +78,8 @@ inline bool row_known(const uint8_t* row, int64_t N, int bits, int shift, uint64
   // The lean preset's rows: c0 at b - k = 34 bits shifted by k = 8, c1 at b = 42 bits.
   if (bits == 34 && shift == 8) return row_fixed<34, 8, ADD, W>(row, N, w, dst), true;
   if (bits == 42 && shift == 0) return row_fixed<42, 0, ADD, W>(row, N, w, dst), true;
+  // lean16's c0 (32 bits shifted by 26); its c1 at 58 bits can span 9 bytes: read_bits.
+  if (bits == 32 && shift == 26) return row_fixed<32, 26, ADD, W>(row, N, w, dst), true;
   return false;
 }
 

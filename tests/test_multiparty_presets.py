@@ -14,7 +14,7 @@ import pytest
 
 from bcfl_engine import he
 from bcfl_engine.errors import InvalidArgument
-from bcfl_engine.he import mpcontext, presets
+from bcfl_engine.he import mpcontext, presets, wire
 from bcfl_engine.he import multiparty as mp
 
 ts = pytest.importorskip("tenseal")
@@ -145,8 +145,8 @@ def test_lean16_parties_refuse_what_is_not_the_lean_sum(lean16: dict[str, Any]) 
 
 
 def test_wide_switch_sum_and_lift_equal_the_references() -> None:
-    """b = 58 (past the float64 estimates' 50 bits): the switch in C++ (128-bit division) and
-    torch, the sum on torch, the lift in C++ and numpy, each exact."""
+    """b = 58 (past the float64 estimates' 50 bits): switch, sum and lift in C++ (128-bit
+    division and products) and on the torch / numpy references, each exact."""
     import torch
 
     from bcfl_engine.backends import _load_native
@@ -170,8 +170,11 @@ def test_wide_switch_sum_and_lift_equal_the_references() -> None:
         assert np.array_equal(got.numpy().view(np.uint64), lean.switch_reference(x, q0, 58, 26))
     with pytest.raises(BackendUnavailable, match="b <= 50"):
         lean.switch(torch.from_numpy(x.view(np.int64)), q0, 58, 26, backend="triton")
+    for backend in ("torch", "native") if built else ("torch",):
+        s = lean.lean_sum(torch.from_numpy(y.view(np.int64)), 58, w, backend=backend)
+        assert np.array_equal(s.numpy().view(np.uint64), lean.sum_reference(y, 58, w))
     with pytest.raises(BackendUnavailable, match="b <= 50"):
-        lean.lean_sum(torch.from_numpy(y.view(np.int64)), 58, w, backend="native")
+        lean.lean_sum(torch.from_numpy(y.view(np.int64)), 58, w, backend="triton")
     for backend in ("native", "numpy") if built else ("numpy",):
         assert np.array_equal(lean.lift(y, q0, 58, backend=backend), lean.lift_reference(y, q0, 58))
 
@@ -198,3 +201,27 @@ def test_bench_reports_each_preset(
         p = presets.get(name)
         assert abs(float(rows[name][2]) - p.bytes_per_parameter()) < 0.02
         assert 2.0 ** -float(rows[name][3]) * 3 <= mp.precision(2, name)
+
+
+def test_wide_payloads_unpack_and_sum_fused_as_the_two_pass_path(lean16: dict[str, Any]) -> None:
+    """lean16's rows of 32 and 58 bits: C++ unpacking (a 58-bit value can span 9 bytes) and the
+    fused sum equal the Python unpacking and the torch sum bit for bit."""
+    from bcfl_engine.backends import _load_native
+    from bcfl_engine.he import lean_wire
+    from bcfl_engine.he.lean_aggregate import aggregate_lean
+
+    if _load_native()[0] is None:
+        pytest.skip("the C++ extension is not built (CI builds it)")
+    blob = lean16["payloads"][1]
+    layout = lean_wire.layout_of(blob)
+    native = lean_wire.parse(blob, layout)
+    body, pos = memoryview(blob), lean_wire.HEADER.size
+    for c in range(layout.ciphertexts):
+        for p, bits in ((0, layout.b - layout.k), (1, layout.b)):
+            size = layout.poly_degree * bits // 8
+            want = wire.unpack_bits(body[pos : pos + size], bits, layout.poly_degree)
+            assert np.array_equal(native[c, p], want << np.uint64(layout.k if p == 0 else 0))
+            pos += size
+    payloads, w = lean16["payloads"], [3, 1, 4, 1]
+    fused = aggregate_lean(payloads, w, context=lean16["public"])
+    assert fused == aggregate_lean(payloads, w, context=lean16["public"], backend="torch")

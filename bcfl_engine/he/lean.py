@@ -38,10 +38,9 @@ from ..errors import BackendUnavailable, InvalidArgument
 from .ntt import mulhi
 
 MAX_BITS = 59  # 2^b < q_0 < 2^60
-# The Triton kernels and the C++ sum and unpack (a float64 estimate within 1 of the exact
-# quotient; one 8-byte read per value) hold up to here; a wider b (a multiparty lean preset, whose
-# smudging margin needs b close to q_0's bits) sums on the torch reference, exact for every
-# b <= MAX_BITS, and switches and lifts in C++ (128-bit arithmetic) or torch / numpy.
+# The Triton kernels hold up to here (the switch's float64 estimate is within 1 of the exact
+# quotient); a wider b (a multiparty lean preset, whose smudging margin needs b close to q_0's
+# bits) runs in C++ (128-bit division and products, 9-byte reads) or on the torch reference.
 FAST_MAX_BITS = 50
 
 
@@ -253,7 +252,8 @@ def lean_sum(
         raise InvalidArgument(
             f"lean_sum: acc must be int64 {tuple(x.shape[1:])}; got {acc.dtype} {tuple(acc.shape)}"
         )
-    return dispatch("lean_sum", SUM_KERNELS, x.contiguous(), _wide(b, backend), b, weights, acc)
+    chosen = _wide(b, backend, wide=("torch", "native"))
+    return dispatch("lean_sum", SUM_KERNELS, x.contiguous(), chosen, b, weights, acc)
 
 
 def _wide(b: int, backend: str | None, wide: tuple[str, ...] = ("torch",)) -> str | None:

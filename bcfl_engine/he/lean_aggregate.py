@@ -96,8 +96,7 @@ def aggregate_lean(
     except PayloadError as exc:
         raise PayloadError(f"client {ids[0]!r}: {exc}") from None
     ints = lean_weights(weights, n, layout)
-    native_ok = _load_native()[0] is not None and layout.b <= lean.FAST_MAX_BITS
-    if fused is not False and backend in (None, "native") and native_ok:
+    if fused is not False and backend in (None, "native") and _load_native()[0] is not None:
         return _aggregate_fused(payloads, ints, layout, ids)
     per_client = 8 * int(np.prod(layout.shape))
     step = block or max(1, min(n, BLOCK_BYTES // per_client))

@@ -166,7 +166,7 @@ def parse(
     n, b, k = layout.poly_degree, layout.b, layout.k
     if out is None:
         out = np.empty(layout.shape, dtype=np.uint64)
-    if _load_native()[0] is not None and b <= lean.FAST_MAX_BITS:
+    if _load_native()[0] is not None:
         import torch
 
         native().lean_unpack(buf, HEADER.size, b, k, torch.from_numpy(out.view(np.int64)))
