@@ -157,7 +157,7 @@ def switch(x: torch.Tensor, q0: int, b: int, k: int, *, backend: str | None = No
         raise InvalidArgument(f"lean.switch: x must be an int64 tensor [C, 2, N]; got {got}")
     if x.numel() and (int(x.min()) < 0 or int(x.max()) >= q0):
         raise InvalidArgument("lean.switch: coefficients must lie in [0, q_0)")
-    chosen = _wide(b, backend, wide=("torch", "native"))
+    chosen = _wide(b, backend, x)
     return dispatch("lean_switch", SWITCH_KERNELS, x.contiguous(), chosen, q0, b, k)
 
 
@@ -252,17 +252,19 @@ def lean_sum(
         raise InvalidArgument(
             f"lean_sum: acc must be int64 {tuple(x.shape[1:])}; got {acc.dtype} {tuple(acc.shape)}"
         )
-    chosen = _wide(b, backend, wide=("torch", "native"))
+    chosen = _wide(b, backend, x)
     return dispatch("lean_sum", SUM_KERNELS, x.contiguous(), chosen, b, weights, acc)
 
 
-def _wide(b: int, backend: str | None, wide: tuple[str, ...] = ("torch",)) -> str | None:
-    """``backend`` up to ``FAST_MAX_BITS``; past it, one of the ``wide`` kernels (the first built
-    of native, torch when None; BackendUnavailable for another forced one)."""
+def _wide(b: int, backend: str | None, x: torch.Tensor) -> str | None:
+    """``backend`` up to ``FAST_MAX_BITS``; past it, native (C++, on a CPU tensor, where built)
+    or torch when None, BackendUnavailable for Triton."""
+    wide = ("torch", "native")
     if b <= FAST_MAX_BITS or backend in wide:
         return backend
     if backend is None:
-        return "native" if "native" in wide and _load_native()[0] is not None else "torch"
+        cpu = x.device.type == "cpu" and _load_native()[0] is not None
+        return "native" if cpu else "torch"
     raise BackendUnavailable(
         f"lean: the {backend} kernel holds b <= {FAST_MAX_BITS}; b={b} runs on {' or '.join(wide)}"
     )
