@@ -9,6 +9,7 @@ import functools
 
 import numpy as np
 import pytest
+import torch
 
 from bcfl_engine import protocol
 from bcfl_engine.errors import HeadroomExceeded, PayloadError
@@ -23,7 +24,7 @@ from bcfl_engine import he
 from bcfl_engine.chain import Ledger
 from bcfl_engine.he.lean_aggregate import LeanRunningSum
 
-N, D = 5, 37
+N, D = 6, 37
 KEYS = [keccak256(f"lean hospital {i}".encode()) for i in range(N)]
 ADDRESSES = [Account.from_key(k).address for k in KEYS]
 
@@ -54,7 +55,7 @@ def updates(seed: int) -> np.ndarray:
 def test_lean_round_commits_the_weighted_sum_and_audits(ledger, tmp_path) -> None:
     task, rnd = new_round(ledger, tmp_path)
     assert isinstance(rnd._sum, LeanRunningSum)
-    x, w = updates(3), [1, 300, 2, 7, 40]
+    x, w = updates(3), [1, 300, 2, 7, 40, 3]
     blobs = [he.encrypt(x[i], keys().public_context()) for i in range(N)]
     assert len(blobs[0]) < 10 * 8192  # one paired lean ciphertext: 84 + 8192 * 76 / 8 bytes
     rnd.submit(sign_payload(KEYS[0], task, 1, blobs[0], ledger.domain, weight=w[0]))
@@ -143,7 +144,7 @@ def test_multiparty_round_on_lean16_payloads_decrypts_commits_and_audits(ledger,
         ledger, task, 1, tmp_path, participants=ADDRESSES, secure="ckks", keys=keys
     )
     assert isinstance(rnd._sum, LeanRunningSum)
-    x, w = updates(6), [1, 2, 3, 4, 5]
+    x, w = updates(6), [1, 2, 3, 4, 5, 6]
     for i in range(N):
         blob = he.encrypt(x[i], public)
         assert len(blob) / D < 12 * 8192 / D  # one paired ciphertext at 11.25 B per real
@@ -158,5 +159,49 @@ def test_multiparty_round_on_lean16_payloads_decrypts_commits_and_audits(ledger,
     expected = (np.array(w, dtype=np.float64)[:, None] * x).sum(0)
     err = float(np.abs(np.asarray(res.update)[:D] - expected).max())
     assert err <= mp.precision(3, "lean16"), err
+    report = audit(ledger, task, 1, tmp_path)
+    assert report.ok, report.summary()
+
+
+def test_robust_round_on_lean16_bucket_sums(ledger, tmp_path) -> None:
+    """A median over bucket means under a lean16 key: each bucket's lean payloads summed mod
+    2^58 and lifted, each party checks every bucket against its lean payloads; the outlier's
+    bucket does not pass the median, and the audit recomputes every step."""
+    from bcfl_engine import rules
+    from bcfl_engine.decryption import party_share
+    from bcfl_engine.he import multiparty as mp
+    from bcfl_engine.he.mpepoch import KeyEpoch, open_epoch, parties_of
+
+    party_keys = {i: keccak256(f"lean16 bucket party {i}".encode()) for i in (1, 2, 3)}
+    accounts = {i: Account.from_key(k).address for i, k in party_keys.items()}
+    parties = {i: mp.KeyShare.generate(party=i, preset="lean16") for i in (1, 2, 3)}
+    public, crs = mp.local_setup(list(parties.values()))
+    commitments = {i: p.commitment(crs) for i, p in parties.items()}
+    task = ledger.create_task(aggregator=ledger.sender, participants=ADDRESSES, model_spec=b"lb")
+    keys = open_epoch(ledger, task, KeyEpoch(public, parties_of(commitments, accounts), 3))
+    rnd = AggregationRound(
+        ledger, task, 1, tmp_path, participants=ADDRESSES, secure="ckks", keys=keys,
+        rule="median", f=1,
+    )  # fmt: skip
+    x = np.clip(np.random.default_rng(8).normal(0, 0.05, (N, D)), -1, 1)
+    x[3] = 0.9  # the outlier, within the bound an honest client's encrypt checks
+    w = [1 + i % 2 for i in range(N)]
+    for i in range(N):
+        blob = he.encrypt(x[i], public)
+        rnd.submit(sign_payload(KEYS[i], task, 1, blob, ledger.domain, weight=w[i]))
+    req = rnd.decryption_request()
+    assert len(req.buckets) >= 3
+    for i in req.active:
+        share = party_share(
+            parties[i], party_keys[i], req, keys=keys, ledger=ledger, participants=ADDRESSES
+        )
+        rnd.add_share(share)
+    res = rnd.finalize()
+    wt = np.array(w, dtype=np.float64)
+    means = np.stack([(wt[list(b)] @ x[list(b)]) / wt[list(b)].sum() for b in req.buckets])
+    want = rules.get("median").reference(torch.as_tensor(means).float()).numpy()
+    got = np.asarray(res.update)[:D]
+    assert float(np.abs(got - want).max()) <= mp.precision(3, "lean16")
+    assert float(np.abs(got).max()) < 0.45  # the outlier's bucket did not pass
     report = audit(ledger, task, 1, tmp_path)
     assert report.ok, report.summary()
