@@ -23,7 +23,10 @@ residues in coefficient form ``[C, 2, N]`` (``[:, 0]`` is ``c_0``, ``[:, 1]`` is
 :func:`switch` and :func:`lean_sum` run on the torch reference, the C++ extension or Triton
 (``backend=``), bit for bit equal to the pure-Python oracles :func:`switch_reference` and
 :func:`sum_reference` (``tests/test_lean_kernels.py``). :func:`lift` is numpy (exact 128-bit
-products from 64-bit halves); it runs once per aggregate.
+products from 64-bit halves); it runs once per aggregate. ``b`` goes up to 59 (``2^b < q_0 <
+2^60``): a multiparty lean preset ("lean16", ``b = 58``) needs ``b`` close to ``q_0``'s bits for
+its smudging margin; past 50 bits the C++ kernels switch with a 128-bit division and unpack
+with a ninth byte, and Triton is refused (``tests/test_multiparty_presets.py``).
 """
 
 from __future__ import annotations
