@@ -233,12 +233,12 @@ PRESETS: dict[str, Preset] = {
             47,
             2.0**-6,
             "multiparty keys at a 16-bit smudging margin: 15 bytes per parameter and 17 bits on "
-            "the mean of 1,000 decrypted by 8 parties (measured 17.6; paired, one "
+            "the mean of 1,000 decrypted by 8 parties (measured 17.4-17.6; paired, one "
             "60-bit prime q_0, scale 2^47), smudging noise of sigma 2^30 = 2^16 x the largest "
             "noise coefficient (2^13.3) of an aggregate of 1,000 fresh payloads under a key of up "
             "to 8 parties; |x| <= 1 and integer weights summing to <= 1,000, checked by the "
             "client (|x|) and stated (headroom 2^11 > sqrt(2) 1,000); log q = 120 <= 218",
-            # 1,000 clients, 8 parties: measured 2^-17.58 (benchmarks/bench_mp_presets.py; one key's
+            # 1,000 clients, 8 parties: measured 2^-17.36 to 2^-17.58 (benchmarks/bench_mp_presets.py; one key's
             # noise is ~2^-37): the smudging sets it, ~2^30 sqrt(8 N / 2) / 2^47 / 1,000 x 5.5.
             mean_precision=2.0**-17,
             bound=1.0,
@@ -253,13 +253,13 @@ PRESETS: dict[str, Preset] = {
             47,
             2.0**-5,
             "multiparty keys on lean payloads at a 16-bit smudging margin: 11.25 bytes per "
-            "parameter and 16 bits on the mean of 1,000 decrypted by 8 parties (measured 16.6; paired, switched from a 59-bit q_0 to 2^58, 26 low bits of c_0 rounded "
+            "parameter and 16 bits on the mean of 1,000 decrypted by 8 parties (measured 16.4-16.6; paired, switched from a 59-bit q_0 to 2^58, 26 low bits of c_0 rounded "
             "away: their noise is under the smudging's), smudging noise of sigma 2^31 = 2^16 x "
             "the largest secret-dependent noise coefficient (2^14.5) of an aggregate of 1,000 "
             "payloads under a key of up to 8 parties, lifted to q_0; |x| <= 1 and integer "
             "weights summing to <= 1,000, both checked (headroom 2^11 > sqrt(2) 1,000); "
             "log q = 119 <= 218",
-            # 1,000 clients, 8 parties: measured 2^-16.59 (benchmarks/bench_mp_presets.py)
+            # 1,000 clients, 8 parties: measured 2^-16.39 to 2^-16.59 (benchmarks/bench_mp_presets.py)
             mean_precision=2.0**-16,
             switch_bits=58,
             drop_bits=26,
