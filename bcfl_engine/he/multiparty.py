@@ -16,9 +16,8 @@ Each party holds a ternary secret ``s_i`` derived from its own 32-byte seed; nob
 
 Decryption (N-of-N): for an aggregate ``(c0, c1)`` each party publishes
 ``d_i = c1 s_i + e_i`` (:meth:`KeyShare.decryption_share`), with smudging noise ``e_i``
-uniform of standard deviation ``2^smudge_bits``, the preset's (``"threshold"``: ``2^50``, a
-margin of ``2^41`` over an aggregate's noise at scale ``2^80``; ``"threshold16"``: ``2^30``, a
-margin of ``2^16`` at one prime and scale ``2^47``) derived from (seed, hash of ``c1``, active set);
+uniform of standard deviation ``2^smudge_bits``, the preset's, with its stated margin over an
+aggregate's noise (``Preset.smudge_margin``), derived from (seed, hash of ``c1``, active set);
 :func:`combine_decryption` decodes ``c0 + sum d_i``. A party computes a share only for the sum of
 the round's contributions, from at least ``min_clients`` of them, and never for the same ``c1``
 under a second active set (two noisy shares of one ``c1`` leak the key; a retry with the same
@@ -80,8 +79,7 @@ from .mpcontext import (
     params,
 )
 
-# Presets that state a smudging noise (Preset.smudge_bits) and its margin over an aggregate's
-# ciphertext noise: "threshold" (2^41), "threshold16" (2^16).
+# Presets that state a smudging noise and its margin (Preset.smudge_bits, smudge_margin).
 MULTIPARTY_PRESETS = tuple(p.name for p in _presets.PRESETS.values() if p.multiparty)
 
 __all__ = [
@@ -287,14 +285,8 @@ class KeyShare:
             s_hat, pre = self._shamir.residues, self._shamir_pre
         c, _, k, n = res.shape
         tag = np.asarray(active, dtype="<u4").tobytes()
-        noise = sampling.uniform_int(
-            c * n,
-            _presets.get(self.preset).smudge_bound,
-            b"bcfl-mp-smudge",
-            self._seed,
-            digest,
-            tag,
-        )
+        bound = _presets.get(self.preset).smudge_bound
+        noise = sampling.uniform_int(c * n, bound, b"bcfl-mp-smudge", self._seed, digest, tag)
         e_hat = _ntt_signed(noise.reshape(c, n), primes)
         out = np.empty((c, k, n), dtype=np.uint64)
         for j, q in enumerate(primes):
