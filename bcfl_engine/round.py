@@ -64,7 +64,9 @@ class AggregationRound(Decryption, PrivateRound, Intake):
     rule, f, params, pre, backend : how plaintext updates are aggregated (see
         :func:`bcfl_engine.aggregate`); the backend is pinned in the metadata so an audit
         recomputes the result bit for bit
-    secure : None (plaintext) or "ckks"; then ``he_context`` is the public context bytes
+    secure : None (plaintext) or "ckks"; then ``he_context`` is the public context bytes (a
+        lean preset's: clients send lean payloads, and the round refuses a weight that takes
+        the weight sum past their headroom, HeadroomExceeded at submit)
     keys : under CKKS, a multiparty key's :class:`~bcfl_engine.he.mpepoch.KeyEpoch` opened on
         chain: the round holds no key, and its parties decrypt the aggregate together
         (:mod:`bcfl_engine.round_decrypt`); the committed result is then the decrypted sum,
@@ -170,9 +172,9 @@ class AggregationRound(Decryption, PrivateRound, Intake):
         # running sum: the round holds one accumulator, whatever n is.
         self._sum = None
         if secure == "ckks":
-            from .he.running_sum import RunningSum
+            from .he.running_sum import for_context
 
-            self._sum = RunningSum(he_context)
+            self._sum = for_context(he_context)  # a lean preset's context: LeanRunningSum
         self._clients: dict[str, dict[str, Any]] = {}
         self.result: RoundResult | None = None
         self._commit = ledger.record(task, round)  # None unless committed on chain already

@@ -24,6 +24,7 @@ from . import protocol
 from .errors import (
     BcflError,
     DuplicateClient,
+    HeadroomExceeded,
     InvalidArgument,
     InvalidWeight,
     NonFiniteUpdate,
@@ -68,26 +69,27 @@ class Intake:
     secure: str | None
 
     def _check_group(
-        self, group: list[tuple[str, bytes]], skip: int = 0, layout: Any = None
+        self, group: list[tuple[str, bytes, int]], skip: int = 0, prev: Any = None
     ) -> tuple[list[BcflError | None], Any]:
-        """Check the contents of a group of ``(client, bytes)`` once: each one's error or None,
-        and what :meth:`_take` adds. Under CKKS each payload is parsed against the round's
-        layout into a batch; a plaintext one is copied into the round's free batch rows (its
-        one copy; past the ``skip`` rows earlier parts of the burst hold), checked finite
-        there, and the rows are claimed once the group is durable. ``layout``: the CKKS layout an
-        earlier part of the burst fixed."""
+        """Check the contents of a group of ``(client, bytes, weight)`` once: each one's error
+        or None, and what :meth:`_take` adds. Under CKKS each payload is parsed against the
+        round's layout into a batch (a lean one's weight held against its headroom); a
+        plaintext one is copied into the round's free batch rows (its one copy; past the
+        ``skip`` rows earlier parts of the burst hold), checked finite there, and the rows are
+        claimed once the group is durable. ``prev``: the CKKS batch of an earlier part of the
+        burst (its layout, and a lean one's weights, count)."""
         errors: list[BcflError | None] = [None] * len(group)
         if self._sum is not None:
-            batch = self._sum.batch(max(len(group), 1), layout)
-            for j, (client, data) in enumerate(group):
+            batch = self._sum.batch(max(len(group), 1), prev)
+            for j, (client, data, weight) in enumerate(group):
                 try:
-                    batch.add(client, data)  # PayloadError naming the client and mismatch
-                except PayloadError as exc:
+                    self._sum.admit(batch, client, data, weight)  # names the client and mismatch
+                except (PayloadError, HeadroomExceeded) as exc:
                     errors[j] = exc
             return errors, batch
         assert self.dim is not None and self._batch is not None
         sized = []
-        for j, (client, data) in enumerate(group):
+        for j, (client, data, _) in enumerate(group):
             try:
                 protocol.check_update_size(data, self.dim)
                 sized.append(j)
@@ -111,7 +113,7 @@ class Intake:
     def _take(self, records: list[dict[str, Any]], batch: Any) -> None:
         """Add a durable group's checked rows to the round."""
         if self._sum is not None:
-            self._sum.add(batch, [r["weight"] for r in records])
+            self._sum.take(batch, [r["weight"] for r in records])
         elif self._batch is not None:
             self._batch.claim(
                 [r["client"] for r in records],
@@ -172,7 +174,7 @@ class Intake:
             if isinstance(check, BcflError):
                 raise check
         errors, batch = self._check_group(
-            [(r["client"], data) for r, data in zip(records, datas, strict=True)]
+            [(r["client"], data, r["weight"]) for r, data in zip(records, datas, strict=True)]
         )
         for error in errors:
             if error is not None:
@@ -185,7 +187,8 @@ class Intake:
         Raises InvalidWeight (a weight that is not an int in ``[1, 2**64 - 1]``), a
         :class:`~bcfl_engine.errors.PayloadError` subclass (unsigned, bad signature or a weight
         other than the one signed, replay, not a participant, a CKKS payload that does not
-        match the round's first one, a round already committed), DuplicateClient (another
+        match the round's first one, a round already committed), HeadroomExceeded (a lean payload
+        whose weight takes the round's weight sum past the payloads' headroom), DuplicateClient (another
         payload from the same client), ShapeMismatch or NonFiniteUpdate, and leaves the round
         and the store unchanged. Sending an accepted payload again returns its record
         (clients may retry). The payload is durable (a group of one) before this returns.
@@ -247,8 +250,8 @@ class Intake:
                     domain=self.domain,
                     workers=workers,
                 )
-                layout = steps[-1][1].layout if steps and steps[-1][1] is not None else None
-                records, datas, batch = self._admit(part, checks, group, results, taken, layout)
+                prev = steps[-1][1] if steps else None
+                records, datas, batch = self._admit(part, checks, group, results, taken, prev)
                 taken += len(records)
                 if records:
                     if pending is not None:
@@ -287,7 +290,7 @@ class Intake:
         group: dict[str, dict[str, Any]],
         results: list[Any],
         taken: int,
-        layout: Any,
+        prev: Any,
     ) -> tuple[list[dict[str, Any]], list[bytes], Any]:
         """One part of a burst, its signers known: duplicates refused, contents checked, the
         acceptance records of the good ones (seq from ``taken``), their bytes, their rows."""
@@ -312,7 +315,7 @@ class Intake:
             group[client] = {"digest": hexd, "weight": weight, "at": i}
             fresh.append((i, payload, data, hexd, weight, client))
         errors, batch = self._check_group(
-            [(f[5], f[2]) for f in fresh], skip=taken - len(self._records), layout=layout
+            [(f[5], f[2], f[4]) for f in fresh], skip=taken - len(self._records), prev=prev
         )
         records: list[dict[str, Any]] = []
         datas: list[bytes] = []

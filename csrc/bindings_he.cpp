@@ -14,10 +14,12 @@
 namespace bcfl::bind {
 
 namespace {
-void lean_bits(int b, int k, const char* fn) {
-  if (b < 1 || b > 50 || k < 0 || k >= b)
-    invalid(std::string(fn) + ": need 1 <= b <= 50 and 0 <= k < b; got b=" + std::to_string(b) +
-            ", k=" + std::to_string(k));
+// b <= 59 (2^b < q0 < 2^60): the switch divides in 128 bits past 50, unpacking reads a ninth
+// byte past 57, the sums wrap modulo 2^64 (a multiple of 2^b), the lift multiplies in 128 bits.
+void lean_bits(int b, int k, const char* fn, int max_b = 59) {
+  if (b < 1 || b > max_b || k < 0 || k >= b)
+    invalid(std::string(fn) + ": need 1 <= b <= " + std::to_string(max_b) +
+            " and 0 <= k < b; got b=" + std::to_string(b) + ", k=" + std::to_string(k));
 }
 }  // namespace
 

@@ -32,11 +32,16 @@ inline uint64_t round_even(uint64_t y, int k) {
 }
 
 // Value j of a row of `bits`-bit values starting at `row`, whose last byte is row[len - 1].
+// Past 57 bits (b = 58, 59: multiparty lean presets) a value can span 9 bytes: the ninth is then
+// within the row (the value is).
 inline uint64_t read_bits(const uint8_t* row, int64_t len, int64_t j, int bits) {
   const int64_t off = j * bits, byte = off >> 3;
+  const int sh = static_cast<int>(off & 7);
   uint64_t word = 0;
   std::memcpy(&word, row + byte, static_cast<size_t>(std::min<int64_t>(8, len - byte)));
-  return (word >> (off & 7)) & ((uint64_t{1} << bits) - 1);
+  uint64_t v = word >> sh;
+  if (sh + bits > 64) v |= static_cast<uint64_t>(row[byte + 8]) << (64 - sh);
+  return v & ((uint64_t{1} << bits) - 1);
 }
 
 // One row of N values at BITS bits: dst[j] = value_j << SHIFT (ADD: dst[j] += w * that; W false:
@@ -73,6 +78,8 @@ inline bool row_known(const uint8_t* row, int64_t N, int bits, int shift, uint64
   // The lean preset's rows: c0 at b - k = 34 bits shifted by k = 8, c1 at b = 42 bits.
   if (bits == 34 && shift == 8) return row_fixed<34, 8, ADD, W>(row, N, w, dst), true;
   if (bits == 42 && shift == 0) return row_fixed<42, 0, ADD, W>(row, N, w, dst), true;
+  // lean16's c0 (32 bits shifted by 26); its c1 at 58 bits can span 9 bytes: read_bits.
+  if (bits == 32 && shift == 26) return row_fixed<32, 26, ADD, W>(row, N, w, dst), true;
   return false;
 }
 
@@ -94,7 +101,29 @@ inline void unpack_row(const uint8_t* row, int64_t N, int bits, int shift, uint6
 }
 }  // namespace
 
+// Past b = 50 (a multiparty lean preset: b = 58) the float64 estimate is off by up to 2^(b-52)
+// and its remainder leaves 64 bits: one exact 128-bit division, 2b + 1 < 128 bits of dividend
+// (~40 ns a coefficient; the torch reference's long division cost 5.4x the whole encryption).
+inline uint64_t switch_wide(uint64_t c, uint64_t q0, int b) {
+  const unsigned __int128 q = q0;
+  return static_cast<uint64_t>(((static_cast<unsigned __int128>(c) << (b + 1)) + q) / (2 * q));
+}
+
 void lean_switch(const uint64_t* x, int64_t C, int64_t N, uint64_t q0, int b, int k, uint64_t* out) {
+  if (b > 50) {
+    const uint64_t mask = (uint64_t{1} << b) - 1, tmask = (uint64_t{1} << (b - k)) - 1;
+#pragma omp parallel for schedule(static) if (C * N > (1 << 14))
+    for (int64_t r = 0; r < 2 * C; ++r) {
+      const uint64_t* xr = x + r * N;
+      uint64_t* o = out + r * N;
+      const bool c0 = r % 2 == 0 && k > 0;
+      for (int64_t j = 0; j < N; ++j) {
+        const uint64_t y = switch_wide(xr[j], q0, b) & mask;
+        o[j] = c0 ? round_even(y, k) & tmask : y;
+      }
+    }
+    return;
+  }
   const double ratio = std::ldexp(1.0, b) / static_cast<double>(q0);
   const uint64_t mask = (uint64_t{1} << b) - 1, tmask = (uint64_t{1} << (b - k)) - 1;
 #pragma omp parallel for schedule(static) if (C * N > (1 << 16))

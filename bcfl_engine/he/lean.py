@@ -23,7 +23,10 @@ residues in coefficient form ``[C, 2, N]`` (``[:, 0]`` is ``c_0``, ``[:, 1]`` is
 :func:`switch` and :func:`lean_sum` run on the torch reference, the C++ extension or Triton
 (``backend=``), bit for bit equal to the pure-Python oracles :func:`switch_reference` and
 :func:`sum_reference` (``tests/test_lean_kernels.py``). :func:`lift` is numpy (exact 128-bit
-products from 64-bit halves); it runs once per aggregate.
+products from 64-bit halves); it runs once per aggregate. ``b`` goes up to 59 (``2^b < q_0 <
+2^60``): a multiparty lean preset ("lean16", ``b = 58``) needs ``b`` close to ``q_0``'s bits for
+its smudging margin; past 50 bits the C++ kernels switch with a 128-bit division and unpack
+with a ninth byte, and Triton is refused (``tests/test_multiparty_presets.py``).
 """
 
 from __future__ import annotations
@@ -34,10 +37,14 @@ import numpy as np
 import torch
 
 from ..backends import Kernel, _load_native, dispatch, native
-from ..errors import InvalidArgument
+from ..errors import BackendUnavailable, InvalidArgument
 from .ntt import mulhi
 
-MAX_BITS = 50  # float64 estimates of the switch stay within 1 of the exact quotient below this
+MAX_BITS = 59  # 2^b < q_0 < 2^60
+# The Triton kernels hold up to here (the switch's float64 estimate is within 1 of the exact
+# quotient); a wider b (a multiparty lean preset, whose smudging margin needs b close to q_0's
+# bits) runs in C++ (128-bit division and products, 9-byte reads) or on the torch reference.
+FAST_MAX_BITS = 50
 
 
 def check_bits(q0: int, b: int, k: int) -> None:
@@ -153,7 +160,8 @@ def switch(x: torch.Tensor, q0: int, b: int, k: int, *, backend: str | None = No
         raise InvalidArgument(f"lean.switch: x must be an int64 tensor [C, 2, N]; got {got}")
     if x.numel() and (int(x.min()) < 0 or int(x.max()) >= q0):
         raise InvalidArgument("lean.switch: coefficients must lie in [0, q_0)")
-    return dispatch("lean_switch", SWITCH_KERNELS, x.contiguous(), backend, q0, b, k)
+    chosen = _wide(b, backend, x)
+    return dispatch("lean_switch", SWITCH_KERNELS, x.contiguous(), chosen, q0, b, k)
 
 
 # ---------------------------------------------------------------- sum
@@ -247,7 +255,22 @@ def lean_sum(
         raise InvalidArgument(
             f"lean_sum: acc must be int64 {tuple(x.shape[1:])}; got {acc.dtype} {tuple(acc.shape)}"
         )
-    return dispatch("lean_sum", SUM_KERNELS, x.contiguous(), backend, b, weights, acc)
+    chosen = _wide(b, backend, x)
+    return dispatch("lean_sum", SUM_KERNELS, x.contiguous(), chosen, b, weights, acc)
+
+
+def _wide(b: int, backend: str | None, x: torch.Tensor) -> str | None:
+    """``backend`` up to ``FAST_MAX_BITS``; past it, native (C++, on a CPU tensor, where built)
+    or torch when None, BackendUnavailable for Triton."""
+    wide = ("torch", "native")
+    if b <= FAST_MAX_BITS or backend in wide:
+        return backend
+    if backend is None:
+        cpu = x.device.type == "cpu" and _load_native()[0] is not None
+        return "native" if cpu else "torch"
+    raise BackendUnavailable(
+        f"lean: the {backend} kernel holds b <= {FAST_MAX_BITS}; b={b} runs on {' or '.join(wide)}"
+    )
 
 
 # ---------------------------------------------------------------- lift

@@ -140,6 +140,23 @@ def _aggregate_fused(
     return lean_wire.to_tenseal(acc.numpy(), layout)
 
 
+class LeanRows:
+    """Lean payloads parsed for a round before they are durable, their weights held against the
+    headroom (:meth:`LeanRunningSum.admit`); :meth:`LeanRunningSum.take` sums them.
+
+    ``total`` is the round's weight sum once these rows and every earlier part of the same
+    burst are taken: a later part's weights are checked against it.
+    """
+
+    def __init__(self, layout: lean_wire.LeanLayout | None, total: int) -> None:
+        self.layout, self.total = layout, total
+        self.values: list[np.ndarray] = []
+        self.weights: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
 class LeanRunningSum:
     """Lean payloads summed one at a time, as a round accepts them, the headroom checked as the
     weights come: the sum of the weights accepted so far never passes ``max_weight_sum``.
@@ -147,7 +164,9 @@ class LeanRunningSum:
     :meth:`result` is the bytes :func:`aggregate_lean` writes for the same payloads and integer
     weights (an audit that recomputes it gets the same digest). A payload that fails a check
     raises (PayloadError naming the client, HeadroomExceeded, InvalidWeight) and changes
-    nothing.
+    nothing. A round (:class:`~bcfl_engine.round.AggregationRound`) checks a burst first
+    (:meth:`batch`, :meth:`admit`) and sums it once it is durable (:meth:`take`), as it does
+    with :class:`~bcfl_engine.he.running_sum.RunningSum`.
 
     Parameters
     ----------
@@ -161,34 +180,62 @@ class LeanRunningSum:
         self.weight_sum = 0
         self._acc: torch.Tensor | None = None
 
-    def check(self, client: Any, blob: Any) -> np.ndarray:
+    def check(
+        self, client: Any, blob: Any, layout: lean_wire.LeanLayout | None = None
+    ) -> np.ndarray:
         """``blob``'s values mod ``2^b`` ``[C, 2, N]``, parsed against the round's layout (the
-        first payload's) and the context."""
+        first payload's, else ``layout``, else its own) and the context."""
         try:
-            layout = self.layout or lean_wire.layout_of(blob)
+            layout = self.layout or layout or lean_wire.layout_of(blob)
             if self.info is not None:
                 lean_wire.check_context(layout, self.info)
             return lean_wire.parse(blob, layout)
         except PayloadError as exc:
             raise PayloadError(f"client {client!r}: {exc}") from None
 
-    def add(self, client: Any, blob: Any, weight: int = 1) -> None:
-        """Check ``blob`` and its ``weight`` (a non-negative integer within the headroom left),
-        then add ``weight`` times it to the sum."""
-        values = self.check(client, blob)
-        layout = self.layout or lean_wire.layout_of(blob)
+    def batch(self, capacity: int = 1, prev: LeanRows | None = None) -> LeanRows:
+        """Empty rows for a burst's part (``capacity`` is a hint); ``prev``: the part before it
+        in the same burst, not summed yet (its layout and weights count)."""
+        if prev is None:
+            return LeanRows(self.layout, self.weight_sum)
+        return LeanRows(self.layout or prev.layout, prev.total)
+
+    def admit(self, rows: LeanRows, client: Any, blob: Any, weight: Any = 1) -> None:
+        """Check ``blob`` and its ``weight`` (a non-negative integer within the headroom left
+        after ``rows``) and keep them in ``rows``; raises and keeps nothing otherwise."""
+        values = self.check(client, blob, rows.layout)
+        layout = rows.layout or self.layout or lean_wire.layout_of(blob)
         f = float(weight)
         if isinstance(weight, bool) or not (math.isfinite(f) and f >= 0 and f.is_integer()):
             raise InvalidWeight(f"client {client!r}: weight {weight!r} is not an integer >= 0")
-        if self.weight_sum + int(f) > layout.max_weight_sum:
+        if rows.total + int(f) > layout.max_weight_sum:
             raise HeadroomExceeded(
                 f"client {client!r}: its weight {int(f)} takes the round's weight sum to "
-                f"{self.weight_sum + int(f)}, past the payloads' headroom of "
+                f"{rows.total + int(f)}, past the payloads' headroom of "
                 f"{layout.max_weight_sum}: the sum would wrap"
             )
-        x = torch.from_numpy(values.view(np.int64))[None]
-        self._acc = lean.lean_sum(x, layout.b, [int(f)], acc=self._acc)
-        self.layout, self.weight_sum = layout, self.weight_sum + int(f)
+        rows.layout, rows.total = layout, rows.total + int(f)
+        rows.values.append(values)
+        rows.weights.append(int(f))
+
+    def take(self, rows: LeanRows, weights: Sequence[int] | None = None) -> None:
+        """Add ``rows`` (admitted, in order) to the sum; ``weights``, if given, must be those
+        admitted."""
+        if not len(rows):
+            return
+        if weights is not None and [int(w) for w in weights] != rows.weights:
+            raise InvalidArgument("take: the weights are not those the rows were admitted with")
+        assert rows.layout is not None
+        x = torch.from_numpy(np.stack(rows.values).view(np.int64))
+        self._acc = lean.lean_sum(x, rows.layout.b, rows.weights, acc=self._acc)
+        self.layout, self.weight_sum = rows.layout, self.weight_sum + sum(rows.weights)
+
+    def add(self, client: Any, blob: Any, weight: Any = 1) -> None:
+        """Check ``blob`` and its ``weight`` (a non-negative integer within the headroom left),
+        then add ``weight`` times it to the sum."""
+        rows = self.batch()
+        self.admit(rows, client, blob, weight)
+        self.take(rows)
 
     def result(self) -> bytes:
         """The sum lifted to ``q_0``: ``CKKSVectorProto`` bytes (see :func:`aggregate_lean`)."""

@@ -14,16 +14,18 @@ from typing import Any
 import numpy as np
 
 from ..errors import DecryptionRefused, InvalidArgument, PayloadError
+from . import lean_wire, sampling, shamir, wire
 from . import mpformat as fmt
 from . import ntt as T
 from . import presets as _presets
-from . import sampling, shamir, wire
 from .decode import decode
 from .keys import ContextInfo, context_info, tenseal
 
-# Smudging noise uniform on [-SMUDGE_BOUND, SMUDGE_BOUND]: standard deviation 2^50 (bound / sqrt 3),
-# a margin of 2^41 over an aggregate's noise at scale 2^80 (THRESHOLD_CKKS.md's table).
-SMUDGE_BOUND = 1950115842888490  # floor(sqrt(3) * 2^50)
+# The smudging noise is a property of the preset (Preset.smudge_bits, .smudge_bound): uniform on
+# [-bound, bound], standard deviation 2^smudge_bits. SMUDGE_BOUND is the "threshold" preset's:
+# standard deviation 2^50, a margin of 2^41 over an aggregate's noise at scale 2^80
+# (THRESHOLD_CKKS.md's table).
+SMUDGE_BOUND = _presets.get("threshold").smudge_bound  # floor(sqrt(3) * 2^50)
 KEY_ETA = 21  # centered binomial, standard deviation 3.24 (SEAL's error: 3.2)
 KAT_VALUES = 64
 
@@ -134,6 +136,8 @@ def contributions_c1(
             raise InvalidArgument(
                 f"weights must be {len(items)} non-negative ints (one per contribution)"
             )
+    if items and bytes(memoryview(items[0][1])[:4]) == lean_wire.LEAN_MAGIC:
+        return _lean_c1(items, weights, layout, info)
     total = np.zeros((layout.ciphertexts, layout.residues, layout.poly_degree), dtype=np.uint64)
     seen: set[bytes] = set()
     for i, (cid, blob) in enumerate(items):
@@ -150,6 +154,51 @@ def contributions_c1(
             term = r[:, 1, j] if w == 1 else shamir.scale(r[:, 1, j], w, q)
             total[:, j] = T.addmod(total[:, j], term, q)
     return total, len(seen)
+
+
+def _lean_c1(
+    items: list[tuple[Any, Any]],
+    weights: Sequence[int] | None,
+    layout: wire.Layout,
+    info: ContextInfo,
+) -> tuple[np.ndarray, int]:
+    """:func:`contributions_c1` for lean contributions (:mod:`bcfl_engine.he.lean`): their
+    ``c1`` (mod ``2^b``) summed mod ``2^b`` with the weights, lifted to ``q_0`` and put in NTT
+    form, as :func:`~bcfl_engine.he.lean_aggregate.aggregate_lean` writes the aggregate's: the
+    lift of a sum is not the sum of the lifts, so the guard is defined on the lean residues and
+    recomputes the aggregate's ``c1`` from them exactly. A distinct contribution is a distinct
+    ``c1`` mod ``2^b``."""
+    import torch
+
+    from . import lean
+
+    first: lean_wire.LeanLayout | None = None
+    acc: torch.Tensor | None = None
+    seen: set[bytes] = set()
+    for i, (cid, blob) in enumerate(items):
+        try:
+            lay = first or lean_wire.layout_of(blob)
+            lean_wire.check_context(lay, info)
+            values = lean_wire.parse(blob, lay)
+        except PayloadError as exc:
+            raise PayloadError(f"contribution {cid}: {exc}") from None
+        low = lay.compact()
+        if (low.parms_id, low.sizes, low.pair) != (layout.parms_id, layout.sizes, layout.pair):
+            raise DecryptionRefused(
+                f"contribution {cid} has another level or shape than the aggregate"
+            )
+        first = lay
+        w = 1 if weights is None else int(weights[i])
+        if w == 0:
+            continue
+        seen.add(c1_digest(values[:, 1], lay.parms_id))
+        c1 = torch.from_numpy(np.ascontiguousarray(values[None, :, 1]).view(np.int64))
+        acc = lean.lean_sum(c1, lay.b, [w], acc=acc)
+    shape = (layout.ciphertexts, layout.residues, layout.poly_degree)
+    if acc is None or first is None:
+        return np.zeros(shape, dtype=np.uint64), 0
+    lifted = lean.lift(acc.numpy(), first.q0, first.b)
+    return T.ntt(np.ascontiguousarray(lifted), first.q0).reshape(shape), len(seen)
 
 
 def _decode(m: np.ndarray, layout: wire.Layout, version: Any, prm: Params) -> np.ndarray:

@@ -24,7 +24,7 @@ twisted DFT, one root of each conjugate pair), so they are iid. Hence::
 a real vector's slots and a paired vector's real and imaginary parts alike; a party of ``t``
 draws ``v / t`` (:func:`coefficient_std`). Rounding each coefficient to an integer adds at most
 1/2 (variance ``<= N / (8 Delta^2)`` per value: ``2^-150`` at ``N = 8192``, ``Delta = 2^80``);
-the smudging noise (standard deviation ``2^50`` a coefficient) adds ``t N 2^100 / (2 Delta^2)``
+the smudging noise (standard deviation ``2^50`` a coefficient under "threshold") adds ``t N 2^100 / (2 Delta^2)``
 (about ``2^-46`` for 3 parties); both are left out of the stated ``sigma``. ``Delta`` is the aggregate's scale: a weighted sum keeps the scale, so
 ``sigma`` is in the units of the decrypted sum.
 

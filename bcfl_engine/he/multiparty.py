@@ -16,8 +16,8 @@ Each party holds a ternary secret ``s_i`` derived from its own 32-byte seed; nob
 
 Decryption (N-of-N): for an aggregate ``(c0, c1)`` each party publishes
 ``d_i = c1 s_i + e_i`` (:meth:`KeyShare.decryption_share`), with smudging noise ``e_i``
-uniform of standard deviation ``2^50`` (a margin of ``2^41`` over an aggregate's noise at the
-``"threshold"`` preset's scale ``2^80``) derived from (seed, hash of ``c1``, active set);
+uniform of standard deviation ``2^smudge_bits``, the preset's, with its stated margin over an
+aggregate's noise (``Preset.smudge_margin``), derived from (seed, hash of ``c1``, active set);
 :func:`combine_decryption` decodes ``c0 + sum d_i``. A party computes a share only for the sum of
 the round's contributions, from at least ``min_clients`` of them, and never for the same ``c1``
 under a second active set (two noisy shares of one ``c1`` leak the key; a retry with the same
@@ -79,8 +79,8 @@ from .mpcontext import (
     params,
 )
 
-# Presets whose scale leaves the smudging noise a margin of 2^40 and the values ~1e-6 precision.
-MULTIPARTY_PRESETS = ("threshold",)
+# Presets that state a smudging noise and its margin (Preset.smudge_bits, smudge_margin).
+MULTIPARTY_PRESETS = tuple(p.name for p in _presets.PRESETS.values() if p.multiparty)
 
 __all__ = [
     "MULTIPARTY_PRESETS",
@@ -120,8 +120,8 @@ class KeyShare:
         self.preset = _presets.get(preset).name
         if self.preset not in MULTIPARTY_PRESETS:
             raise InvalidArgument(
-                f"preset {self.preset!r} leaves no room for smudging noise of 2^50 under its "
-                f"scale; multiparty keys use {', '.join(MULTIPARTY_PRESETS)}"
+                f"preset {self.preset!r} states no smudging noise (smudge_bits) for its scale; "
+                f"multiparty keys use {', '.join(MULTIPARTY_PRESETS)}"
             )
         if len(seed) != fmt.SEED_BYTES:
             raise KeyShareError(f"party {party}: a seed is 32 bytes; got {len(seed)}", party)
@@ -285,9 +285,8 @@ class KeyShare:
             s_hat, pre = self._shamir.residues, self._shamir_pre
         c, _, k, n = res.shape
         tag = np.asarray(active, dtype="<u4").tobytes()
-        noise = sampling.uniform_int(
-            c * n, SMUDGE_BOUND, b"bcfl-mp-smudge", self._seed, digest, tag
-        )
+        bound = _presets.get(self.preset).smudge_bound
+        noise = sampling.uniform_int(c * n, bound, b"bcfl-mp-smudge", self._seed, digest, tag)
         e_hat = _ntt_signed(noise.reshape(c, n), primes)
         out = np.empty((c, k, n), dtype=np.uint64)
         for j, q in enumerate(primes):

@@ -27,6 +27,16 @@ the client refuses values beyond ``bound`` and the aggregator refuses weights su
 encrypt values beyond the bound (nobody sees them in the clear) and make the sum wrap; the
 robust secure round (bucket sums, then a robust rule) is the answer to that.
 
+A *multiparty* preset (``smudge_bits`` set, :mod:`bcfl_engine.he.multiparty`) states the
+smudging noise each decryption share adds (standard deviation ``2^smudge_bits``) and its margin
+``smudge_margin`` over the largest secret-dependent noise coefficient of an aggregate of 1,000
+payloads under up to 8 parties (on lean payloads: after the lift to ``q_0``; the rounding of
+``c_0``'s low bits is not secret-dependent and only costs precision). Each bit of margin costs
+a bit of precision at a given payload size: "threshold" (41 bits) keeps two primes, 60 bytes per
+parameter; "threshold16" (16 bits) one, 15 paired; "lean16" (16 bits, lean) 11.25. A lean
+40-bit margin would need ``b`` about 82 (two primes, beyond the int64 sum mod ``2^b``): about
+14.3 bytes per parameter by the same arithmetic, not built.
+
 ``mean_precision`` is what ``bcfl info`` reports: the largest absolute error on the *mean* of
 1,000 clients of values in ``[-1, 1]`` (weight 1 each), measured with distinct encryptions
 (``benchmarks/bench_ckks.py --precision``) and stated with a margin.
@@ -66,6 +76,11 @@ class Preset:
     max_weight_sum : the largest sum of integer weights the aggregate accepts (checked before
         anything is summed); None: not checked
     pair : whether :func:`~bcfl_engine.he.encrypt` pairs two reals per slot by default
+    smudge_bits : a multiparty preset's smudging noise (:mod:`bcfl_engine.he.multiparty`): each
+        decryption share adds integers uniform on ``[-smudge_bound, smudge_bound]``, standard
+        deviation ``2^smudge_bits``; 0: not a multiparty preset
+    smudge_margin : the bits by which that standard deviation exceeds the largest coefficient
+        of an aggregate's ciphertext noise, as stated in ``note`` (the smudging lemma's margin)
     """
 
     name: str
@@ -81,6 +96,19 @@ class Preset:
     bound: float | None = None
     max_weight_sum: int | None = None
     pair: bool = False
+    smudge_bits: int = 0
+    smudge_margin: int = 0
+
+    @property
+    def multiparty(self) -> bool:
+        """Whether multiparty keys (:mod:`bcfl_engine.he.multiparty`) may use this preset."""
+        return self.smudge_bits > 0
+
+    @property
+    def smudge_bound(self) -> int:
+        """``floor(sqrt(3) 2^smudge_bits)``: the bound of the uniform smudging noise whose
+        standard deviation is ``2^smudge_bits`` (0 for a preset that is not multiparty)."""
+        return math.isqrt(3 << (2 * self.smudge_bits)) if self.smudge_bits else 0
 
     @property
     def lean(self) -> bool:
@@ -195,6 +223,51 @@ PRESETS: dict[str, Preset] = {
             # One key: measured 2^-52.7; collective decryption by up to 8 parties adds its
             # smudging once, 2^-20 on a sum (precision above): 2^-30 on the mean of 1,000.
             mean_precision=2.0**-30,
+            smudge_bits=50,
+            smudge_margin=41,
+        ),
+        Preset(
+            "threshold16",
+            8192,
+            (60, 60),
+            47,
+            2.0**-6,
+            "multiparty keys at a 16-bit smudging margin: 15 bytes per parameter and 17 bits on "
+            "the mean of 1,000 decrypted by 8 parties (measured 17.4-17.6; paired, one "
+            "60-bit prime q_0, scale 2^47), smudging noise of sigma 2^30 = 2^16 x the largest "
+            "noise coefficient (2^13.3) of an aggregate of 1,000 fresh payloads under a key of up "
+            "to 8 parties; |x| <= 1 and integer weights summing to <= 1,000, checked by the "
+            "client (|x|) and stated (headroom 2^11 > sqrt(2) 1,000); log q = 120 <= 218",
+            # 1,000 clients, 8 parties: measured 2^-17.36 to 2^-17.58 (benchmarks/bench_mp_presets.py; one key's
+            # noise is ~2^-37): the smudging sets it, ~2^30 sqrt(8 N / 2) / 2^47 / 1,000 x 5.5.
+            mean_precision=2.0**-17,
+            bound=1.0,
+            pair=True,
+            smudge_bits=30,
+            smudge_margin=16,
+        ),
+        Preset(
+            "lean16",
+            8192,
+            (59, 60),
+            47,
+            2.0**-5,
+            "multiparty keys on lean payloads at a 16-bit smudging margin: 11.25 bytes per "
+            "parameter and 16 bits on the mean of 1,000 decrypted by 8 parties (measured 16.4-16.6; paired, switched from a 59-bit q_0 to 2^58, 26 low bits of c_0 rounded "
+            "away: their noise is under the smudging's), smudging noise of sigma 2^31 = 2^16 x "
+            "the largest secret-dependent noise coefficient (2^14.5) of an aggregate of 1,000 "
+            "payloads under a key of up to 8 parties, lifted to q_0; |x| <= 1 and integer "
+            "weights summing to <= 1,000, both checked (headroom 2^11 > sqrt(2) 1,000); "
+            "log q = 119 <= 218",
+            # 1,000 clients, 8 parties: measured 2^-16.39 to 2^-16.59 (benchmarks/bench_mp_presets.py)
+            mean_precision=2.0**-16,
+            switch_bits=58,
+            drop_bits=26,
+            bound=1.0,
+            max_weight_sum=1000,
+            pair=True,
+            smudge_bits=31,
+            smudge_margin=16,
         ),
     )
 }
@@ -228,7 +301,7 @@ def table() -> list[str]:
     parentheses), the stated error on the mean of 1,000 clients of ``|x| <= 1``, and the
     headroom (largest ``|slot|`` of an aggregate; the weight sum and ``|x|`` checked, if any)."""
     lines = [
-        f"  {'name':<10} {'N':>5} {'log q':>5} {'security':>8} {'B/param':>19} "
+        f"  {'name':<12} {'N':>5} {'log q':>5} {'security':>8} {'B/param':>19} "
         f"{'mean of 1000':>12}  headroom"
     ]
     for p in PRESETS.values():
@@ -237,9 +310,11 @@ def table() -> list[str]:
         room = _bits(p.headroom)
         if p.max_weight_sum is not None:
             room += f": weights sum <= {p.max_weight_sum}, |x| <= {p.bound:g} (checked)"
+        if p.multiparty:
+            room += f"; multiparty: smudging 2^{p.smudge_bits} ({p.smudge_margin}-bit margin)"
         sec = f"{p.security_bits}-bit" if p.security_bits else "none"
         lines.append(
-            f"  {p.name:<10} {p.poly_degree:>5} {p.log_q:>5} {sec:>8} {per:>19} "
+            f"  {p.name:<12} {p.poly_degree:>5} {p.log_q:>5} {sec:>8} {per:>19} "
             f"{_bits(p.mean_precision):>12}  {room}"
         )
     return lines

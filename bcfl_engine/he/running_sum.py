@@ -5,7 +5,10 @@ parsed once when it arrives, against the layout the round's first payload fixed 
 level, primes, scale and pairing: a mismatching one is refused before it is stored), and its
 residues are added into one accumulator ``[C, 2, K, N]``. The result is the bytes
 :func:`bcfl_engine.he.aggregate` writes for the same payloads and integer weights, so an audit
-that recomputes it with that function gets the same digest.
+that recomputes it with that function gets the same digest. Under a lean preset's context the
+round keeps a :class:`~bcfl_engine.he.lean_aggregate.LeanRunningSum` instead (same calls:
+``batch``, ``admit``, ``take``, ``result``), which also holds the weights to the payloads'
+headroom (:func:`for_context`).
 """
 
 from __future__ import annotations
@@ -14,8 +17,22 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import InvalidArgument
+from . import presets
 from .batch import CiphertextBatch, to_tenseal
 from .ckks_sum import ckks_sum
+from .keys import context_info
+from .lean_aggregate import LeanRunningSum
+
+
+def for_context(context: Any) -> RunningSum | LeanRunningSum:
+    """The running sum a round under the public ``context`` keeps: a
+    :class:`~bcfl_engine.he.lean_aggregate.LeanRunningSum` when the context is a lean preset's
+    (its clients send lean payloads), else a :class:`RunningSum`."""
+    info = context_info(context)
+    preset = presets.of_context(info.poly_degree, info.scale, info.highest.bits)
+    if preset is not None and preset.lean:
+        return LeanRunningSum(context)
+    return RunningSum(context)
 
 
 class RunningSum:
@@ -33,20 +50,26 @@ class RunningSum:
         self._acc: Any = None
         self._version: tuple[int, int] | None = None
 
-    def batch(self, capacity: int, layout: Any = None) -> CiphertextBatch:
-        """An empty batch for a burst of up to ``capacity`` payloads: :meth:`CiphertextBatch.add`
-        parses each one (PayloadError naming the client and the mismatch) against the round's
-        layout; before any was summed, against ``layout`` (an earlier part of the same burst
-        fixed it) or else the batch's first good payload."""
-        return CiphertextBatch(self.context, capacity, layout=self._layout or layout)
+    def batch(self, capacity: int, prev: CiphertextBatch | None = None) -> CiphertextBatch:
+        """An empty batch for a burst of up to ``capacity`` payloads: :meth:`admit` parses each
+        one (PayloadError naming the client and the mismatch) against the round's layout;
+        before any was summed, against the layout of ``prev`` (an earlier part of the same
+        burst, not summed yet) or else the batch's first good payload."""
+        layout = self._layout or (prev.layout if prev is not None else None)
+        return CiphertextBatch(self.context, capacity, layout=layout)
+
+    def admit(self, rows: CiphertextBatch, client: str, data: bytes, weight: int = 1) -> None:
+        """Parse ``data`` into ``rows`` (its weight is not checked here: these presets state
+        no headroom in their payloads; a lean round's :class:`LeanRunningSum` does)."""
+        rows.add(client, data)
 
     def check(self, client: str, data: bytes) -> CiphertextBatch:
         """``data`` parsed into a one-row batch (PayloadError naming ``client``)."""
         row = self.batch(1)
-        row.add(client, data)
+        self.admit(row, client, data)
         return row
 
-    def add(self, rows: CiphertextBatch, weights: Sequence[int]) -> None:
+    def take(self, rows: CiphertextBatch, weights: Sequence[int]) -> None:
         """Add the payloads parsed into ``rows``, times their integer ``weights``."""
         if not len(rows):
             return
