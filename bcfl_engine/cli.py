@@ -206,6 +206,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.sizes is not None and (args.n is not None or args.d is not None):
         raise UsageError("--sizes replaces --n and --d: give one or the other")
     sizes = [(args.n, args.d)] if args.sizes is None else parse_sizes(args.sizes)
+    if args.ranks is not None:
+        return _bench_ranks(args, sizes)
     kw: dict[str, Any] = {"quick": args.quick, "backend": args.backend}
     if args.rule is not None:
         kw["rules"] = _rules(args.rule)
@@ -218,6 +220,21 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     for n, d in sizes:
         run_engine_bench(n=n, d=d, **kw)
     return EXIT_OK
+
+
+def _bench_ranks(args: argparse.Namespace, sizes: Sequence[tuple[Any, Any]]) -> int:
+    from . import bench_ranks
+
+    if not 2 <= args.ranks <= 64:
+        raise UsageError(f"--ranks must be in [2, 64]; got {args.ranks}")
+    if args.device or args.backend:
+        raise UsageError("--ranks runs on CPU processes with the automatic backend")
+    rules = _rules(args.rule) if args.rule else list(bench_ranks.DEFAULT_RULES)
+    same = True
+    for n, d in sizes:
+        n, d = n or (64 if args.quick else 200), d or (65_536 if args.quick else 200_000)
+        same = bench_ranks.run(args.ranks, n, d, rules) and same
+    return EXIT_OK if same else EXIT_FAILED
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -292,6 +309,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--backend", choices=["torch", "native", "triton"], help="force one backend")
     bench.add_argument("--device", help="cpu or cuda (default cpu)")
+    bench.add_argument(
+        "--ranks",
+        type=int,
+        metavar="N",
+        help="time the rules on N processes (torch.distributed, gloo, this machine), each "
+        "checked bit for bit against one process",
+    )
     bench.set_defaults(fn=_cmd_bench)
     return parser
 
