@@ -10,11 +10,10 @@ the parties are is :mod:`bcfl_engine.he.mpepoch`'s.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from ..errors import ChainError
+from ._parts import LedgerParts
 from .merkle import as_bytes32
-from .records import Receipt
 
 
 @dataclass(frozen=True)
@@ -27,15 +26,9 @@ class KeyEpochRecord:
     parties_root: bytes
 
 
-class KeyEpochs:
+class KeyEpochs(LedgerParts):
     """The key-epoch calls of :class:`~bcfl_engine.chain.Ledger` (a mixin over its ``call`` and
     ``transact``)."""
-
-    def call(self, fn: str, *args: Any) -> Any:  # pragma: no cover - provided by Ledger
-        raise NotImplementedError
-
-    def transact(self, fn: str, *args: Any) -> Receipt:  # pragma: no cover - provided by Ledger
-        raise NotImplementedError
 
     def set_key_epoch(self, task: int, *, key_hash: bytes, parties_root: bytes) -> int:
         """Opens the next key epoch of ``task`` (owner only); returns its number (from 1).

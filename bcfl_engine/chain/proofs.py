@@ -9,35 +9,17 @@ signed payload checked in this registry's domain.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from ..errors import ChainError
+from ._parts import LedgerParts
 from ._web3 import checksum as _checksum
 from .merkle import MerkleTree, as_bytes32, participant_leaf
-from .records import Receipt, RoundRecord, TaskInfo
-from .signing import PayloadDomain, SignedPayload, verify_payload
+from .records import Receipt
+from .signing import SignedPayload, verify_payload
 
 
-class Proofs:
+class Proofs(LedgerParts):
     """The proof and credit calls of :class:`~bcfl_engine.chain.Ledger` (a mixin)."""
-
-    w3: Any
-
-    def call(self, fn: str, *args: Any) -> Any:  # pragma: no cover - provided by Ledger
-        raise NotImplementedError
-
-    def transact(self, fn: str, *args: Any) -> Receipt:  # pragma: no cover - provided by Ledger
-        raise NotImplementedError
-
-    def record(self, task: int, round: int) -> RoundRecord | None:  # pragma: no cover
-        raise NotImplementedError
-
-    def task_info(self, task: int) -> TaskInfo:  # pragma: no cover - provided by Ledger
-        raise NotImplementedError
-
-    @property
-    def domain(self) -> PayloadDomain:  # pragma: no cover - provided by Ledger
-        raise NotImplementedError
 
     def verify_inclusion(self, task: int, round: int, leaf: bytes, proof: Sequence[bytes]) -> bool:
         """Asks the contract whether ``leaf`` is in the round's updates tree by ``proof``.

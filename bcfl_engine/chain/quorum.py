@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from ..errors import ChainError, InvalidArgument
+from ._parts import LedgerParts
 from ._web3 import checksum as _checksum
 from .errors import AlreadyAttested, RoundConflict
 from .merkle import ZERO32, address_bytes, as_bytes32
@@ -115,43 +116,9 @@ class RoundStatus:
         return [a for a, t in self.attestations.items() if t == tuple]
 
 
-class Quorum:
+class Quorum(LedgerParts):
     """The quorum calls of :class:`~bcfl_engine.chain.Ledger` (a mixin over its ``call``,
     ``transact``, ``contract``, ``record`` and ``commit_round``)."""
-
-    contract: Any
-    w3: Any
-    from_block: int
-
-    def call(self, fn: str, *args: Any) -> Any:  # pragma: no cover - provided by Ledger
-        raise NotImplementedError
-
-    def transact(self, fn: str, *args: Any) -> Receipt:  # pragma: no cover - provided by Ledger
-        raise NotImplementedError
-
-    def record(self, task: int, round: int) -> RoundRecord | None:  # pragma: no cover
-        raise NotImplementedError
-
-    def commit_round(  # pragma: no cover - provided by Ledger
-        self,
-        task: int,
-        round: int,
-        *,
-        updates_root: bytes,
-        result_digest: bytes,
-        meta: Meta,
-        n: int,
-        contributions_root: bytes | None = None,
-    ) -> Receipt:
-        raise NotImplementedError
-
-    @property
-    def address(self) -> str:  # pragma: no cover - provided by Ledger
-        raise NotImplementedError
-
-    @property
-    def sender(self) -> str:  # pragma: no cover - provided by Ledger
-        raise NotImplementedError
 
     # ---- configuration ------------------------------------------------------------------
     def set_quorum(self, task: int, aggregators: Sequence[str], threshold: int) -> Receipt:

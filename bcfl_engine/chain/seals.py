@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from ..errors import ChainError
+from ._parts import LedgerParts
 from .errors import AlreadySealed
 from .merkle import as_bytes32
 
@@ -35,19 +35,8 @@ class SealRecord:
     block_number: int
 
 
-class Seals:
+class Seals(LedgerParts):
     """The sealing calls of :class:`~bcfl_engine.chain.Ledger` (a mixin)."""
-
-    w3: Any
-    contract: Any
-    from_block: int
-    _block_names: dict[bytes, bytes]
-
-    def transact(self, fn: str, *args: Any) -> Any:  # pragma: no cover - provided by Ledger
-        raise NotImplementedError
-
-    def _signer(self) -> Any:  # pragma: no cover - provided by Ledger
-        raise NotImplementedError
 
     def seal_round(self, task: int, round: int, *, updates_root: bytes, n: int) -> SealRecord:
         """Seal round ``round`` of ``task`` with ``updates_root`` over ``n`` updates (aggregator
