@@ -36,20 +36,18 @@ from typing import Any
 
 import torch
 
-from ..errors import BcflError, MissingDependency, PayloadError
+from ..errors import MissingDependency, PayloadError
 from ..he.proto import context_parameters
 from .nvflare_wire import LayerSum, WireCKKSVector, register, ts, wire_of
 
 try:
     from nvflare.apis.dxo import DataKind
     from nvflare.apis.event_type import EventType
-    from nvflare.apis.fl_constant import ReservedKey
     from nvflare.apis.fl_context import FLContext
     from nvflare.apis.shareable import Shareable
     from nvflare.app_common.aggregators.weighted_aggregation_helper import (
         WeightedAggregationHelper,
     )
-    from nvflare.app_common.app_constant import AppConstants
     from nvflare.app_opt.he import intime_accumulate_model_aggregator as _he
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependency(
@@ -241,7 +239,6 @@ class HEInTimeAccumulateWeightedAggregator(_he.HEInTimeAccumulateWeightedAggrega
             self.chain = ChainRound(
                 ledger, task, participants or [], store, exclude_vars, registry, key_env
             )
-        self._round = 0
         self._context: bytes | None = None  # the round's public context, from the wire
 
     def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
@@ -257,22 +254,13 @@ class HEInTimeAccumulateWeightedAggregator(_he.HEInTimeAccumulateWeightedAggrega
         """NVFlare's accept; a contribution whose ciphertexts cannot join the round's sums is
         rejected with the reason in the log (with ``ledger=``, so is one without its site's
         valid signature)."""
-        name = shareable.get_peer_prop(key=ReservedKey.IDENTITY_NAME, default="?")
-        signed = None
-        if self.chain is not None:
-            try:
-                signed = self._check_signature(shareable, name, fl_ctx)
-            except BcflError as exc:  # unsigned, mis-signed, or no chain to check against
-                self.log_error(fl_ctx, f"discarding the contribution of {name}: {exc}")
-                return False
-        try:
-            accepted: bool = super().accept(shareable, fl_ctx)
-        except PayloadError as exc:
-            self.log_error(fl_ctx, f"discarding the contribution of {name}: {exc}")
-            return False
-        if accepted and signed is not None:
-            assert self.chain is not None
-            self.chain.signed[name] = signed
+        from .nvflare_chain import accept_reply
+
+        accepted = accept_reply(
+            self, shareable, fl_ctx,
+            lambda: super(HEInTimeAccumulateWeightedAggregator, self).accept(shareable, fl_ctx),
+            (PayloadError,), on_signed=self._keep_context,
+        )  # fmt: skip
         if not self._told_rebuilt and any(
             getattr(a.aggregation_helper, "rebuilt", 0) for a in self.dxo_aggregators.values()
         ):
@@ -286,20 +274,11 @@ class HEInTimeAccumulateWeightedAggregator(_he.HEInTimeAccumulateWeightedAggrega
             )
         return accepted
 
-    def _check_signature(self, shareable: Shareable, name: str, fl_ctx: FLContext) -> Any:
-        """The contribution's signed bundle; None where NVFlare's own checks reject it."""
-        from .nvflare_chain import contribution_round
-
-        dxo = contribution_round(shareable, fl_ctx)
-        if dxo is None:
-            return None
-        self._round = int(fl_ctx.get_prop(AppConstants.CURRENT_ROUND))
-        assert self.chain is not None
-        payload = self.chain.check(dxo, name, self._round)
+    def _keep_context(self, dxo: Any) -> None:
+        """The round's public context, from the first signed reply's wire bytes."""
         layers = [v for v in dxo.data.values() if isinstance(v, ts.CKKSVector)]
         if self._context is None and layers:
             self._context = wire_of(layers[0])[1]
-        return payload
 
     def aggregate(self, fl_ctx: FLContext) -> Shareable:
         """NVFlare's aggregate; with ``ledger=`` the accepted contributions' bundled sum is
@@ -308,9 +287,9 @@ class HEInTimeAccumulateWeightedAggregator(_he.HEInTimeAccumulateWeightedAggrega
         if self.chain is not None and self.chain.signed:
             names = list(self.chain.signed)
             opts = {"secure": "ckks", "he_context": self._context}
-            _, why = self.chain.commit(names, self._round, opts)
+            _, why = self.chain.commit(names, self.chain.round, opts)
             if why is not None:
-                self.log_error(fl_ctx, f"round {self._round + 1} was not committed: {why}")
+                self.log_error(fl_ctx, f"round {self.chain.round + 1} was not committed: {why}")
             self.chain.signed.clear()
             self._context = None
         return out

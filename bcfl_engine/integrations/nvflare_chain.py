@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -300,6 +300,7 @@ class ChainRound:
         self._members = frozenset(address_bytes(p, "participant") for p in participants)
         self.store = store if isinstance(store, PayloadStore) else PayloadStore(store)
         self.signed: dict[str, Any] = {}  # contributor name -> Payload, for this round
+        self.round = 0  # the NVFlare round being collected (registry round + 1)
 
     @property
     def ledger(self) -> Any:
@@ -330,6 +331,16 @@ class ChainRound:
         )  # fmt: skip
         return Payload(address, data, signature, weight)
 
+    def check_reply(self, shareable: Shareable, name: str, fl_ctx: FLContext) -> Any:
+        """``(dxo, signed payload)`` of a reply for the current round; None where NVFlare's own
+        accept rejects it and says why; PayloadError (or another engine error: no key, no
+        chain) for a reply without its site's valid signature."""
+        dxo = contribution_round(shareable, fl_ctx)
+        if dxo is None:
+            return None
+        self.round = int(fl_ctx.get_prop(AppConstants.CURRENT_ROUND))
+        return dxo, self.check(dxo, name, self.round)
+
     def commit(
         self, names: Sequence[str], nvflare_round: int, options: dict[str, Any]
     ) -> tuple[Any, str | None]:
@@ -359,3 +370,39 @@ class ChainRound:
         except BcflError as exc:
             return None, f"{type(exc).__name__}: {exc}"
         return result.update, None
+
+
+def accept_reply(
+    agg: Any,
+    shareable: Shareable,
+    fl_ctx: FLContext,
+    accept: Callable[[], bool],
+    errors: tuple[type[BaseException], ...],
+    on_signed: Callable[[DXO], None] | None = None,
+) -> bool:
+    """An engine aggregator's ``accept``: NVFlare's (``accept()``), the reply's signature
+    checked first when ``agg.chain`` commits rounds; a reply that fails either, with one of
+    ``errors``, is rejected with the reason in the log. ``on_signed`` sees each accepted signed
+    reply's DXO."""
+    from nvflare.apis.fl_constant import ReservedKey
+
+    name = shareable.get_peer_prop(key=ReservedKey.IDENTITY_NAME, default="?")
+    chain: ChainRound | None = agg.chain
+    signed = None
+    try:
+        if chain is not None:  # unsigned, mis-signed, or no chain to check against
+            signed = chain.check_reply(shareable, name, fl_ctx)
+    except BcflError as exc:
+        agg.log_error(fl_ctx, f"discarding the contribution of {name}: {exc}")
+        return False
+    try:
+        accepted = bool(accept())
+    except errors as exc:
+        agg.log_error(fl_ctx, f"discarding the contribution of {name}: {exc}")
+        return False
+    if accepted and signed is not None:
+        assert chain is not None
+        chain.signed[name] = signed[1]
+        if on_signed is not None:
+            on_signed(signed[0])
+    return accepted

@@ -30,7 +30,6 @@ import torch
 from .. import rules
 from ..aggregate import aggregate
 from ..errors import (
-    BcflError,
     InvalidArgument,
     MissingDependency,
     NonFiniteUpdate,
@@ -41,7 +40,6 @@ from ..updates import ParamSpec, all_finite
 try:
     from nvflare.apis.dxo import DataKind
     from nvflare.apis.event_type import EventType
-    from nvflare.apis.fl_constant import ReservedKey
     from nvflare.apis.fl_context import FLContext
     from nvflare.apis.shareable import Shareable
     from nvflare.app_common.aggregators.intime_accumulate_model_aggregator import (
@@ -284,7 +282,6 @@ class RobustAggregator(InTimeAccumulateWeightedAggregator):
             self.chain = ChainRound(
                 ledger, task, participants or [], store, exclude_vars, registry, key_env
             )
-        self._round = 0  # the NVFlare round being collected (for the chain)
 
     def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
         super().handle_event(event_type, fl_ctx)
@@ -304,42 +301,16 @@ class RobustAggregator(InTimeAccumulateWeightedAggregator):
     def accept(self, shareable: Shareable, fl_ctx: FLContext) -> bool:
         """NVFlare's accept; a contribution the rule cannot take (or, with ``ledger=``, one
         without its site's valid signature) is rejected with the reason in the log."""
-        name = shareable.get_peer_prop(key=ReservedKey.IDENTITY_NAME, default="?")
-        signed = None
-        if self.chain is not None:
-            try:
-                signed = self._check_signature(shareable, name, fl_ctx)
-            except BcflError as exc:  # unsigned, mis-signed, or no chain to check against
-                self.log_error(fl_ctx, f"discarding the contribution of {name}: {exc}")
-                return False
-        try:
-            accepted = bool(super().accept(shareable, fl_ctx))
-        except (PayloadError, NonFiniteUpdate) as exc:
-            self.log_error(fl_ctx, f"discarding the contribution of {name}: {exc}")
-            return False
-        if accepted and signed is not None:
-            assert self.chain is not None
-            self.chain.signed[name] = signed
-        return accepted
+        from .nvflare_chain import accept_reply
 
-    def _check_signature(self, shareable: Shareable, name: str, fl_ctx: FLContext) -> Any:
-        """The contribution's signed payload; None where NVFlare's own checks reject it (its
-        round, return code or data): NVFlare then says why."""
-        from nvflare.app_common.app_constant import AppConstants
-
-        from .nvflare_chain import contribution_round
-
-        dxo = contribution_round(shareable, fl_ctx)
-        if dxo is None:
-            return None
-        current = fl_ctx.get_prop(AppConstants.CURRENT_ROUND)
-        self._round = int(current)
-        assert self.chain is not None
-        return self.chain.check(dxo, name, self._round)
+        return accept_reply(
+            self, shareable, fl_ctx, lambda: super(RobustAggregator, self).accept(shareable, fl_ctx),
+            (PayloadError, NonFiniteUpdate),
+        )  # fmt: skip
 
     def _commit(self, names: list[str], options: dict[str, Any]) -> tuple[Any, str | None]:
         assert self.chain is not None
-        return self.chain.commit(names, self._round, options)
+        return self.chain.commit(names, self.chain.round, options)
 
     def aggregate(self, fl_ctx: FLContext) -> Shareable:
         out: Shareable = super().aggregate(fl_ctx)
