@@ -25,8 +25,12 @@ key level (every prime, the special one included), in NTT form, scale 1.
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import struct
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -295,3 +299,34 @@ def _replace_key(buf: memoryview, pk: np.ndarray, key_parms_id: tuple[int, ...])
             raise KeyShareError(f"unexpected public-context wire type {wt}")
         out += buf[start:pos]
     return bytes(out)
+
+
+def read_log(
+    path: Path, party: int
+) -> tuple[dict[bytes, tuple[int, ...]], dict[bytes, dict[str, str]]]:
+    """A party's decryption log (one JSON line per ``c1`` it shared: ``{c1, active[, dp]}``):
+    the active set of each ``c1``, and the DP noise of those that carry one. KeyShareError
+    naming the party for a corrupt line."""
+    log: dict[bytes, tuple[int, ...]] = {}
+    dp_log: dict[bytes, dict[str, str]] = {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            entry = json.loads(line)
+            log[bytes.fromhex(entry["c1"])] = tuple(int(a) for a in entry["active"])
+            if entry.get("dp") is not None:
+                dp_log[bytes.fromhex(entry["c1"])] = dict(entry["dp"])
+        except (ValueError, KeyError, TypeError):
+            raise KeyShareError(
+                f"party {party}: decryption log {path} line {number} is corrupt", party
+            ) from None
+    return log, dp_log
+
+
+def append_log(path: Path, entry: dict[str, Any]) -> None:
+    """Append one entry to a decryption log, durably (0600, fsynced) before the share leaves."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.write(fd, (json.dumps(entry) + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)

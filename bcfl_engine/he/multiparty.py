@@ -42,7 +42,6 @@ Formats: :mod:`bcfl_engine.he.mpformat`; NTT: :mod:`bcfl_engine.he.ntt`.
 from __future__ import annotations
 
 import functools
-import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -130,17 +129,7 @@ class KeyShare:
         self._dp_log: dict[bytes, dict[str, str]] = {}  # the DP noise of a logged c1, if any
         self._log_path = log_path
         if log_path is not None and log_path.exists():
-            for number, line in enumerate(log_path.read_text().splitlines(), 1):
-                try:
-                    entry = json.loads(line)
-                    self._log[bytes.fromhex(entry["c1"])] = tuple(int(a) for a in entry["active"])
-                    if entry.get("dp") is not None:
-                        self._dp_log[bytes.fromhex(entry["c1"])] = dict(entry["dp"])
-                except (ValueError, KeyError, TypeError):
-                    raise KeyShareError(
-                        f"party {self.party}: decryption log {log_path} line {number} is corrupt",
-                        self.party,
-                    ) from None
+            self._log, self._dp_log = fmt.read_log(log_path, self.party)
 
     def __repr__(self) -> str:
         return f"KeyShare(party={self.party}, preset={self.preset!r})"
@@ -394,10 +383,4 @@ class KeyShare:
         if dp is not None:
             self._dp_log[digest] = entry["dp"] = dp
         if self._log_path is not None:
-            fd = os.open(self._log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            try:
-                line = json.dumps(entry) + "\n"
-                os.write(fd, line.encode())
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fmt.append_log(self._log_path, entry)
