@@ -99,14 +99,23 @@ def _node(rank: int, world: int, port: int, job: dict) -> None:
             backend="torch",
         )
         mine = [payloads[i] for i in job["splits"][round][rank]]
-        assert all(isinstance(r, dict) for r in rnd.submit_many(mine))
-        if job["die"] and rank == world - 1:
+        if not rnd.committed:  # (a committed round refuses payloads, retries too)
+            assert all(isinstance(r, dict) for r in rnd.submit_many(mine))
+        if job["die"] == "aggregate" and rank == world - 1:
             import bcfl_engine.distributed
 
             def die(*args, **kwargs):
                 os._exit(3)  # in the middle of the aggregate: metadata exchanged, rows not
 
             bcfl_engine.distributed.to_columns = die  # type: ignore[attr-defined]
+        if job["die"] == "commit" and rank == 0:
+            attest = ledger.attest_round
+
+            def commit_then_die(*args, _attest=attest, **kwargs):
+                _attest(*args, **kwargs)
+                os._exit(3)  # committed; the others have not heard of it
+
+            ledger.attest_round = commit_then_die  # type: ignore[method-assign]
         start = time.monotonic()
         try:
             res = finalize_nodes(rnd)
@@ -177,7 +186,7 @@ def nodes_round(request, anvil, tmp_path_factory):
     dup[1].append(dup[0][0])
     job = dict(
         url=anvil.w3.provider.endpoint_uri, address=anvil.address, task=task, rule=rule, f=f,
-        stores=[str(tmp / f"store{r}") for r in range(world)], out=str(tmp), die=False,
+        stores=[str(tmp / f"store{r}") for r in range(world)], out=str(tmp), die=None,
         timeout=60, splits={1: SPLITS[world], 2: dup},
         rounds=[(1, signed(anvil, task, 1, x)), (2, signed(anvil, task, 2, x.flip(0)))],
     )  # fmt: skip
@@ -260,7 +269,12 @@ def test_audit_names_the_node_of_an_altered_payload(nodes_round, anvil, tmp_path
     assert main([*args, *(a for s in stores for a in ("--store", s))]) == 1
 
 
-def test_a_node_killed_mid_round_loses_nothing_and_the_rerun_commits(anvil, tmp_path):
+@pytest.mark.parametrize(
+    ("where", "dead"),
+    [("aggregate", 2), ("commit", 0)],
+    ids=["node2-dies-in-the-aggregate", "node0-dies-after-its-commit"],
+)
+def test_a_node_killed_mid_round_loses_nothing_and_the_rerun_commits(anvil, tmp_path, where, dead):
     world = 3
     rule, f = CASES[world]
     task = anvil.create_task(aggregator=anvil.sender, participants=ADDRESSES, model_spec=b"n")
@@ -268,16 +282,20 @@ def test_a_node_killed_mid_round_loses_nothing_and_the_rerun_commits(anvil, tmp_
     job = dict(
         url=anvil.w3.provider.endpoint_uri, address=anvil.address, task=task, rule=rule, f=f,
         stores=[str(tmp_path / f"store{r}") for r in range(world)], out=str(tmp_path),
-        die=True, timeout=TIMEOUT_S, splits={1: SPLITS[world]},
+        die=where, timeout=TIMEOUT_S, splits={1: SPLITS[world]},
         rounds=[(1, signed(anvil, task, 1, x))],
     )  # fmt: skip
     codes, outs = run_nodes(world, job)
-    assert codes == [0, 0, 3], (codes, outs)
-    for r in range(world - 1):
+    assert codes == [3 if r == dead else 0 for r in range(world)], (codes, outs)
+    for r in range(world):
+        if r == dead:
+            continue
         text = outs[r][1]
         assert text.startswith("PeerFailure after"), text
         assert float(text.split()[2].rstrip("s:")) < TIMEOUT_S + 2.0, text
-    assert anvil.record(task, 1) is None  # nothing committed
+        assert f"rank {r} of {world}" in text
+    committed = anvil.record(task, 1)
+    assert (committed is not None) == (where == "commit")
     for r, s in enumerate(job["stores"]):  # every acknowledged payload is intact in its store
         [log] = list(Path(s).rglob("accepted.log"))
         held = RoundLog(log, readonly=True)
@@ -287,10 +305,15 @@ def test_a_node_killed_mid_round_loses_nothing_and_the_rerun_commits(anvil, tmp_
         for rec in held.records:
             held.payload(rec["digest"], hasher=payload_digest)
     # The rerun: the nodes start again on their stores; the clients retry (idempotent).
-    codes, outs = run_nodes(world, dict(job, die=False, timeout=60))
+    (tmp_path / "rerun").mkdir()
+    codes, outs = run_nodes(world, dict(job, die=None, timeout=60, out=str(tmp_path / "rerun")))
     assert codes == [0] * world, (codes, outs)
     one = single_round(x, rule, f, canonical(world))
     for o in outs:
         assert o[1][:2] == (one.root, one.result_digest)
         assert torch.equal(o[1][2], one.update)
+    after = anvil.record(task, 1)
+    assert (after.updates_root, after.result_digest) == (one.root, one.result_digest)
+    if committed is not None:  # the rerun found the commit and sent nothing
+        assert after.tx_hash == committed.tx_hash
     assert audit(anvil, task, 1, job["stores"]).ok
