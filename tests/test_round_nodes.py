@@ -195,8 +195,8 @@ def nodes_round(request, anvil, tmp_path_factory):
     return dict(job, world=world, x=x, outs=outs)
 
 
-def canonical(world):
-    return [i for node in SPLITS[world] for i in node]
+def canonical(world, splits=None):
+    return [i for node in (splits or SPLITS[world]) for i in node]
 
 
 def test_every_node_commits_what_one_round_commits(nodes_round, anvil):
@@ -267,6 +267,39 @@ def test_audit_names_the_node_of_an_altered_payload(nodes_round, anvil, tmp_path
     args = ["audit", "--chain", url, "--task", str(task), "--round", "1"]
     assert main([*args, *(a for s in nodes_round["stores"] for a in ("--store", s))]) == 0
     assert main([*args, *(a for s in stores for a in ("--store", s))]) == 1
+
+
+def test_audit_names_stores_that_do_not_fit_the_round(nodes_round, anvil, tmp_path):
+    task = nodes_round["task"]
+    stores = _copies(nodes_round, tmp_path)
+    twice = audit(anvil, task, 1, [*stores, nodes_round["stores"][0]])
+    assert any(
+        f"stores {stores[0]} and {nodes_round['stores'][0]} both say they are node 0" in p
+        for p in twice.problems
+    ), twice.problems
+    [record] = list(Path(stores[1]).rglob("round.json"))
+    record.unlink()
+    lost = audit(anvil, task, 1, stores)
+    assert any(f"store {stores[1]} holds no round record" in p for p in lost.problems)
+    assert any("node(s) [1] of" in p for p in lost.problems), lost.problems
+
+
+def test_a_node_that_accepted_nothing_takes_part(anvil, tmp_path):
+    splits = [[4, 1, 0], [], [3, 8, 6, 5, 9, 2, 7]]
+    task = anvil.create_task(aggregator=anvil.sender, participants=ADDRESSES, model_spec=b"n")
+    x = make_updates(N, D, seed=44)
+    job = dict(
+        url=anvil.w3.provider.endpoint_uri, address=anvil.address, task=task, rule="median",
+        f=2, stores=[str(tmp_path / f"store{r}") for r in range(3)], out=str(tmp_path),
+        die=None, timeout=60, splits={1: splits}, rounds=[(1, signed(anvil, task, 1, x))],
+    )  # fmt: skip
+    codes, outs = run_nodes(3, job)
+    assert codes == [0, 0, 0], (codes, outs)
+    one = single_round(x, "median", 2, canonical(3, splits))
+    for o in outs:
+        assert o[1][:2] == (one.root, one.result_digest)
+        assert torch.equal(o[1][2], one.update)
+    assert audit(anvil, task, 1, job["stores"]).ok
 
 
 @pytest.mark.parametrize(
