@@ -257,6 +257,12 @@ def _check_nodes(states: list[dict[str, Any]], round: int) -> list[dict[str, Any
         values = [s["same"][k] for s in states]
         if any(v != values[0] for v in values):
             raise InvalidArgument(f"the nodes run different rounds: {k} per node {values}")
+    chosen = [s["backend"] for s in states]
+    if any(b != chosen[0] for b in chosen):
+        raise InvalidArgument(
+            f"the nodes would run different backends {chosen} (pinned in the metadata): "
+            "pass backend= to every node's round"
+        )
     where: dict[str, list[int]] = {}
     for r, s in enumerate(states):
         for rec in s["records"]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 import socket
 import time
@@ -350,3 +351,55 @@ def test_a_node_killed_mid_round_loses_nothing_and_the_rerun_commits(anvil, tmp_
     if committed is not None:  # the rerun found the commit and sent nothing
         assert after.tx_hash == committed.tx_hash
     assert audit(anvil, task, 1, job["stores"]).ok
+
+
+@pytest.fixture
+def one_node():
+    """A process group of one node, in this process (destroyed after)."""
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1
+    )
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def test_rounds_a_node_cannot_run_are_refused_before_anything_changes(one_node, tmp_path):
+    from bcfl_engine.errors import InvalidArgument
+    from bcfl_engine.round_nodes import finalize_nodes
+
+    ledger = Ledger.embedded()
+    task = ledger.create_task(aggregator=ledger.sender, participants=ADDRESSES, model_spec=b"n")
+    x = make_updates(N, D, seed=45)
+    ps = signed(ledger, task, 1, x)
+
+    def node(store, **kw):
+        rnd = AggregationRound(
+            ledger, task, 1, tmp_path / store, participants=ADDRESSES, dim=D, **kw
+        )
+        rnd.submit_many(ps[:5])
+        return rnd
+
+    cases = [
+        (node("cc", rule="centered_clipping"), {}, "is not aggregated over several nodes"),
+        (node("pre", rule="mean", pre=["nnm"]), {}, "no pre-steps"),
+        (node("rank", rule="mean"), {"commit_rank": 1}, "commit_rank must be in [0, 1)"),
+    ]
+    for rnd, kw, says in cases:
+        with pytest.raises(InvalidArgument, match=re.escape(says)):
+            finalize_nodes(rnd, **kw)
+        assert ledger.record(task, 1) is None
+        assert rnd.store.read_round(rnd.key, 1) is None
+    empty = AggregationRound(ledger, task, 1, tmp_path / "e", participants=ADDRESSES, dim=D)
+    with pytest.raises(InvalidArgument, match="no accepted payload on any node"):
+        finalize_nodes(empty)
+    # One node is a single round: the same commit as AggregationRound.finalize.
+    ok = node("ok", rule="trimmed_mean", f=1, backend="torch")
+    res = finalize_nodes(ok)
+    one = single_round(x, "trimmed_mean", 1, range(5))
+    assert (res.root, res.result_digest) == (one.root, one.result_digest)
+    assert torch.equal(res.update, one.update)
+    assert ledger.record(task, 1).updates_root == res.root
+    with pytest.raises(InvalidArgument, match="finalized already"):
+        finalize_nodes(ok)
