@@ -96,7 +96,10 @@ class AuditReport:
 
 
 def audit(
-    ledger: Any, task: int, round: int, store: PayloadStore | str | os.PathLike[str]
+    ledger: Any,
+    task: int,
+    round: int,
+    store: PayloadStore | str | os.PathLike[str] | Sequence[PayloadStore | str | os.PathLike[str]],
 ) -> AuditReport:
     """Recompute round ``round`` of ``task`` from ``store`` and check it against ``ledger``.
 
@@ -106,9 +109,12 @@ def audit(
     record says what the chain holds; the committed metadata and result are in the store and
     hash right; the aggregate recomputed from the payloads (same rule, parameters and backend)
     hashes to the committed result digest; the contract accepts every client's inclusion proof.
-    A folder path is opened read-only.
+    A folder path is opened read-only. A list of stores is the union of a round's ingest nodes'
+    stores (:class:`~bcfl_engine.audit_nodes.NodeStores`: read in the round's canonical order).
     """
-    store = store if isinstance(store, PayloadStore) else PayloadStore(store, readonly=True)
+    from .audit_nodes import check_nodes, open_stores
+
+    store = open_stores(store)
     problems: list[str] = []
     checked: list[str] = []
     commit = ledger.record(task, round)
@@ -128,6 +134,8 @@ def audit(
     if participants is None:
         participants = [r["client"] for r in records]
     meta = _read_meta(store, commit.meta_hash, task, round, problems)
+    if meta is not None:
+        problems.extend(check_nodes(store, meta, key, round))
     # The payload digest the round recorded (keccak-256 before bcfl-round/3); unreadable
     # metadata is a finding already, and the payloads are then checked with today's digest.
     hasher = protocol.digest_function(meta["digest"]) if meta else protocol.payload_digest
@@ -287,7 +295,8 @@ def _check_payloads(
 
     rows: list[bytes | None] = []
     for r in records:
-        who = f"client {r['client']} (seq {r['seq']})"
+        where = f", node {r['node']}, store {r['store']}" if "node" in r else ""
+        who = f"client {r['client']} (seq {r['seq']}{where})"
         try:
             data: bytes | None = store.payload(key, round, r["digest"])
         except PayloadError:

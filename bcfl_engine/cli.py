@@ -149,8 +149,8 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         )
     # Read-only: an audit creates, repairs and deletes nothing in the aggregator's store. A
     # malformed round record is the audit's finding (exit 1), not a reason to stop here.
-    store = PayloadStore(args.store, readonly=True)
-    record = store.read_round(args.task, args.round, problems=[]) or {}
+    stores = [PayloadStore(s, readonly=True) for s in args.store]
+    record = stores[0].read_round(args.task, args.round, problems=[]) or {}
     contract = args.contract or _address_or_none(record.get("contract"))
     if url and not contract:
         raise UsageError(
@@ -161,7 +161,8 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         ledger = Ledger.connect(args.chain, address=contract)
     else:
         ledger = Ledger.replay(args.chain, address=contract)
-    report = audit(ledger, args.task, args.round, store)
+    # Several stores: the ingest nodes of one round (bcfl_engine.round_nodes), read as one.
+    report = audit(ledger, args.task, args.round, stores if len(stores) > 1 else stores[0])
     print(report.summary())
     return EXIT_OK if report.ok else EXIT_FAILED
 
@@ -284,7 +285,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     aud.add_argument("--task", type=int, required=True, help="task id")
     aud.add_argument("--round", type=int, required=True, help="round number")
-    aud.add_argument("--store", metavar="DIR", required=True, help="payload store folder")
+    aud.add_argument(
+        "--store",
+        metavar="DIR",
+        required=True,
+        action="append",
+        help="payload store folder; repeat it for a round over several ingest nodes (each "
+        "node's store, in any order)",
+    )
     aud.add_argument(
         "--contract", metavar="ADDRESS", help="registry address (default: from the store)"
     )

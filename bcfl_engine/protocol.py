@@ -238,12 +238,15 @@ def round_meta(
     he_context: bytes | None = None,
     keys: Mapping[str, Any] | None = None,
     buckets: Mapping[str, Any] | None = None,
+    nodes: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """The metadata a round commits (its hash goes on chain): what an audit needs to recompute
     the result bit for bit. ``he_context`` is the digest of the CKKS public context; ``keys``
     the collective decryption of a round under a multiparty key
     (:func:`bcfl_engine.round_decrypt.keys_meta`); ``buckets`` the buckets of a robust one
-    (:func:`bcfl_engine.round_decrypt.bucket_meta`)."""
+    (:func:`bcfl_engine.round_decrypt.bucket_meta`); ``nodes`` the number of payloads each
+    ingest node accepted, in rank order, for a round over several nodes
+    (:mod:`bcfl_engine.round_nodes`: its leaves and rows are node 0's, then node 1's, ...)."""
     meta: dict[str, Any] = {
         "format": FORMAT,
         "digest": DIGEST,
@@ -264,6 +267,8 @@ def round_meta(
         meta["keys"] = dict(keys)
     if buckets is not None:
         meta["buckets"] = dict(buckets)
+    if nodes is not None:
+        meta["nodes"] = [int(n) for n in nodes]
     return meta
 
 

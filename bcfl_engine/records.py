@@ -91,6 +91,8 @@ def check_round_record(obj: object) -> dict[str, Any]:
         _address(p, f"{what}: participants[{i}]")
     if "gas_used" in rec:
         _int(rec, "gas_used", what, 0)
+    if "node" in rec or "nodes" in rec:  # an ingest node's record of a round over several
+        _int(rec, "node", what, 0, _int(rec, "nodes", what, 1) - 1)
     return rec
 
 
@@ -143,6 +145,16 @@ def check_meta(obj: object) -> dict[str, Any]:
         _check_keys(meta, what)
     elif "buckets" in meta:
         raise PayloadError(f"{what}: only a round under a multiparty key has buckets")
+    if "nodes" in meta:  # a round over several ingest nodes: payloads per node, in rank order
+        nodes = meta["nodes"]
+        if not (
+            isinstance(nodes, list)
+            and nodes
+            and all(isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in nodes)
+        ):
+            raise PayloadError(
+                f"{what}: nodes must list each ingest node's number of payloads; got {nodes!r:.80}"
+            )
     return meta
 
 
