@@ -192,3 +192,15 @@ def test_a_list_of_vectors_per_client() -> None:
     for j, out in enumerate(outs):
         want = sum(w * c[j] for w, c in zip([1, 2, 3], xs, strict=True))
         assert np.abs(he.decrypt(out, keys().secret_context) - want).max() < 6 * 2.0**-14
+
+
+def test_the_native_finish_writes_what_the_numpy_one_does(few: tuple) -> None:
+    """The aggregate's last step (lift, NTT, proto) with and without the extension: same bytes."""
+    from unittest import mock
+
+    _, blobs = few
+    lay = lean_wire.layout_of(blobs[0])
+    vals = lean_wire.parse(blobs[1], lay)
+    native_bytes = lean_wire.to_tenseal(vals, lay)
+    with mock.patch.object(lean_wire, "_load_native", lambda: (None, "not built")):
+        assert lean_wire.to_tenseal(vals, lay) == native_bytes
