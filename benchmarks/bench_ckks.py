@@ -26,7 +26,9 @@ each cycled payload a private copy in memory so that none is read from cache.
 
 Lean payloads (preset "lean", 2^42, paired) are summed side by side as ``bcfl-lean`` (fused:
 unpacked straight into the sum mod 2^b) and ``bcfl-lean-2p`` (unpacked into a batch, then the
-native sum), each against the memory floor like the others.
+native sum), each against the memory floor like the others. ``read-lean`` only reads the same
+lean payloads (every word summed by numpy, one thread per core): it checks that the floor is an
+honest read of those bytes where they lie (n separate buffers), not of one friendlier buffer.
 
 ``--wire`` prints the other side of the cost, one row per payload kind: bytes per parameter,
 bits on the mean (-log2 of the worst coordinate's error of the decrypted mean) of
@@ -46,6 +48,7 @@ import os
 import statistics
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -130,6 +133,13 @@ def main() -> None:
             for off, length in wire.parse_proto(memoryview(b)).spans:
                 dctx.decompress(memoryview(b)[off + 16 : off + length])
 
+    pool = ThreadPoolExecutor(torch.get_num_threads())
+
+    def read_words(blobs: list[bytes]) -> None:
+        # Every 8-byte word of every payload read once (numpy's sum releases the GIL), one
+        # thread per core: the floor of these very bytes, where they lie, to check the floor.
+        list(pool.map(lambda b: np.frombuffer(b, np.uint64, len(b) // 8).sum(), blobs))
+
     floor = memory_floor_gbps()
     print(
         f"preset {args.preset} (N={keys.preset.poly_degree}, primes {keys.preset.coeff_bits}, "
@@ -154,6 +164,7 @@ def main() -> None:
             "bcfl-paired": (paired, lambda b: agg(b, context=pub)),
             "bcfl-lean": (lean, lambda b: agg(b, context=lean_pub)),
             "bcfl-lean-2p": (lean, lambda b: agg(b, context=lean_pub, fused=False)),
+            "read-lean": (lean, read_words),
         }
         if torch.cuda.is_available():  # host parse, then the Triton modular sum on the device
             sets["bcfl-compact-gpu"] = (compact, lambda b: agg(b, context=pub, backend="triton"))

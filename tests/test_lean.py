@@ -147,6 +147,15 @@ def test_bcfl_info_lists_every_preset(capsys: pytest.CaptureFixture[str]) -> Non
         assert f"2^{math.log2(p.headroom):.4g}" in line
     (lean_line,) = [x for x in table if x.split()[:1] == ["lean"]]
     assert "9.50" in lean_line and "weights sum <= 1000" in lean_line
+    assert "'lean' when unnamed" in out
+
+
+def test_keys_made_without_a_preset_are_lean() -> None:
+    """he.generate_keys() makes a lean key: its payloads are lean, <= 10 bytes per parameter."""
+    k = he.generate_keys()
+    assert presets.DEFAULT == "lean" and k.preset.name == "lean"
+    blob = he.encrypt(np.linspace(-1, 1, D), k.public_context())
+    assert blob[:4] == lean_wire.LEAN_MAGIC and len(blob) <= 10 * D + lean_wire.HEADER.size
 
 
 def test_running_sum_equals_the_aggregate_and_checks_headroom_as_weights_come(few: tuple) -> None:
