@@ -19,7 +19,6 @@ from ..errors import PreconditionError
 from ..he import multiparty as mp
 from ..he.mpepoch import KeyEpoch, active_default, check_context, open_epoch, parties_of
 
-
 # The hospitals' key: lean payloads (11.25 bytes per parameter, 16 bits on the mean of 1,000
 # under up to 8 parties) at a 16-bit smudging margin; "threshold" (41 bits) costs 60 bytes.
 # Every hospital encrypts |x| <= 1 (its client refuses more); the weights (patients) sum to at
