@@ -31,6 +31,8 @@ constexpr int64_t kAccTile = 2048;
 // streams of ~9 KB (a tile of a row of each payload), each of which the hardware prefetcher
 // would otherwise start cold.
 constexpr int64_t kPrefetch = 1024;
+// Clients unpacked together into one tile (rows_avx512; see there for 8).
+constexpr int kClients = 8;
 
 inline uint64_t switch_one(uint64_t c, uint64_t q0, int b, double ratio) {
   uint64_t est = static_cast<uint64_t>(static_cast<double>(c) * ratio + 0.5);
@@ -157,6 +159,66 @@ inline void row_avx512(const uint8_t* row, int64_t N, int bits, int shift, uint6
     else dst[j] = v;
   }
 }
+
+// P clients' slices of one row added into dst at once: one load and one store of the
+// accumulators per P groups (not per group), and P streams in flight instead of one. On one
+// core with 128 clients of 2.5 MB (DRAM, not cache), of the memory floor: P = 1 ~40%, P = 4
+// ~65%, P = 8 ~75% (best of runs on a shared machine); as fast as a bare read of the same bytes.
+template <int P, bool W>
+inline void rows_avx512(const uint8_t* const* rows, int64_t N, int bits, int shift, const uint64_t* w,
+                        uint64_t* dst, const uint8_t* const* next) {
+  alignas(64) uint8_t lo[64], hi[64];
+  alignas(64) uint64_t sh[8], hsh[8];
+  for (int j = 0; j < 8; ++j) {
+    const int off = j * bits, byte = off >> 3;
+    for (int t = 0; t < 8; ++t) lo[8 * j + t] = static_cast<uint8_t>(byte + t);
+    for (int t = 0; t < 8; ++t) hi[8 * j + t] = static_cast<uint8_t>(t ? 0 : byte + 8);
+    sh[j] = static_cast<uint64_t>(off & 7);
+    hsh[j] = 64 - sh[j];
+  }
+  const __m512i vlo = _mm512_load_si512(lo), vhi = _mm512_load_si512(hi);
+  const __m512i vsh = _mm512_load_si512(sh), vhsh = _mm512_load_si512(hsh);
+  const __m512i vmask = _mm512_set1_epi64(static_cast<long long>((uint64_t{1} << bits) - 1));
+  __m512i vw[P];
+  for (int q = 0; q < P; ++q) vw[q] = _mm512_set1_epi64(static_cast<long long>(W ? w[q] : 1));
+  const __m128i vshift = _mm_cvtsi32_si128(shift);
+  const bool ninth = bits > 56;
+  const int64_t groups = N / 8, len = N * bits / 8;
+  const __mmask64 tail = (__mmask64{1} << bits) - 1;  // bits <= 59
+  auto value = [&](__m512i data) {
+    __m512i v = _mm512_srlv_epi64(_mm512_permutexvar_epi8(vlo, data), vsh);
+    if (ninth)
+      v = _mm512_or_si512(v, _mm512_sllv_epi64(_mm512_maskz_permutexvar_epi8(0x0101010101010101ULL, vhi, data), vhsh));
+    return _mm512_and_si512(v, vmask);
+  };
+  auto step = [&](int64_t g, bool masked) {
+    __m512i sum = _mm512_setzero_si512();
+    for (int q = 0; q < P; ++q) {
+      const uint8_t* p = rows[q] + g * bits;
+      const __m512i v = value(masked ? _mm512_maskz_loadu_epi8(tail, p) : _mm512_loadu_si512(p));
+      sum = _mm512_add_epi64(sum, W ? _mm512_mullo_epi64(v, vw[q]) : v);
+    }
+    uint64_t* d = dst + g * 8;  // (sum w v) << shift = sum w (v << shift) mod 2^64
+    _mm512_storeu_si512(d, _mm512_add_epi64(_mm512_loadu_si512(d), _mm512_sll_epi64(sum, vshift)));
+  };
+  const int64_t plain = std::min(groups, len >= 64 ? (len - 64) / bits + 1 : 0);
+  const int64_t ahead = std::min(plain, len > kPrefetch ? (len - kPrefetch + bits - 1) / bits : 0);
+  if (next)
+    for (int q = 0; q < P; ++q)
+      if (next[q])
+        for (int64_t o = 0; o < std::min<int64_t>(kPrefetch, len); o += 64)
+          _mm_prefetch(reinterpret_cast<const char*>(next[q] + o), _MM_HINT_T0);
+  int64_t g = 0;
+  for (; g < ahead; ++g) {
+    for (int q = 0; q < P; ++q)
+      _mm_prefetch(reinterpret_cast<const char*>(rows[q] + g * bits + kPrefetch), _MM_HINT_T0);
+    step(g, false);
+  }
+  for (; g < plain; ++g) step(g, false);
+  for (; g < groups; ++g) step(g, true);
+  for (int64_t j = groups * 8; j < N; ++j)
+    for (int q = 0; q < P; ++q) dst[j] += (W ? w[q] : 1) * (read_bits(rows[q], len, j, bits) << shift);
+}
 #endif
 
 template <bool ADD>
@@ -267,11 +329,19 @@ void lean_accumulate(int64_t n, const uint64_t* addrs, int64_t C, int64_t N, int
     const int64_t off = c * (row0 + row1) + (p ? row0 : 0) + j0 * bits / 8;
     uint64_t* a = acc + r * N + j0;
     if (fresh) std::memset(a, 0, static_cast<size_t>(m) * sizeof(uint64_t));
-    for (int64_t i = 0; i < n; ++i) {
-      const uint8_t* row = reinterpret_cast<const uint8_t*>(addrs[i]) + off;
-      const uint8_t* next = i + 1 < n ? reinterpret_cast<const uint8_t*>(addrs[i + 1]) + off : nullptr;
-      row_any<true>(row, m, static_cast<int>(bits), p ? 0 : k, w ? w + i : nullptr, a, next);
+    auto at = [&](int64_t i) { return i < n ? reinterpret_cast<const uint8_t*>(addrs[i]) + off : nullptr; };
+    int64_t i = 0;
+#if defined(__AVX512VBMI__) && defined(__AVX512DQ__) && defined(__AVX512BW__)
+    for (; i + kClients <= n; i += kClients) {  // kClients clients at once, then one at a time
+      const uint8_t* rows[kClients];
+      const uint8_t* next[kClients];
+      for (int q = 0; q < kClients; ++q) rows[q] = at(i + q), next[q] = at(i + kClients + q);
+      if (w) rows_avx512<kClients, true>(rows, m, static_cast<int>(bits), p ? 0 : k, w + i, a, next);
+      else rows_avx512<kClients, false>(rows, m, static_cast<int>(bits), p ? 0 : k, nullptr, a, next);
     }
+#endif
+    for (; i < n; ++i)
+      row_any<true>(at(i), m, static_cast<int>(bits), p ? 0 : k, w ? w + i : nullptr, a, at(i + 1));
     for (int64_t j = 0; j < m; ++j) a[j] &= mask;
   }
 }

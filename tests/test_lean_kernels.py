@@ -157,15 +157,17 @@ def test_pack_and_unpack_round_trip(b: int, k: int, n: int) -> None:
         )
         blob2, want2 = lean_wire.write(other, layout), other.copy()
         want2[:, 0] <<= np.uint64(k)
-        w = torch.tensor([1, 2, 2**62 + 3])  # a weight past 32 bits: the full 64-bit product
-        blobs = [blob, blob2, blob]
-        native().lean_accumulate(blobs, lean_wire.HEADER.size, b, k, w, acc, True)
-        want3 = lean.sum_reference(np.stack([want, want2, want]), b, [1, 2, 2**62 + 3])
+        # 11 clients: a block of 8 unpacked together, then 3 one at a time; a weight past 32 bits
+        # (the full 64-bit product)
+        ws = [1, 2, 2**62 + 3, 5, 0, 7, 2**40, 9, 3, 2**63 - 1, 4]
+        blobs = [blob, blob2] * 5 + [blob]
+        native().lean_accumulate(blobs, lean_wire.HEADER.size, b, k, torch.tensor(ws), acc, True)
+        want3 = lean.sum_reference(np.stack([want, want2] * 5 + [want]), b, ws)
         assert not report(acc.numpy().view(np.uint64), want3), report(
             acc.numpy().view(np.uint64), want3
         )
-        native().lean_accumulate([blob, blob2], lean_wire.HEADER.size, b, k, None, acc, False)
-        want4 = lean.sum_reference(np.stack([want3, want, want2]), b)
+        native().lean_accumulate([blob, blob2] * 5, lean_wire.HEADER.size, b, k, None, acc, False)
+        want4 = lean.sum_reference(np.stack([want3] + [want, want2] * 5), b)
         assert not report(acc.numpy().view(np.uint64), want4)
 
 
