@@ -74,11 +74,13 @@ class DemoKeys:
 def encrypt(update: Any, context: Any, byzantine: bool = False) -> bytes:
     """A hospital's lean payload of ``update`` (a float tensor) under the public ``context``.
 
-    An honest hospital's update lies within the preset's bound (measured: ``|x| <= 0.2`` on
-    breast_cancer); its client refuses one beyond (HeadroomExceeded), never clips it. A
-    Byzantine hospital that uses this client library can send at most the bound: its corrupted
-    update (sign_flip reaches 1.2, scaled_noise 1.8) clipped to it. One that bypasses the library
-    can make its bucket's sum wrap; the bucketed robust round is the answer (README).
+    An honest hospital's update lies within the preset's bound (measured over 10 rounds of
+    mean, median and trimmed_mean with 2 of 10 hospitals Byzantine: ``|x| <= 0.31`` on
+    breast_cancer, ``0.56`` on diabetes); its client refuses one beyond (HeadroomExceeded),
+    never clips it. A Byzantine hospital that uses this client library can send at most the
+    bound: its corrupted update (sign_flip and scaled_noise reached 5.3 and 12.7) clipped to
+    it. One that bypasses the library can make its bucket's sum wrap; the bucketed robust round
+    is the answer (README).
     """
     from ..he import encrypt as lean_encrypt
     from ..he import presets
