@@ -20,7 +20,8 @@ from other work hits every provider alike); times are medians over rounds.
 Reported: seconds, parameters summed per second and the ratio to TenSEAL's (on the same
 parameters), payload GB/s, bytes per parameter on the wire, and the machine's memory-read floor
 (GB/s of a multi-threaded int64 sum over a buffer larger than the caches) as the ceiling of a
-memory-bound sum. Encrypting n x 262144 reals takes ~1 s per client, so ``--distinct`` clients
+memory-bound sum: ``% floor`` of the medians, and ``rounds`` the lowest and highest of each
+round's own ratio (its time against the floor measured in that round). Encrypting n x 262144 reals takes ~1 s per client, so ``--distinct`` clients
 are encrypted and their payloads cycled to ``n`` (every provider parses every payload anyway),
 each cycled payload a private copy in memory so that none is read from cache.
 
@@ -149,7 +150,7 @@ def main() -> None:
     )
     print(
         f"{'n':>5} {'provider':<15} {'s':>8} {'Mparam/s':>9} {'x tenseal':>9} {'GB/s':>6} "
-        f"{'B/param':>8} {'% floor':>7}"
+        f"{'B/param':>8} {'% floor':>7} {'rounds':>11}"
     )
     agg = he.aggregate
     for n in args.n:
@@ -192,10 +193,12 @@ def main() -> None:
             secs = statistics.median(times[name])
             rate = n * args.d / secs
             nbytes = sum(len(b) for b in blobs[name])
+            # the spread: each round's time against the floor measured in the same round
+            per = [100 * nbytes / t / 1e9 / f for t, f in zip(times[name], floors, strict=True)]
             print(
                 f"{n:>5} {name:<15} {secs:>8.3f} {rate / 1e6:>9.1f} {rate / base:>9.1f} "
                 f"{nbytes / secs / 1e9:>6.2f} {len(payloads[0]) / args.d:>8.1f} "
-                f"{100 * nbytes / secs / 1e9 / floor:>7.1f}"
+                f"{100 * nbytes / secs / 1e9 / floor:>7.1f} {min(per):>5.1f}-{max(per):<5.1f}"
             )
 
 
