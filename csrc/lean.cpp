@@ -101,15 +101,20 @@ inline bool row_known(const uint8_t* row, int64_t N, int bits, int shift, uint64
 }
 
 #if defined(__AVX512VBMI__) && defined(__AVX512DQ__) && defined(__AVX512BW__)
-// One row of N values at `bits` bits, 8 values (one `bits`-byte group) per step: one 64-byte
-// load, one byte permutation (vpermb) that puts each value's 8-byte window in its lane, a
-// variable shift and a mask (a second permutation brings the ninth byte past 57 bits). The
-// scalar loop costs ~40 instructions per group: at b = 42, k = 8 the fused sum read 6.9 GB/s of
-// payload per core against 27 GB/s of memory (compute-bound); this reads ~3x that. Groups whose
-// 64-byte load would pass the row's end are loaded with a byte mask (only their `bits` bytes).
-template <bool ADD, bool W>
-inline void row_avx512(const uint8_t* row, int64_t N, int bits, int shift, uint64_t w, uint64_t* dst,
-                       const uint8_t* next) {
+// P clients' rows of N values at `bits` bits (each shifted left by `shift`, times its weight
+// when W) added into dst (ADD) or written to it (P = 1), 8 values (one `bits`-byte group) per
+// step: one 64-byte load, one byte permutation (vpermb) that puts each value's 8-byte window in
+// its lane, a variable shift and a mask (a second permutation brings the ninth byte past 57
+// bits). The scalar loop costs ~40 instructions per group: at b = 42, k = 8 the fused sum read
+// 6.9 GB/s of payload per core against 27 GB/s of memory. P rows at once: one load and one store
+// of the accumulators per P groups, P streams in flight. On one core, 128 clients of 2.5 MB (from
+// DRAM), of the memory floor: P = 1 ~40%, P = 4 ~65%, P = 8 ~75% (best of runs on a shared
+// machine): as fast as a bare read of the same bytes. Groups whose 64-byte load would pass the
+// row's end are loaded with a byte mask (only their `bits` bytes); `next` (or null): the rows
+// read after these, whose first bytes are prefetched while these stream.
+template <int P, bool ADD, bool W>
+inline void rows_avx512(const uint8_t* const* rows, int64_t N, int bits, int shift, const uint64_t* w,
+                        uint64_t* dst, const uint8_t* const* next) {
   alignas(64) uint8_t lo[64], hi[64];
   alignas(64) uint64_t sh[8], hsh[8];
   for (int j = 0; j < 8; ++j) {
@@ -118,63 +123,6 @@ inline void row_avx512(const uint8_t* row, int64_t N, int bits, int shift, uint6
     for (int t = 0; t < 8; ++t) hi[8 * j + t] = static_cast<uint8_t>(t ? 0 : byte + 8);  // < 64: bits <= 59
     sh[j] = static_cast<uint64_t>(off & 7);
     hsh[j] = 64 - sh[j];  // a count of 64 shifts everything out: no ninth byte at offset 0
-  }
-  const __m512i vlo = _mm512_load_si512(lo), vhi = _mm512_load_si512(hi);
-  const __m512i vsh = _mm512_load_si512(sh), vhsh = _mm512_load_si512(hsh);
-  const __m512i vmask = _mm512_set1_epi64(static_cast<long long>((uint64_t{1} << bits) - 1));
-  const __m512i vw = _mm512_set1_epi64(static_cast<long long>(w));
-  const __m128i vshift = _mm_cvtsi32_si128(shift);
-  const bool ninth = bits > 56;
-  const int64_t groups = N / 8, len = N * bits / 8;
-  const __mmask64 tail = bits >= 64 ? ~__mmask64{0} : ((__mmask64{1} << bits) - 1);
-  auto step = [&](int64_t g, __m512i data) {
-    __m512i v = _mm512_srlv_epi64(_mm512_permutexvar_epi8(vlo, data), vsh);
-    if (ninth)
-      v = _mm512_or_si512(v, _mm512_sllv_epi64(_mm512_maskz_permutexvar_epi8(0x0101010101010101ULL, vhi, data), vhsh));
-    v = _mm512_sll_epi64(_mm512_and_si512(v, vmask), vshift);
-    uint64_t* d = dst + g * 8;
-    if (ADD) {
-      if (W) v = _mm512_mullo_epi64(v, vw);
-      v = _mm512_add_epi64(_mm512_loadu_si512(d), v);
-    }
-    _mm512_storeu_si512(d, v);
-  };
-  // Three stretches, no branch inside: prefetching kPrefetch bytes ahead within the row, then
-  // plain 64-byte loads, then byte-masked loads for the groups whose 64 bytes pass the row's end.
-  const int64_t plain = std::min(groups, len >= 64 ? (len - 64) / bits + 1 : 0);
-  const int64_t ahead = std::min(plain, len > kPrefetch ? (len - kPrefetch + bits - 1) / bits : 0);
-  if (next)  // the start of the next client's row, while this one streams
-    for (int64_t o = 0; o < std::min<int64_t>(kPrefetch, len); o += 64)
-      _mm_prefetch(reinterpret_cast<const char*>(next + o), _MM_HINT_T0);
-  int64_t g = 0;
-  for (; g < ahead; ++g) {
-    _mm_prefetch(reinterpret_cast<const char*>(row + g * bits + kPrefetch), _MM_HINT_T0);
-    step(g, _mm512_loadu_si512(row + g * bits));
-  }
-  for (; g < plain; ++g) step(g, _mm512_loadu_si512(row + g * bits));
-  for (; g < groups; ++g) step(g, _mm512_maskz_loadu_epi8(tail, row + g * bits));
-  for (int64_t j = groups * 8; j < N; ++j) {  // N is a multiple of 8 in every layout; kept exact
-    const uint64_t v = read_bits(row, len, j, bits) << shift;
-    if (ADD) dst[j] += (W ? w : 1) * v;
-    else dst[j] = v;
-  }
-}
-
-// P clients' slices of one row added into dst at once: one load and one store of the
-// accumulators per P groups (not per group), and P streams in flight instead of one. On one
-// core with 128 clients of 2.5 MB (DRAM, not cache), of the memory floor: P = 1 ~40%, P = 4
-// ~65%, P = 8 ~75% (best of runs on a shared machine); as fast as a bare read of the same bytes.
-template <int P, bool W>
-inline void rows_avx512(const uint8_t* const* rows, int64_t N, int bits, int shift, const uint64_t* w,
-                        uint64_t* dst, const uint8_t* const* next) {
-  alignas(64) uint8_t lo[64], hi[64];
-  alignas(64) uint64_t sh[8], hsh[8];
-  for (int j = 0; j < 8; ++j) {
-    const int off = j * bits, byte = off >> 3;
-    for (int t = 0; t < 8; ++t) lo[8 * j + t] = static_cast<uint8_t>(byte + t);
-    for (int t = 0; t < 8; ++t) hi[8 * j + t] = static_cast<uint8_t>(t ? 0 : byte + 8);
-    sh[j] = static_cast<uint64_t>(off & 7);
-    hsh[j] = 64 - sh[j];
   }
   const __m512i vlo = _mm512_load_si512(lo), vhi = _mm512_load_si512(hi);
   const __m512i vsh = _mm512_load_si512(sh), vhsh = _mm512_load_si512(hsh);
@@ -199,8 +147,11 @@ inline void rows_avx512(const uint8_t* const* rows, int64_t N, int bits, int shi
       sum = _mm512_add_epi64(sum, W ? _mm512_mullo_epi64(v, vw[q]) : v);
     }
     uint64_t* d = dst + g * 8;  // (sum w v) << shift = sum w (v << shift) mod 2^64
-    _mm512_storeu_si512(d, _mm512_add_epi64(_mm512_loadu_si512(d), _mm512_sll_epi64(sum, vshift)));
+    const __m512i add = _mm512_sll_epi64(sum, vshift);
+    _mm512_storeu_si512(d, ADD ? _mm512_add_epi64(_mm512_loadu_si512(d), add) : add);
   };
+  // Three stretches, no branch inside: prefetching kPrefetch bytes ahead within the rows, then
+  // plain 64-byte loads, then byte-masked loads.
   const int64_t plain = std::min(groups, len >= 64 ? (len - 64) / bits + 1 : 0);
   const int64_t ahead = std::min(plain, len > kPrefetch ? (len - kPrefetch + bits - 1) / bits : 0);
   if (next)
@@ -216,8 +167,11 @@ inline void rows_avx512(const uint8_t* const* rows, int64_t N, int bits, int shi
   }
   for (; g < plain; ++g) step(g, false);
   for (; g < groups; ++g) step(g, true);
-  for (int64_t j = groups * 8; j < N; ++j)
-    for (int q = 0; q < P; ++q) dst[j] += (W ? w[q] : 1) * (read_bits(rows[q], len, j, bits) << shift);
+  for (int64_t j = groups * 8; j < N; ++j) {  // N is a multiple of 8 in every layout; kept exact
+    uint64_t add = 0;
+    for (int q = 0; q < P; ++q) add += (W ? w[q] : 1) * (read_bits(rows[q], len, j, bits) << shift);
+    dst[j] = ADD ? dst[j] + add : add;
+  }
 }
 #endif
 
@@ -226,8 +180,9 @@ inline void row_any(const uint8_t* row, int64_t N, int bits, int shift, const ui
                     const uint8_t* next = nullptr) {
   const uint64_t wi = w ? *w : 1;
 #if defined(__AVX512VBMI__) && defined(__AVX512DQ__) && defined(__AVX512BW__)
-  if (w) row_avx512<ADD, true>(row, N, bits, shift, wi, dst, next);
-  else row_avx512<ADD, false>(row, N, bits, shift, 1, dst, next);
+  const uint8_t* const nexts[1] = {next};
+  if (w) rows_avx512<1, ADD, true>(&row, N, bits, shift, w, dst, next ? nexts : nullptr);
+  else rows_avx512<1, ADD, false>(&row, N, bits, shift, nullptr, dst, next ? nexts : nullptr);
   return;
 #endif
   if (w ? row_known<ADD, true>(row, N, bits, shift, wi, dst) : row_known<ADD, false>(row, N, bits, shift, 1, dst))
@@ -336,8 +291,8 @@ void lean_accumulate(int64_t n, const uint64_t* addrs, int64_t C, int64_t N, int
       const uint8_t* rows[kClients];
       const uint8_t* next[kClients];
       for (int q = 0; q < kClients; ++q) rows[q] = at(i + q), next[q] = at(i + kClients + q);
-      if (w) rows_avx512<kClients, true>(rows, m, static_cast<int>(bits), p ? 0 : k, w + i, a, next);
-      else rows_avx512<kClients, false>(rows, m, static_cast<int>(bits), p ? 0 : k, nullptr, a, next);
+      if (w) rows_avx512<kClients, true, true>(rows, m, static_cast<int>(bits), p ? 0 : k, w + i, a, next);
+      else rows_avx512<kClients, true, false>(rows, m, static_cast<int>(bits), p ? 0 : k, nullptr, a, next);
     }
 #endif
     for (; i < n; ++i)
