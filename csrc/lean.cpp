@@ -185,6 +185,7 @@ inline void row_any(const uint8_t* row, int64_t N, int bits, int shift, const ui
   else rows_avx512<1, ADD, false>(&row, N, bits, shift, nullptr, dst, next ? nexts : nullptr);
   return;
 #endif
+  (void)next;  // the scalar rows leave prefetching to the hardware
   if (w ? row_known<ADD, true>(row, N, bits, shift, wi, dst) : row_known<ADD, false>(row, N, bits, shift, 1, dst))
     return;
   const int64_t len = N * bits / 8;  // any other width, read at run time
