@@ -187,10 +187,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
                 k.backend + (f" ({k.needs})" if k.needs else "") for k in info.kernels
             )
         print(f"  {info.name:<18} {info.kind:<9} {kernels:<30} {info.summary}")
-    from .he.presets import table
+    from .he.presets import DEFAULT, table
 
     print(
-        "CKKS presets (he.generate_keys(name); precision: the error on the mean of 1,000 clients):"
+        f"CKKS presets (he.generate_keys(name), {DEFAULT!r} when unnamed; precision: the error "
+        "on the mean of 1,000 clients):"
     )
     print("\n".join(table()))
     return EXIT_OK

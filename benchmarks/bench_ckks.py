@@ -20,13 +20,16 @@ from other work hits every provider alike); times are medians over rounds.
 Reported: seconds, parameters summed per second and the ratio to TenSEAL's (on the same
 parameters), payload GB/s, bytes per parameter on the wire, and the machine's memory-read floor
 (GB/s of a multi-threaded int64 sum over a buffer larger than the caches) as the ceiling of a
-memory-bound sum. Encrypting n x 262144 reals takes ~1 s per client, so ``--distinct`` clients
+memory-bound sum: ``% floor`` of the medians, and ``rounds`` the lowest and highest of each
+round's own ratio (its time against the floor measured in that round). Encrypting n x 262144 reals takes ~1 s per client, so ``--distinct`` clients
 are encrypted and their payloads cycled to ``n`` (every provider parses every payload anyway),
 each cycled payload a private copy in memory so that none is read from cache.
 
 Lean payloads (preset "lean", 2^42, paired) are summed side by side as ``bcfl-lean`` (fused:
 unpacked straight into the sum mod 2^b) and ``bcfl-lean-2p`` (unpacked into a batch, then the
-native sum), each against the memory floor like the others.
+native sum), each against the memory floor like the others. ``read-lean`` only reads the same
+lean payloads (every word summed by numpy, one thread per core): it checks that the floor is an
+honest read of those bytes where they lie (n separate buffers), not of one friendlier buffer.
 
 ``--wire`` prints the other side of the cost, one row per payload kind: bytes per parameter,
 bits on the mean (-log2 of the worst coordinate's error of the decrypted mean) of
@@ -46,6 +49,7 @@ import os
 import statistics
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -130,6 +134,13 @@ def main() -> None:
             for off, length in wire.parse_proto(memoryview(b)).spans:
                 dctx.decompress(memoryview(b)[off + 16 : off + length])
 
+    pool = ThreadPoolExecutor(torch.get_num_threads())
+
+    def read_words(blobs: list[bytes]) -> None:
+        # Every 8-byte word of every payload read once (numpy's sum releases the GIL), one
+        # thread per core: the floor of these very bytes, where they lie, to check the floor.
+        list(pool.map(lambda b: np.frombuffer(b, np.uint64, len(b) // 8).sum(), blobs))
+
     floor = memory_floor_gbps()
     print(
         f"preset {args.preset} (N={keys.preset.poly_degree}, primes {keys.preset.coeff_bits}, "
@@ -139,7 +150,7 @@ def main() -> None:
     )
     print(
         f"{'n':>5} {'provider':<15} {'s':>8} {'Mparam/s':>9} {'x tenseal':>9} {'GB/s':>6} "
-        f"{'B/param':>8} {'% floor':>7}"
+        f"{'B/param':>8} {'% floor':>7} {'rounds':>11}"
     )
     agg = he.aggregate
     for n in args.n:
@@ -154,6 +165,7 @@ def main() -> None:
             "bcfl-paired": (paired, lambda b: agg(b, context=pub)),
             "bcfl-lean": (lean, lambda b: agg(b, context=lean_pub)),
             "bcfl-lean-2p": (lean, lambda b: agg(b, context=lean_pub, fused=False)),
+            "read-lean": (lean, read_words),
         }
         if torch.cuda.is_available():  # host parse, then the Triton modular sum on the device
             sets["bcfl-compact-gpu"] = (compact, lambda b: agg(b, context=pub, backend="triton"))
@@ -181,10 +193,12 @@ def main() -> None:
             secs = statistics.median(times[name])
             rate = n * args.d / secs
             nbytes = sum(len(b) for b in blobs[name])
+            # the spread: each round's time against the floor measured in the same round
+            per = [100 * nbytes / t / 1e9 / f for t, f in zip(times[name], floors, strict=True)]
             print(
                 f"{n:>5} {name:<15} {secs:>8.3f} {rate / 1e6:>9.1f} {rate / base:>9.1f} "
                 f"{nbytes / secs / 1e9:>6.2f} {len(payloads[0]) / args.d:>8.1f} "
-                f"{100 * nbytes / secs / 1e9 / floor:>7.1f}"
+                f"{100 * nbytes / secs / 1e9 / floor:>7.1f} {min(per):>5.1f}-{max(per):<5.1f}"
             )
 
 

@@ -231,6 +231,24 @@ void bind_he(py::module_& m) {
     bcfl::lean_lift(x.as<const uint64_t>(), x.dim(0), q0, b, out.as<uint64_t>());
   });
 
+  // lean_finish(x [C, 2, N] below 2^b, q0, b, w [N], ws [N], out [C, 2, N]): lift, then NTT.
+  m.def("lean_finish", [](py::handle x_, uint64_t q0, int b, py::handle w_, py::handle ws_, py::handle out_) {
+    lean_bits(b, 0, "lean_finish");
+    const View x = view(x_, "lean_finish: x", {kI64, kU64}, {-1, 2, -1});
+    const int64_t C = x.dim(0), N = x.dim(2);
+    if (N < 2 || (N & (N - 1)) != 0) invalid("lean_finish: N must be a power of two >= 2; got " + std::to_string(N));
+    if (q0 % 2 == 0 || q0 <= (uint64_t{1} << b) || q0 >= (uint64_t{1} << 60) ||
+        (q0 - 1) % static_cast<uint64_t>(2 * N) != 0)
+      invalid("lean_finish: q0 must be 1 mod 2N, in (2^b, 2^60); got " + std::to_string(q0));
+    const View w = view(w_, "lean_finish: w", {kU64}, {N});
+    const View ws = view(ws_, "lean_finish: ws", {kU64}, {N});
+    const View out = view(out_, "lean_finish: out", {kI64, kU64}, {C, 2, N}, true);
+    no_overlap(out, "lean_finish: out", {&x, &w, &ws});
+    py::gil_scoped_release release;
+    bcfl::lean_finish(x.as<const uint64_t>(), 2 * C, N, q0, b, w.as<const uint64_t>(), ws.as<const uint64_t>(),
+                      out.as<uint64_t>());
+  });
+
   // ---- ntt ----
   // ntt(x [rows, N] uint64, in place, residues below q; q < 2^62 prime = 1 mod 2N;
   //     w, ws [N] uint64: he.ntt.tables' twiddles and Shoup constants; inverse;

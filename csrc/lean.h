@@ -26,4 +26,9 @@ void lean_accumulate(int64_t n, const uint64_t* addrs, int64_t C, int64_t N, int
 
 // lean_lift: out[j] = round(q0 x[j] / 2^b) mod q0 for x[j] < 2^b (exact, 128-bit products).
 void lean_lift(const uint64_t* x, int64_t M, uint64_t q0, int b, uint64_t* out);
+
+// lean_finish: each of `rows` rows x [rows, N] below 2^b lifted to q0 (lean_lift) and put in NTT
+// form (ntt_forward with q0's tables w, ws): out [rows, N], the aggregate SEAL decrypts.
+void lean_finish(const uint64_t* x, int64_t rows, int64_t N, uint64_t q0, int b, const uint64_t* w,
+                 const uint64_t* ws, uint64_t* out);
 }  // namespace bcfl

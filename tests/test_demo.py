@@ -306,7 +306,7 @@ def test_demo_prints_an_audit_command_that_passes_then_catches_a_tampered_payloa
 def test_demo_robust_rules_on_buckets_of_encrypted_updates(tmp_path, capsys):
     """2 of 10 hospitals Byzantine: median and trimmed mean on the decrypted means of buckets
     end within 0.03 of the same rules on plaintext updates, while encrypted FedAvg collapses
-    like plaintext FedAvg; the audit of a bucketed round passes."""
+    as plaintext FedAvg does; the audit of a bucketed round passes."""
     pytest.importorskip("tenseal")
     argv = ["demo", "--secure", "ckks", "--rule", "mean,median,trimmed_mean", "--rounds", "3"]
     assert main([*argv, "--out", str(tmp_path), "--quiet"]) == 0
@@ -318,7 +318,11 @@ def test_demo_robust_rules_on_buckets_of_encrypted_updates(tmp_path, capsys):
         assert final[f"{rule}, ckks"] > final["mean, ckks"] + 0.3, final
         line = summary["ckks"]["lines"][f"{rule}, ckks"]
         assert line["bucket_size"] == 2 and "at least 2 hospitals" in line["hides"]
-    assert abs(final["mean, ckks"] - final["mean"]) <= 0.01  # both collapse alike
+    # Both FedAvg lines collapse, not to the same number: a Byzantine hospital's encrypted update
+    # passes the client library, which holds it to the lean preset's bound (|x| <= 1: sign_flip
+    # reached 2.0, scaled_noise 3.1), while its plaintext update is sent as it is.
+    for line in ("mean", "mean, ckks"):
+        assert final[line] < final["mean, no attack"] - 0.3, final
     assert "bucket" in out and "median, ckks" in out
     command = summary["chain"]["audit_command_secure"].split()
     assert main(command[1:]) == 0

@@ -147,6 +147,15 @@ def test_bcfl_info_lists_every_preset(capsys: pytest.CaptureFixture[str]) -> Non
         assert f"2^{math.log2(p.headroom):.4g}" in line
     (lean_line,) = [x for x in table if x.split()[:1] == ["lean"]]
     assert "9.50" in lean_line and "weights sum <= 1000" in lean_line
+    assert "'lean' when unnamed" in out
+
+
+def test_keys_made_without_a_preset_are_lean() -> None:
+    """he.generate_keys() makes a lean key: its payloads are lean, <= 10 bytes per parameter."""
+    k = he.generate_keys()
+    assert presets.DEFAULT == "lean" and k.preset.name == "lean"
+    blob = he.encrypt(np.linspace(-1, 1, D), k.public_context())
+    assert blob[:4] == lean_wire.LEAN_MAGIC and len(blob) <= 10 * D + lean_wire.HEADER.size
 
 
 def test_running_sum_equals_the_aggregate_and_checks_headroom_as_weights_come(few: tuple) -> None:
@@ -192,3 +201,15 @@ def test_a_list_of_vectors_per_client() -> None:
     for j, out in enumerate(outs):
         want = sum(w * c[j] for w, c in zip([1, 2, 3], xs, strict=True))
         assert np.abs(he.decrypt(out, keys().secret_context) - want).max() < 6 * 2.0**-14
+
+
+def test_the_native_finish_writes_what_the_numpy_one_does(few: tuple) -> None:
+    """The aggregate's last step (lift, NTT, proto) with and without the extension: same bytes."""
+    from unittest import mock
+
+    _, blobs = few
+    lay = lean_wire.layout_of(blobs[0])
+    vals = lean_wire.parse(blobs[1], lay)
+    native_bytes = lean_wire.to_tenseal(vals, lay)
+    with mock.patch.object(lean_wire, "_load_native", lambda: (None, "not built")):
+        assert lean_wire.to_tenseal(vals, lay) == native_bytes

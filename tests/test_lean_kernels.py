@@ -118,9 +118,18 @@ def test_lift_matches_reference(how: str) -> None:
         assert int(got.max()) < q0
 
 
-@pytest.mark.parametrize("b,k", [(42, 8), (42, 0), (50, 13), (20, 1)])
-def test_pack_and_unpack_round_trip(b: int, k: int) -> None:
-    c, n = 3, 1024
+# The preset widths (lean: 42/8; lean16: 58/26, a value spanning 9 bytes), the widths around
+# the unpacker's limits (57: 8 bytes with a shift of 7; 59: the ninth byte), the smallest rows (1
+# bit) and a ring of 8192 (several accumulator tiles per row in lean_accumulate).
+PACKS = [
+    (42, 8, 1024), (42, 0, 1024), (50, 13, 1024), (20, 1, 1024), (58, 26, 1024), (59, 0, 1024),
+    (57, 1, 1024), (1, 0, 1024), (9, 8, 1024), (33, 0, 1024), (42, 8, 8192), (58, 26, 8192),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("b,k,n", PACKS, ids=[f"b{b}-k{k}-N{n}" for b, k, n in PACKS])
+def test_pack_and_unpack_round_trip(b: int, k: int, n: int) -> None:
+    c = 3
     vals = np.random.default_rng(b + k).integers(0, 2 ** (b - k), size=(c, 2, n), dtype=np.uint64)
     vals[:, 1] = np.random.default_rng(1).integers(0, 2**b, size=(c, n), dtype=np.uint64)
     vals[:, :, -1] = [2 ** (b - k) - 1, 2**b - 1]  # the last value of every row: all ones
@@ -142,12 +151,23 @@ def test_pack_and_unpack_round_trip(b: int, k: int) -> None:
         from bcfl_engine.backends import native
 
         acc = torch.full((c, 2, n), -1, dtype=torch.int64)  # garbage: fresh zeroes it
-        w = torch.tensor([1, 2])
-        native().lean_accumulate([blob, blob], lean_wire.HEADER.size, b, k, w, acc, True)
-        want3 = lean.sum_reference(np.stack([want, want]), b, [1, 2])
-        assert not report(acc.numpy().view(np.uint64), want3)
-        native().lean_accumulate([blob], lean_wire.HEADER.size, b, k, None, acc, False)
-        want4 = lean.sum_reference(np.stack([want3, want]), b)
+        other = vals.copy()
+        other[:, 0] = np.random.default_rng(2).integers(
+            0, 2 ** (b - k), size=(c, n), dtype=np.uint64
+        )
+        blob2, want2 = lean_wire.write(other, layout), other.copy()
+        want2[:, 0] <<= np.uint64(k)
+        # 11 clients: a block of 8 unpacked together, then 3 one at a time; a weight past 32 bits
+        # (the full 64-bit product)
+        ws = [1, 2, 2**62 + 3, 5, 0, 7, 2**40, 9, 3, 2**63 - 1, 4]
+        blobs = [blob, blob2] * 5 + [blob]
+        native().lean_accumulate(blobs, lean_wire.HEADER.size, b, k, torch.tensor(ws), acc, True)
+        want3 = lean.sum_reference(np.stack([want, want2] * 5 + [want]), b, ws)
+        assert not report(acc.numpy().view(np.uint64), want3), report(
+            acc.numpy().view(np.uint64), want3
+        )
+        native().lean_accumulate([blob, blob2] * 5, lean_wire.HEADER.size, b, k, None, acc, False)
+        want4 = lean.sum_reference(np.stack([want3] + [want, want2] * 5), b)
         assert not report(acc.numpy().view(np.uint64), want4)
 
 
@@ -173,3 +193,29 @@ def test_bad_arguments_are_refused() -> None:
         lean.switch(x + P30, P30, 20, 0)
     with pytest.raises(InvalidArgument, match="weights"):
         lean.lean_sum(x[None], 42, [1, 2])
+
+
+@pytest.mark.parametrize("b,n", [(42, 1024), (58, 8192), (20, 2048)], ids=["b42", "b58", "b20"])
+def test_finish_is_the_lift_then_the_ntt(b: int, n: int) -> None:
+    """The native one-pass lift and NTT (an aggregate's last step) equal numpy's two steps."""
+    if _load_native()[0] is None:
+        pytest.skip(str(_load_native()[1]))
+    from bcfl_engine.backends import native
+    from bcfl_engine.he.ntt import ntt, tables
+
+    x = np.random.default_rng(b).integers(0, 2**b, size=(3, 2, n), dtype=np.uint64)
+    x[0, 0, :3] = [0, 2**b - 1, 2 ** (b - 1)]
+    want = ntt(lean.lift(x, P60, b, backend="numpy"), P60, backend="numpy")
+    out = torch.full((3, 2, n), -1, dtype=torch.int64)
+    tb = tables(n, P60)
+    native().lean_finish(
+        torch.from_numpy(x.view(np.int64)), P60, b, torch.from_numpy(tb.fwd),
+        torch.from_numpy(tb.fwd_p), out,
+    )  # fmt: skip
+    got = out.numpy().view(np.uint64)
+    assert not report(got, want), report(got, want)
+    with pytest.raises(InvalidArgument, match="1 mod 2N"):
+        native().lean_finish(
+            torch.from_numpy(x.view(np.int64)), P60 + 2, b, torch.from_numpy(tb.fwd),
+            torch.from_numpy(tb.fwd_p), out,
+        )  # fmt: skip

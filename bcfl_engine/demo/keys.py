@@ -19,6 +19,12 @@ from ..errors import PreconditionError
 from ..he import multiparty as mp
 from ..he.mpepoch import KeyEpoch, active_default, check_context, open_epoch, parties_of
 
+# The hospitals' key: lean payloads (11.25 bytes per parameter, 16 bits on the mean of 1,000
+# under up to 8 parties) at a 16-bit smudging margin; "threshold" (41 bits) costs 60 bytes.
+# Every hospital encrypts |x| <= 1 (its client refuses more); the weights (patients) sum to at
+# most 1,000, checked by the round.
+PRESET = "lean16"
+
 
 @dataclass
 class DemoKeys:
@@ -65,12 +71,32 @@ class DemoKeys:
         )
 
 
+def encrypt(update: Any, context: Any, byzantine: bool = False) -> bytes:
+    """A hospital's lean payload of ``update`` (a float tensor) under the public ``context``.
+
+    An honest hospital's update lies within the preset's bound (measured over 10 rounds of
+    mean, median and trimmed_mean with 2 of 10 hospitals Byzantine: ``|x| <= 0.31`` on
+    breast_cancer, ``0.56`` on diabetes); its client refuses one beyond (HeadroomExceeded),
+    never clips it. A Byzantine hospital that uses this client library can send at most the
+    bound: its corrupted update (sign_flip and scaled_noise reached 5.3 and 12.7) clipped to
+    it. One that bypasses the library can make its bucket's sum wrap; the bucketed robust round
+    is the answer (README).
+    """
+    from ..he import encrypt as lean_encrypt
+    from ..he import presets
+
+    bound = presets.get(PRESET).bound
+    assert bound is not None  # a lean preset states it
+    x = update.clamp(-bound, bound) if byzantine else update
+    return lean_encrypt(x.detach().cpu().double().numpy(), context)
+
+
 def setup(account_keys: list[bytes], threshold: int | None = None) -> DemoKeys:
     """The hospitals' key setup: hospital ``i`` is party ``i + 1``, its account key signs its
     decryption shares. ``threshold``: t-of-n (None: all hospitals decrypt together)."""
     from eth_account import Account
 
-    parties = [mp.KeyShare.generate(party=i + 1) for i in range(len(account_keys))]
+    parties = [mp.KeyShare.generate(party=i + 1, preset=PRESET) for i in range(len(account_keys))]
     public, crs = mp.local_setup(parties, threshold=threshold)
     accounts = {i + 1: k for i, k in enumerate(account_keys)}
     described = parties_of(
@@ -103,7 +129,7 @@ def summary(hospitals: DemoKeys, runs: list[Any], rounds: int, echo: Any) -> dic
         "parties": n_parties,
         "threshold": hospitals.keys.threshold,
         "who_decrypts": hospitals.who_decrypts(),
-        "precision": mp.precision(n_parties),
+        "precision": mp.precision(n_parties, PRESET),
         "lines": {},
     }
     for run in (r for r in runs if r.secure):

@@ -177,7 +177,7 @@ def mp_precision(parties: int) -> float:
     """The precision of one decrypted value under a key of ``parties`` parties."""
     from ..he import multiparty as mp
 
-    return mp.precision(parties)
+    return mp.precision(parties, mpkeys.PRESET)
 
 
 def _table(round_no: int, rounds: int, runs: list[Run], metric: str) -> str:
@@ -276,8 +276,8 @@ def run_demo(config: DemoConfig, echo: Echo = print) -> dict[str, Any]:
                 update = trainer.update(run.params, x, labels, seed)
                 if attack:
                     update = attacks.corrupt(attack, update, seed)
-                if run.secure == "ckks":  # stock TenSEAL under the key the chain names
-                    payload_bytes = _tenseal().ckks_vector(ctx, update.tolist()).serialize()
+                if run.secure == "ckks":  # lean payloads under the key the chain names
+                    payload_bytes = mpkeys.encrypt(update, ctx, byzantine=attack is not None)
                 else:
                     payload_bytes = encode_update(update)
                 signed = sign_payload(

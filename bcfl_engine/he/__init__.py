@@ -1,13 +1,15 @@
 """CKKS secure aggregation through TenSEAL: keys, client encryption, the SEAL wire format, the homomorphic weighted sum.
 
 >>> from bcfl_engine import he
->>> keys = he.generate_keys(preset="default")              # doctest: +SKIP
+>>> keys = he.generate_keys()                               # doctest: +SKIP
 >>> blob = he.encrypt(update, keys.public_context())         # doctest: +SKIP
 >>> agg = he.aggregate([blob, ...], context=keys.public_context())  # doctest: +SKIP
 >>> he.decrypt(agg, keys.secret_context)                     # doctest: +SKIP
 
-Lean payloads (~9.5 bytes per parameter, switched to ``2^b``): ``generate_keys("lean")``, then
-the same calls; see :mod:`bcfl_engine.he.lean`.
+Keys made without a preset are "lean" (:data:`~bcfl_engine.he.presets.DEFAULT`): payloads of
+9.5 bytes per parameter switched to ``2^b`` (:mod:`bcfl_engine.he.lean`), ``|x| <= 1`` and
+integer weights summing to at most 1,000; ``generate_keys("default")`` for compact payloads at
+the top of a 60/40/40 chain (fractional weights, more headroom, 30 bytes per parameter).
 
 Multiparty keys (no single holder of the secret): :mod:`bcfl_engine.he.multiparty`.
 """

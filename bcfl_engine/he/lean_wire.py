@@ -26,7 +26,7 @@ from ..backends import _load_native, native
 from ..errors import PayloadError
 from . import lean, wire
 from .keys import ContextInfo
-from .ntt import ntt
+from .ntt import ntt, tables
 
 LEAN_MAGIC = b"BCKL"
 HEADER = struct.Struct("<4sBBBBIIQ4QdQdI")  # 84 bytes
@@ -183,14 +183,27 @@ def parse(
 
 def to_tenseal(values: np.ndarray, layout: LeanLayout) -> bytes:
     """``values`` ``[C, 2, N]`` modulo ``2^b`` (a sum of payloads) lifted to ``q_0`` and put back
-    in NTT form: a ``CKKSVectorProto`` at ``q_0`` that TenSEAL loads and decrypts."""
+    in NTT form: a ``CKKSVectorProto`` at ``q_0`` that TenSEAL loads and decrypts.
+
+    With the extension built, the lift and the NTT run row by row in one native pass
+    (``lean_finish``); without it, :func:`~bcfl_engine.he.lean.lift` then
+    :func:`~bcfl_engine.he.ntt.ntt` in numpy. Both equal bit for bit (``tests/test_lean.py``).
+    """
     import torch
 
     from .batch import to_tenseal as write
 
-    lifted = lean.lift(values, layout.q0, layout.b)
-    residues = ntt(np.ascontiguousarray(lifted), layout.q0)
     compact = layout.compact()
+    vals = np.ascontiguousarray(values).view(np.uint64).reshape(layout.shape)
+    if _load_native()[0] is not None:
+        tb = tables(layout.poly_degree, layout.q0)
+        res = torch.empty(compact.shape, dtype=torch.int64)
+        native().lean_finish(
+            torch.from_numpy(vals.view(np.int64)), layout.q0, layout.b,
+            torch.from_numpy(tb.fwd), torch.from_numpy(tb.fwd_p), res.view(layout.shape),
+        )  # fmt: skip
+        return write(res, compact, layout.scale, (4, 3), "native")
+    lifted = lean.lift(vals, layout.q0, layout.b)
+    residues = ntt(lifted, layout.q0)
     res = torch.from_numpy(residues.reshape(compact.shape).view(np.int64))
-    codec = "python" if _load_native()[0] is None else "native"
-    return write(res, compact, layout.scale, (4, 3), codec)
+    return write(res, compact, layout.scale, (4, 3), "python")
