@@ -64,7 +64,10 @@ inline void tile3x3(const float* buf, int64_t kc, int64_t i0, int64_t j0, f32x8*
     f32x8 y0 = ld(b0 + k), y1 = ld(b1 + k), y2 = ld(b2 + k);
     // Keep all six in registers: as memory operands of the FMAs GCC loads three of them 3
     // times, 12 loads per 9 FMAs, and the 2 load ports of a Zen 3 core bind.
+#if defined(__AVX__)
+    // (Only where an 8-float vector fits one register: without AVX it is two.)
     asm("" : "+x"(x0), "+x"(x1), "+x"(x2), "+x"(y0), "+x"(y1), "+x"(y2));
+#endif
     c00 += x0 * y0; c01 += x0 * y1; c02 += x0 * y2;
     c10 += x1 * y0; c11 += x1 * y1; c12 += x1 * y2;
     c20 += x2 * y0; c21 += x2 * y1; c22 += x2 * y2;
