@@ -22,13 +22,15 @@ trimmed mean, ...) and pre-steps (NNM mixes updates) raise :class:`~bcfl_engine.
 DPUnsupported` with ``dp=``: their sensitivity is either the diameter of the update space or
 depends on the other clients' updates, and nothing that is not proven is accounted.
 
-Clipping costs no ``[n, d]`` write: the clip becomes a per-row coefficient of the weighted mean
-(``csrc/dp.cpp``: one read of ``x`` for the norms, one for the mean; Triton: the clip rule's
-norm kernel, then the mean kernel with the coefficients; torch: float64 norms over column
-blocks, then one matrix-vector product). The reference, :func:`clipped_mean_reference`, clips
-then sums, as the definition reads.
+Clipping costs no ``[n, d]`` write: the clip becomes a per-row coefficient of the sum
+(``csrc/dp.cpp``: rows summed in two lanes, each sweep over a row also summing the squares of
+the next, so ``x`` is read from memory once where a row and an accumulator fit in the cache,
+twice otherwise, with the same bits; Triton: the clip rule's norm kernel, then the mean kernel
+with the coefficients; torch: float64 norms over column blocks, then one matrix-vector product).
+The reference, :func:`clipped_mean_reference`, clips then sums, as the definition reads.
 The noise (:mod:`bcfl_engine.dp_noise`) is drawn from keyed BLAKE3 under a fresh key from the
-operating system, then added in one pass.
+operating system; the native kernel adds it in the clipped mean's final write (the same bits as
+:func:`add_noise_` after :func:`clipped_mean`), the other backends in one more pass.
 
 Accounting (:func:`epsilon`) uses Google's ``dp-accounting``: Renyi DP (Mironov 2017; the
 sampled Gaussian of Mironov, Talwar, Zhang 2019) and privacy loss distributions (PLD, Koskela et
@@ -47,8 +49,8 @@ from typing import Any
 import torch
 
 from . import rules
-from .backends import Kernel, dispatch, native
-from .dp_noise import NoiseGenerator, add_noise_
+from .backends import Kernel, choose, dispatch, native
+from .dp_noise import NoiseGenerator, add_noise_, noise_words
 from .errors import DPUnsupported, InvalidArgument, MissingDependency, PayloadError
 from .rules._common import (
     FLT_MIN,
@@ -70,6 +72,7 @@ __all__ = [
     "clipped_mean",
     "clipped_mean_reference",
     "epsilon",
+    "noise_words",
     "private_mean",
 ]
 
@@ -231,13 +234,24 @@ def _combine(x: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _cm_native(x: torch.Tensor, clipping_norm: float, m: int) -> torch.Tensor:
+def _cm_native(
+    x: torch.Tensor,
+    clipping_norm: float,
+    m: int,
+    words: torch.Tensor | None = None,
+    std: float = 0.0,
+    cache_bytes: int | None = None,
+) -> torch.Tensor:
+    # csrc/dp.cpp: one read of x where a row, the next and an accumulator fit in the cache
+    # (two reads otherwise, the same bits), the noise of ``words`` in the final write.
     x = contiguous(x)
     n, d = x.shape
+    mod = native()
     w = torch.full((n,), 1.0 / m, dtype=torch.float64)
     out = torch.empty(d, dtype=torch.float32)
     norms = torch.empty(n, dtype=torch.float64)
-    native().clipped_mean(x, w, float(clipping_norm), norms, out)
+    budget = mod.last_level_cache_bytes() if cache_bytes is None else cache_bytes
+    mod.clipped_mean(x, w, float(clipping_norm), norms, out, words, float(std), budget)
     return out
 
 
@@ -304,8 +318,21 @@ def private_mean(
     """
     if not isinstance(dp, GaussianDP):
         raise InvalidArgument(f"dp must be a GaussianDP; got {type(dp).__name__}")
-    out = clipped_mean(x, dp.clipping_norm, dp.num_sampled_clients, backend=backend, check=check)
-    return add_noise_(out, dp.noise_std, generator)
+    x = check_updates(x, "dp mean")
+    kernel = choose("clipped_mean", KERNELS, x, backend)
+    if kernel.backend != "native" or dp.noise_std == 0:
+        out = clipped_mean(
+            x, dp.clipping_norm, dp.num_sampled_clients, backend=backend, check=check
+        )
+        return add_noise_(out, dp.noise_std, generator)
+    # The noise in the clipped mean's final write (the same bits as add_noise_ after it): a
+    # non-finite result is then a non-finite update (|noise| < 9.5 std), or an overflow past
+    # float32's range, returned as it is (as add_noise_ would).
+    words = noise_words(x.shape[1], generator)
+    out = _cm_native(x, dp.clipping_norm, dp.num_sampled_clients, words, dp.noise_std)
+    if check and not all_finite(out):
+        raise_nonfinite(x, "dp mean")
+    return out
 
 
 # ---- accounting -------------------------------------------------------------------------------

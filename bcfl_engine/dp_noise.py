@@ -95,19 +95,24 @@ def add_noise_(
     if std == 0:
         return out
     d = out.numel()
+    words = noise_words(d, generator)
+    mod = _native()
+    if out.device.type == "cpu" and out.is_contiguous() and mod is not None:
+        mod.add_gaussian(words, float(std), out)
+        return out
+    z = torch.from_numpy(standard_normal(words.numpy(), d))
+    # float32 + float64 in place: the sum in float64, rounded once.
+    return out.add_(z.to(out.device), alpha=float(std))
+
+
+def noise_words(d: int, generator: NoiseGenerator | None = None) -> torch.Tensor:
+    """The words of ``d`` normals, uint64 ``[3 * ceil(d / 2)]`` (read-only: do not write)."""
     raw = random_words(3 * ((d + 1) // 2), generator)
     with warnings.catch_warnings():
         # The words are only read: bytes wrapped without a copy (a copy costs page faults,
         # ~10 ms for the 12 MB of d = 1M).
         warnings.filterwarnings("ignore", "The given buffer is not writable")
-        words = torch.frombuffer(raw, dtype=torch.uint64)
-    mod = _native()
-    if out.device.type == "cpu" and out.is_contiguous() and mod is not None:
-        mod.add_gaussian(words, float(std), out)
-        return out
-    z = torch.from_numpy(standard_normal(np.frombuffer(raw, dtype="<u8"), d))
-    # float32 + float64 in place: the sum in float64, rounded once.
-    return out.add_(z.to(out.device), alpha=float(std))
+        return torch.frombuffer(raw, dtype=torch.uint64)
 
 
 def standard_normal(words: np.ndarray, d: int) -> np.ndarray:

@@ -90,20 +90,28 @@ PYBIND11_MODULE(_C, m) {
 
   // ---- dp ----
   // The mean of clipped rows (see dp.h); the row norms are written to norms [n] float64.
+  // words: None, or uint64 [3 * ceil(d / 2)]: the noise of std added in out's final write.
+  // cache_bytes: what the one-read path may fill (dp.h); the result does not depend on it.
   m.def("clipped_mean", [](py::handle x_, py::handle w_, double max_norm, py::handle norms_,
-                           py::handle out_) {
+                           py::handle out_, py::handle words_, double std, int64_t cache_bytes) {
     const View x = storage(x_, "clipped_mean: x", {-1, -1});
     const int64_t n = x.dim(0), d = x.dim(1);
     const View w = view(w_, "clipped_mean: w", {kF64}, {n});
     const View norms = view(norms_, "clipped_mean: norms", {kF64}, {n}, true);
     const View out = view(out_, "clipped_mean: out", {kF32}, {d}, true);
+    const View words =
+        none(words_) ? View{} : view(words_, "clipped_mean: words", {kU64}, {3 * ((d + 1) / 2)});
     if (!(max_norm > 0.0)) invalid("clipped_mean: max_norm must be > 0; got " + std::to_string(max_norm));
-    no_overlap(out, "clipped_mean: out", {&x, &w, &norms});
-    no_overlap(norms, "clipped_mean: norms", {&x, &w});
+    if (!(std >= 0.0) || !std::isfinite(std)) invalid("clipped_mean: std must be finite and >= 0");
+    if (cache_bytes < 0) invalid("clipped_mean: cache_bytes must be >= 0");
+    no_overlap(out, "clipped_mean: out", {&x, &w, &norms, &words});
+    no_overlap(norms, "clipped_mean: norms", {&x, &w, &words});
     py::gil_scoped_release release;
     bcfl::clipped_mean(x.code, x.as<const void>(), n, d, w.as<const double>(), max_norm,
-                       norms.as<double>(), out.as<float>());
+                       norms.as<double>(), out.as<float>(), words.as<const uint64_t>(), std,
+                       cache_bytes);
   });
+  m.def("last_level_cache_bytes", &bcfl::last_level_cache_bytes);
 
   // Gaussian noise added into out (float32 [d]) from words (uint64 [3 * ceil(d / 2)]).
   m.def("add_gaussian", [](py::handle words_, double std, py::handle out_) {
