@@ -51,11 +51,15 @@ class NoiseGenerator:
         self.key = blake3.blake3(b"bcfl dp noise seed" + raw).digest()
         self.draws = 0
 
-    def words(self, count: int) -> bytes:
-        """The next draw: ``8 * count`` bytes of the stream."""
+    def next_key(self) -> tuple[bytes, bytes]:
+        """The next draw's ``(key, message)``: its words are keyed BLAKE3 of ``message``."""
         message = self.draws.to_bytes(8, "little")
         self.draws += 1
-        return _xof(self.key, message, count)
+        return self.key, message
+
+    def words(self, count: int) -> bytes:
+        """The next draw: ``8 * count`` bytes of the stream."""
+        return _xof(*self.next_key(), count)
 
 
 def _xof(key: bytes, message: bytes, count: int) -> bytes:
@@ -64,15 +68,22 @@ def _xof(key: bytes, message: bytes, count: int) -> bytes:
     return blake3.blake3(message, key=key).digest(length=8 * count)
 
 
-def random_words(count: int, generator: NoiseGenerator | None = None) -> bytes:
-    """``count`` 64-bit words (little-endian bytes) from a fresh OS key, or from ``generator``."""
+def draw_key(generator: NoiseGenerator | None = None) -> tuple[bytes, bytes]:
+    """One draw's ``(key, message)``: a fresh 32-byte OS key and no message, or ``generator``'s
+    next. The draw's words are keyed BLAKE3 of the message, read as an extendable output (the
+    native kernel makes them itself, block by block: ``csrc/blake3_xof.cpp``)."""
     if generator is None:
-        return _xof(secrets.token_bytes(32), b"", count)
+        return secrets.token_bytes(32), b""
     if not isinstance(generator, NoiseGenerator):
         raise InvalidArgument(
             f"generator must be a bcfl_engine.dp.NoiseGenerator or None; got {type(generator).__name__}"
         )
-    return generator.words(count)
+    return generator.next_key()
+
+
+def random_words(count: int, generator: NoiseGenerator | None = None) -> bytes:
+    """``count`` 64-bit words (little-endian bytes) from a fresh OS key, or from ``generator``."""
+    return _xof(*draw_key(generator), count)
 
 
 def _native() -> Any:

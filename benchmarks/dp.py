@@ -31,6 +31,7 @@ import torch
 
 import bcfl_engine as be
 from bcfl_engine import dp as bdp
+from bcfl_engine.dp_kernels import cm_native
 
 
 def main() -> None:
@@ -54,7 +55,7 @@ def main() -> None:
         "floor": lambda: x.sum(),
     }
     if backend == "native":
-        rows["two reads"] = lambda: bdp._cm_native(x, c, n, cache_bytes=0)
+        rows["two reads"] = lambda: cm_native(x, c, n, cache_bytes=0)
     times: dict[str, list[float]] = {k: [] for k in rows}
     for f in rows.values():  # warm up (page faults, first calls)
         f()

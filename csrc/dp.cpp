@@ -32,6 +32,7 @@
 #include <omp.h>
 #endif
 
+#include "blake3_xof.h"
 #include "claims.h"
 #include "common.h"
 
@@ -160,15 +161,15 @@ inline double fine_uniform(uint64_t mantissa, uint64_t exponent) {
 // loop that builds them (the leading-zero count does not vectorize) and the vector loop.
 constexpr int64_t kPairs = 1024;
 
-// out[j] = float32(float64(v[j - j0]) + std * z_j) for j in [j0, j0 + m), j0 even, m <= 2 kPairs.
-// v may be out + j0 (in place).
-void noise_block(const uint64_t* words, int64_t j0, int64_t m, double std, const float* v,
+// out[j] = float32(float64(v[j - j0]) + std * z_j) for j in [j0, j0 + m), j0 even, m <= 2 kPairs,
+// from the words of these pairs (wb[3 k .. 3 k + 2] for pair j0 / 2 + k). v may be out + j0.
+void noise_block(const uint64_t* wb, int64_t j0, int64_t m, double std, const float* v,
                  float* out) {
   constexpr double kTwoPi = 6.283185307179586476925286766559;
-  const int64_t k0 = j0 / 2, pairs = (m + 1) / 2;
+  const int64_t pairs = (m + 1) / 2;
   double u[kPairs], t[kPairs], z0[kPairs], z1[kPairs];
   for (int64_t k = 0; k < pairs; ++k) {
-    const uint64_t* wk = words + 3 * (k0 + k);
+    const uint64_t* wk = wb + 3 * k;
     u[k] = fine_uniform(wk[0], wk[1]);
     t[k] = kTwoPi * (static_cast<double>(wk[2] >> 11) * 0x1p-53);
   }
@@ -187,16 +188,39 @@ void noise_block(const uint64_t* words, int64_t j0, int64_t m, double std, const
   }
 }
 
-// The final write of columns [j0, j0 + m) (j0 even): out = a0 + a1 (a1 null: an empty lane),
-// then the noise if words is not null. a0 may be out + j0.
-void finish(const float* a0, const float* a1, int64_t j0, int64_t m, const uint64_t* words,
+// The words of pairs [k0, k0 + pairs) (k0 a multiple of kPairs, pairs <= kPairs) into w: the
+// keyed BLAKE3 stream's 64-bit words 3 k0 .. 3 (k0 + pairs) - 1, little-endian as the bytes
+// Python's blake3 returns (a 64-bit word is two 32-bit words of one output block).
+constexpr int64_t kBlocksPerNoiseBlock = 3 * kPairs / 8;  // 384, a multiple of kXofLanes
+static_assert(kBlocksPerNoiseBlock % kXofLanes == 0, "a block's words start a batch of lanes");
+
+void keyed_words(const NoiseKey& key, int64_t k0, int64_t pairs, uint64_t* w) {
+  const int64_t words = 3 * pairs;
+  const int64_t blocks = ((words + 7) / 8 + kXofLanes - 1) / kXofLanes * kXofLanes;
+  uint32_t buf[kBlocksPerNoiseBlock * 16];
+  blake3_keyed_xof(key.key, key.message, key.message_len, static_cast<uint64_t>(3 * k0 / 8), blocks,
+                   buf);
+  for (int64_t q = 0; q < words; ++q) {
+    const int64_t t = q / 8, i = 2 * (q % 8);
+    const uint32_t* o = buf + (t / kXofLanes) * kXofLanes * 16 + t % kXofLanes;
+    w[q] = static_cast<uint64_t>(o[i * kXofLanes]) | static_cast<uint64_t>(o[(i + 1) * kXofLanes]) << 32;
+  }
+}
+
+// The final write of columns [j0, j0 + m) (j0 a multiple of 2 kPairs): out = a0 + a1 (a1 null:
+// an empty lane), then the noise if `noise` is not null. a0 may be out + j0.
+void finish(const float* a0, const float* a1, int64_t j0, int64_t m, const NoiseKey* noise,
             double std, float* out) {
   for (int64_t s = 0; s < m; s += 2 * kPairs) {
     const int64_t k = std::min(2 * kPairs, m - s);
     float* o = out + j0 + s;
 #pragma omp simd
     for (int64_t j = 0; j < k; ++j) o[j] = a0[s + j] + (a1 ? a1[s + j] : 0.0f);
-    if (words) noise_block(words, j0 + s, k, std, o, out);
+    if (noise) {
+      uint64_t w[3 * kPairs];
+      keyed_words(*noise, (j0 + s) / 2, (k + 1) / 2, w);
+      noise_block(w, j0 + s, k, std, o, out);
+    }
   }
 }
 
@@ -214,7 +238,7 @@ constexpr int64_t kBlock = 4096;
 
 template <typename T>
 void clipped_mean_impl(const T* x, int64_t n, int64_t d, const double* w, double max_norm,
-                       double* norms, float* out, const uint64_t* words, double std,
+                       double* norms, float* out, const NoiseKey* noise, double std,
                        int64_t cache_bytes) {
   const int64_t h = (n + 1) / 2;
   const bool two_lanes = h < n;
@@ -231,7 +255,7 @@ void clipped_mean_impl(const T* x, int64_t n, int64_t d, const double* w, double
     });
     run_claimed((d + kBlock - 1) / kBlock, helpers, [&](int64_t b) {
       const int64_t j0 = b * kBlock, m = std::min(kBlock, d - j0);
-      finish(out + j0, acc1 ? acc1 + j0 : nullptr, j0, m, words, std, out);
+      finish(out + j0, acc1 ? acc1 + j0 : nullptr, j0, m, noise, std, out);
     });
     return;
   }
@@ -246,16 +270,16 @@ void clipped_mean_impl(const T* x, int64_t n, int64_t d, const double* w, double
     float a0[kBlock], a1[kBlock];
     for (int64_t i = 0; i < n; ++i)
       axpy(x + i * d + j0, m, coef[static_cast<size_t>(i)], i < h ? a0 : a1, i == 0 || i == h);
-    finish(a0, two_lanes ? a1 : nullptr, j0, m, words, std, out);
+    finish(a0, two_lanes ? a1 : nullptr, j0, m, noise, std, out);
   }
 }
 }  // namespace
 
 void clipped_mean(int dtype, const void* x, int64_t n, int64_t d, const double* w,
-                  double max_norm, double* norms, float* out, const uint64_t* words, double std,
+                  double max_norm, double* norms, float* out, const NoiseKey* noise, double std,
                   int64_t cache_bytes) {
   with_dtype(dtype, x, [&](auto* p) {
-    clipped_mean_impl(p, n, d, w, max_norm, norms, out, words, std, cache_bytes);
+    clipped_mean_impl(p, n, d, w, max_norm, norms, out, noise, std, cache_bytes);
   });
 }
 
@@ -264,7 +288,7 @@ void add_gaussian(const uint64_t* words, int64_t d, double std, float* out) {
 #pragma omp parallel for schedule(static)
   for (int64_t b = 0; b < blocks; ++b) {
     const int64_t j0 = b * 2 * kPairs;
-    noise_block(words, j0, std::min(2 * kPairs, d - j0), std, out + j0, out);
+    noise_block(words + 3 * (j0 / 2), j0, std::min(2 * kPairs, d - j0), std, out + j0, out);
   }
 }
 

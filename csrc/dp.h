@@ -12,10 +12,17 @@ namespace bcfl {
 // the thread count nor on `cache_bytes`, which only chooses between one read of x (a lane's
 // working set, three rows and an accumulator, fits in cache_bytes / 2) and two.
 //
-// words: null, or 3 * ceil(d / 2) random words: then out[j] = float32(out[j] + std * z_j) as
-// add_gaussian does, fused into the final write of out (the same bits as add_gaussian after).
+// noise: null, or the key of a draw: then out[j] = float32(out[j] + std * z_j) as add_gaussian
+// does with the words of keyed BLAKE3 (key, message) (the same bits as add_gaussian after,
+// given those words), fused into the final write of out, each block's words made where they
+// are used (blake3_xof.h).
+struct NoiseKey {
+  uint8_t key[32];
+  uint8_t message[64];
+  int message_len;  // 0 to 64
+};
 void clipped_mean(int dtype, const void* x, int64_t n, int64_t d, const double* w,
-                  double max_norm, double* norms, float* out, const uint64_t* words, double std,
+                  double max_norm, double* norms, float* out, const NoiseKey* noise, double std,
                   int64_t cache_bytes);
 // out[j] = float32(out[j] + std * z_j) for j < d, each sum in float64 and rounded once, with
 // z_j standard normal by Box-Muller from the caller's random words: pair k (coordinates 2k,
