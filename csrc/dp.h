@@ -30,7 +30,7 @@ void clipped_mean(int dtype, const void* x, int64_t n, int64_t d, const double* 
 // float64's full resolution down to 2^-65 (mantissa from one word, binary exponent from the
 // leading zeros of another): no gaps in the tails to |z| = 9.
 void add_gaussian(const uint64_t* words, int64_t d, double std, float* out);
-// The default cache_bytes of clipped_mean: this machine's last-level cache (sysconf), 32 MiB
-// where the system does not say.
+// The default cache_bytes of clipped_mean: one instance of this machine's last-level cache
+// (sysfs, else sysconf), 32 MiB where the system does not say.
 int64_t last_level_cache_bytes();
 }  // namespace bcfl
