@@ -7,8 +7,10 @@ BLAKE3 paper's security claim, 128-bit security), so the noise is unpredictable 
 does not hold the key, even one who sees other draws or the noised aggregates of other rounds.
 No statistical generator (Mersenne Twister, PCG, numpy's legacy RandomState) is involved: those
 are predictable from their outputs, and the adversary of differential privacy may know every
-update but one, i.e. see the noise nearly in the clear. The XOF runs at ~4-6 GB/s on one core
-of this machine: 12 MB for 1M coordinates in ~2 ms.
+update but one, i.e. see the noise nearly in the clear. The XOF runs at ~6 GB/s on one core
+of this machine: 12 MB for 1M coordinates in ~2 ms. The native private mean makes the words
+itself (``csrc/blake3_xof.cpp``, the same bytes as the blake3 package, tested), block by block
+where they are used, from the draw's key (:func:`draw_key`): no 12 MB buffer.
 
 How bits become normals: Box-Muller in float64 (``csrc/dp.cpp``, OpenMP, with libmvec's vector
 log, sin and cos on x86-64 glibc, at most 4 ulp; a numpy version of the same formula without

@@ -55,8 +55,8 @@ class DemoConfig:
     attack: str = "mix"
     progress: bool = True
     hidden: int = 0
-    epochs: int = 2
-    lr: float = 0.1
+    epochs: int = 5  # local SGD: updates of norm about 1 (see demo/train.py)
+    lr: float = 0.3
     dp_noise: float | None = None  # with it, a FedAvg line with central DP (.private)
     dp_clip: float | None = None
     dp_budget: float | None = None

@@ -4,6 +4,15 @@ The model is logistic regression (``hidden=0``; linear regression for a regressi
 one-hidden-layer MLP. A hospital receives the global parameters as one flat vector, trains on
 its own patients and sends the difference ``local - global`` (the update the server
 aggregates, as in FedAvg, McMahan et al. 2017).
+
+The demo trains 5 local epochs at learning rate 0.3 (``DemoConfig``): on the breast cancer
+split the first round's updates then have L2 norms 0.8 to 1.35 (median 1.0) and later ones 0.2
+to 0.4, so the private line's clipping norm 1.0 sits at the honest updates' size. With 2 epochs
+at 0.1 the updates were 0.2 to 0.5 and fell to ~0.06 by round 10, while the noise the server
+adds each round is fixed by the clipping norm (``z * C / m`` = 0.1 per parameter at
+``--dp-noise 1.0 --dp-clip 1.0``, 10 hospitals: ~0.56 in norm over the 31 parameters): the later
+rounds added mostly noise, which stays in the model, and the private line ended up to 0.06
+below the reference. Larger local steps also help the model without DP (0.965 against 0.937).
 """
 
 from __future__ import annotations
