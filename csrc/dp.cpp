@@ -14,6 +14,13 @@
 // on these 2 cores deschedule, had measured 2.6-3.7x the mean). out = lane 0 + lane 1, then
 // the noise, in one write, in column blocks claimed the same way.
 //
+// Measured (benchmarks/dp.py, n=64, d=1M, the 2 cores shared with other work): one read 1.2 to
+// 2.3x the plain mean, two reads 1.8 to 2.6x, run to run; each lane's re-read row and
+// accumulator cost 12 MiB of L3 traffic per row, and this VM's L3 is shared with other
+// tenants. Also tried: sweeps of all rows in column blocks, a group of rows squared while the
+// previous group is summed into out (less L3 traffic per row, but a wait at every sweep): 2.3
+// to 2.6x with groups of 1 or 2 rows, worse past the cache.
+//
 // Where a lane's working set does not fit in half of cache_bytes the same sum runs as two reads
 // of x: the norms, then column blocks in which each lane's rows are summed in the same order
 // with the same float32 fma: the same bits, so neither the cache size nor the thread count
