@@ -131,19 +131,14 @@ PYBIND11_MODULE(_C, m) {
     if (key.span.nbytes != 32 || message.span.nbytes > 64 || count < 0)
       invalid("blake3_xof: a 32-byte key, a message of at most 64 bytes, count >= 0");
     const int64_t batches = (count + bcfl::kXofLanes - 1) / bcfl::kXofLanes;
-    std::vector<uint32_t> lanes(static_cast<size_t>(batches * bcfl::kXofLanes * 16));
-    std::string out(static_cast<size_t>(64 * count), '\0');
+    std::string out(static_cast<size_t>(64 * batches * bcfl::kXofLanes), '\0');
     {
       py::gil_scoped_release release;
       bcfl::blake3_keyed_xof(key.span.as<const uint8_t>(), message.span.as<const uint8_t>(),
                              static_cast<int>(message.span.nbytes), first,
-                             batches * bcfl::kXofLanes, lanes.data());
-      for (int64_t t = 0; t < count; ++t)
-        for (int i = 0; i < 16; ++i) {
-          const uint32_t v = lanes[static_cast<size_t>(((t / bcfl::kXofLanes) * 16 + i) * bcfl::kXofLanes + t % bcfl::kXofLanes)];
-          for (int b = 0; b < 4; ++b) out[static_cast<size_t>(64 * t + 4 * i + b)] = static_cast<char>(v >> (8 * b));
-        }
+                             batches * bcfl::kXofLanes, reinterpret_cast<uint8_t*>(out.data()));
     }
+    out.resize(static_cast<size_t>(64 * count));
     return py::bytes(out);
   });
   m.def("last_level_cache_bytes", &bcfl::last_level_cache_bytes);

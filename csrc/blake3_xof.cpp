@@ -8,6 +8,8 @@
 
 #include <cstring>
 
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "output words stored as bytes");
+
 namespace bcfl {
 
 namespace {
@@ -31,6 +33,48 @@ inline void g(u32v* v, int a, int b, int c, int d, uint32_t mx, uint32_t my) {
   v[b] = rotr(v[b] ^ v[c], 7);
 }
 
+// rows[i][l] -> rows[l][i]: four stages, stage b exchanging bit b of the row with bit b of the
+// lane (two-source shuffles with constant indices into (row i, row i + s): vpermt2d on AVX-512;
+// elementwise where GCC's __builtin_shuffle is missing).
+#if defined(__GNUC__) && !defined(__clang__)
+template <int S>
+inline void stage(u32v* rows) {
+  constexpr int n = kXofLanes;
+  // keep_lo[l]: lane l of the new row i; keep_hi[l]: of the new row i + S.
+  static const u32v lo = [] {
+    u32v m{};
+    for (int l = 0; l < n; ++l) m[l] = static_cast<uint32_t>((l & S) ? n + (l ^ S) : l);
+    return m;
+  }();
+  static const u32v hi = [] {
+    u32v m{};
+    for (int l = 0; l < n; ++l) m[l] = static_cast<uint32_t>((l & S) ? n + l : (l | S));
+    return m;
+  }();
+  const u32v keep_lo = lo, keep_hi = hi;
+  for (int i = 0; i < 16; ++i) {
+    if (i & S) continue;
+    const u32v a = rows[i], c = rows[i + S];
+    rows[i] = __builtin_shuffle(a, c, keep_lo);
+    rows[i + S] = __builtin_shuffle(a, c, keep_hi);
+  }
+}
+#endif
+
+inline void transpose(u32v* rows) {
+#if defined(__GNUC__) && !defined(__clang__)
+  stage<1>(rows);
+  stage<2>(rows);
+  stage<4>(rows);
+  stage<8>(rows);
+#else
+  uint32_t m[16][16];
+  for (int i = 0; i < 16; ++i)
+    for (int l = 0; l < 16; ++l) m[l][i] = rows[i][l];
+  std::memcpy(rows, m, sizeof m);
+#endif
+}
+
 inline uint32_t le32(const uint8_t* p) {
   return static_cast<uint32_t>(p[0]) | static_cast<uint32_t>(p[1]) << 8 |
          static_cast<uint32_t>(p[2]) << 16 | static_cast<uint32_t>(p[3]) << 24;
@@ -38,7 +82,7 @@ inline uint32_t le32(const uint8_t* p) {
 }  // namespace
 
 void blake3_keyed_xof(const uint8_t key[32], const uint8_t* message, int message_len,
-                      uint64_t first, int64_t count, uint32_t* out) {
+                      uint64_t first, int64_t count, uint8_t* out) {
   uint32_t cv[8], block[16];
   for (int i = 0; i < 8; ++i) cv[i] = le32(key + 4 * i);
   uint8_t padded[64] = {};
@@ -76,12 +120,15 @@ void blake3_keyed_xof(const uint8_t key[32], const uint8_t* message, int message
       g(v, 2, 7, 8, 13, w[12], w[13]);
       g(v, 3, 4, 9, 14, w[14], w[15]);
     }
-    uint32_t* o = out + b * 16;
+    // Output words of each lane (block), then the 16 x 16 transpose: row l becomes block
+    // first + b + l, its 64 bytes in order.
+    u32v rows[16];
     for (int i = 0; i < 8; ++i) {
-      const u32v lo_half = v[i] ^ v[i + 8], hi_half = v[i + 8] ^ cv[i];
-      std::memcpy(o + i * kXofLanes, &lo_half, sizeof lo_half);
-      std::memcpy(o + (i + 8) * kXofLanes, &hi_half, sizeof hi_half);
+      rows[i] = v[i] ^ v[i + 8];
+      rows[i + 8] = v[i + 8] ^ cv[i];
     }
+    transpose(rows);
+    std::memcpy(out + b * 64, rows, sizeof rows);
   }
 }
 

@@ -196,23 +196,16 @@ void noise_block(const uint64_t* wb, int64_t j0, int64_t m, double std, const fl
   }
 }
 
-// The words of pairs [k0, k0 + pairs) (k0 a multiple of kPairs, pairs <= kPairs) into w: the
-// keyed BLAKE3 stream's 64-bit words 3 k0 .. 3 (k0 + pairs) - 1, little-endian as the bytes
-// Python's blake3 returns (a 64-bit word is two 32-bit words of one output block).
+// The words of pairs [k0, k0 + pairs) (k0 a multiple of kPairs, pairs <= kPairs) into w [3 kPairs]:
+// the keyed BLAKE3 stream's 64-bit words 3 k0 .. 3 (k0 + pairs) - 1, little-endian as the bytes
+// Python's blake3 returns.
 constexpr int64_t kBlocksPerNoiseBlock = 3 * kPairs / 8;  // 384, a multiple of kXofLanes
 static_assert(kBlocksPerNoiseBlock % kXofLanes == 0, "a block's words start a batch of lanes");
 
 void keyed_words(const NoiseKey& key, int64_t k0, int64_t pairs, uint64_t* w) {
-  const int64_t words = 3 * pairs;
-  const int64_t blocks = ((words + 7) / 8 + kXofLanes - 1) / kXofLanes * kXofLanes;
-  uint32_t buf[kBlocksPerNoiseBlock * 16];
+  const int64_t blocks = ((3 * pairs + 7) / 8 + kXofLanes - 1) / kXofLanes * kXofLanes;
   blake3_keyed_xof(key.key, key.message, key.message_len, static_cast<uint64_t>(3 * k0 / 8), blocks,
-                   buf);
-  for (int64_t q = 0; q < words; ++q) {
-    const int64_t t = q / 8, i = 2 * (q % 8);
-    const uint32_t* o = buf + (t / kXofLanes) * kXofLanes * 16 + t % kXofLanes;
-    w[q] = static_cast<uint64_t>(o[i * kXofLanes]) | static_cast<uint64_t>(o[(i + 1) * kXofLanes]) << 32;
-  }
+                   reinterpret_cast<uint8_t*>(w));  // little-endian: the bytes are the words
 }
 
 // The final write of columns [j0, j0 + m) (j0 a multiple of 2 kPairs): out = a0 + a1 (a1 null:
