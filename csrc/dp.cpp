@@ -14,7 +14,7 @@
 // on these 2 cores deschedule, had measured 2.6-3.7x the mean). out = lane 0 + lane 1, then
 // the noise, in one write, in column blocks claimed the same way.
 //
-// Measured (benchmarks/dp.py, n=64, d=1M, the 2 cores shared with other work): one read 1.2 to
+// Measured (benchmarks/dp.py, n=64, d=1M, the 2 cores shared with other work): one read 1.5 to
 // 2.3x the plain mean, two reads 1.8 to 2.6x, run to run; each lane's re-read row and
 // accumulator cost 12 MiB of L3 traffic per row, and this VM's L3 is shared with other
 // tenants. Also tried: sweeps of all rows in column blocks, a group of rows squared while the
