@@ -10,6 +10,7 @@ import pytest
 
 from bcfl_engine import dp as bdp
 from bcfl_engine.cli import main
+from bcfl_engine.demo import train
 
 pytest.importorskip("sklearn")
 pytest.importorskip("dp_accounting")
@@ -27,6 +28,10 @@ def test_private_fedavg_stays_near_the_reference(tmp_path, capsys):
     argv = ["demo", "--rule", "mean", "--dp-noise", "1.0", "--dp-clip", "1.0"]
     assert main([*argv, "--out", str(tmp_path), "--quiet"]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
+    ran = (summary["config"]["epochs"], summary["config"]["lr"])
+    assert (
+        ran == train.LOCAL_TRAINING["breast_cancer"] == (5, 0.3)
+    )  # what the README derives C from
     eps = bdp.epsilon(1.0, 1.0, 10, 1e-5)  # 10 hospitals, all in every round: sample rate 1
     assert summary["epsilon"]["mean, dp"] == pytest.approx(eps, rel=1e-12)
     assert summary["epsilon"]["mean, no attack"] is None  # no guarantee without DP
