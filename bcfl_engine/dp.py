@@ -22,13 +22,15 @@ trimmed mean, ...) and pre-steps (NNM mixes updates) raise :class:`~bcfl_engine.
 DPUnsupported` with ``dp=``: their sensitivity is either the diameter of the update space or
 depends on the other clients' updates, and nothing that is not proven is accounted.
 
-Clipping costs no ``[n, d]`` write: the clip becomes a per-row coefficient of the weighted mean
-(``csrc/dp.cpp``: one read of ``x`` for the norms, one for the mean; Triton: the clip rule's
-norm kernel, then the mean kernel with the coefficients; torch: float64 norms over column
-blocks, then one matrix-vector product). The reference, :func:`clipped_mean_reference`, clips
-then sums, as the definition reads.
+Clipping costs no ``[n, d]`` write: the clip becomes a per-row coefficient of the sum
+(``csrc/dp.cpp``: rows summed in two lanes, each sweep over a row also summing the squares of
+the next, so ``x`` is read from memory once where a row and an accumulator fit in the cache,
+twice otherwise, with the same bits; Triton: the clip rule's norm kernel, then the mean kernel
+with the coefficients; torch: float64 norms over column blocks, then one matrix-vector product).
+The reference, :func:`clipped_mean_reference`, clips then sums, as the definition reads.
 The noise (:mod:`bcfl_engine.dp_noise`) is drawn from keyed BLAKE3 under a fresh key from the
-operating system, then added in one pass.
+operating system; the native kernel adds it in the clipped mean's final write (the same bits as
+:func:`add_noise_` after :func:`clipped_mean`), the other backends in one more pass.
 
 Accounting (:func:`epsilon`) uses Google's ``dp-accounting``: Renyi DP (Mironov 2017; the
 sampled Gaussian of Mironov, Talwar, Zhang 2019) and privacy loss distributions (PLD, Koskela et
@@ -47,16 +49,13 @@ from typing import Any
 import torch
 
 from . import rules
-from .backends import Kernel, dispatch, native
-from .dp_noise import NoiseGenerator, add_noise_
+from .backends import choose, dispatch
+from .dp_kernels import KERNELS, cm_native
+from .dp_noise import NoiseGenerator, add_noise_, draw_key, noise_words
 from .errors import DPUnsupported, InvalidArgument, MissingDependency, PayloadError
 from .rules._common import (
-    FLT_MIN,
     check_updates,
-    contiguous,
-    exact_sq_norms,
     raise_nonfinite,
-    row_sq_norms64,
 )
 from .updates import all_finite
 
@@ -69,7 +68,9 @@ __all__ = [
     "clip_update",
     "clipped_mean",
     "clipped_mean_reference",
+    "draw_key",
     "epsilon",
+    "noise_words",
     "private_mean",
 ]
 
@@ -205,65 +206,6 @@ def clipped_mean_reference(x: torch.Tensor, clipping_norm: float, m: int) -> tor
     return (clipped.double().sum(dim=0) / m).float()
 
 
-def _coefficients(norms: torch.Tensor, clipping_norm: float, m: int) -> torch.Tensor:
-    """float64 ``min(1, C / ||x_i||) / m`` per row; ``1 / m`` for a non-finite norm (the row's
-    NaN or inf then reaches the result, for the caller to report)."""
-    over = (norms > clipping_norm) & torch.isfinite(norms)
-    scale = torch.where(over, clipping_norm / norms, torch.ones_like(norms))
-    return scale / m
-
-
-def _cm_torch(x: torch.Tensor, clipping_norm: float, m: int) -> torch.Tensor:
-    # The clip as the coefficients of one matrix-vector product: float64 norms over column
-    # blocks (no [n, d] float64 copy), then coef @ x; no clipped copy of x is written.
-    xf = x.float()
-    coef = _coefficients(row_sq_norms64(xf).sqrt(), clipping_norm, m)
-    return _combine(xf, coef)
-
-
-def _combine(x: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
-    """``sum_i coef_i x_i`` in float32, rows whose coefficient is below float32's normal range
-    (a subnormal float32 coefficient keeps few bits) in float64, each product rounded once."""
-    tiny = coef < FLT_MIN
-    out = torch.where(tiny, 0.0, coef).float().to(x.device) @ x
-    for i in tiny.nonzero().reshape(-1).tolist():
-        out += (x[i].double() * float(coef[i])).float()
-    return out
-
-
-def _cm_native(x: torch.Tensor, clipping_norm: float, m: int) -> torch.Tensor:
-    x = contiguous(x)
-    n, d = x.shape
-    w = torch.full((n,), 1.0 / m, dtype=torch.float64)
-    out = torch.empty(d, dtype=torch.float32)
-    norms = torch.empty(n, dtype=torch.float64)
-    native().clipped_mean(x, w, float(clipping_norm), norms, out)
-    return out
-
-
-def _cm_triton(x: torch.Tensor, clipping_norm: float, m: int) -> torch.Tensor:
-    # Two kernels, two reads of x: the clip rule's norms, then the mean with the clip folded
-    # into the weights. One kernel would need every row's norm before the first column's sum,
-    # a grid-wide synchronization Triton does not offer.
-    from .kernels.clip import row_sq_norms
-    from .kernels.mean import weighted_mean
-
-    x = contiguous(x)
-    coef = _coefficients(exact_sq_norms(x, row_sq_norms(x)).sqrt().cpu(), clipping_norm, m)
-    tiny = coef < FLT_MIN  # as _combine: such rows in float64
-    out = weighted_mean(x, torch.where(tiny, 0.0, coef).float().to(x.device))
-    for i in tiny.nonzero().reshape(-1).tolist():
-        out += (x[i].double() * float(coef[i])).float()
-    return out
-
-
-KERNELS = (
-    Kernel("torch", _cm_torch),
-    Kernel("native", _cm_native, needs="cpp"),
-    Kernel("triton", _cm_triton),
-)
-
-
 def clipped_mean(
     x: torch.Tensor,
     clipping_norm: float,
@@ -304,8 +246,21 @@ def private_mean(
     """
     if not isinstance(dp, GaussianDP):
         raise InvalidArgument(f"dp must be a GaussianDP; got {type(dp).__name__}")
-    out = clipped_mean(x, dp.clipping_norm, dp.num_sampled_clients, backend=backend, check=check)
-    return add_noise_(out, dp.noise_std, generator)
+    x = check_updates(x, "dp mean")
+    kernel = choose("clipped_mean", KERNELS, x, backend)
+    if kernel.backend != "native" or dp.noise_std == 0:
+        out = clipped_mean(
+            x, dp.clipping_norm, dp.num_sampled_clients, backend=backend, check=check
+        )
+        return add_noise_(out, dp.noise_std, generator)
+    # The noise in the clipped mean's final write (the same bits as add_noise_ after it): a
+    # non-finite result is then a non-finite update (|noise| < 9.5 std), or an overflow past
+    # float32's range, returned as it is (as add_noise_ would).
+    key = draw_key(generator)
+    out = cm_native(x, dp.clipping_norm, dp.num_sampled_clients, key, dp.noise_std)
+    if check and not all_finite(out):
+        raise_nonfinite(x, "dp mean")
+    return out
 
 
 # ---- accounting -------------------------------------------------------------------------------

@@ -7,8 +7,10 @@ BLAKE3 paper's security claim, 128-bit security), so the noise is unpredictable 
 does not hold the key, even one who sees other draws or the noised aggregates of other rounds.
 No statistical generator (Mersenne Twister, PCG, numpy's legacy RandomState) is involved: those
 are predictable from their outputs, and the adversary of differential privacy may know every
-update but one, i.e. see the noise nearly in the clear. The XOF runs at ~4-6 GB/s on one core
-of this machine: 12 MB for 1M coordinates in ~2 ms.
+update but one, i.e. see the noise nearly in the clear. The XOF runs at ~6 GB/s on one core
+of this machine: 12 MB for 1M coordinates in ~2 ms. The native private mean makes the words
+itself (``csrc/blake3_xof.cpp``, the same bytes as the blake3 package, tested), block by block
+where they are used, from the draw's key (:func:`draw_key`): no 12 MB buffer.
 
 How bits become normals: Box-Muller in float64 (``csrc/dp.cpp``, OpenMP, with libmvec's vector
 log, sin and cos on x86-64 glibc, at most 4 ulp; a numpy version of the same formula without
@@ -51,11 +53,15 @@ class NoiseGenerator:
         self.key = blake3.blake3(b"bcfl dp noise seed" + raw).digest()
         self.draws = 0
 
-    def words(self, count: int) -> bytes:
-        """The next draw: ``8 * count`` bytes of the stream."""
+    def next_key(self) -> tuple[bytes, bytes]:
+        """The next draw's ``(key, message)``: its words are keyed BLAKE3 of ``message``."""
         message = self.draws.to_bytes(8, "little")
         self.draws += 1
-        return _xof(self.key, message, count)
+        return self.key, message
+
+    def words(self, count: int) -> bytes:
+        """The next draw: ``8 * count`` bytes of the stream."""
+        return _xof(*self.next_key(), count)
 
 
 def _xof(key: bytes, message: bytes, count: int) -> bytes:
@@ -64,15 +70,22 @@ def _xof(key: bytes, message: bytes, count: int) -> bytes:
     return blake3.blake3(message, key=key).digest(length=8 * count)
 
 
-def random_words(count: int, generator: NoiseGenerator | None = None) -> bytes:
-    """``count`` 64-bit words (little-endian bytes) from a fresh OS key, or from ``generator``."""
+def draw_key(generator: NoiseGenerator | None = None) -> tuple[bytes, bytes]:
+    """One draw's ``(key, message)``: a fresh 32-byte OS key and no message, or ``generator``'s
+    next. The draw's words are keyed BLAKE3 of the message, read as an extendable output (the
+    native kernel makes them itself, block by block: ``csrc/blake3_xof.cpp``)."""
     if generator is None:
-        return _xof(secrets.token_bytes(32), b"", count)
+        return secrets.token_bytes(32), b""
     if not isinstance(generator, NoiseGenerator):
         raise InvalidArgument(
             f"generator must be a bcfl_engine.dp.NoiseGenerator or None; got {type(generator).__name__}"
         )
-    return generator.words(count)
+    return generator.next_key()
+
+
+def random_words(count: int, generator: NoiseGenerator | None = None) -> bytes:
+    """``count`` 64-bit words (little-endian bytes) from a fresh OS key, or from ``generator``."""
+    return _xof(*draw_key(generator), count)
 
 
 def _native() -> Any:
@@ -95,19 +108,24 @@ def add_noise_(
     if std == 0:
         return out
     d = out.numel()
+    words = noise_words(d, generator)
+    mod = _native()
+    if out.device.type == "cpu" and out.is_contiguous() and mod is not None:
+        mod.add_gaussian(words, float(std), out)
+        return out
+    z = torch.from_numpy(standard_normal(words.numpy(), d))
+    # float32 + float64 in place: the sum in float64, rounded once.
+    return out.add_(z.to(out.device), alpha=float(std))
+
+
+def noise_words(d: int, generator: NoiseGenerator | None = None) -> torch.Tensor:
+    """The words of ``d`` normals, uint64 ``[3 * ceil(d / 2)]`` (read-only: do not write)."""
     raw = random_words(3 * ((d + 1) // 2), generator)
     with warnings.catch_warnings():
         # The words are only read: bytes wrapped without a copy (a copy costs page faults,
         # ~10 ms for the 12 MB of d = 1M).
         warnings.filterwarnings("ignore", "The given buffer is not writable")
-        words = torch.frombuffer(raw, dtype=torch.uint64)
-    mod = _native()
-    if out.device.type == "cpu" and out.is_contiguous() and mod is not None:
-        mod.add_gaussian(words, float(std), out)
-        return out
-    z = torch.from_numpy(standard_normal(np.frombuffer(raw, dtype="<u8"), d))
-    # float32 + float64 in place: the sum in float64, rounded once.
-    return out.add_(z.to(out.device), alpha=float(std))
+        return torch.frombuffer(raw, dtype=torch.uint64)
 
 
 def standard_normal(words: np.ndarray, d: int) -> np.ndarray:

@@ -12,6 +12,9 @@
 #include "bindings_util.h"
 
 #include <cmath>
+#include <cstring>
+#include <string>
+#include <vector>
 
 #include "mean.h"
 #include "median.h"
@@ -21,6 +24,7 @@
 #include "multi_krum.h"
 #include "_distances.h"
 #include "bulyan.h"
+#include "blake3_xof.h"
 #include "dp.h"
 
 using namespace bcfl::bind;  // NOLINT: the checks every block below uses
@@ -90,20 +94,54 @@ PYBIND11_MODULE(_C, m) {
 
   // ---- dp ----
   // The mean of clipped rows (see dp.h); the row norms are written to norms [n] float64.
+  // key: None, or the 32-byte key of a keyed BLAKE3 draw and message (at most 64 bytes): the
+  // noise of std added in out's final write. cache_bytes: what the one-read path may fill
+  // (dp.h); the result does not depend on it.
   m.def("clipped_mean", [](py::handle x_, py::handle w_, double max_norm, py::handle norms_,
-                           py::handle out_) {
+                           py::handle out_, py::handle key_, py::handle message_, double std,
+                           int64_t cache_bytes) {
     const View x = storage(x_, "clipped_mean: x", {-1, -1});
     const int64_t n = x.dim(0), d = x.dim(1);
     const View w = view(w_, "clipped_mean: w", {kF64}, {n});
     const View norms = view(norms_, "clipped_mean: norms", {kF64}, {n}, true);
     const View out = view(out_, "clipped_mean: out", {kF32}, {d}, true);
+    bcfl::NoiseKey noise{};
+    if (!none(key_)) {
+      const Bytes key(key_, "clipped_mean: key"), message(message_, "clipped_mean: message");
+      if (key.span.nbytes != 32) invalid("clipped_mean: key must be 32 bytes");
+      if (message.span.nbytes > 64) invalid("clipped_mean: message must be at most 64 bytes");
+      std::memcpy(noise.key, key.span.as<const void>(), 32);
+      std::memcpy(noise.message, message.span.as<const void>(), static_cast<size_t>(message.span.nbytes));
+      noise.message_len = static_cast<int>(message.span.nbytes);
+    }
     if (!(max_norm > 0.0)) invalid("clipped_mean: max_norm must be > 0; got " + std::to_string(max_norm));
+    if (!(std >= 0.0) || !std::isfinite(std)) invalid("clipped_mean: std must be finite and >= 0");
+    if (cache_bytes < 0) invalid("clipped_mean: cache_bytes must be >= 0");
     no_overlap(out, "clipped_mean: out", {&x, &w, &norms});
     no_overlap(norms, "clipped_mean: norms", {&x, &w});
     py::gil_scoped_release release;
     bcfl::clipped_mean(x.code, x.as<const void>(), n, d, w.as<const double>(), max_norm,
-                       norms.as<double>(), out.as<float>());
+                       norms.as<double>(), out.as<float>(), none(key_) ? nullptr : &noise, std,
+                       cache_bytes);
   });
+  // blake3_xof(key [32], message [<= 64], first, count) -> bytes [64 * count]: output blocks
+  // [first, first + count) of keyed BLAKE3 (the noise's words, made by the kernel; for tests).
+  m.def("blake3_xof", [](py::handle key_, py::handle message_, uint64_t first, int64_t count) {
+    const Bytes key(key_, "blake3_xof: key"), message(message_, "blake3_xof: message");
+    if (key.span.nbytes != 32 || message.span.nbytes > 64 || count < 0)
+      invalid("blake3_xof: a 32-byte key, a message of at most 64 bytes, count >= 0");
+    const int64_t batches = (count + bcfl::kXofLanes - 1) / bcfl::kXofLanes;
+    std::string out(static_cast<size_t>(64 * batches * bcfl::kXofLanes), '\0');
+    {
+      py::gil_scoped_release release;
+      bcfl::blake3_keyed_xof(key.span.as<const uint8_t>(), message.span.as<const uint8_t>(),
+                             static_cast<int>(message.span.nbytes), first,
+                             batches * bcfl::kXofLanes, reinterpret_cast<uint8_t*>(out.data()));
+    }
+    out.resize(static_cast<size_t>(64 * count));
+    return py::bytes(out);
+  });
+  m.def("last_level_cache_bytes", &bcfl::last_level_cache_bytes);
 
   // Gaussian noise added into out (float32 [d]) from words (uint64 [3 * ceil(d / 2)]).
   m.def("add_gaussian", [](py::handle words_, double std, py::handle out_) {

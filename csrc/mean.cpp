@@ -22,6 +22,7 @@
 #include <utility>
 #include <vector>
 
+#include "claims.h"
 #include "common.h"
 
 namespace bcfl {
@@ -156,43 +157,6 @@ void sum_block(const float* const* rows, int64_t n, const float* s, int64_t j0, 
     for (k = 0; k + kLanes <= w; k += kLanes) stv(out + k, ldv(out + k) + rounded(ldv(a + k) * sa));
     for (; k < w; ++k) out[k] = out[k] + rounded(a[k] * sa);
   }
-}
-}  // namespace
-
-// Blocks handed out one at a time to the calling thread and to helper threads that join when
-// they get a core: a helper that starts late finds every block taken and leaves without touching
-// the data, so a helper descheduled by another process never holds the caller up. (An OpenMP
-// team waits at its closing barrier for every member: with two other processes busy on the 2
-// cores, a 2-thread parallel-for of this sum measured 6-8 ms against 1.2-1.5 ms on idle cores.)
-// Every column is summed by one thread in row order, so the result does not depend on which
-// thread took which block.
-namespace {
-struct Claims {
-  std::atomic<int64_t> next{0}, done{0};
-  int64_t items = 0;
-  const std::function<void(int64_t)>* work = nullptr;  // valid while done < items
-};
-
-void take_blocks(Claims& c) {
-  for (int64_t b; (b = c.next.fetch_add(1, std::memory_order_relaxed)) < c.items;) {
-    (*c.work)(b);
-    c.done.fetch_add(1, std::memory_order_release);
-  }
-}
-
-void run_claimed(int64_t items, int helpers, const std::function<void(int64_t)>& work) {
-  auto c = std::make_shared<Claims>();
-  c->items = items;
-  c->work = &work;
-  for (int h = 0; h < helpers; ++h) {
-    try {
-      std::thread([c] { take_blocks(*c); }).detach();
-    } catch (const std::system_error&) {
-      break;  // no thread to be had: the caller takes every block
-    }
-  }
-  take_blocks(*c);
-  while (c->done.load(std::memory_order_acquire) < items) std::this_thread::yield();
 }
 }  // namespace
 

@@ -12,6 +12,7 @@ from helpers import assert_close, extreme_rows, make_updates, poisoned
 
 import bcfl_engine as be
 from bcfl_engine import dp as bdp
+from bcfl_engine.dp_kernels import cm_native
 from bcfl_engine.dp_noise import _leading_zeros, random_words, standard_normal
 from bcfl_engine.errors import DPUnsupported, InvalidArgument, NonFiniteUpdate
 
@@ -184,10 +185,21 @@ def test_native_bindings_check_their_arguments() -> None:
         pytest.skip("the extension is not built")
     x, out = torch.ones(3, 4), torch.empty(4)
     w, norms = torch.full((3,), 1 / 3, dtype=torch.float64), torch.empty(3, dtype=torch.float64)
+    budget = mod.last_level_cache_bytes()
+    assert budget > 0
+    key = bytes(32)
     with pytest.raises(InvalidArgument, match="w"):
-        mod.clipped_mean(x, w.float(), 1.0, norms, out)
+        mod.clipped_mean(x, w.float(), 1.0, norms, out, None, None, 0.0, budget)
     with pytest.raises(InvalidArgument, match="max_norm"):
-        mod.clipped_mean(x, w, 0.0, norms, out)
+        mod.clipped_mean(x, w, 0.0, norms, out, None, None, 0.0, budget)
+    with pytest.raises(InvalidArgument, match="key must be 32 bytes"):
+        mod.clipped_mean(x, w, 1.0, norms, out, bytes(31), b"", 1.0, budget)
+    with pytest.raises(InvalidArgument, match="message must be at most 64 bytes"):
+        mod.clipped_mean(x, w, 1.0, norms, out, key, bytes(65), 1.0, budget)
+    with pytest.raises(InvalidArgument, match="std"):
+        mod.clipped_mean(x, w, 1.0, norms, out, key, b"", -1.0, budget)
+    with pytest.raises(InvalidArgument, match="cache_bytes"):
+        mod.clipped_mean(x, w, 1.0, norms, out, None, None, 0.0, -1)
     with pytest.raises(InvalidArgument, match="words"):
         mod.add_gaussian(torch.zeros(5, dtype=torch.uint64), 1.0, out)  # needs 6 for d = 4
     with pytest.raises(InvalidArgument, match="std"):
@@ -202,3 +214,94 @@ def test_noise_without_the_kernel_equals_the_kernels() -> None:
     dense = bdp.add_noise_(torch.zeros(d), 0.5, bdp.NoiseGenerator(11))
     assert_close(strided, dense, rtol=1e-6, atol=1e-7)
     assert 0.4 < float(dense.std()) < 0.6  # noise of std 0.5 was added
+
+
+# ---- the native kernel's one-read path (csrc/dp.cpp) ----------------------------------------
+
+NATIVE_SHAPES = [(1, 5), (2, 3), (3, 1025), (17, 4097), (131, 67)]
+NATIVE_IDS = [f"n{n}-d{d}" for n, d in NATIVE_SHAPES]
+
+
+def _native_or_skip():
+    from bcfl_engine.backends import _load_native
+
+    if _load_native()[0] is None:
+        pytest.skip("the extension is not built")
+
+
+@pytest.mark.parametrize("n,d", NATIVE_SHAPES, ids=NATIVE_IDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_native_one_read_equals_two_reads_bit_for_bit(n: int, d: int, dtype: torch.dtype) -> None:
+    """cache_bytes only chooses between one read of x and two: the same sum in the same order
+    (two lanes of rows, float32 fma), so the same bits, and both equal the reference."""
+    _native_or_skip()
+    x = spread_rows(n, d, dtype, seed=n * d)
+    c, m = d**0.5, n + 1
+    one = cm_native(x, c, m, cache_bytes=1 << 40)
+    two = cm_native(x, c, m, cache_bytes=0)
+    assert torch.equal(one, two)
+    assert_close(one, bdp.clipped_mean_reference(x, c, m), rtol=1e-5, atol=1e-6 * c / m)
+
+
+def test_native_one_read_extreme_rows_and_thread_count() -> None:
+    # Tiny coefficients (rows near 3e38: float64 products), float32 squares that overflow or
+    # underflow (rechecked in float64) in both lanes; 1 or 2 threads: the same bits.
+    _native_or_skip()
+    x = extreme_rows(11, 1031, seed=8)
+    want = bdp.clipped_mean_reference(x, 1.0, 11)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            for budget in (1 << 40, 0):
+                results.append(cm_native(x, 1.0, 11, cache_bytes=budget))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(results[0], r) for r in results[1:])
+    assert_close(results[0], want, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("d", [1, 4097, 5000, 70_001])
+def test_noise_in_the_final_write_equals_noise_after(d: int) -> None:
+    """private_mean on the native backend adds the noise in the clipped mean's final write, its
+    words made by the kernel's BLAKE3 block by block: the same bits as clipped_mean, then
+    add_noise_ with the words of the blake3 package for the same draw."""
+    _native_or_skip()
+    x = spread_rows(6, d, torch.float32, seed=d)
+    dp = bdp.GaussianDP(clipping_norm=d**0.5, noise_multiplier=0.8, num_sampled_clients=6)
+    fused = bdp.private_mean(x, dp, backend="native", generator=bdp.NoiseGenerator(3))
+    clean = bdp.clipped_mean(x, dp.clipping_norm, 6, backend="native")
+    after = bdp.add_noise_(clean.clone(), dp.noise_std, bdp.NoiseGenerator(3))
+    assert torch.equal(fused, after)
+    assert not torch.equal(fused, clean)
+    key = bdp.NoiseGenerator(3).next_key()
+    two = cm_native(x, dp.clipping_norm, 6, key, dp.noise_std, cache_bytes=0)
+    assert torch.equal(two, fused)  # and the two-read path writes the same noise
+
+
+def test_private_mean_on_native_reports_a_nonfinite_update() -> None:
+    _native_or_skip()
+    dp = bdp.GaussianDP(clipping_norm=1.0, noise_multiplier=1.0, num_sampled_clients=5)
+    x = poisoned(make_updates(5, 40), 2, math.inf)
+    with pytest.raises(NonFiniteUpdate, match="update 2 holds NaN"):
+        bdp.private_mean(x, dp, backend="native")
+
+
+@pytest.mark.parametrize("message_len", [0, 1, 8, 63, 64])
+def test_kernel_blake3_equals_the_blake3_package(message_len: int) -> None:
+    """The kernel's keyed BLAKE3 output blocks, byte for byte, at any offset (counters past
+    2^32 included) and for the two draws the noise uses (an OS key and no message; a seed's key
+    and an 8-byte draw counter)."""
+    import secrets
+
+    import blake3
+
+    _native_or_skip()
+    from bcfl_engine.backends import _load_native
+
+    mod = _load_native()[0]
+    for first, count in [(0, 1), (0, 16), (3, 37), (384, 400), (2**32 - 5, 20), (2**40 + 7, 3)]:
+        key, message = secrets.token_bytes(32), secrets.token_bytes(message_len)
+        want = blake3.blake3(message, key=key).digest(length=64 * count, seek=64 * first)
+        assert mod.blake3_xof(key, message, first, count) == want, (first, count)

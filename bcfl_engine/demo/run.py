@@ -16,7 +16,7 @@ import shlex
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +55,8 @@ class DemoConfig:
     attack: str = "mix"
     progress: bool = True
     hidden: int = 0
-    epochs: int = 2
-    lr: float = 0.1
+    epochs: int | None = None  # local SGD; None: the data set's (demo/train.py)
+    lr: float | None = None
     dp_noise: float | None = None  # with it, a FedAvg line with central DP (.private)
     dp_clip: float | None = None
     dp_budget: float | None = None
@@ -202,10 +202,10 @@ def run_demo(config: DemoConfig, echo: Echo = print) -> dict[str, Any]:
     from tqdm import tqdm
 
     check_preconditions(config)
+    steps, lr = train.local_training(config.dataset, config.epochs, config.lr)
+    config = replace(config, epochs=steps, lr=lr)  # summary.json says what ran
     fed = data.load(config.dataset, config.clients, seed=config.seed)
-    trainer = train.Trainer(
-        fed.n_features, fed.task, hidden=config.hidden, epochs=config.epochs, lr=config.lr
-    )
+    trainer = train.Trainer(fed.n_features, fed.task, hidden=config.hidden, epochs=steps, lr=lr)
     byz = attacks.assign(config.clients, config.byzantine, config.attack, config.seed)
     runs = plan_runs(config, len(byz), trainer.initial(config.seed))
     out = Path(config.out)

@@ -4,6 +4,18 @@ The model is logistic regression (``hidden=0``; linear regression for a regressi
 one-hidden-layer MLP. A hospital receives the global parameters as one flat vector, trains on
 its own patients and sends the difference ``local - global`` (the update the server
 aggregates, as in FedAvg, McMahan et al. 2017).
+
+Local training is per data set (:data:`LOCAL_TRAINING`). Breast cancer: 5 epochs at learning
+rate 0.3, so the first round's updates have L2 norms 0.8 to 1.35 (median 1.0) and later ones
+0.2 to 0.4, and the private line's clipping norm 1.0 sits at the honest updates' size. With 2
+epochs at 0.1 the updates were 0.2 to 0.5 and fell to ~0.06 by round 10, while the noise the
+server adds each round is fixed by the clipping norm (``z * C / m`` = 0.1 per parameter at
+``--dp-noise 1.0 --dp-clip 1.0``, 10 hospitals: ~0.56 in norm over the 31 parameters): the later
+rounds added mostly noise, which stays in the model, and the private line ended up to 0.06
+below the reference. The larger steps also help every line without DP (the reference 0.965
+against 0.937, Krum 0.937 against 0.908). Diabetes keeps 2 epochs at 0.1: at 0.3 the attacked
+FedAvg line's model grows until local training overflows (a NaN update, which the round
+refuses).
 """
 
 from __future__ import annotations
@@ -12,6 +24,15 @@ import torch
 from torch import nn
 
 from ..updates import ParamSpec
+
+#: (epochs, learning rate) of local SGD per data set (see the module docstring).
+LOCAL_TRAINING = {"breast_cancer": (5, 0.3), "diabetes": (2, 0.1)}
+
+
+def local_training(dataset: str, epochs: int | None, lr: float | None) -> tuple[int, float]:
+    """``(epochs, lr)``: the given values, or :data:`LOCAL_TRAINING`'s for ``dataset``."""
+    e, r = LOCAL_TRAINING.get(dataset, (2, 0.1))
+    return (e if epochs is None else epochs), (r if lr is None else lr)
 
 
 def make_model(n_features: int, hidden: int = 0) -> nn.Module:
