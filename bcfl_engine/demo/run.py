@@ -173,13 +173,6 @@ def _tenseal() -> Any:
     return tenseal
 
 
-def mp_precision(parties: int) -> float:
-    """The precision of one decrypted value under a key of ``parties`` parties."""
-    from ..he import multiparty as mp
-
-    return mp.precision(parties, mpkeys.PRESET)
-
-
 def _table(round_no: int, rounds: int, runs: list[Run], metric: str) -> str:
     lines = [
         f"round {round_no}/{rounds}",
@@ -305,9 +298,11 @@ def run_demo(config: DemoConfig, echo: Echo = print) -> dict[str, Any]:
             if run.secure == "ckks" and bucket is None:  # the decrypted weighted sum
                 summed = torch.as_tensor(res.update[: trainer.dim], dtype=torch.float64)
                 total = sum(len(y) for _, y in fed.clients)
-                agg = (summed / total).to(torch.float32)
+                agg = mpkeys.unscale(summed / total).to(torch.float32)
             elif run.secure == "ckks":  # the rule over the decrypted bucket means
-                agg = torch.as_tensor(res.update, dtype=torch.float32)[: trainer.dim]
+                agg = mpkeys.unscale(
+                    torch.as_tensor(res.update, dtype=torch.float32)[: trainer.dim]
+                )
             else:
                 agg = torch.as_tensor(res.update, dtype=torch.float32)
             run.params = run.params + agg
