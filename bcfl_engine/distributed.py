@@ -33,11 +33,18 @@ What is guaranteed, per rule (same ``backend`` on both sides; the tests check ev
 - CKKS sums: :func:`ckks_sum` (from :mod:`.distributed_ckks`), bit-identical to
   :func:`bcfl_engine.he.ckks_sum.ckks_sum` in one process: modular sums are exact.
 
-- ``geometric_median``: **bit-identical** to one process's torch reference, which is the only
-  step it runs (:mod:`.distributed_iterative`); each step all-gathers the iterate and folds
-  ``n`` distances across ranks.
+- ``geometric_median``, ``centered_clipping``: **bit-identical** to one process's torch
+  reference, which is the only step they run (:mod:`.distributed_iterative`); each step folds
+  ``n`` distances across ranks (the geometric median also all-gathers its iterate).
+- ``pre=`` (``clip``, ``nnm``, in any order before any rule): **bit-identical** to
+  ``bcfl_engine.aggregate(x, rule, pre=pre, backend="torch")``; the steps run on the column
+  shards (:mod:`.distributed_pre`) and the rule takes their output where it would take the
+  updates. With ``pre=`` every step and the rule run the torch backend (``backend`` None or
+  "torch"; another is refused).
 
-Not here yet: NNM and clipping (pre-steps), centered clipping.
+Every rule of :data:`bcfl_engine.rules.RULES` runs here: the aggregates of :data:`RULES`, the
+pre-steps of :data:`~.distributed_pre.PRE_STEPS`; ``dp=`` (the private mean) is refused with
+:class:`~bcfl_engine.errors.DPUnsupported`.
 
 A rank that dies, or does not answer within the process group's ``timeout``, makes every other
 rank raise :class:`~bcfl_engine.errors.PeerFailure`; a bad input on any rank makes every rank
@@ -48,8 +55,11 @@ left waiting in a collective.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import math
 import time
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -66,22 +76,28 @@ from .distributed_comm import (
     to_columns,
 )
 from .distributed_distances import distance_rule
-from .distributed_iterative import check_params, geometric_median
+from .distributed_iterative import centered_clipping, check_params, geometric_median
+from .distributed_pre import PRE_STEPS, apply_pre, check_pre
 from .errors import (
     BackendUnavailable,
+    DPUnsupported,
     DuplicateClient,
     InvalidArgument,
     NonFiniteUpdate,
 )
+from .rules._common import DIST_BLOCK
 from .rules._distances import REFERENCE_BLOCK
 from .updates import STORAGE_DTYPES, all_finite
 
-__all__ = ["RULES", "aggregate", "ckks_sum"]
+__all__ = ["PRE_STEPS", "RULES", "aggregate", "ckks_sum"]
 
 COORDINATE_RULES = ("mean", "median", "trimmed_mean")
 DISTANCE_RULES = ("krum", "multi_krum", "bulyan")
-ITERATIVE_RULES = ("geometric_median",)
+ITERATIVE_RULES = ("geometric_median", "centered_clipping")
 RULES = COORDINATE_RULES + DISTANCE_RULES + ITERATIVE_RULES
+# Column ranges made of whole blocks of both block sums across columns (the distances'
+# REFERENCE_BLOCK, the norms' DIST_BLOCK), so that every rank's blocks are the global grid's.
+BLOCK_ALIGN = math.lcm(REFERENCE_BLOCK, DIST_BLOCK)
 
 
 def aggregate(
@@ -95,6 +111,7 @@ def aggregate(
     backend: str | None = None,
     send_bytes: int = SEND_BYTES,
     stats: dict[str, float] | None = None,
+    pre: Sequence[Any] = (),
     **params: Any,
 ) -> torch.Tensor:
     """Aggregate the updates held by every rank of ``group``; each rank gets the result.
@@ -112,9 +129,14 @@ def aggregate(
     backend : "torch", "native", "triton" or None; every rank must resolve the same one.
     send_bytes : the send buffer of one all-to-all round (memory per rank).
     stats : a dict to fill with this rank's seconds per phase (``check_s``, ``all_to_all_s``,
-        ``rule_s``: the rule on the shard, its own collectives included, ``gather_s``) and
-        ``sent_bytes`` (what this rank sent in the all-to-all).
-    **params : rule parameters (``m`` for multi_krum).
+        ``pre_s``: the pre-steps, ``rule_s``: the rule on the shard, its own collectives
+        included, ``gather_s``) and ``sent_bytes`` (what this rank sent in the all-to-all).
+    pre : pre-aggregation steps, as :func:`bcfl_engine.aggregate` takes them: each a name
+        ("nnm") or ``(name, params)`` (``("clip", {"max_norm": 1.0})``); the same on every
+        rank. Runs the torch backend (see the module docstring).
+    **params : rule parameters (``m`` for multi_krum; ``eps``, ``max_iter``, ``tol`` for
+        geometric_median; ``tau``, ``n_iter``, ``center`` for centered_clipping), the same on
+        every rank.
 
     Returns
     -------
@@ -130,19 +152,26 @@ def aggregate(
         if stats is not None:
             stats[name] = clock[-1] - clock[-2]
 
-    meta = _local_meta(local_rows, rule, weights, client_ids, backend)
+    meta = _local_meta(local_rows, rule, weights, client_ids, backend, pre, f, params)
     metas = gather_objects(meta, group, "exchange of shard metadata")
     layout, w, kernel = _check_round(metas, rule, f, params, dist.get_rank(group))
-    if (rule in DISTANCE_RULES and kernel == "torch") or rule in ITERATIVE_RULES:
-        # Shards of whole blocks of the reference's distance sums (distributed_distances,
-        # distributed_iterative): the same block grid as one process.
-        layout = dataclasses.replace(layout, align=REFERENCE_BLOCK)
+    steps = check_pre(pre, f, layout.n)
+    if (rule in DISTANCE_RULES and kernel == "torch") or rule in ITERATIVE_RULES or steps:
+        # Shards of whole blocks of the reference's sums across columns (distributed_distances,
+        # distributed_iterative, distributed_pre): the same block grid as one process.
+        layout = dataclasses.replace(layout, align=BLOCK_ALIGN)
     lap("check_s")
     x = local_rows.detach()
     xc = to_columns(x, layout, group, send_bytes)
     lap("all_to_all_s")
+    xc = apply_pre(xc, layout, steps, group, owned=xc.data_ptr() != x.data_ptr())
+    lap("pre_s")
     if rule in ITERATIVE_RULES:
-        result = geometric_median(xc, layout, w, params, group)  # already whole, on every rank
+        # Already whole, on every rank.
+        if rule == "geometric_median":
+            result = geometric_median(xc, layout, w, params, group)
+        else:
+            result = centered_clipping(xc, layout, params, group)
         lap("rule_s")
     else:
         if rule in COORDINATE_RULES:
@@ -164,15 +193,29 @@ def aggregate(
 
 
 def _local_meta(
-    x: Any, rule: str, weights: Any, client_ids: Any, backend: str | None
+    x: Any,
+    rule: str,
+    weights: Any,
+    client_ids: Any,
+    backend: str | None,
+    pre: Any,
+    f: Any,
+    params: dict[str, Any],
 ) -> dict[str, Any]:
-    """What every rank must know of this rank's shard, or the reason it is unusable."""
-    meta: dict[str, Any] = {"problem": None}
+    """What every rank must know of this rank's shard and call, or the reason it is unusable."""
+    meta: dict[str, Any] = {"problem": None, "call": _call_digest(rule, f, pre, params)}
     try:
         info = rules.get(rule)
+        if info.kind == "pre":
+            raise InvalidArgument(f"{rule!r} is a pre-aggregation step; pass it as pre=[{rule!r}]")
         if rule not in RULES:
             raise InvalidArgument(
                 f"distributed aggregate: rule {rule!r} not supported; has {RULES}"
+            )
+        if "dp" in params:
+            raise DPUnsupported(
+                "distributed aggregate: dp= (the private mean) is not supported; the private "
+                "mean runs in one process (bcfl_engine.aggregate)"
             )
         if not isinstance(x, torch.Tensor) or x.dim() != 2:
             raise InvalidArgument(f"local rows must be a 2-D [n_r, d] tensor; got {_shape(x)}")
@@ -192,11 +235,11 @@ def _local_meta(
         if n_r and not all_finite(x):
             bad = int((~torch.isfinite(x)).any(dim=1).nonzero()[0, 0])
         probe = x if n_r and d else torch.zeros(max(n_r, 1), max(d, 1), dtype=x.dtype)
-        if rule in ITERATIVE_RULES:
+        if rule in ITERATIVE_RULES or pre:
             if backend not in (None, "torch"):
+                what = f"distributed {rule}" if rule in ITERATIVE_RULES else "with pre=, it"
                 raise InvalidArgument(
-                    f"distributed {rule} runs the torch reference's step only; got "
-                    f"backend={backend!r}"
+                    f"{what} runs the torch reference's step only; got backend={backend!r}"
                 )
             backend = "torch"
         meta.update(
@@ -210,8 +253,28 @@ def _local_meta(
         )
     except (InvalidArgument, BackendUnavailable) as exc:
         meta["problem"] = str(exc)
-        meta["unavailable"] = isinstance(exc, BackendUnavailable)
+        meta["error"] = type(exc).__name__
     return meta
+
+
+def _call_digest(rule: Any, f: Any, pre: Any, params: dict[str, Any]) -> str:
+    """A digest of the call's arguments (tensors by their bytes), which every rank must share."""
+    h = hashlib.sha256()
+    for part in (rule, f, pre, sorted(params.items(), key=lambda kv: kv[0])):
+        h.update(_canonical(part).encode())
+    return h.hexdigest()
+
+
+def _canonical(v: Any) -> str:
+    if isinstance(v, torch.Tensor):
+        t = v.detach().cpu().contiguous()
+        raw = t.reshape(-1).view(torch.uint8).numpy().tobytes()
+        return f"tensor({t.dtype},{tuple(t.shape)},{hashlib.sha256(raw).hexdigest()})"
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(_canonical(e) for e in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ",".join(f"{k!r}:{_canonical(e)}" for k, e in sorted(v.items())) + "}"
+    return repr(v)
 
 
 def _shape(x: Any) -> str:
@@ -223,10 +286,17 @@ def _check_round(
 ) -> tuple[Layout, torch.Tensor | None, str]:
     """The layout, the global weights and the kernel, after the checks every rank runs
     on the same gathered metadata (so every rank raises the same error)."""
+    errors = {e.__name__: e for e in (BackendUnavailable, DPUnsupported, InvalidArgument)}
     for r, m in enumerate(metas):
         if m["problem"]:
-            error = BackendUnavailable if m.get("unavailable") else InvalidArgument
-            raise error(f"distributed aggregate: rank {r}: {m['problem']}")
+            raise errors[m["error"]](f"distributed aggregate: rank {r}: {m['problem']}")
+    calls = [m["call"] for m in metas]
+    if len(set(calls)) != 1:
+        differ = [r for r, c in enumerate(calls) if c != calls[0]]
+        raise InvalidArgument(
+            f"distributed aggregate: ranks {differ} were called with other arguments (f, pre "
+            "or rule parameters) than rank 0"
+        )
     info = rules.get(rule)
     ds = {m["d"] for m in metas}
     dtypes = {m["dtype"] for m in metas}
@@ -274,7 +344,7 @@ def _check_round(
             raise InvalidArgument(f"multi_krum: m must be an int in [1, n={n}]; got {m_!r}")
         params["m"] = m_
     elif rule in ITERATIVE_RULES:
-        params.update(check_params(params))
+        params.update(check_params(rule, params, d))
     elif params:
         raise InvalidArgument(f"{rule}: unexpected parameters {sorted(params)}")
     return layout, (w if any(given) else None), kernels.pop()
