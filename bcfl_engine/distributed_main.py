@@ -76,7 +76,7 @@ class AnonPeak:
     ``interval`` seconds by a thread (Linux; 0 elsewhere)."""
 
     def __init__(self, interval: float = 0.02) -> None:
-        self.peak_kib = self._now()
+        self.base_kib = self.peak_kib = self._now()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
         self._thread.start()
@@ -160,6 +160,7 @@ def main(argv: list[str] | None = None) -> None:
         "base_rss_mib": base,
         "peak_rss_mib": _peak_rss_mib(),
         "peak_anon_mib": anon.stop(),
+        "base_anon_mib": anon.base_kib / 1024,
         "rows": b - a,
         "sent_mib": stats.pop("sent_bytes") / 2**20,
         **stats,
