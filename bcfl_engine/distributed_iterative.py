@@ -107,9 +107,10 @@ def geometric_median(
             .sum(dim=1)
             for j0 in range(0, x.shape[1], DIST_BLOCK)
         ]
-        return v, fold_in_rank_order(torch.zeros(n, dtype=torch.float64), parts, group)
+        zero = torch.zeros(n, dtype=torch.float64, device=x.device)
+        return v, fold_in_rank_order(zero, parts, group)
 
-    wn = normalized_weights(w, n)
+    wn = normalized_weights(w, n).to(xc.device)  # as the reference's .to(x.device)
     return weiszfeld(xc, wn, params["eps"], params["max_iter"], params["tol"], step)[0]
 
 
@@ -123,7 +124,10 @@ def centered_clipping(
     c0, c1 = layout.my_columns
     tau, center = params["tau"], params["center"]
     xf = xc.float()
-    v = torch.zeros(c1 - c0) if center is None else center[c0:c1].float()
+    if center is None:
+        v = torch.zeros(c1 - c0, device=xc.device)
+    else:
+        v = center[c0:c1].to(xc.device, torch.float32)
     for _ in range(params["n_iter"]):
         diff = xf - v
         norms = sq_norms_by_blocks(diff, layout.n, group).sqrt()

@@ -103,20 +103,28 @@ class AnonPeak:
         return self.peak_kib / 1024
 
 
-def _init(timeout_s: float) -> None:
+def _init(timeout_s: float, backend: str = "gloo") -> torch.device:
+    """Join the group torchrun describes (or make a group of one); the device of its tensors.
+    NCCL: each rank on the GPU of its ``LOCAL_RANK`` (untested on GPUs, see
+    :mod:`bcfl_engine.distributed_comm`)."""
+    device = torch.device("cpu")
+    if backend == "nccl":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
     if "RANK" in os.environ:
-        dist.init_process_group("gloo", timeout=timedelta(seconds=timeout_s))
-        return
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+        return device
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     dist.init_process_group(
-        "gloo",
+        backend,
         init_method=f"tcp://127.0.0.1:{port}",
         rank=0,
         world_size=1,
         timeout=timedelta(seconds=timeout_s),
     )
+    return device
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -133,13 +141,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--timeout", type=float, default=300.0, help="gloo timeout, seconds")
     ap.add_argument("--check", action="store_true", help="compare with one process (rank 0)")
     ap.add_argument("--mmap", default=None, help="read the rows from this n x d float32 file")
+    ap.add_argument(
+        "--dist-backend",
+        choices=("gloo", "nccl"),
+        default="gloo",
+        help="the process group's backend: gloo (CPU) or nccl (one GPU per rank)",
+    )
     args = ap.parse_args(argv)
     from . import aggregate as aggregate_one
     from .distributed import aggregate
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    _init(args.timeout)
+    device = _init(args.timeout, args.dist_backend)
     rank, world = dist.get_rank(), dist.get_world_size()
     base = _peak_rss_mib()
     anon = AnonPeak()
@@ -148,6 +162,7 @@ def main(argv: list[str] | None = None) -> None:
         x = _mapped_rows(args.mmap, a, b, args.n, args.d)
     else:
         x = _rows(a, b, args.d, args.seed)
+    x = x.to(device)  # NCCL: the rows on this rank's GPU (a copy); gloo: as they are
     # Warm-up on one block of columns: gloo connects pairs on first use, not timed here.
     aggregate(x[:, :256].contiguous(), rule="mean")
     dist.barrier()
@@ -160,6 +175,7 @@ def main(argv: list[str] | None = None) -> None:
         "base_rss_mib": base,
         "peak_rss_mib": _peak_rss_mib(),
         "peak_anon_mib": anon.stop(),
+        "peak_cuda_mib": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else 0,
         "base_anon_mib": anon.base_kib / 1024,
         "rows": b - a,
         "sent_mib": stats.pop("sent_bytes") / 2**20,
@@ -177,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
             "rule": args.rule,
             "seconds": max(r["seconds"] for r in ranks),
             "mmap": bool(args.mmap),
-            "result_sha256": hashlib.sha256(out.numpy().tobytes()).hexdigest(),
+            "result_sha256": hashlib.sha256(out.cpu().numpy().tobytes()).hexdigest(),
             "per_rank": ranks,
         }
         if args.check:
@@ -186,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
                 if args.mmap
                 else _rows(0, args.n, args.d, args.seed)
             )
-            want = aggregate_one(full, rule=args.rule, f=args.f, backend=args.backend)
+            want = aggregate_one(full.to(device), rule=args.rule, f=args.f, backend=args.backend)
             report["identical"] = bool(torch.equal(out, want))
         print(json.dumps(report), flush=True)
     dist.destroy_process_group()

@@ -102,7 +102,7 @@ def sq_norms_by_blocks(y: torch.Tensor, n: int, group: Any) -> torch.Tensor:
         y[:, j0 : j0 + DIST_BLOCK].double().square().sum(dim=1)
         for j0 in range(0, y.shape[1], DIST_BLOCK)
     ]
-    return fold_in_rank_order(torch.zeros(n, dtype=torch.float64), parts, group)
+    return fold_in_rank_order(torch.zeros(n, dtype=torch.float64, device=y.device), parts, group)
 
 
 def clip_columns(
@@ -124,5 +124,5 @@ def nnm_columns(xc: torch.Tensor, n: int, f: int, group: Any) -> torch.Tensor:
 
     nbr = nearest(_torch_distances(xc, n, group), n - f)
     if xc.shape[1] == 0:
-        return torch.empty(n, 0, dtype=torch.float32)
+        return xc.new_empty(n, 0, dtype=torch.float32)
     return torch.stack([xc[row].double().mean(dim=0) for row in nbr]).float()

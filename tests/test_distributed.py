@@ -11,6 +11,7 @@ import dataclasses
 import importlib
 import itertools
 import os
+import re
 import socket
 import time
 from datetime import timedelta
@@ -24,9 +25,22 @@ import torch.multiprocessing as mp
 import bcfl_engine
 from bcfl_engine import distributed
 from bcfl_engine.backends import _load_native, dispatch
-from bcfl_engine.distributed_comm import COLUMN_ALIGN, Layout, column_ranges, to_columns
+from bcfl_engine.distributed_comm import (
+    COLUMN_ALIGN,
+    Layout,
+    column_ranges,
+    comm_device,
+    device_for_backend,
+    to_columns,
+)
 from bcfl_engine.distributed_distances import _torch_distances
-from bcfl_engine.errors import DuplicateClient, InvalidArgument, NonFiniteUpdate, PeerFailure
+from bcfl_engine.errors import (
+    BackendUnavailable,
+    DuplicateClient,
+    InvalidArgument,
+    NonFiniteUpdate,
+    PeerFailure,
+)
 from bcfl_engine.he.ckks_sum import ckks_sum as ckks_sum_one
 from bcfl_engine.he.ckks_sum import ckks_sum_reference
 from bcfl_engine.rules._distances import REFERENCE_BLOCK, sq_dists_reference
@@ -237,6 +251,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
             **params,
         )
     _errors_of_pre_and_rules(rank, world, results)
+    results["device"] = str(comm_device(None))
     for backend in BACKENDS:
         res, primes, wts = _residues(9)
         a, b = _split(9, world)[rank]
@@ -510,3 +525,38 @@ def test_column_ranges_cover_d_in_aligned_blocks(d, world):
 def test_aggregate_needs_an_initialised_group():
     with pytest.raises(InvalidArgument, match="not initialised"):
         distributed.aggregate(torch.zeros(3, 4), rule="mean")
+
+
+@pytest.mark.parametrize(
+    ("backend", "cuda", "want"),
+    [
+        ("gloo", False, "cpu"),
+        ("gloo", True, "cpu"),  # gloo stays the CPU path on a machine with GPUs too
+        ("nccl", True, "cuda:1"),
+        ("NCCL", True, "cuda:1"),
+        ("cpu:gloo,cuda:nccl", True, "cuda:1"),  # a group with both: the CUDA one
+    ],
+)
+def test_the_group_backend_chooses_the_device(backend, cuda, want):
+    assert device_for_backend(backend, cuda, 1) == torch.device(want)
+
+
+@pytest.mark.parametrize(
+    ("backend", "cuda", "error", "words"),
+    [
+        ("nccl", False, BackendUnavailable, "no CUDA device"),
+        ("cpu:gloo,cuda:nccl", False, BackendUnavailable, "no CUDA device"),
+        ("mpi", True, InvalidArgument, "'mpi' not supported"),
+        ("ucc", False, InvalidArgument, "gloo (CPU tensors) or nccl (CUDA tensors)"),
+    ],
+)
+def test_an_unusable_group_backend_is_a_typed_error(backend, cuda, error, words):
+    with pytest.raises(error, match=re.escape(words)):
+        device_for_backend(backend, cuda, 0)
+
+
+def test_a_gloo_group_runs_on_the_cpu(spawned):
+    _, ranks = spawned
+    assert all(res["device"] == "cpu" for res in ranks)
+    # The result is returned where the group works (the CPU under gloo).
+    assert all(res["torch/mean"].device.type == "cpu" for res in ranks)

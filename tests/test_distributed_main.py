@@ -57,6 +57,7 @@ def test_memory_mapped_rows_give_the_same_bits(tmp_path):
         "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
         "-m", "bcfl_engine.distributed", "--clients", str(n), "--dim", str(d),
         "--rule", "trimmed_mean", "--f", "1", "--check", "--timeout", "60", "--mmap", str(path),
+        "--dist-backend", "gloo",
     ]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
