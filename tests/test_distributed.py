@@ -92,17 +92,17 @@ CASES = [
     ("mean-huge", "mean", 0, {}, False, 10, 1001, torch.float32),
     ("trimmed_mean-huge", "trimmed_mean", 1, {}, False, 11, 1001, torch.float32),
     ("median-huge", "median", 0, {}, False, 10, 1001, torch.float32),
-    # Centered clipping: the column-local center, n distances folded per iteration. 50_001
+    # Centered clipping: the column-local center, n distances folded per iteration. 50_003
     # columns are three 16384-column blocks and a tail: every one of 3 ranks holds columns.
-    ("centered_clipping", "centered_clipping", 2, {"tau": 5.0}, False, 11, 50_001, torch.float32),
+    ("centered_clipping", "centered_clipping", 2, {"tau": 5.0}, False, 11, 50_003, torch.float32),
     (
         "centered_clipping-center",
         "centered_clipping",
         1,
-        {"tau": 50.0, "n_iter": 2, "center": torch.linspace(0.5, 1.5, 40_000)},
+        {"tau": 50.0, "n_iter": 2, "center": torch.linspace(0.5, 1.5, 40_001)},
         False,
-        10,
-        40_000,
+        11,
+        40_001,
         torch.float32,
     ),
     ("centered_clipping-bf16", "centered_clipping", 1, {}, False, 7, 1001, torch.bfloat16),
@@ -115,12 +115,13 @@ COMBOS = [
     for b in BACKENDS
     if c[1] not in ("geometric_median", "centered_clipping") or b == "torch"
 ]
-# pre= before a rule, against bcfl_engine.aggregate(x, rule, pre=..., backend="torch"):
+# pre= before a rule, against bcfl_engine.aggregate(x, rule, pre=..., backend="torch"); n and d
+# multiples of neither 2 nor 3:
 # (case id, rule, f, params, pre, weighted, n, d, dtype). Norms of the rows are ~200 at
-# d = 40_000 (the outliers' ~1000): max_norm 150 clips every row, 500 only the outliers.
+# d = 40_001 (the outliers' ~1000): max_norm 150 clips every row, 500 only the outliers.
 PRE_CASES = [
-    ("nnm+krum", "krum", 2, {}, ["nnm"], False, 11, 50_001, torch.float32),
-    ("clip+mean", "mean", 0, {}, [("clip", {"max_norm": 150.0})], True, 11, 40_000, torch.float32),
+    ("nnm+krum", "krum", 2, {}, ["nnm"], False, 11, 50_003, torch.float32),
+    ("clip+mean", "mean", 0, {}, [("clip", {"max_norm": 150.0})], True, 11, 40_001, torch.float32),
     (
         "clip+nnm+median",
         "median",
@@ -128,12 +129,12 @@ PRE_CASES = [
         {},
         [("clip", {"max_norm": 500.0}), "nnm"],
         False,
-        10,
+        13,
         33_001,
         torch.bfloat16,
     ),
-    ("nnm-f1+bulyan", "bulyan", 2, {}, [("nnm", {"f": 1})], False, 11, 50_001, torch.float32),
-    ("nnm+trimmed_mean-d1001", "trimmed_mean", 1, {}, ["nnm"], False, 9, 1001, torch.float32),
+    ("nnm-f1+bulyan", "bulyan", 2, {}, [("nnm", {"f": 1})], False, 11, 50_003, torch.float32),
+    ("nnm+trimmed_mean-d1001", "trimmed_mean", 1, {}, ["nnm"], False, 11, 1001, torch.float32),
     (
         "clip+centered_clipping",
         "centered_clipping",
@@ -141,8 +142,8 @@ PRE_CASES = [
         {"tau": 20.0, "n_iter": 2},
         [("clip", {"max_norm": 150.0, "inplace": True})],
         False,
-        9,
-        40_000,
+        7,
+        40_001,
         torch.float32,
     ),
     (
@@ -153,7 +154,7 @@ PRE_CASES = [
         ["nnm", ("clip", {"max_norm": 150.0})],
         True,
         11,
-        40_000,
+        40_001,
         torch.float16,
     ),
     (
@@ -163,8 +164,8 @@ PRE_CASES = [
         {"m": 4},
         [("clip", {"max_norm": 150.0})],
         False,
-        8,
-        50_001,
+        13,
+        50_003,
         torch.float32,
     ),
 ]
