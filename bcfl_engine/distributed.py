@@ -46,6 +46,12 @@ Every rule of :data:`bcfl_engine.rules.RULES` runs here: the aggregates of :data
 pre-steps of :data:`~.distributed_pre.PRE_STEPS`; ``dp=`` (the private mean) is refused with
 :class:`~bcfl_engine.errors.DPUnsupported`.
 
+Device: the group's backend decides (:func:`.distributed_comm.comm_device`): gloo runs on
+CPU tensors, NCCL on the rank's current CUDA device (rows given on the CPU are copied there;
+the result is returned there). The NCCL path has not been run on GPUs: only the device
+selection is tested (on CPUs). The bit-identity statements above are for the CPU kernels; on
+CUDA the same structure holds for the torch backend, untested.
+
 A rank that dies, or does not answer within the process group's ``timeout``, makes every other
 rank raise :class:`~bcfl_engine.errors.PeerFailure`; a bad input on any rank makes every rank
 raise the same typed error (the checks run on metadata every rank has gathered), so no rank is
