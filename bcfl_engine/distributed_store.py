@@ -66,6 +66,8 @@ def load_rows(
     st = _open(store)
     records = _records(st, task, round)
     if clients is not None:
+        if isinstance(clients, (str, bytes)):
+            raise InvalidArgument("clients is a list of client addresses; got one string")
         wanted = {str(c).lower() for c in clients}
         if len(wanted) != len(clients):
             raise InvalidArgument("clients: a client is named twice")

@@ -194,6 +194,8 @@ def test_load_rows_reads_the_round_order_and_checks_digests(ingested, tmp_path):
     rows = load_rows(root, key, 1, D, [ADDRESSES[7], ADDRESSES[2]])  # any order, any case
     assert rows.clients == [clients[2], clients[7]]
     assert torch.equal(rows.x, x[[2, 7]]) and rows.weights.tolist() == [3.0, 8.0]
+    with pytest.raises(InvalidArgument, match="one string"):
+        load_rows(root, key, 1, D, ADDRESSES[0])
     with pytest.raises(InvalidArgument, match="accepted no payload"):
         load_rows(root, key, 1, D, ["0x" + "11" * 20])
     # A payload altered on disk is refused, naming its digest (on a copy of the store).
