@@ -3,7 +3,8 @@
 Each configuration is one ``torchrun`` of ``python -m bcfl_engine.distributed`` (gloo on
 127.0.0.1) on the same synthetic round; its JSON report gives the slowest rank's time, each
 rank's peak RSS (``resource.getrusage``) and peak anonymous memory (sampled ``RssAnon``), the
-bytes each rank sent in the all-to-all and the result's SHA-256. Configurations: one rank with
+bytes each rank sent in the all-to-all and the result's SHA-256. Each run aggregates ``--repeats`` times (the fastest kept; "spread" is slowest / fastest).
+Configurations: one rank with
 all the threads (the single-process engine's setting), one rank with one thread, and N ranks
 with ``cores / N`` threads each (the same cores as the first). Ratios are against the one-rank,
 all-threads run; every configuration must give the same result bits (checked, printed).
@@ -44,7 +45,7 @@ def _free_port() -> int:
 
 
 def run(
-    ranks: int, threads: int, n: int, d: int, rule: str, f: int, mmap: str | None
+    ranks: int, threads: int, n: int, d: int, rule: str, f: int, mmap: str | None, repeats: int
 ) -> dict[str, Any]:
     """One torchrun of the entry point; its JSON report."""
     cmd = [
@@ -52,6 +53,7 @@ def run(
         "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
         "-m", "bcfl_engine.distributed", "--clients", str(n), "--dim", str(d),
         "--rule", rule, "--f", str(f), "--threads", str(threads), "--timeout", "1800",
+        "--repeats", str(repeats),
     ]  # fmt: skip
     if mmap:
         cmd += ["--mmap", mmap]
@@ -82,7 +84,8 @@ def table(rule: str, n: int, d: int, cores: int, rows: list[tuple[int, int, dict
         f"peak anon {_most(base, 'peak_anon_mib'):.0f} MiB, {_work(base):.0f} MiB above start)"
     )
     print(
-        f"{'ranks x threads':>16} {'time':>6} {'peak RSS/rank':>14} {'peak anon/rank':>15} "
+        f"{'ranks x threads':>16} {'time':>6} {'spread':>7} {'peak RSS/rank':>14} "
+        f"{'peak anon/rank':>15} "
         f"{'anon above start, MiB':>22} "
         f"{'sent/rank of data':>18} {'all-to-all share':>17} {'rule time':>10} {'same bits':>10}"
     )
@@ -92,6 +95,7 @@ def table(rule: str, n: int, d: int, cores: int, rows: list[tuple[int, int, dict
         same = same and agree
         print(
             f"{f'{ranks} x {threads}':>16} {rep['seconds'] / base['seconds']:>6.2f} "
+            f"{max(rep['all_seconds']) / min(rep['all_seconds']):>7.2f} "
             f"{_most(rep, 'peak_rss_mib') / _most(base, 'peak_rss_mib'):>14.2f} "
             f"{_most(rep, 'peak_anon_mib') / _most(base, 'peak_anon_mib'):>15.2f} "
             f"{_work(rep):>22.0f} "
@@ -129,6 +133,7 @@ def main() -> None:
     ap.add_argument("--rules", default="median", help="comma-separated rules")
     ap.add_argument("--f", type=int, default=0)
     ap.add_argument("--ranks", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3, help="aggregates per run (fastest kept)")
     ap.add_argument("--mmap", default=None, help="folder for the memory-mapped round (deleted)")
     ap.add_argument("--json", default=None, help="write every report to this file")
     args = ap.parse_args()
@@ -148,7 +153,11 @@ def main() -> None:
         for rule in args.rules.split(","):
             f = 0 if rule == "mean" else args.f
             rows = [
-                (r, t, run(r, t, args.n, args.d, rule, f, str(path) if path else None))
+                (
+                    r,
+                    t,
+                    run(r, t, args.n, args.d, rule, f, str(path) if path else None, args.repeats),
+                )
                 for r, t in configs
             ]
             same = table(rule, args.n, args.d, cores, rows) and same
