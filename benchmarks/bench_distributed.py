@@ -23,6 +23,23 @@ n = 1000, d = 1M on 2 ranks), plus ``4 d`` per rank for the result and ``8 n^2``
 the distances of Krum-like rules. The script prints the volume it measured and what it implies
 for ``W`` hosts on a given link (a model, printed as such: time of the rule on this machine
 divided by ``W``, plus each rank's traffic over its link).
+
+Measured on this project's 2-core machine (gloo over loopback, one run each, fastest of 3 or 2
+aggregates; 2 ranks x 1 thread against 1 rank x 2 threads, the same result bits everywhere):
+
+- n = 1000, d = 1M in memory, median: time 6.8x (spread 2.1 over repeats), peak RSS per rank
+  1.02x (each rank holds its rows and its column shard, 2 GB each); the all-to-all is 83% of
+  the time, 0.93 GiB sent per rank at ~0.24 GiB/s; the rule on the shard 1.2x. Mean: 13x
+  (the rule itself is 0.14 s against 3.1 s of all-to-all).
+- n = 200, d = 10M memory-mapped (7.45 GiB file), median: time 6.1x, peak anonymous memory
+  160 MiB above start with 1 rank (it reads the mapped file in place) against 3.9 GiB per rank
+  with 2 (the column shard, ``n d / 2``); peak RSS, mapped pages included, 0.99x per rank.
+
+On one machine the second rank only adds the exchange: these rules read their data once, at
+memory speed, and the all-to-all moves about all of it. Across hosts the model above gives,
+for the d = 10M median, 2.4 s on 2 hosts at 10 Gb/s against 1.5 s on one, and 0.9 s (2),
+0.5 s (4), 0.26 s (8) at 100 Gb/s: the distributed aggregate pays off for capacity (a round
+that does not fit one host) and, for speed, on fast links or rules with more work per byte.
 """
 
 from __future__ import annotations
