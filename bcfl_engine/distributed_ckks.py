@@ -49,6 +49,12 @@ def ckks_sum(
 
     if not dist.is_available() or not dist.is_initialized():
         raise InvalidArgument("distributed ckks_sum: torch.distributed is not initialised")
+    backend_name = str(dist.get_backend(group))
+    if backend_name != "gloo":  # the same answer on every rank: the group's own backend
+        raise InvalidArgument(
+            f"distributed ckks_sum runs on a gloo group (CPU residues); the group's backend is "
+            f"{backend_name!r}"
+        )
     problem = None
     if not isinstance(local, torch.Tensor) or local.dtype != torch.int64 or local.dim() != 5:
         problem = f"residues must be an int64 [n_r, C, 2, K, N] tensor; got {_desc(local)}"

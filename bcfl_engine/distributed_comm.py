@@ -10,6 +10,13 @@ single-process rule gives, since no rule mixes columns.
 
 Every collective goes through :func:`collective`, which turns a transport failure (a peer that
 died, a timeout of the process group) into :class:`~bcfl_engine.errors.PeerFailure`.
+
+Device. The group's backend says where the tensors of the collectives live
+(:func:`comm_device`): gloo, the CPU path, moves CPU tensors; NCCL moves tensors on the rank's
+current CUDA device (``torch.cuda.set_device(local_rank)`` before the group is made). Every
+buffer here is allocated on ``Layout.device``. The NCCL path is written for GPUs but has only
+been run on CPUs through its selection logic (:func:`device_for_backend`): it is untested on
+GPUs.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from .errors import PeerFailure
+from .errors import BackendUnavailable, InvalidArgument, PeerFailure
 
 T = TypeVar("T")
 
@@ -38,6 +45,7 @@ SEND_BYTES = 32 << 20
 # torch as a contiguous vector, in another order (measured: 1 column of 257 differed).
 # The native kernels need no alignment (each column is summed in row order wherever it is).
 COLUMN_ALIGN = 256
+CPU = torch.device("cpu")
 
 
 def collective(step: str, group: Any, fn: Callable[[], T]) -> T:
@@ -50,6 +58,39 @@ def collective(step: str, group: Any, fn: Callable[[], T]) -> T:
             f"distributed aggregate: {step} failed on rank {rank} of {world} (a rank died or "
             f"did not answer within the process group's timeout): {exc}"
         ) from exc
+
+
+def device_for_backend(backend: str, cuda_available: bool, current: int) -> torch.device:
+    """The device of the collectives of a group whose backend is ``backend`` (as
+    ``dist.get_backend`` names it: "gloo", "nccl", or per device "cpu:gloo,cuda:nccl").
+
+    NCCL (alone, or beside gloo): ``cuda:current``, BackendUnavailable without CUDA; gloo
+    alone: the CPU; any other backend (MPI, UCC, ...): InvalidArgument, it is not one this
+    module was written for.
+    """
+    parts = {p.rpartition(":")[2] for p in str(backend).lower().split(",")}
+    if "nccl" in parts:
+        if not cuda_available:
+            raise BackendUnavailable(
+                f"distributed aggregate: the group's backend {backend!r} moves CUDA tensors, "
+                "and torch sees no CUDA device"
+            )
+        return torch.device("cuda", current)
+    if parts == {"gloo"}:
+        return torch.device("cpu")
+    raise InvalidArgument(
+        f"distributed aggregate: process group backend {backend!r} not supported; "
+        "gloo (CPU tensors) or nccl (CUDA tensors)"
+    )
+
+
+def comm_device(group: Any) -> torch.device:
+    """Where this rank's tensors must be for the collectives of ``group``
+    (:func:`device_for_backend` of its backend)."""
+    cuda = torch.cuda.is_available()
+    return device_for_backend(
+        str(dist.get_backend(group)), cuda, torch.cuda.current_device() if cuda else 0
+    )
 
 
 def column_ranges(d: int, world: int, align: int = COLUMN_ALIGN) -> list[tuple[int, int]]:
@@ -77,6 +118,7 @@ class Layout:
     dtype: torch.dtype
     rank: int
     align: int = COLUMN_ALIGN
+    device: torch.device = CPU
 
     @property
     def world(self) -> int:
@@ -117,7 +159,7 @@ def to_columns(rows: torch.Tensor, layout: Layout, group: Any, send_bytes: int =
     cols = layout.columns
     c0, c1 = cols[rank]
     esize = torch.empty((), dtype=layout.dtype).element_size()
-    out = torch.empty(layout.n, c1 - c0, dtype=layout.dtype)
+    out = torch.empty(layout.n, c1 - c0, dtype=layout.dtype, device=layout.device)
     widest = max(b - a for a, b in cols)
     if widest == 0:
         return out
@@ -126,8 +168,8 @@ def to_columns(rows: torch.Tensor, layout: Layout, group: Any, send_bytes: int =
     block = max(1, min(widest, send_bytes // per_col))
     offsets = layout.offsets
     n_r = rows.shape[0]
-    send_buf = torch.empty(n_r * block * world, dtype=layout.dtype)
-    recv_buf = torch.empty(layout.n * block, dtype=layout.dtype)
+    send_buf = torch.empty(n_r * block * world, dtype=layout.dtype, device=layout.device)
+    recv_buf = torch.empty(layout.n * block, dtype=layout.dtype, device=layout.device)
     for t0 in range(0, widest, block):
         in_splits, at = [], 0
         for a, b in cols:
@@ -159,9 +201,9 @@ def gather_columns(local: torch.Tensor, layout: Layout, group: Any) -> torch.Ten
     """The full float32 ``[d]`` result from each rank's ``[c_r]`` columns, on every rank."""
     cols = layout.columns
     widest = max(b - a for a, b in cols)
-    padded = torch.zeros(widest, dtype=torch.float32)
+    padded = torch.zeros(widest, dtype=torch.float32, device=layout.device)
     padded[: local.numel()] = local
-    parts = [torch.empty(widest, dtype=torch.float32) for _ in cols]
+    parts = [torch.empty(widest, dtype=torch.float32, device=layout.device) for _ in cols]
     collective(
         "all-gather of the result", group, lambda: dist.all_gather(parts, padded, group=group)
     )

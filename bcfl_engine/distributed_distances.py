@@ -42,7 +42,7 @@ def distance_rule(
         return _bulyan(xc, dist_, f, kernel)
     idx = krum_order(dist_, f)[: 1 if rule == "krum" else m]
     if rule == "krum" or xc.shape[1] == 0:
-        return xc[int(idx[0])].float() if rule == "krum" else torch.empty(0)
+        return xc[int(idx[0])].float() if rule == "krum" else xc.new_empty(0, dtype=torch.float32)
     return _select_mean(xc, idx, kernel)
 
 
@@ -57,7 +57,7 @@ def _bulyan(xc: torch.Tensor, dist_: torch.Tensor, f: int, kernel: str) -> torch
     select = _select_native if kernel == "native" else iterated_krum  # the same rows
     idx = select(dist_, f, theta)
     if xc.shape[1] == 0:
-        return torch.empty(0)
+        return xc.new_empty(0, dtype=torch.float32)
     if kernel == "native":
         out = torch.empty(xc.shape[1], dtype=torch.float32)
         native().bulyan_coordinates(xc.contiguous(), idx, beta, out)
@@ -83,7 +83,8 @@ def _torch_distances(xc: torch.Tensor, n: int, group: Any) -> torch.Tensor:
         reference_block(xc[:, j0 : j0 + REFERENCE_BLOCK])
         for j0 in range(0, xc.shape[1], REFERENCE_BLOCK)
     ]
-    upper = fold_in_rank_order(torch.zeros(n, n, dtype=torch.float64), parts, group)
+    zero = torch.zeros(n, n, dtype=torch.float64, device=xc.device)
+    upper = fold_in_rank_order(zero, parts, group)
     return upper + upper.T
 
 
@@ -96,7 +97,8 @@ def _global_pivot(xc: torch.Tensor, layout: Layout, group: Any) -> int:
     c0, c1 = layout.my_columns
     first = -(-c0 // s) * s
     local = xc[:, first - c0 :: s].double() if first < c1 else xc[:, :0].double()
-    parts = gather_objects(local, group, "exchange of the pivot sample")
+    # Pickled: as CPU tensors (a CUDA tensor would be unpickled onto the sender's device).
+    parts = gather_objects(local.cpu(), group, "exchange of the pivot sample")
     return pivot_of_sample(torch.cat(parts, dim=1))
 
 
@@ -107,7 +109,7 @@ def _partial_gram(xc: torch.Tensor, p: torch.Tensor, kernel: str) -> torch.Tenso
 
     n = xc.shape[0]
     if xc.shape[1] == 0:
-        return torch.zeros(n, n, dtype=torch.float64)
+        return torch.zeros(n, n, dtype=torch.float64, device=xc.device)
     xc = xc.contiguous()
     if kernel == "triton":
         from .kernels._distances import gram

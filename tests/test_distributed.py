@@ -11,6 +11,7 @@ import dataclasses
 import importlib
 import itertools
 import os
+import re
 import socket
 import time
 from datetime import timedelta
@@ -24,9 +25,22 @@ import torch.multiprocessing as mp
 import bcfl_engine
 from bcfl_engine import distributed
 from bcfl_engine.backends import _load_native, dispatch
-from bcfl_engine.distributed_comm import COLUMN_ALIGN, Layout, column_ranges, to_columns
+from bcfl_engine.distributed_comm import (
+    COLUMN_ALIGN,
+    Layout,
+    column_ranges,
+    comm_device,
+    device_for_backend,
+    to_columns,
+)
 from bcfl_engine.distributed_distances import _torch_distances
-from bcfl_engine.errors import DuplicateClient, InvalidArgument, NonFiniteUpdate, PeerFailure
+from bcfl_engine.errors import (
+    BackendUnavailable,
+    DuplicateClient,
+    InvalidArgument,
+    NonFiniteUpdate,
+    PeerFailure,
+)
 from bcfl_engine.he.ckks_sum import ckks_sum as ckks_sum_one
 from bcfl_engine.he.ckks_sum import ckks_sum_reference
 from bcfl_engine.rules._distances import REFERENCE_BLOCK, sq_dists_reference
@@ -78,10 +92,83 @@ CASES = [
     ("mean-huge", "mean", 0, {}, False, 10, 1001, torch.float32),
     ("trimmed_mean-huge", "trimmed_mean", 1, {}, False, 11, 1001, torch.float32),
     ("median-huge", "median", 0, {}, False, 10, 1001, torch.float32),
+    # Centered clipping: the column-local center, n distances folded per iteration. 50_003
+    # columns are three 16384-column blocks and a tail: every one of 3 ranks holds columns.
+    ("centered_clipping", "centered_clipping", 2, {"tau": 5.0}, False, 11, 50_003, torch.float32),
+    (
+        "centered_clipping-center",
+        "centered_clipping",
+        1,
+        {"tau": 50.0, "n_iter": 2, "center": torch.linspace(0.5, 1.5, 40_001)},
+        False,
+        11,
+        40_001,
+        torch.float32,
+    ),
+    ("centered_clipping-bf16", "centered_clipping", 1, {}, False, 7, 1001, torch.bfloat16),
 ]
 HUGE = torch.finfo(torch.float32).max
 # The distributed geometric median runs the torch reference's step only (its docstring says why).
-COMBOS = [(c, b) for c in CASES for b in BACKENDS if c[1] != "geometric_median" or b == "torch"]
+COMBOS = [
+    (c, b)
+    for c in CASES
+    for b in BACKENDS
+    if c[1] not in ("geometric_median", "centered_clipping") or b == "torch"
+]
+# pre= before a rule, against bcfl_engine.aggregate(x, rule, pre=..., backend="torch"); n and d
+# multiples of neither 2 nor 3:
+# (case id, rule, f, params, pre, weighted, n, d, dtype). Norms of the rows are ~200 at
+# d = 40_001 (the outliers' ~1000): max_norm 150 clips every row, 500 only the outliers.
+PRE_CASES = [
+    ("nnm+krum", "krum", 2, {}, ["nnm"], False, 11, 50_003, torch.float32),
+    ("clip+mean", "mean", 0, {}, [("clip", {"max_norm": 150.0})], True, 11, 40_001, torch.float32),
+    (
+        "clip+nnm+median",
+        "median",
+        2,
+        {},
+        [("clip", {"max_norm": 500.0}), "nnm"],
+        False,
+        13,
+        33_001,
+        torch.bfloat16,
+    ),
+    ("nnm-f1+bulyan", "bulyan", 2, {}, [("nnm", {"f": 1})], False, 11, 50_003, torch.float32),
+    ("nnm+trimmed_mean-d1001", "trimmed_mean", 1, {}, ["nnm"], False, 11, 1001, torch.float32),
+    (
+        "clip+centered_clipping",
+        "centered_clipping",
+        1,
+        {"tau": 20.0, "n_iter": 2},
+        [("clip", {"max_norm": 150.0, "inplace": True})],
+        False,
+        7,
+        40_001,
+        torch.float32,
+    ),
+    (
+        "nnm+clip+geometric_median",
+        "geometric_median",
+        2,
+        {"max_iter": 5},
+        ["nnm", ("clip", {"max_norm": 150.0})],
+        True,
+        11,
+        40_001,
+        torch.float16,
+    ),
+    (
+        "clip+multi_krum",
+        "multi_krum",
+        1,
+        {"m": 4},
+        [("clip", {"max_norm": 150.0})],
+        False,
+        13,
+        50_003,
+        torch.float32,
+    ),
+]
 
 
 def _data(n: int, d: int, dtype: torch.dtype, seed: int):
@@ -152,6 +239,20 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
                 **params,
             )
             results[f"{backend}/{cid}"] = out
+    for i, (cid, rule, f, params, pre, weighted, n, d, dtype) in enumerate(PRE_CASES):
+        x, w = _data(n, d, dtype, seed=1000 + i)
+        a, b = _split(n, world)[rank]
+        results[f"pre/{cid}"] = distributed.aggregate(
+            x[a:b],
+            rule=rule,
+            f=f,
+            weights=w[a:b] if weighted else None,
+            pre=pre,
+            send_bytes=1 << 16,
+            **params,
+        )
+    _errors_of_pre_and_rules(rank, world, results)
+    results["device"] = str(comm_device(None))
     for backend in BACKENDS:
         res, primes, wts = _residues(9)
         a, b = _split(9, world)[rank]
@@ -197,6 +298,30 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     dist.destroy_process_group()
 
 
+def _errors_of_pre_and_rules(rank: int, world: int, results: dict) -> None:
+    """Typed errors, the same on every rank, for calls the distributed aggregate refuses."""
+    x, _ = _data(7, 300, torch.float32, seed=77)
+    a, b = _split(7, world)[rank]
+    calls = {
+        "pre-native": dict(rule="median", f=1, pre=["nnm"], backend="native"),
+        "clip-as-rule": dict(rule="clip", max_norm=1.0),
+        "dp": dict(rule="mean", dp=object()),
+        "pre-unknown-param": dict(rule="mean", pre=[("clip", {"max_norm": 1.0, "p": 2})]),
+        "pre-no-max_norm": dict(rule="mean", pre=["clip"]),
+        "pre-not-a-step": dict(rule="mean", pre=["krum"]),
+        "nnm-precondition": dict(rule="mean", pre=[("nnm", {"f": 4})]),
+        "center-shape": dict(rule="centered_clipping", center=torch.zeros(299)),
+        # Rank 0 clips, the others do not: every rank must refuse, none may hang.
+        "pre-disagree": dict(rule="mean", pre=[("clip", {"max_norm": 1.0})] if rank == 0 else []),
+    }
+    for key, kw in calls.items():
+        try:
+            distributed.aggregate(x[a:b], **kw)
+            results[f"refused/{key}"] = "returned"
+        except Exception as exc:
+            results[f"refused/{key}"] = f"{type(exc).__name__}: {exc}"
+
+
 @pytest.fixture(scope="module", params=[2, 3], ids=["ranks2", "ranks3"])
 def spawned(request, tmp_path_factory):
     world = request.param
@@ -220,6 +345,62 @@ def test_bit_identical_to_one_process(spawned, case, backend):
         assert torch.equal(got, want), (
             f"rank {r} of {world}: {diff.numel()} columns differ, first {diff[:5].tolist()}"
         )
+
+
+@pytest.mark.parametrize("case", PRE_CASES, ids=[c[0] for c in PRE_CASES])
+def test_pre_steps_bit_identical_to_one_process(spawned, case):
+    world, ranks = spawned
+    cid, rule, f, params, pre, weighted, n, d, dtype = case
+    x, w = _data(n, d, dtype, seed=1000 + PRE_CASES.index(case))
+    pre_one = [
+        (s[0], {k: v for k, v in s[1].items() if k != "inplace"}) if isinstance(s, tuple) else s
+        for s in pre
+    ]
+    want = bcfl_engine.aggregate(
+        x, rule=rule, f=f, weights=w if weighted else None, pre=pre_one, backend="torch", **params
+    )
+    # The pre-steps changed the result (else the case would not test them).
+    plain = bcfl_engine.aggregate(
+        x, rule=rule, f=f, weights=w if weighted else None, backend="torch", **params
+    )
+    assert not torch.equal(want, plain)
+    for r, res in enumerate(ranks):
+        got = res[f"pre/{cid}"]
+        diff = (got != want).nonzero().reshape(-1)
+        assert torch.equal(got, want), (
+            f"rank {r} of {world}: {diff.numel()} columns differ, first {diff[:5].tolist()}"
+        )
+
+
+REFUSALS = {
+    "pre-native": ("InvalidArgument", "torch reference"),
+    "clip-as-rule": ("InvalidArgument", "'clip' is a pre-aggregation step"),
+    "dp": ("DPUnsupported", "dp="),
+    "pre-unknown-param": ("InvalidArgument", "clip: unexpected parameters ['p']"),
+    "pre-no-max_norm": ("InvalidArgument", "clip: max_norm is required"),
+    "pre-not-a-step": ("InvalidArgument", "'krum' is not a pre-aggregation step"),
+    "nnm-precondition": ("PreconditionError", "nnm requires n > 2f"),
+    "center-shape": ("InvalidArgument", "center must be [d=300]"),
+    "pre-disagree": ("InvalidArgument", "other arguments"),
+}
+
+
+@pytest.mark.parametrize("key", sorted(REFUSALS))
+def test_refused_calls_raise_one_typed_error_on_every_rank(spawned, key):
+    _, ranks = spawned
+    outcomes = {res[f"refused/{key}"] for res in ranks}
+    assert len(outcomes) == 1, outcomes
+    (text,) = outcomes
+    kind, words = REFUSALS[key]
+    assert text.startswith(f"{kind}: ") and words in text, text
+
+
+def test_every_engine_rule_runs_distributed():
+    """Each rule of the registry is an aggregate here or a pre-step here: none is left out."""
+    for name, info in bcfl_engine.rules.RULES.items():
+        where = distributed.RULES if info.kind == "aggregate" else distributed.PRE_STEPS
+        assert name in where, name
+    assert len(distributed.RULES) + len(distributed.PRE_STEPS) == len(bcfl_engine.rules.RULES)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -345,3 +526,38 @@ def test_column_ranges_cover_d_in_aligned_blocks(d, world):
 def test_aggregate_needs_an_initialised_group():
     with pytest.raises(InvalidArgument, match="not initialised"):
         distributed.aggregate(torch.zeros(3, 4), rule="mean")
+
+
+@pytest.mark.parametrize(
+    ("backend", "cuda", "want"),
+    [
+        ("gloo", False, "cpu"),
+        ("gloo", True, "cpu"),  # gloo stays the CPU path on a machine with GPUs too
+        ("nccl", True, "cuda:1"),
+        ("NCCL", True, "cuda:1"),
+        ("cpu:gloo,cuda:nccl", True, "cuda:1"),  # a group with both: the CUDA one
+    ],
+)
+def test_the_group_backend_chooses_the_device(backend, cuda, want):
+    assert device_for_backend(backend, cuda, 1) == torch.device(want)
+
+
+@pytest.mark.parametrize(
+    ("backend", "cuda", "error", "words"),
+    [
+        ("nccl", False, BackendUnavailable, "no CUDA device"),
+        ("cpu:gloo,cuda:nccl", False, BackendUnavailable, "no CUDA device"),
+        ("mpi", True, InvalidArgument, "'mpi' not supported"),
+        ("ucc", False, InvalidArgument, "gloo (CPU tensors) or nccl (CUDA tensors)"),
+    ],
+)
+def test_an_unusable_group_backend_is_a_typed_error(backend, cuda, error, words):
+    with pytest.raises(error, match=re.escape(words)):
+        device_for_backend(backend, cuda, 0)
+
+
+def test_a_gloo_group_runs_on_the_cpu(spawned):
+    _, ranks = spawned
+    assert all(res["device"] == "cpu" for res in ranks)
+    # The result is returned where the group works (the CPU under gloo).
+    assert all(res["torch/mean"].device.type == "cpu" for res in ranks)

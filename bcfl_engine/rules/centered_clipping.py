@@ -32,6 +32,7 @@ from ._common import (
     check_updates,
     contiguous,
     raise_nonfinite,
+    sq_dists64,
 )
 from .geometric_median import Step, step_native, step_triton
 
@@ -49,12 +50,17 @@ def centered_clipping_reference(
     Computes in float32, norms in float64 (a float32 norm of a row at 1e19 overflows and
     would drop that row's bounded pull instead of clipping it). ``f`` is only validated by
     :func:`centered_clipping`.
+
+    The norms' sum across columns is :func:`~._common.sq_dists64`'s: ``DIST_BLOCK``-column
+    blocks at multiples of ``DIST_BLOCK``, added in block order. Everything else is
+    column-local, so :mod:`bcfl_engine.distributed` (which adds the same blocks in the same
+    order across ranks) gives these bits for any number of ranks.
     """
     xf = x.float()
     v = torch.zeros(x.shape[1], device=x.device) if center is None else center.float()
     for _ in range(n_iter):
         diff = xf - v
-        norms = torch.linalg.vector_norm(diff, dim=1, dtype=torch.float64)
+        norms = sq_dists64(diff).sqrt()
         scale = tau / norms.clamp(min=tau)  # min(1, tau / norm); 1 for a zero difference
         v = v + (diff * scale.float()[:, None]).mean(dim=0)
     return v
