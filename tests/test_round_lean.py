@@ -125,6 +125,53 @@ def test_non_lean_payload_is_refused_by_a_lean_round(ledger, tmp_path) -> None:
     assert len(rnd) == 0
 
 
+def test_a_bad_payload_after_the_first_is_refused_naming_its_client(ledger, tmp_path) -> None:
+    """Once the round has its layout, a payload whose size or header differs is refused (the
+    extension only compares headers there: the body is summed later, unparsed) and nothing
+    changes; the round then commits what it holds."""
+    task, rnd = new_round(ledger, tmp_path)
+    pub, x = keys().public_context(), updates(6)
+    blobs = [he.encrypt(x[i], pub) for i in range(3)]
+    rnd.submit(sign_payload(KEYS[0], task, 1, blobs[0], ledger.domain, weight=2))
+    other_d = bytearray(blobs[1])
+    other_d[16] ^= 1  # the header's d: same size, another layout
+    for i, bad in ((1, blobs[1][:-8]), (1, bytes(other_d)), (2, blobs[2] + bytes(8))):
+        with pytest.raises(PayloadError, match=ADDRESSES[i].lower()):
+            rnd.submit(sign_payload(KEYS[i], task, 1, bad, ledger.domain))
+        got = rnd.submit_many([sign_payload(KEYS[i], task, 1, bad, ledger.domain)])
+        assert isinstance(got[0], PayloadError) and ADDRESSES[i].lower() in str(got[0])
+    assert len(rnd) == 1 and rnd._sum.weight_sum == 2
+    rnd.submit_many([sign_payload(KEYS[i], task, 1, blobs[i], ledger.domain) for i in (1, 2)])
+    assert rnd.finalize().update == he.aggregate(blobs, [2, 1, 1], context=pub)
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["extension", "parsed"])
+def test_running_sum_writes_what_the_aggregate_writes(monkeypatch, native) -> None:
+    """The running sum, burst by burst (payloads unpacked straight into the sum by the
+    extension, or parsed then summed without it), writes he.aggregate's bytes."""
+    import bcfl_engine.he.lean_aggregate as la
+
+    if not native:
+        monkeypatch.setattr(la, "_load_native", lambda: (None, "turned off for this test"))
+    elif la._load_native()[0] is None:
+        pytest.skip("the extension is not built")
+    pub, x = keys().public_context(), updates(7)
+    blobs = [he.encrypt(x[i], pub) for i in range(N)]
+    w = [3, 1, 1, 250, 0, 9]
+    acc = LeanRunningSum(pub)
+    acc.add("first", blobs[0], w[0])
+    rows = acc.batch(2)
+    for i in (1, 2):
+        acc.admit(rows, f"c{i}", blobs[i], w[i])
+    more = acc.batch(3, prev=rows)
+    for i in (3, 4, 5):
+        acc.admit(more, f"c{i}", blobs[i], w[i])
+    acc.take(rows, w[1:3])
+    acc.take(more)
+    assert acc.weight_sum == sum(w)
+    assert acc.result() == he.aggregate(blobs, w, context=pub)
+
+
 def test_multiparty_round_on_lean16_payloads_decrypts_commits_and_audits(ledger, tmp_path) -> None:
     """A round under a multiparty key of the "lean16" preset: lean payloads summed mod 2^58 as
     they come, the lifted sum decrypted by three parties (each checks it against the lean

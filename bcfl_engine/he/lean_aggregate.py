@@ -150,7 +150,9 @@ class LeanRows:
 
     def __init__(self, layout: lean_wire.LeanLayout | None, total: int) -> None:
         self.layout, self.total = layout, total
-        self.values: list[np.ndarray] = []
+        # With the extension: the payloads themselves (headers checked), unpacked straight
+        # into the sum by take(); without it, their values parsed by admit().
+        self.values: list[Any] = []
         self.weights: list[int] = []
 
     def __len__(self) -> int:
@@ -193,6 +195,19 @@ class LeanRunningSum:
         except PayloadError as exc:
             raise PayloadError(f"client {client!r}: {exc}") from None
 
+    def _checked(self, client: Any, blob: Any, layout: lean_wire.LeanLayout | None) -> Any:
+        """``blob`` itself once its size and header are the round's layout's (the first
+        payload's layout checked against the context in full); raises naming ``client``."""
+        if layout is None:  # the first payload: its header parsed and checked against context
+            self.check(client, blob)
+            return blob
+        buf = memoryview(blob)
+        head = layout.header()
+        if len(buf) != layout.nbytes or bytes(buf[: len(head)]) != head:
+            self.check(client, blob, layout)  # raises, naming what differs
+            raise PayloadError(f"client {client!r}: its header is not the round's")
+        return blob
+
     def batch(self, capacity: int = 1, prev: LeanRows | None = None) -> LeanRows:
         """Empty rows for a burst's part (``capacity`` is a hint); ``prev``: the part before it
         in the same burst, not summed yet (its layout and weights count)."""
@@ -203,8 +218,12 @@ class LeanRunningSum:
     def admit(self, rows: LeanRows, client: Any, blob: Any, weight: Any = 1) -> None:
         """Check ``blob`` and its ``weight`` (a non-negative integer within the headroom left
         after ``rows``) and keep them in ``rows``; raises and keeps nothing otherwise."""
-        values = self.check(client, blob, rows.layout)
-        layout = rows.layout or self.layout or lean_wire.layout_of(blob)
+        layout = rows.layout or self.layout
+        if _load_native()[0] is not None:  # the header checked now, the body summed by take()
+            values: Any = self._checked(client, blob, layout)
+        else:
+            values = self.check(client, blob, layout)
+        layout = layout or lean_wire.layout_of(blob)
         f = float(weight)
         if isinstance(weight, bool) or not (math.isfinite(f) and f >= 0 and f.is_integer()):
             raise InvalidWeight(f"client {client!r}: weight {weight!r} is not an integer >= 0")
@@ -225,9 +244,23 @@ class LeanRunningSum:
             return
         if weights is not None and [int(w) for w in weights] != rows.weights:
             raise InvalidArgument("take: the weights are not those the rows were admitted with")
-        assert rows.layout is not None
-        x = torch.from_numpy(np.stack(rows.values).view(np.int64))
-        self._acc = lean.lean_sum(x, rows.layout.b, rows.weights, acc=self._acc)
+        layout = rows.layout
+        assert layout is not None
+        if _load_native()[0] is not None:  # one pass over the payloads' bytes (C++)
+            fresh = self._acc is None
+            acc = torch.empty(layout.shape, dtype=torch.int64) if fresh else self._acc
+            w = (
+                None
+                if all(w == 1 for w in rows.weights)
+                else lean.weights_u64(rows.weights, layout.b)
+            )
+            native().lean_accumulate(
+                rows.values, lean_wire.HEADER.size, layout.b, layout.k, w, acc, fresh
+            )  # fmt: skip
+            self._acc = acc
+        else:
+            x = torch.from_numpy(np.stack(rows.values).view(np.int64))
+            self._acc = lean.lean_sum(x, layout.b, rows.weights, acc=self._acc)
         self.layout, self.weight_sum = rows.layout, self.weight_sum + sum(rows.weights)
 
     def add(self, client: Any, blob: Any, weight: Any = 1) -> None:
