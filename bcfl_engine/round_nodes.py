@@ -68,7 +68,8 @@ def finalize_nodes(
     Parameters
     ----------
     rnd : this node's round: a plaintext :class:`~bcfl_engine.round.AggregationRound` (a rule
-        of :data:`bcfl_engine.distributed.RULES`, no pre-steps, no DP, not CKKS) on its own store
+        of :data:`bcfl_engine.distributed.RULES`, the iterative ones on the torch backend, no
+        pre-steps, no DP, not CKKS) on its own store
     group : the process group of the nodes (None: the default group, initialised)
     commit_rank : the node that sends the commit (its ledger's signer is the task's aggregator)
 
@@ -215,7 +216,7 @@ def _local_state(rnd: AggregationRound) -> tuple[dict[str, Any], torch.Tensor]:
     state: dict[str, Any] = {"problem": None, "records": []}
     rows = torch.zeros(0, 1)
     try:
-        from .distributed import RULES
+        from .distributed_check import ITERATIVE_RULES, RULES
 
         if not isinstance(rnd, AggregationRound):
             raise InvalidArgument(f"expected an AggregationRound; got {type(rnd).__name__}")
@@ -228,13 +229,18 @@ def _local_state(rnd: AggregationRound) -> tuple[dict[str, Any], torch.Tensor]:
             raise InvalidArgument(
                 f"rule {rnd.rule!r} is not aggregated over several nodes; has {RULES}"
             )
+        if rnd.rule in ITERATIVE_RULES and rnd.backend not in (None, "torch"):
+            raise InvalidArgument(
+                f"{rnd.rule} over several nodes runs the torch reference's step only; this "
+                f"round pins backend={rnd.backend!r}"
+            )
         if rnd.result is not None:
             raise InvalidArgument(f"round {rnd.round} of task {rnd.task} was finalized already")
         rows = _rows(rnd)
         probe = rows if rows.shape[0] else torch.zeros(1, rows.shape[1])
         kernels = rules.get(rnd.rule).kernels
-        # The distributed geometric median runs the torch reference's step (distributed.py).
-        iterative = rnd.rule == "geometric_median" and rnd.backend is None
+        # The distributed iterative rules run the torch reference's step (distributed.py).
+        iterative = rnd.rule in ITERATIVE_RULES and rnd.backend is None
         backend = "torch" if iterative else rnd.backend
         state["backend"] = backends.choose(rnd.rule, kernels, probe, backend).backend
         state["records"] = [

@@ -303,6 +303,26 @@ def test_a_node_that_accepted_nothing_takes_part(anvil, tmp_path):
     assert audit(anvil, task, 1, job["stores"]).ok
 
 
+def test_an_iterative_rule_over_nodes_commits_what_one_round_commits(anvil, tmp_path):
+    """Centered clipping over 2 nodes (each node's round left on backend None: the iterative
+    rules pin the torch step they run) commits the single round's root and result bits."""
+    world, rule, f = 2, "centered_clipping", 2
+    task = anvil.create_task(aggregator=anvil.sender, participants=ADDRESSES, model_spec=b"n")
+    x = make_updates(N, D, seed=46)
+    job = dict(
+        url=anvil.w3.provider.endpoint_uri, address=anvil.address, task=task, rule=rule, f=f,
+        stores=[str(tmp_path / f"store{r}") for r in range(world)], out=str(tmp_path),
+        die=None, timeout=60, splits={1: SPLITS[world]}, rounds=[(1, signed(anvil, task, 1, x))],
+    )  # fmt: skip
+    codes, outs = run_nodes(world, job)
+    assert codes == [0] * world, (codes, outs)
+    one = single_round(x, rule, f, canonical(world))
+    for o in outs:
+        assert o[1][:2] == (one.root, one.result_digest)
+        assert torch.equal(o[1][2], one.update)
+    assert audit(anvil, task, 1, job["stores"]).ok
+
+
 @pytest.mark.parametrize(
     ("where", "dead"),
     [("aggregate", 2), ("commit", 0)],
@@ -382,7 +402,7 @@ def test_rounds_a_node_cannot_run_are_refused_before_anything_changes(one_node, 
         return rnd
 
     cases = [
-        (node("cc", rule="centered_clipping"), {}, "is not aggregated over several nodes"),
+        (node("gm", rule="geometric_median", backend="native"), {}, "torch reference's step"),
         (node("pre", rule="mean", pre=["nnm"]), {}, "no pre-steps"),
         (node("rank", rule="mean"), {"commit_rank": 1}, "commit_rank must be in [0, 1)"),
     ]
