@@ -152,7 +152,8 @@ setup(
         "nvflare": ["nvflare==2.9.0", "tenseal==0.3.18", "zstandard>=0.22"],
         # Google's privacy accountant (RDP and PLD) for bcfl_engine.dp's budgets.
         "dp": ["dp-accounting==0.6.0"],
-        "demo": ["scikit-learn>=1.3", "matplotlib>=3.7"],
+        # The demo's flags work after the README's install: --dp-noise accounts with dp-accounting.
+        "demo": ["scikit-learn>=1.3", "matplotlib>=3.7", "dp-accounting==0.6.0"],
         # ByzFL (a benchmark peer) is installed with --no-deps: its package requires torchvision,
         # which would replace the CPU torch with a multi-GB CUDA build; its aggregators need neither.
         "bench": ["pytest-benchmark>=4", "flwr>=1.20"],

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..errors import PreconditionError
 from ..he import multiparty as mp
+from ..he import presets
 from ..he.mpepoch import KeyEpoch, active_default, check_context, open_epoch, parties_of
 
 # The hospitals' key: lean payloads (11.25 bytes per parameter, 16 bits on the mean of 1,000
@@ -91,7 +92,6 @@ def encrypt(update: Any, context: Any, byzantine: bool = False) -> bytes:
     wrap; the bucketed robust round is the answer (README).
     """
     from ..he import encrypt as lean_encrypt
-    from ..he import presets
 
     bound = presets.get(PRESET).bound
     assert bound is not None  # a lean preset states it
@@ -165,5 +165,12 @@ def summary(hospitals: DemoKeys, runs: list[Any], rounds: int, echo: Any) -> dic
         }
         if run.rule == "mean":
             out["max_abs_param_diff_vs_plaintext"] = diff
-        echo(f"{run.label}: {hides}; max |param diff| vs {plain.label} {diff:.3g}")
+        why = (
+            f" (its Byzantine hospitals' updates held to the client library's bound "
+            f"|x| <= {SCALE * (presets.get(PRESET).bound or 1.0):g}, the plaintext line's not: "
+            "compare with --byzantine 0)"
+            if run.attacked
+            else ""
+        )
+        echo(f"{run.label}: {hides}; max |param diff| vs {plain.label} {diff:.3g}{why}")
     return out
