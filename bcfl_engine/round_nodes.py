@@ -54,7 +54,7 @@ from .round_result import RoundResult
 
 __all__ = ["finalize_nodes"]
 
-_SAME = ("task", "round", "key", "rule", "f", "params", "backend", "dim", "participants")
+_SAME = ("task", "round", "key", "rule", "f", "pre", "params", "backend", "dim", "participants")
 """What every node of a round must agree on."""
 
 
@@ -68,8 +68,8 @@ def finalize_nodes(
     Parameters
     ----------
     rnd : this node's round: a plaintext :class:`~bcfl_engine.round.AggregationRound` (a rule
-        of :data:`bcfl_engine.distributed.RULES`, the iterative ones on the torch backend, no
-        pre-steps, no DP, not CKKS) on its own store
+        of :data:`bcfl_engine.distributed.RULES`, the iterative ones and pre-steps on the torch
+        backend, no DP, not CKKS) on its own store
     group : the process group of the nodes (None: the default group, initialised)
     commit_rank : the node that sends the commit (its ledger's signer is the task's aggregator)
 
@@ -107,6 +107,7 @@ def finalize_nodes(
         client_ids=[r["client"] for r in rnd._records],
         group=group,
         backend=state["backend"],
+        pre=rnd.pre,
         **rnd.params,
     )
     seconds = time.perf_counter() - t0
@@ -120,7 +121,7 @@ def finalize_nodes(
         rule=rnd.rule,
         f=rnd.f,
         params=rnd.params,
-        pre=[],
+        pre=rnd.pre,
         backend=state["backend"],
         dim=rnd.dim,
         nodes=counts,
@@ -220,18 +221,20 @@ def _local_state(rnd: AggregationRound) -> tuple[dict[str, Any], torch.Tensor]:
 
         if not isinstance(rnd, AggregationRound):
             raise InvalidArgument(f"expected an AggregationRound; got {type(rnd).__name__}")
-        if rnd.secure is not None or rnd.dp is not None or rnd.pre:
+        if rnd.secure is not None or rnd.dp is not None:
             raise InvalidArgument(
-                "a round over several nodes aggregates plaintext updates with a rule and no "
-                f"pre-steps or DP; got secure={rnd.secure!r}, pre={rnd.pre}, dp={rnd.dp!r}"
+                "a round over several nodes aggregates plaintext updates with a rule (and "
+                f"pre-steps), without DP; got secure={rnd.secure!r}, dp={rnd.dp!r}"
             )
         if rnd.rule not in RULES:
             raise InvalidArgument(
                 f"rule {rnd.rule!r} is not aggregated over several nodes; has {RULES}"
             )
-        if rnd.rule in ITERATIVE_RULES and rnd.backend not in (None, "torch"):
+        torch_only = rnd.rule in ITERATIVE_RULES or bool(rnd.pre)
+        if torch_only and rnd.backend not in (None, "torch"):
+            what = rnd.rule if rnd.rule in ITERATIVE_RULES else "a round with pre-steps"
             raise InvalidArgument(
-                f"{rnd.rule} over several nodes runs the torch reference's step only; this "
+                f"{what} over several nodes runs the torch reference's step only; this "
                 f"round pins backend={rnd.backend!r}"
             )
         if rnd.result is not None:
@@ -239,9 +242,8 @@ def _local_state(rnd: AggregationRound) -> tuple[dict[str, Any], torch.Tensor]:
         rows = _rows(rnd)
         probe = rows if rows.shape[0] else torch.zeros(1, rows.shape[1])
         kernels = rules.get(rnd.rule).kernels
-        # The distributed iterative rules run the torch reference's step (distributed.py).
-        iterative = rnd.rule in ITERATIVE_RULES and rnd.backend is None
-        backend = "torch" if iterative else rnd.backend
+        # The distributed iterative rules and pre-steps run the torch step (distributed.py).
+        backend = "torch" if torch_only else rnd.backend
         state["backend"] = backends.choose(rnd.rule, kernels, probe, backend).backend
         state["records"] = [
             {k: r[k] for k in ("client", "digest", "weight", "salt")} for r in rnd._records

@@ -97,7 +97,8 @@ def _node(rank: int, world: int, port: int, job: dict) -> None:
             dim=D,
             rule=job["rule"],
             f=job["f"],
-            backend="torch",
+            pre=job.get("pre", []),
+            backend=job.get("backend", "torch"),
         )
         mine = [payloads[i] for i in job["splits"][round][rank]]
         if not rnd.committed:  # (a committed round refuses payloads, retries too)
@@ -124,7 +125,8 @@ def _node(rank: int, world: int, port: int, job: dict) -> None:
             if not job["die"]:  # once committed, a rerun recomputes it and commits nothing
                 again = AggregationRound(
                     ledger, job["task"], round, Path(job["stores"][rank]), participants=ADDRESSES,
-                    dim=D, rule=job["rule"], f=job["f"], backend="torch",
+                    dim=D, rule=job["rule"], f=job["f"], pre=job.get("pre", []),
+                    backend=job.get("backend", "torch"),
                 )  # fmt: skip
                 res2 = finalize_nodes(again)
                 out[f"{round}-again"] = (res2.root, res2.result_digest, res2.receipt.noop)
@@ -157,7 +159,7 @@ def run_nodes(world: int, job: dict) -> tuple[list[int | None], list[dict]]:
     return codes, outs
 
 
-def single_round(x, rule, f, order, round=1):
+def single_round(x, rule, f, order, round=1, pre=()):
     """The same payloads accepted by one AggregationRound in ``order``, on the embedded chain."""
     ledger = Ledger.embedded()
     task = ledger.create_task(aggregator=ledger.sender, participants=ADDRESSES, model_spec=b"n")
@@ -166,7 +168,7 @@ def single_round(x, rule, f, order, round=1):
 
     with tempfile.TemporaryDirectory() as tmp:
         rnd = AggregationRound(
-            ledger, task, round, tmp, participants=ADDRESSES, dim=D, rule=rule, f=f,
+            ledger, task, round, tmp, participants=ADDRESSES, dim=D, rule=rule, f=f, pre=pre,
             backend="torch",
         )  # fmt: skip
         assert all(isinstance(r, dict) for r in rnd.submit_many([ps[i] for i in order]))
@@ -303,22 +305,28 @@ def test_a_node_that_accepted_nothing_takes_part(anvil, tmp_path):
     assert audit(anvil, task, 1, job["stores"]).ok
 
 
-def test_an_iterative_rule_over_nodes_commits_what_one_round_commits(anvil, tmp_path):
-    """Centered clipping over 2 nodes (each node's round left on backend None: the iterative
-    rules pin the torch step they run) commits the single round's root and result bits."""
-    world, rule, f = 2, "centered_clipping", 2
+@pytest.mark.parametrize(
+    ("rule", "f", "pre"),
+    [("centered_clipping", 2, []), ("median", 2, ["nnm", ("clip", {"max_norm": 30.0})])],
+    ids=["centered_clipping", "nnm+clip+median"],
+)
+def test_torch_only_steps_over_nodes_commit_what_one_round_commits(anvil, tmp_path, rule, f, pre):
+    """An iterative rule, or pre-steps, over 2 nodes (each node's round left on backend None:
+    they pin the torch step they run) commit the single round's root and result bits."""
+    world = 2
     task = anvil.create_task(aggregator=anvil.sender, participants=ADDRESSES, model_spec=b"n")
     x = make_updates(N, D, seed=46)
     job = dict(
         url=anvil.w3.provider.endpoint_uri, address=anvil.address, task=task, rule=rule, f=f,
         stores=[str(tmp_path / f"store{r}") for r in range(world)], out=str(tmp_path),
         die=None, timeout=60, splits={1: SPLITS[world]}, rounds=[(1, signed(anvil, task, 1, x))],
+        backend=None, pre=pre,
     )  # fmt: skip
     codes, outs = run_nodes(world, job)
     assert codes == [0] * world, (codes, outs)
-    one = single_round(x, rule, f, canonical(world))
+    one = single_round(x, rule, f, canonical(world), pre=pre)
     for o in outs:
-        assert o[1][:2] == (one.root, one.result_digest)
+        assert o[1][:2] == (one.root, one.result_digest), o[1]
         assert torch.equal(o[1][2], one.update)
     assert audit(anvil, task, 1, job["stores"]).ok
 
@@ -403,7 +411,7 @@ def test_rounds_a_node_cannot_run_are_refused_before_anything_changes(one_node, 
 
     cases = [
         (node("gm", rule="geometric_median", backend="native"), {}, "torch reference's step"),
-        (node("pre", rule="mean", pre=["nnm"]), {}, "no pre-steps"),
+        (node("pre", rule="median", f=1, pre=["nnm"], backend="native"), {}, "with pre-steps"),
         (node("rank", rule="mean"), {"commit_rank": 1}, "commit_rank must be in [0, 1)"),
     ]
     for rnd, kw, says in cases:
