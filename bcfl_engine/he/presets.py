@@ -33,7 +33,7 @@ smudging noise each decryption share adds (standard deviation ``2^smudge_bits``)
 payloads under up to 8 parties (on lean payloads: after the lift to ``q_0``; the rounding of
 ``c_0``'s low bits is not secret-dependent and only costs precision). Each bit of margin costs
 a bit of precision at a given payload size: "threshold" (41 bits) keeps two primes, 60 bytes per
-parameter; "threshold16" (16 bits) one, 15 paired; "lean16" (16 bits, lean) 11.25. A lean
+parameter packed (64 as stock TenSEAL serializes them, which its clients send); "threshold16" (16 bits) one, 15 paired; "lean16" (16 bits, lean) 11.25. A lean
 40-bit margin would need ``b`` about 82 (two primes, beyond the int64 sum mod ``2^b``): about
 14.3 bytes per parameter by the same arithmetic, not built.
 
