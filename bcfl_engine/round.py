@@ -229,6 +229,31 @@ class AggregationRound(Decryption, PrivateRound, Intake):
         )
         return self._with_dp(meta)  # BudgetExceeded here: before any noise or write
 
+    def _stored(
+        self, result_bytes: bytes, meta: dict[str, Any], records: list[dict[str, Any]]
+    ) -> tuple[bytes, bytes, list[bytes], Any, dict[str, Any]]:
+        """The result and metadata put in the store, and the Merkle tree over ``records``
+        (the round's acceptance records, in the leaves' order): ``(result digest, meta hash,
+        leaves, tree, round record)``, the record as ``round.json`` holds it before the commit."""
+        from .chain import MerkleTree
+
+        result_digest = self.store.put(result_bytes)
+        meta_bytes = protocol.encode_meta(meta)
+        meta_hash = self.store.put(meta_bytes, digest=protocol.meta_hash(meta_bytes))
+        leaves = leaves_of(self.round, records)
+        tree = MerkleTree.from_leaves(leaves)
+        record = {
+            "task": self.task,
+            "round": self.round,
+            "contract": self.ledger.address,
+            "root": tree.root.hex(),
+            "result_digest": result_digest.hex(),
+            "meta_hash": meta_hash.hex(),
+            "n": len(leaves),
+            "participants": self._registered,
+        }
+        return result_digest, meta_hash, leaves, tree, record
+
     def finalize(self) -> RoundResult:
         """Aggregate the accepted payloads, commit the round, return its :class:`RoundResult`.
 
@@ -254,7 +279,6 @@ class AggregationRound(Decryption, PrivateRound, Intake):
             return self.result
         if not self._records:
             raise InvalidArgument(f"round {self.round} of task {self.task} has no accepted payload")
-        from .chain import MerkleTree
 
         weights = [int(r["weight"]) for r in self._records]
         self._spend()  # a private round past its budget stops here; the accountant off the clock
@@ -282,21 +306,9 @@ class AggregationRound(Decryption, PrivateRound, Intake):
             meta = self._meta(chosen.backend)
             update, result_bytes = _aggregate(meta, x, weights, None)
         seconds = time.perf_counter() - t0
-        result_digest = self.store.put(result_bytes)
-        meta_bytes = protocol.encode_meta(meta)
-        meta_hash = self.store.put(meta_bytes, digest=protocol.meta_hash(meta_bytes))
-        leaves = leaves_of(self.round, self._records)
-        tree = MerkleTree.from_leaves(leaves)
-        record = {
-            "task": self.task,
-            "round": self.round,
-            "contract": self.ledger.address,
-            "root": tree.root.hex(),
-            "result_digest": result_digest.hex(),
-            "meta_hash": meta_hash.hex(),
-            "n": len(leaves),
-            "participants": self._registered,
-        }
+        result_digest, meta_hash, leaves, tree, record = self._stored(
+            result_bytes, meta, self._records
+        )
         # Written before the commit: a crash in between replays the same commit (a no-op).
         self.store.write_round(self.key, self.round, record)
         # A quorum's aggregator votes; a single aggregator commits (attest_round is commit_round).

@@ -82,7 +82,6 @@ def finalize_nodes(
     """
     import torch.distributed as dist
 
-    from .chain import MerkleTree
     from .chain.errors import ChainError, RoundConflict
     from .distributed import aggregate
     from .distributed_comm import gather_objects
@@ -113,7 +112,6 @@ def finalize_nodes(
     seconds = time.perf_counter() - t0
     store = rnd.store
     result_bytes = protocol.encode_update(out)
-    result_digest = store.put(result_bytes)
     meta = protocol.round_meta(
         task=rnd.task,
         round=rnd.round,
@@ -126,22 +124,8 @@ def finalize_nodes(
         dim=rnd.dim,
         nodes=counts,
     )
-    meta_bytes = protocol.encode_meta(meta)
-    meta_hash = store.put(meta_bytes, digest=protocol.meta_hash(meta_bytes))
-    leaves = protocol.leaves_of(rnd.round, records)
-    tree = MerkleTree.from_leaves(leaves)
-    record = {
-        "task": rnd.task,
-        "round": rnd.round,
-        "contract": rnd.ledger.address,
-        "root": tree.root.hex(),
-        "result_digest": result_digest.hex(),
-        "meta_hash": meta_hash.hex(),
-        "n": len(leaves),
-        "participants": rnd._registered,
-        "node": rank,
-        "nodes": world,
-    }
+    result_digest, meta_hash, leaves, tree, record = rnd._stored(result_bytes, meta, records)
+    record |= {"node": rank, "nodes": world}
     commit = rnd.ledger.record(rnd.task, rnd.round)
     if commit is None or store.read_round(rnd.key, rnd.round, problems=[]) is None:
         store.write_round(rnd.key, rnd.round, record)  # before the commit, as a single round
