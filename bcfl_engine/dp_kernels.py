@@ -1,6 +1,7 @@
 """The backends of the clipped mean (:func:`bcfl_engine.dp.clipped_mean`): torch, native (C++,
 ``csrc/dp.cpp``) and Triton, each ``(x [n, d], clipping_norm, m) -> float32 [d]``; the native one
-also adds a draw's noise in its final write (:func:`bcfl_engine.dp.private_mean`)."""
+also adds a draw's noise in its final write (:func:`bcfl_engine.dp.private_mean`) and takes row
+norms already known (:attr:`bcfl_engine.updates.UpdateBatch.norms`)."""
 
 from __future__ import annotations
 
@@ -42,20 +43,21 @@ def cm_native(
     m: int,
     noise: tuple[bytes, bytes] | None = None,
     std: float = 0.0,
-    cache_bytes: int | None = None,
+    norms: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    # csrc/dp.cpp: one read of x where a row, the next and an accumulator fit in the cache
-    # (two reads otherwise, the same bits); ``noise``, a draw's (key, message), adds the noise
-    # in the final write, its words made block by block in the kernel.
+    # csrc/dp.cpp: the norms (one read of x, skipped when ``norms``, float64 [n], are given:
+    # taken at intake), then the weighted mean's column blocks with the clip's coefficients;
+    # ``noise``, a draw's (key, message), adds the noise in the final write, its words made
+    # block by block in the kernel.
     x = contiguous(x)
     n, d = x.shape
     mod = native()
     w = torch.full((n,), 1.0 / m, dtype=torch.float64)
     out = torch.empty(d, dtype=torch.float32)
-    norms = torch.empty(n, dtype=torch.float64)
-    budget = mod.last_level_cache_bytes() if cache_bytes is None else cache_bytes
+    known = norms is not None
+    held = norms if norms is not None else torch.empty(n, dtype=torch.float64)
     key, message = (None, None) if noise is None else noise
-    mod.clipped_mean(x, w, float(clipping_norm), norms, out, key, message, float(std), budget)
+    mod.clipped_mean(x, w, float(clipping_norm), held, known, out, key, message, float(std))
     return out
 
 

@@ -93,17 +93,17 @@ PYBIND11_MODULE(_C, m) {
   });
 
   // ---- dp ----
-  // The mean of clipped rows (see dp.h); the row norms are written to norms [n] float64.
-  // key: None, or the 32-byte key of a keyed BLAKE3 draw and message (at most 64 bytes): the
-  // noise of std added in out's final write. cache_bytes: what the one-read path may fill
-  // (dp.h); the result does not depend on it.
+  // The mean of clipped rows (see dp.h). norms [n] float64: the rows' norms, written here, or
+  // read when norms_known (the caller's, taken at intake). key: None, or the 32-byte key of a
+  // keyed BLAKE3 draw and message (at most 64 bytes): the noise of std added in out's final
+  // write.
   m.def("clipped_mean", [](py::handle x_, py::handle w_, double max_norm, py::handle norms_,
-                           py::handle out_, py::handle key_, py::handle message_, double std,
-                           int64_t cache_bytes) {
+                           bool norms_known, py::handle out_, py::handle key_,
+                           py::handle message_, double std) {
     const View x = storage(x_, "clipped_mean: x", {-1, -1});
     const int64_t n = x.dim(0), d = x.dim(1);
     const View w = view(w_, "clipped_mean: w", {kF64}, {n});
-    const View norms = view(norms_, "clipped_mean: norms", {kF64}, {n}, true);
+    const View norms = view(norms_, "clipped_mean: norms", {kF64}, {n}, !norms_known);
     const View out = view(out_, "clipped_mean: out", {kF32}, {d}, true);
     bcfl::NoiseKey noise{};
     if (!none(key_)) {
@@ -116,13 +116,12 @@ PYBIND11_MODULE(_C, m) {
     }
     if (!(max_norm > 0.0)) invalid("clipped_mean: max_norm must be > 0; got " + std::to_string(max_norm));
     if (!(std >= 0.0) || !std::isfinite(std)) invalid("clipped_mean: std must be finite and >= 0");
-    if (cache_bytes < 0) invalid("clipped_mean: cache_bytes must be >= 0");
     no_overlap(out, "clipped_mean: out", {&x, &w, &norms});
-    no_overlap(norms, "clipped_mean: norms", {&x, &w});
+    if (!norms_known) no_overlap(norms, "clipped_mean: norms", {&x, &w});
     py::gil_scoped_release release;
     bcfl::clipped_mean(x.code, x.as<const void>(), n, d, w.as<const double>(), max_norm,
-                       norms.as<double>(), out.as<float>(), none(key_) ? nullptr : &noise, std,
-                       cache_bytes);
+                       norms.as<double>(), norms_known, out.as<float>(),
+                       none(key_) ? nullptr : &noise, std);
   });
   // blake3_xof(key [32], message [<= 64], first, count) -> bytes [64 * count]: output blocks
   // [first, first + count) of keyed BLAKE3 (the noise's words, made by the kernel; for tests).
@@ -141,7 +140,6 @@ PYBIND11_MODULE(_C, m) {
     out.resize(static_cast<size_t>(64 * count));
     return py::bytes(out);
   });
-  m.def("last_level_cache_bytes", &bcfl::last_level_cache_bytes);
 
   // Gaussian noise added into out (float32 [d]) from words (uint64 [3 * ceil(d / 2)]).
   m.def("add_gaussian", [](py::handle words_, double std, py::handle out_) {

@@ -1,36 +1,18 @@
-// The mean of clipped rows: the clip becomes a per-row coefficient of the sum, and the noise is
-// added in the sum's final write.
+// The mean of clipped rows: the clip becomes a per-row coefficient of the weighted mean
+// (mean_block.h, the same products in the same order as the plain mean), and the noise is added
+// in the sum's final write.
 //
-// A row's scale min(1, C / ||x_i||) is known only once the whole row has been read, so a
-// column-blocked mean (mean.cpp) cannot apply it on the fly, and "norms, then the weighted
-// mean" reads x from memory twice: 1.5-2.1x the plain mean at n=64, d=1M on this 2-core EPYC.
-// Here rows are summed in two lanes (rows [0, h) and [h, n), h = ceil(n / 2)), each into its own
-// accumulator of d floats, one row after the other, and a lane's sweep over row i also sums the
-// squares of row i + 1: row i + 1 streams in from memory while row i, read one sweep earlier,
-// and the accumulator come from the cache (a 4 MiB row and a 4 MiB accumulator per lane at
-// d = 1M, in the 32 MiB L3). So x is read from memory once, and the two lanes need no barrier
-// but the final one, and a thread that does not get a core leaves its lane to the other
-// (claims.h; an OpenMP barrier per group of rows, waiting for threads that the other processes
-// on these 2 cores deschedule, had measured 2.6-3.7x the mean). out = lane 0 + lane 1, then
-// the noise, in one write, in column blocks claimed the same way.
-//
-// Measured (benchmarks/dp.py, n=64, d=1M, the 2 cores shared with other work): one read 1.5 to
-// 2.3x the plain mean, two reads 1.8 to 2.6x, run to run; each lane's re-read row and
-// accumulator cost 12 MiB of L3 traffic per row, and this VM's L3 is shared with other
-// tenants. Also tried: sweeps of all rows in column blocks, a group of rows squared while the
-// previous group is summed into out (less L3 traffic per row, but a wait at every sweep): 2.3
-// to 2.6x with groups of 1 or 2 rows, worse past the cache.
-//
-// Where a lane's working set does not fit in half of cache_bytes the same sum runs as two reads
-// of x: the norms, then column blocks in which each lane's rows are summed in the same order
-// with the same float32 fma: the same bits, so neither the cache size nor the thread count
-// changes the result. Two lanes rather than one per thread for that reason.
+// A row's scale min(1, C / ||x_i||) is known only once the whole row has been read, so x is read
+// twice: the norms (rows in parallel), then the weighted mean in column blocks with the
+// coefficients; where the caller already holds the norms (taken at intake, where each update's
+// bytes were in cache: UpdateBatch), only the second read. The second read runs at the plain
+// mean's speed and the first at a plain read's: together 1.96-1.99x the plain mean at n=64,
+// d=1M on this 2-core EPYC, against 2.6-3.7x for the earlier one-read design, which summed rows
+// in two lanes, each sweep over row i also squaring row i + 1 (row i read back from the L3 and
+// the accumulators through it: this VM's L3, shared with other tenants, did not hold them).
 #include "dp.h"
 
-#include <unistd.h>
-
 #include <algorithm>
-#include <cstdio>
 #include <cfloat>
 #include <cmath>
 #include <cstring>
@@ -43,6 +25,7 @@
 #include "blake3_xof.h"
 #include "claims.h"
 #include "common.h"
+#include "mean_block.h"
 
 namespace bcfl {
 
@@ -93,45 +76,6 @@ inline Coef coefficient(double norm, double w, double max_norm) {
   const double c = w * scale;
   if (c < FLT_MIN) return {0.0f, c, true};
   return {static_cast<float>(c), c, false};
-}
-
-// acc[j] = fma(c, row[j], first ? 0 : acc[j]) over k columns (tiny c: acc + float32(row * c)).
-// Both paths call this, so they round alike.
-template <typename T>
-inline void axpy(const T* row, int64_t k, const Coef& c, float* acc, bool first) {
-  if (!c.tiny) {
-    const float cf = c.f;
-    if (first) {
-#pragma omp simd
-      for (int64_t j = 0; j < k; ++j) acc[j] = std::fma(cf, load(row, j), 0.0f);
-    } else {
-#pragma omp simd
-      for (int64_t j = 0; j < k; ++j) acc[j] = std::fma(cf, load(row, j), acc[j]);
-    }
-  } else {
-    for (int64_t j = 0; j < k; ++j)
-      acc[j] = (first ? 0.0f : acc[j]) + static_cast<float>(static_cast<double>(load(row, j)) * c.d);
-  }
-}
-
-// One lane of the one-read path: rows [r0, r1) into acc [d], norms written as they complete.
-template <typename T>
-void fused_lane(const T* x, int64_t d, int64_t r0, int64_t r1, const double* w, double max_norm,
-                double* norms, float* acc) {
-  if (r0 >= r1) return;
-  norms[r0] = row_norm(x + r0 * d, d);
-  for (int64_t i = r0; i < r1; ++i) {
-    const T* row = x + i * d;
-    const T* next = i + 1 < r1 ? row + d : nullptr;
-    const Coef c = coefficient(norms[i], w[i], max_norm);
-    double sq = 0.0;
-    for (int64_t j0 = 0; j0 < d; j0 += kChunk) {
-      const int64_t k = std::min(kChunk, d - j0);
-      if (next) sq += chunk_sq(next + j0, k);
-      axpy(row + j0, k, c, acc + j0, i == r0);
-    }
-    if (next) norms[i + 1] = finish_norm(sq, next, d);
-  }
 }
 
 // ---- Gaussian noise ----
@@ -208,20 +152,19 @@ void keyed_words(const NoiseKey& key, int64_t k0, int64_t pairs, uint64_t* w) {
                    reinterpret_cast<uint8_t*>(w));  // little-endian: the bytes are the words
 }
 
-// The final write of columns [j0, j0 + m) (j0 a multiple of 2 kPairs): out = a0 + a1 (a1 null:
-// an empty lane), then the noise if `noise` is not null. a0 may be out + j0.
-void finish(const float* a0, const float* a1, int64_t j0, int64_t m, const NoiseKey* noise,
-            double std, float* out) {
+// The final write of columns [j0, j0 + m): out = acc, then the noise if `noise` is not null (j0
+// then a multiple of 2 kPairs), in steps of 2 kPairs columns.
+void finish(const float* acc, int64_t j0, int64_t m, const NoiseKey* noise, double std,
+            float* out) {
+  if (!noise) {
+    std::memcpy(out + j0, acc, static_cast<size_t>(m) * sizeof(float));
+    return;
+  }
+  uint64_t w[3 * kPairs];
   for (int64_t s = 0; s < m; s += 2 * kPairs) {
     const int64_t k = std::min(2 * kPairs, m - s);
-    float* o = out + j0 + s;
-#pragma omp simd
-    for (int64_t j = 0; j < k; ++j) o[j] = a0[s + j] + (a1 ? a1[s + j] : 0.0f);
-    if (noise) {
-      uint64_t w[3 * kPairs];
-      keyed_words(*noise, (j0 + s) / 2, (k + 1) / 2, w);
-      noise_block(w, j0 + s, k, std, o, out);
-    }
+    keyed_words(*noise, (j0 + s) / 2, (k + 1) / 2, w);
+    noise_block(w, j0 + s, k, std, acc + s, out);
   }
 }
 
@@ -233,54 +176,45 @@ inline int max_threads() {
 #endif
 }
 
-// Columns per block of the two-read path: both lanes' accumulators (2 x 16 KiB) stay in L1
-// while the rows stream past. Even (the noise's pairs).
-constexpr int64_t kBlock = 4096;
-
 template <typename T>
 void clipped_mean_impl(const T* x, int64_t n, int64_t d, const double* w, double max_norm,
-                       double* norms, float* out, const NoiseKey* noise, double std,
-                       int64_t cache_bytes) {
-  const int64_t h = (n + 1) / 2;
-  const bool two_lanes = h < n;
-  // A lane holds the row streaming in, the row it sums and its accumulator.
-  const int64_t lane_bytes = (2 * static_cast<int64_t>(sizeof(T)) + 4) * d;
-  if (lane_bytes <= cache_bytes / 2) {
-    static thread_local std::vector<float> scratch;  // lane 1's accumulator, kept between calls
-    if (two_lanes && scratch.size() < static_cast<size_t>(d)) scratch.resize(static_cast<size_t>(d));
-    float* acc1 = two_lanes ? scratch.data() : nullptr;
-    const int helpers = max_threads() - 1;  // run_claimed starts at most items - 1
-    run_claimed(two_lanes ? 2 : 1, helpers, [&](int64_t lane) {
-      if (lane == 0) fused_lane(x, d, 0, h, w, max_norm, norms, out);
-      else fused_lane(x, d, h, n, w, max_norm, norms, acc1);
-    });
-    run_claimed((d + kBlock - 1) / kBlock, helpers, [&](int64_t b) {
-      const int64_t j0 = b * kBlock, m = std::min(kBlock, d - j0);
-      finish(out + j0, acc1 ? acc1 + j0 : nullptr, j0, m, noise, std, out);
-    });
-    return;
+                       double* norms, bool norms_known, float* out, const NoiseKey* noise,
+                       double std) {
+  const int helpers = max_threads() - 1;  // run_claimed starts at most items - 1
+  if (!norms_known) run_claimed(n, helpers, [&](int64_t i) { norms[i] = row_norm(x + i * d, d); });
+  // float32 coefficients for the sum; a row whose coefficient is below float32's normal range
+  // has 0 there and is added to its block in float64 products afterwards.
+  std::vector<float> cf(static_cast<size_t>(n));
+  std::vector<std::pair<int64_t, double>> tiny;
+  for (int64_t i = 0; i < n; ++i) {
+    const Coef c = coefficient(norms[i], w[i], max_norm);
+    cf[static_cast<size_t>(i)] = c.f;
+    if (c.tiny) tiny.emplace_back(i, c.d);
   }
-#pragma omp parallel for schedule(dynamic, 1)
-  for (int64_t i = 0; i < n; ++i) norms[i] = row_norm(x + i * d, d);
-  std::vector<Coef> coef(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) coef[static_cast<size_t>(i)] = coefficient(norms[i], w[i], max_norm);
-  const int64_t blocks = (d + kBlock - 1) / kBlock;
-#pragma omp parallel for schedule(static)
-  for (int64_t b = 0; b < blocks; ++b) {
-    const int64_t j0 = b * kBlock, m = std::min(kBlock, d - j0);
-    float a0[kBlock], a1[kBlock];
-    for (int64_t i = 0; i < n; ++i)
-      axpy(x + i * d + j0, m, coef[static_cast<size_t>(i)], i < h ? a0 : a1, i == 0 || i == h);
-    finish(a0, two_lanes ? a1 : nullptr, j0, m, noise, std, out);
-  }
+  // With noise, blocks of whole noise blocks (2 kPairs columns from column 0, as add_gaussian
+  // cuts them): a pair then goes through the same vector or scalar math as there, the same bits.
+  int64_t width = block_width(d, helpers + 1);
+  if (noise) width = (width + 2 * kPairs - 1) / (2 * kPairs) * (2 * kPairs);
+  run_claimed((d + width - 1) / width, helpers, [&](int64_t b) {
+    const int64_t j0 = b * width, m = std::min(width, d - j0);
+    float acc[kMaxBlock];
+    std::fill(acc, acc + m, 0.0f);
+    sum_rows_block(x, n, d, j0, m, cf.data(), acc);
+    for (const auto& [i, c] : tiny) {
+      const T* row = x + i * d + j0;
+      for (int64_t j = 0; j < m; ++j)
+        acc[j] += static_cast<float>(static_cast<double>(load(row, j)) * c);
+    }
+    finish(acc, j0, m, noise, std, out);
+  });
 }
 }  // namespace
 
 void clipped_mean(int dtype, const void* x, int64_t n, int64_t d, const double* w,
-                  double max_norm, double* norms, float* out, const NoiseKey* noise, double std,
-                  int64_t cache_bytes) {
+                  double max_norm, double* norms, bool norms_known, float* out,
+                  const NoiseKey* noise, double std) {
   with_dtype(dtype, x, [&](auto* p) {
-    clipped_mean_impl(p, n, d, w, max_norm, norms, out, noise, std, cache_bytes);
+    clipped_mean_impl(p, n, d, w, max_norm, norms, norms_known, out, noise, std);
   });
 }
 
@@ -291,27 +225,6 @@ void add_gaussian(const uint64_t* words, int64_t d, double std, float* out) {
     const int64_t j0 = b * 2 * kPairs;
     noise_block(words + 3 * (j0 / 2), j0, std::min(2 * kPairs, d - j0), std, out + j0, out);
   }
-}
-
-int64_t last_level_cache_bytes() {
-  // One instance of the last-level cache, as sysfs reports it ("32768K"): glibc's sysconf
-  // answered 320 MiB on this 2-core VM of a host whose L3 instances are 32 MiB each.
-  for (const char* path : {"/sys/devices/system/cpu/cpu0/cache/index3/size",
-                           "/sys/devices/system/cpu/cpu0/cache/index2/size"}) {
-    if (FILE* f = std::fopen(path, "r")) {
-      long long value = 0;
-      char unit = 0;
-      const int got = std::fscanf(f, "%lld%c", &value, &unit);
-      std::fclose(f);
-      if (got >= 1 && value > 0)
-        return static_cast<int64_t>(value) << (unit == 'K' ? 10 : unit == 'M' ? 20 : 0);
-    }
-  }
-  long bytes = -1;
-#ifdef _SC_LEVEL3_CACHE_SIZE
-  bytes = sysconf(_SC_LEVEL3_CACHE_SIZE);
-#endif
-  return bytes > 0 ? static_cast<int64_t>(bytes) : int64_t{32} << 20;
 }
 
 }  // namespace bcfl

@@ -3,12 +3,7 @@
 // Each thread owns a block of columns and walks the rows, so every byte of x is read once and
 // the accumulator block stays in L1/L2.
 //
-// Blocks of up to 8192 floats (32 KiB runs of each row): best of 2048..16384 on this 2-core
-// EPYC, best-of-9 against a C++ streaming sum (noisy: another process shared the cores), at
-// n=64, d=1M 0.85-0.96 (2048) vs 1.0-1.15 (8192), at n=1000, d=100k about equal. Longer runs of
-// a row give the hardware prefetcher more to follow; software prefetch of the next rows made it
-// worse (0.4-0.7). The block count is a multiple of the thread count, so that no thread waits
-// for another's extra block (d=100k in blocks of 8192 is 13: 7 against 6).
+// Blocks and their sum: mean_block.h.
 #include "mean.h"
 
 #include <omp.h>
@@ -24,59 +19,22 @@
 
 #include "claims.h"
 #include "common.h"
+#include "mean_block.h"
 
 namespace bcfl {
 
 namespace {
-constexpr int64_t kBlock = 8192;
-
 template <typename T>
 void mean_impl(const T* x, int64_t n, int64_t d, const float* w, float* out) {
-  const int64_t threads = std::max(1, omp_get_max_threads());
-  int64_t blocks = (d + kBlock - 1) / kBlock;
-  blocks = (blocks + threads - 1) / threads * threads;
-  // Columns per block: a multiple of 16 (one 64-byte line), at most kBlock.
-  const int64_t width = std::min(kBlock, ((d + blocks - 1) / blocks + 15) / 16 * 16);
-  blocks = (d + width - 1) / width;
+  const int64_t width = block_width(d, std::max(1, omp_get_max_threads()));
+  const int64_t blocks = (d + width - 1) / width;
 #pragma omp parallel for schedule(static)
   for (int64_t b = 0; b < blocks; ++b) {
     const int64_t j0 = b * width, j1 = std::min(d, j0 + width);
-    float acc[kBlock];
+    float acc[kMaxBlock];
     const int64_t m = j1 - j0;
     for (int64_t j = 0; j < m; ++j) acc[j] = 0.0f;
-    // Eight rows per sweep of the accumulator: an eighth of its loads and stores, and eight
-    // streams in flight. Against four, best-of-9 over a C++ streaming sum on the quiet 2-core
-    // EPYC: 0.79-0.88 -> 0.87-1.21 at n=1000, d=100k, 0.94-1.07 -> 1.02-1.14 at n=64, d=1M
-    // (four against one had measured 0.61 -> 0.88 at n=1000, d=100k).
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-      const T* r0 = x + i * d + j0;
-      const T *r1 = r0 + d, *r2 = r1 + d, *r3 = r2 + d, *r4 = r3 + d, *r5 = r4 + d,
-              *r6 = r5 + d, *r7 = r6 + d;
-      const float* wi = w + i;
-#pragma omp simd
-      for (int64_t j = 0; j < m; ++j)
-        acc[j] += ((wi[0] * load(r0, j) + wi[1] * load(r1, j)) +
-                   (wi[2] * load(r2, j) + wi[3] * load(r3, j))) +
-                  ((wi[4] * load(r4, j) + wi[5] * load(r5, j)) +
-                   (wi[6] * load(r6, j) + wi[7] * load(r7, j)));
-    }
-    for (; i + 4 <= n; i += 4) {
-      const T* r0 = x + i * d + j0;
-      const T* r1 = r0 + d;
-      const T* r2 = r1 + d;
-      const T* r3 = r2 + d;
-      const float w0 = w[i], w1 = w[i + 1], w2 = w[i + 2], w3 = w[i + 3];
-#pragma omp simd
-      for (int64_t j = 0; j < m; ++j)
-        acc[j] += w0 * load(r0, j) + w1 * load(r1, j) + w2 * load(r2, j) + w3 * load(r3, j);
-    }
-    for (; i < n; ++i) {
-      const T* row = x + i * d + j0;
-      const float wi = w[i];
-#pragma omp simd
-      for (int64_t j = 0; j < m; ++j) acc[j] += wi * load(row, j);
-    }
+    sum_rows_block(x, n, d, j0, m, w, acc);
     for (int64_t j = 0; j < m; ++j) out[j0 + j] = acc[j];
   }
 }

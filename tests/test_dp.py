@@ -185,21 +185,19 @@ def test_native_bindings_check_their_arguments() -> None:
         pytest.skip("the extension is not built")
     x, out = torch.ones(3, 4), torch.empty(4)
     w, norms = torch.full((3,), 1 / 3, dtype=torch.float64), torch.empty(3, dtype=torch.float64)
-    budget = mod.last_level_cache_bytes()
-    assert budget > 0
     key = bytes(32)
     with pytest.raises(InvalidArgument, match="w"):
-        mod.clipped_mean(x, w.float(), 1.0, norms, out, None, None, 0.0, budget)
+        mod.clipped_mean(x, w.float(), 1.0, norms, False, out, None, None, 0.0)
     with pytest.raises(InvalidArgument, match="max_norm"):
-        mod.clipped_mean(x, w, 0.0, norms, out, None, None, 0.0, budget)
+        mod.clipped_mean(x, w, 0.0, norms, False, out, None, None, 0.0)
     with pytest.raises(InvalidArgument, match="key must be 32 bytes"):
-        mod.clipped_mean(x, w, 1.0, norms, out, bytes(31), b"", 1.0, budget)
+        mod.clipped_mean(x, w, 1.0, norms, False, out, bytes(31), b"", 1.0)
     with pytest.raises(InvalidArgument, match="message must be at most 64 bytes"):
-        mod.clipped_mean(x, w, 1.0, norms, out, key, bytes(65), 1.0, budget)
+        mod.clipped_mean(x, w, 1.0, norms, False, out, key, bytes(65), 1.0)
     with pytest.raises(InvalidArgument, match="std"):
-        mod.clipped_mean(x, w, 1.0, norms, out, key, b"", -1.0, budget)
-    with pytest.raises(InvalidArgument, match="cache_bytes"):
-        mod.clipped_mean(x, w, 1.0, norms, out, None, None, 0.0, -1)
+        mod.clipped_mean(x, w, 1.0, norms, False, out, key, b"", -1.0)
+    with pytest.raises(InvalidArgument, match="norms"):  # given norms are read: their shape
+        mod.clipped_mean(x, w, 1.0, torch.ones(2, dtype=torch.float64), True, out, None, None, 0.0)
     with pytest.raises(InvalidArgument, match="words"):
         mod.add_gaussian(torch.zeros(5, dtype=torch.uint64), 1.0, out)  # needs 6 for d = 4
     with pytest.raises(InvalidArgument, match="std"):
@@ -216,9 +214,9 @@ def test_noise_without_the_kernel_equals_the_kernels() -> None:
     assert 0.4 < float(dense.std()) < 0.6  # noise of std 0.5 was added
 
 
-# ---- the native kernel's one-read path (csrc/dp.cpp) ----------------------------------------
+# ---- the native kernel (csrc/dp.cpp) -----------------------------------------------------------
 
-NATIVE_SHAPES = [(1, 5), (2, 3), (3, 1025), (17, 4097), (131, 67)]
+NATIVE_SHAPES = [(1, 5), (2, 3), (3, 1025), (17, 4097), (131, 67), (9, 20_000)]
 NATIVE_IDS = [f"n{n}-d{d}" for n, d in NATIVE_SHAPES]
 
 
@@ -229,23 +227,57 @@ def _native_or_skip():
         pytest.skip("the extension is not built")
 
 
+def _kernel_norms(x: torch.Tensor) -> torch.Tensor:
+    """The row norms the native clipped mean computes (and writes back)."""
+    from bcfl_engine.backends import _load_native
+
+    n, d = x.shape
+    norms = torch.empty(n, dtype=torch.float64)
+    w = torch.ones(n, dtype=torch.float64)
+    _load_native()[0].clipped_mean(x, w, 1.0, norms, False, torch.empty(d), None, None, 0.0)
+    return norms
+
+
 @pytest.mark.parametrize("n,d", NATIVE_SHAPES, ids=NATIVE_IDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
-def test_native_one_read_equals_two_reads_bit_for_bit(n: int, d: int, dtype: torch.dtype) -> None:
-    """cache_bytes only chooses between one read of x and two: the same sum in the same order
-    (two lanes of rows, float32 fma), so the same bits, and both equal the reference."""
+def test_native_is_the_weighted_mean_of_the_clip_coefficients(
+    n: int, d: int, dtype: torch.dtype
+) -> None:
+    """The native clipped mean is the plain weighted-mean kernel with the clip's float32
+    coefficients, bit for bit; with the norms given (taken at intake) the same bits; and both
+    equal the reference."""
+    from bcfl_engine.backends import _load_native
+
     _native_or_skip()
     x = spread_rows(n, d, dtype, seed=n * d)
     c, m = d**0.5, n + 1
-    one = cm_native(x, c, m, cache_bytes=1 << 40)
-    two = cm_native(x, c, m, cache_bytes=0)
-    assert torch.equal(one, two)
-    assert_close(one, bdp.clipped_mean_reference(x, c, m), rtol=1e-5, atol=1e-6 * c / m)
+    mod = _load_native()[0]
+    w = torch.full((n,), 1.0 / m, dtype=torch.float64)
+    norms, got = torch.empty(n, dtype=torch.float64), torch.empty(d)
+    mod.clipped_mean(x, w, c, norms, False, got, None, None, 0.0)
+    assert_close(norms, torch.linalg.vector_norm(x.double(), dim=1), rtol=1e-6, atol=0)
+    coef = w * torch.where(norms > c, c / norms, torch.ones_like(norms))
+    want = torch.empty(d)
+    mod.weighted_mean(x, coef.float(), want)
+    assert torch.equal(got, want)
+    assert torch.equal(cm_native(x, c, m), got)
+    assert torch.equal(cm_native(x, c, m, norms=norms), got)  # the kernel's own norms
+    assert_close(got, bdp.clipped_mean_reference(x, c, m), rtol=1e-5, atol=1e-6 * c / m)
 
 
-def test_native_one_read_extreme_rows_and_thread_count() -> None:
+def test_native_uses_the_norms_it_is_given() -> None:
+    # Given norms are the caller's word (the batch's, taken at intake): the kernel reads them
+    # instead of x's, so a row said to be at the bound is not scaled.
+    _native_or_skip()
+    x = torch.full((2, 4), 3.0)  # norms 6
+    out = cm_native(x, 1.0, 2, norms=torch.ones(2, dtype=torch.float64))
+    assert torch.equal(out, torch.full((4,), 3.0))
+    assert_close(cm_native(x, 1.0, 2), torch.full((4,), 0.5))
+
+
+def test_native_extreme_rows_and_thread_count() -> None:
     # Tiny coefficients (rows near 3e38: float64 products), float32 squares that overflow or
-    # underflow (rechecked in float64) in both lanes; 1 or 2 threads: the same bits.
+    # underflow (rechecked in float64); 1 or 2 threads: the same bits.
     _native_or_skip()
     x = extreme_rows(11, 1031, seed=8)
     want = bdp.clipped_mean_reference(x, 1.0, 11)
@@ -254,11 +286,10 @@ def test_native_one_read_extreme_rows_and_thread_count() -> None:
     try:
         for t in (1, 2):
             torch.set_num_threads(t)
-            for budget in (1 << 40, 0):
-                results.append(cm_native(x, 1.0, 11, cache_bytes=budget))
+            results.append(cm_native(x, 1.0, 11))
     finally:
         torch.set_num_threads(threads)
-    assert all(torch.equal(results[0], r) for r in results[1:])
+    assert torch.equal(results[0], results[1])
     assert_close(results[0], want, rtol=1e-5, atol=1e-7)
 
 
@@ -276,8 +307,9 @@ def test_noise_in_the_final_write_equals_noise_after(d: int) -> None:
     assert torch.equal(fused, after)
     assert not torch.equal(fused, clean)
     key = bdp.NoiseGenerator(3).next_key()
-    two = cm_native(x, dp.clipping_norm, 6, key, dp.noise_std, cache_bytes=0)
-    assert torch.equal(two, fused)  # and the two-read path writes the same noise
+    norms = _kernel_norms(x)
+    given = cm_native(x, dp.clipping_norm, 6, key, dp.noise_std, norms=norms)
+    assert torch.equal(given, fused)  # and with the norms given, the same noise
 
 
 def test_private_mean_on_native_reports_a_nonfinite_update() -> None:
