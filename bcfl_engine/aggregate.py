@@ -42,18 +42,27 @@ def as_matrix(
                 f"a tensor of updates must be 2-D [n, d]; got {tuple(updates.shape)}"
             )
         return updates, weights, None, False
-    if isinstance(updates, Sequence) and not isinstance(updates, (str, bytes)):
-        if len(updates) == 0:
-            raise InvalidArgument("no updates to aggregate")
-        spec = ParamSpec.infer(updates[0])
-        batch = UpdateBatch(spec, len(updates))
-        for i, u in enumerate(updates):
-            batch.add(str(i), u)
-        return batch.data, weights, spec, True
+    if _is_list(updates):
+        batch = _list_batch(updates)
+        return batch.data, weights, batch.spec, True
     raise InvalidArgument(
         "updates must be a [n, d] tensor or array, an UpdateBatch, or a list of state dicts / "
         f"arrays lists; got {type(updates).__name__}"
     )
+
+
+def _is_list(updates: Any) -> bool:
+    return isinstance(updates, Sequence) and not isinstance(updates, (str, bytes))
+
+
+def _list_batch(updates: Sequence[Any]) -> UpdateBatch:
+    """A list of state dicts / array lists as a batch (each one checked on the way in)."""
+    if len(updates) == 0:
+        raise InvalidArgument("no updates to aggregate")
+    batch = UpdateBatch(ParamSpec.infer(updates[0]), len(updates))
+    for i, u in enumerate(updates):
+        batch.add(str(i), u)
+    return batch
 
 
 def aggregate(
@@ -159,6 +168,12 @@ def _private(
         )
     if f:
         raise DPUnsupported(f"dp= with f={f}: the mean tolerates no Byzantine client")
+    if _is_list(updates):
+        updates = _list_batch(updates)  # (its spec shapes the result as one of the list)
     x, _, spec, validated = as_matrix(updates, None)
-    out = dpmod.private_mean(x, dp, backend=backend, generator=generator, check=not validated)
+    # A batch's norms, taken at intake, spare the native kernel a read of x (None when stale).
+    norms = updates.norms if isinstance(updates, UpdateBatch) else None
+    out = dpmod.private_mean(
+        x, dp, backend=backend, generator=generator, check=not validated, norms=norms
+    )
     return _shaped(out, updates, spec)

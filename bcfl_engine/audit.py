@@ -33,11 +33,16 @@ __all__ = ["AuditReport", "audit", "decode_update", "encode_update", "leaves_of"
 
 
 def _aggregate(
-    meta: dict[str, Any], inputs: Any, weights: Sequence[int], he_context: bytes | None
+    meta: dict[str, Any],
+    inputs: Any,
+    weights: Sequence[int],
+    he_context: bytes | None,
+    norms: Any = None,
 ) -> tuple[Any, bytes]:
     """``(update, result bytes)`` of a round described by ``meta``, from ``inputs``: the
     ``[n, d]`` plaintext updates, or the clients' ciphertext bytes. The one computation that
-    :meth:`~bcfl_engine.round.AggregationRound.finalize` and :func:`audit` share."""
+    :meth:`~bcfl_engine.round.AggregationRound.finalize` and :func:`audit` share. ``norms``:
+    the rows' norms taken at intake, for a private mean (the same result without them)."""
     if meta["secure"] == "ckks":
         from . import he
 
@@ -46,7 +51,7 @@ def _aggregate(
     if meta.get("dp") is not None:  # the private mean (fresh noise): never bit for bit
         from .round_dp import private_aggregate
 
-        out = private_aggregate(meta, inputs)
+        out = private_aggregate(meta, inputs, norms)
         return out, encode_update(out)
     return rule_aggregate(meta, inputs, weights)
 

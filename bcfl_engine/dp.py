@@ -23,10 +23,14 @@ DPUnsupported` with ``dp=``: their sensitivity is either the diameter of the upd
 depends on the other clients' updates, and nothing that is not proven is accounted.
 
 Clipping costs no ``[n, d]`` write: the clip becomes a per-row coefficient of the sum
-(``csrc/dp.cpp``: rows summed in two lanes, each sweep over a row also summing the squares of
-the next, so ``x`` is read from memory once where a row and an accumulator fit in the cache,
-twice otherwise, with the same bits; Triton: the clip rule's norm kernel, then the mean kernel
-with the coefficients; torch: float64 norms over column blocks, then one matrix-vector product).
+(``csrc/dp.cpp``: the rows' norms, then the plain weighted-mean kernel with the coefficients;
+Triton: the clip rule's norm kernel, then the mean kernel with the coefficients; torch: float64
+norms over column blocks, then one matrix-vector product). A row's scale is known only once the
+whole row has been read, so ``x`` is read twice, except where the norms are already known: an
+:class:`~bcfl_engine.updates.UpdateBatch` (what a round, or ``add``, fills) takes each row's
+norm in the pass that checks it is finite (:attr:`~bcfl_engine.updates.UpdateBatch.norms`),
+and ``be.aggregate(batch, dp=...)`` and a private round hand them to the native kernel, which
+then reads ``x`` once.
 The reference, :func:`clipped_mean_reference`, clips then sums, as the definition reads.
 The noise (:mod:`bcfl_engine.dp_noise`) is drawn from keyed BLAKE3 under a fresh key from the
 operating system; the native kernel adds it in the clipped mean's final write (the same bits as
@@ -213,6 +217,7 @@ def clipped_mean(
     *,
     backend: str | None = None,
     check: bool = True,
+    norms: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``(1/m) sum_i x_i min(1, C / ||x_i||)`` of ``x`` ``[n, d]`` -> float32 ``[d]``, without
     noise (the deterministic part of :func:`private_mean`, which an audit recomputes).
@@ -220,15 +225,34 @@ def clipped_mean(
     Norms accumulate in float64 in every backend (as :func:`~bcfl_engine.rules.clip`). A clipped
     row's norm is ``C`` up to float32 rounding of the scaled values (relative 1e-7).
     ``check``: reject non-finite updates (no pass of its own: they make the result non-finite).
+    ``norms``: the rows' norms taken at intake (:attr:`~bcfl_engine.updates.UpdateBatch.norms`,
+    the native kernel's bits), which the native backend uses instead of reading ``x`` for them
+    (the same result); other backends take their own.
     """
     x = check_updates(x, "dp mean")
     dp = GaussianDP(clipping_norm, 0.0, num_sampled_clients)  # validates both
-    out = dispatch(
-        "clipped_mean", KERNELS, x, backend, float(dp.clipping_norm), dp.num_sampled_clients
-    )
+    kernel = choose("clipped_mean", KERNELS, x, backend)
+    if kernel.backend == "native" and norms is not None:
+        out = cm_native(x, dp.clipping_norm, dp.num_sampled_clients, norms=_norms(norms, x))
+    else:
+        out = dispatch(
+            "clipped_mean", KERNELS, x, backend, float(dp.clipping_norm), dp.num_sampled_clients
+        )
     if check and not all_finite(out):
         raise_nonfinite(x, "dp mean")
     return out
+
+
+def _norms(norms: Any, x: torch.Tensor) -> torch.Tensor:
+    """``norms`` checked as the native kernel reads them: float64 ``[n]`` on the CPU."""
+    if (
+        not isinstance(norms, torch.Tensor)
+        or norms.dtype != torch.float64
+        or tuple(norms.shape) != (x.shape[0],)
+        or norms.device.type != "cpu"
+    ):
+        raise InvalidArgument(f"norms must be a float64 CPU tensor of shape ({x.shape[0]},)")
+    return norms.contiguous()
 
 
 def private_mean(
@@ -238,11 +262,12 @@ def private_mean(
     backend: str | None = None,
     generator: NoiseGenerator | None = None,
     check: bool = True,
+    norms: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """:func:`clipped_mean` plus ``N(0, dp.noise_std^2)`` per coordinate -> float32 ``[d]``.
 
     ``generator``: a :class:`NoiseGenerator` for tests; None draws a fresh key from the
-    operating system (never reuse noise).
+    operating system (never reuse noise). ``norms``: as :func:`clipped_mean`'s.
     """
     if not isinstance(dp, GaussianDP):
         raise InvalidArgument(f"dp must be a GaussianDP; got {type(dp).__name__}")
@@ -250,14 +275,15 @@ def private_mean(
     kernel = choose("clipped_mean", KERNELS, x, backend)
     if kernel.backend != "native" or dp.noise_std == 0:
         out = clipped_mean(
-            x, dp.clipping_norm, dp.num_sampled_clients, backend=backend, check=check
+            x, dp.clipping_norm, dp.num_sampled_clients, backend=backend, check=check, norms=norms
         )
         return add_noise_(out, dp.noise_std, generator)
     # The noise in the clipped mean's final write (the same bits as add_noise_ after it): a
     # non-finite result is then a non-finite update (|noise| < 9.5 std), or an overflow past
     # float32's range, returned as it is (as add_noise_ would).
     key = draw_key(generator)
-    out = cm_native(x, dp.clipping_norm, dp.num_sampled_clients, key, dp.noise_std)
+    given = None if norms is None else _norms(norms, x)
+    out = cm_native(x, dp.clipping_norm, dp.num_sampled_clients, key, dp.noise_std, given)
     if check and not all_finite(out):
         raise_nonfinite(x, "dp mean")
     return out

@@ -304,7 +304,7 @@ class AggregationRound(Decryption, PrivateRound, Intake):
             # Pin the backend in the metadata: an audit must recompute the same bits.
             chosen = backends.choose(self.rule, rules.get(self.rule).kernels, x, self.backend)
             meta = self._meta(chosen.backend)
-            update, result_bytes = _aggregate(meta, x, weights, None)
+            update, result_bytes = _aggregate(meta, x, weights, None, self._batch.norms)
         seconds = time.perf_counter() - t0
         result_digest, meta_hash, leaves, tree, record = self._stored(
             result_bytes, meta, self._records

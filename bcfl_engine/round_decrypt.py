@@ -26,7 +26,7 @@ out cannot be replaced for the same aggregate: the parties refuse a second activ
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -118,9 +118,10 @@ class Decryption:
     dp: Any  # PrivateRound's, with _spend: a private round past its budget asks no party
     _spend: Any
 
-    @property
-    def committed(self) -> bool:
-        raise NotImplementedError  # AggregationRound's
+    if TYPE_CHECKING:  # AggregationRound's
+
+        @property
+        def committed(self) -> bool: ...
 
     @property
     def bucketed(self) -> bool:

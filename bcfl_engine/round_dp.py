@@ -147,11 +147,14 @@ def spent_rounds(
     return out
 
 
-def private_aggregate(meta: dict[str, Any], x: torch.Tensor) -> torch.Tensor:
-    """The private mean of a round described by ``meta`` (fresh noise from the OS)."""
+def private_aggregate(
+    meta: dict[str, Any], x: torch.Tensor, norms: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The private mean of a round described by ``meta`` (fresh noise from the OS); ``norms``:
+    the rows' norms taken at intake (:attr:`~bcfl_engine.updates.UpdateBatch.norms`)."""
     found = read_dp(meta)
     assert found is not None
-    return private_mean(x, found[0], backend=meta["backend"], check=False)
+    return private_mean(x, found[0], backend=meta["backend"], check=False, norms=norms)
 
 
 def audit_privacy(

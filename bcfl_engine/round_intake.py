@@ -16,9 +16,10 @@ import contextlib
 import os
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
 from . import protocol
 from .errors import (
@@ -33,7 +34,7 @@ from .errors import (
 )
 from .protocol import Payload
 from .store import PayloadStore
-from .updates import UpdateBatch, rows_finite
+from .updates import UpdateBatch, intake_norms, rows_finite
 
 PART = 2048
 """Payloads per part of a pipelined burst: a burst of at least two parts writes one part's
@@ -51,9 +52,10 @@ class Intake:
     participants: frozenset[bytes]
     domain: Any
 
-    @property
-    def committed(self) -> bool:
-        raise NotImplementedError  # AggregationRound's
+    if TYPE_CHECKING:  # AggregationRound's
+
+        @property
+        def committed(self) -> bool: ...
 
     def _closed(self) -> str | None:
         """Why the round takes no more payloads, or None while it takes them."""
@@ -72,7 +74,7 @@ class Intake:
         self, group: list[tuple[str, bytes, int]], skip: int = 0, prev: Any = None
     ) -> tuple[list[BcflError | None], Any]:
         """Check the contents of a group of ``(client, bytes, weight)`` once: each one's error
-        or None, and what :meth:`_take` adds. Under CKKS each payload is parsed against the
+        or None, and what :meth:`_take` adds (plaintext: the rows' norms, or None). Under CKKS each payload is parsed against the
         round's layout into a batch (a lean one's weight held against its headroom); a
         plaintext one is copied into the round's free batch rows (its one copy; past the
         ``skip`` rows earlier parts of the burst hold), checked finite there, and the rows are
@@ -99,7 +101,10 @@ class Intake:
         buf = rows.numpy()
         for r, j in enumerate(sized):
             buf[r] = np.frombuffer(group[j][1], dtype="<f4")
-        finite = rows_finite(rows)
+        # One pass over the new rows: their norms (kept for a private mean), finite exactly
+        # where the row is; without the native kernel, the finiteness check alone.
+        norms = intake_norms(rows)
+        finite = rows_finite(rows) if norms is None else torch.isfinite(norms).tolist()
         if not all(finite):
             for r, j in enumerate(sized):
                 if not finite[r]:
@@ -107,8 +112,11 @@ class Intake:
                         f"client {group[j][0]}: the update holds NaN or infinity"
                     )
             keep = [r for r in range(len(sized)) if finite[r]]
-            rows[: len(keep)] = rows[keep].clone()  # the good rows first, in order
-        return errors, None
+            # The good rows first, in order; through numpy, so the batch's count of torch
+            # writes (which would mark its norms stale) does not move.
+            buf[: len(keep)] = buf[keep]
+            norms = None if norms is None else norms[keep]
+        return errors, norms
 
     def _take(self, records: list[dict[str, Any]], batch: Any) -> None:
         """Add a durable group's checked rows to the round."""
@@ -119,6 +127,7 @@ class Intake:
                 [r["client"] for r in records],
                 [float(r["weight"]) for r in records],
                 [bytes.fromhex(r["digest"]) for r in records],
+                norms=batch,  # the rows' norms from _check_group, or None
             )
         self._remember(records)
 

@@ -74,6 +74,38 @@ def rows_finite(x: torch.Tensor) -> list[bool]:
     return [ok or bool(torch.isfinite(x[i]).all()) for i, ok in enumerate(sums)]
 
 
+def intake_norms(rows: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor | None:
+    """The L2 norm of each row of ``rows`` ``[k, d]`` (float64 ``[k]``, into ``out`` if given),
+    the bits the native clipped mean computes (``csrc/dp.cpp``), or None without that kernel
+    (no extension, rows not on the CPU or not contiguous). A norm is finite exactly when its
+    row is: one pass is both the intake's finiteness check and the norm a private mean reuses
+    (:attr:`UpdateBatch.norms`)."""
+    mod = _native_module()
+    if mod is None or rows.device.type != "cpu" or not rows.is_contiguous():
+        return None
+    if out is None:
+        out = torch.empty(rows.shape[0], dtype=torch.float64)
+    if rows.shape[0]:
+        mod.row_norms(rows, out)
+    return out
+
+
+@functools.cache
+def _native_module() -> Any:
+    from .backends import _load_native  # backends imports this module
+
+    return _load_native()[0]
+
+
+def _version(t: torch.Tensor) -> int | None:
+    """torch's count of in-place writes to ``t``'s storage (shared by its views), or None
+    where it keeps none (an inference-mode tensor)."""
+    try:
+        return int(t._version)
+    except RuntimeError:
+        return None
+
+
 class UpdateBatch:
     """A preallocated ``[capacity, d]`` buffer of client updates, with weights, ids and digests.
 
@@ -94,6 +126,9 @@ class UpdateBatch:
         Page-lock a CPU buffer, for fast copies to a GPU.
     allow_nonfinite : bool
         Accept NaN/inf values. Off by default: one NaN poisons a mean.
+
+    Each row's L2 norm is taken as it comes in (:attr:`norms`), in the pass that checks it is
+    finite, so a private mean (``dp=``) does not read the rows for their norms again.
     """
 
     def __init__(
@@ -143,6 +178,10 @@ class UpdateBatch:
             if pin_memory and device.type == "cpu" and torch.cuda.is_available():
                 self._buf = self._buf.pin_memory()
         self._weights = torch.empty(capacity, dtype=torch.float64)
+        self._norms = torch.empty(capacity, dtype=torch.float64)
+        # The buffer's write count when the filled rows' norms were last known to match them;
+        # None: unknown (see norms).
+        self._norms_at: int | None = _version(self._buf)
         self.client_ids: list[str] = []
         self._digests: list[bytes | None] = []
         self._index: dict[str, int] = {}
@@ -180,15 +219,21 @@ class UpdateBatch:
             raise InvalidArgument(f"client {client_id!r}: digest must be 32 bytes; got {digest!r}")
         i = len(self.client_ids)
         row = self._buf[i]
+        fresh = self._norms_fresh()
         try:
             self.spec.flatten_into(update, row)
         except ShapeMismatch as exc:
+            self._keep_norms(fresh)  # the row is not the batch's: its write changes no norm
             raise ShapeMismatch(f"client {client_id!r}: {exc}") from None
-        if not self.allow_nonfinite and not all_finite(row):
+        norm = intake_norms(row[None], self._norms[i : i + 1])
+        finite = all_finite(row) if norm is None else math.isfinite(float(norm[0]))
+        if not self.allow_nonfinite and not finite:
+            self._keep_norms(fresh)
             bad = int((~torch.isfinite(row)).nonzero()[0, 0])
             raise NonFiniteUpdate(
                 f"client {client_id!r}: non-finite value at index {bad} (or it overflows {self.dtype})"
             )
+        self._keep_norms(fresh and norm is not None)
         self._weights[i] = w
         self.client_ids.append(client_id)
         self._digests.append(digest)
@@ -213,13 +258,23 @@ class UpdateBatch:
         client_ids: Sequence[str],
         weights: Sequence[float],
         digests: Sequence[bytes | None],
+        norms: torch.Tensor | None = None,
     ) -> None:
         """Make the next ``len(client_ids)`` free rows (filled through :meth:`free_rows`, their
         values checked by the caller) part of the batch, with these ids, weights and digests.
-        All or none: a bad id or weight raises and claims nothing."""
+        All or none: a bad id or weight raises and claims nothing.
+
+        ``norms``: the rows' norms from :func:`intake_norms` of the rows as filled (float64
+        ``[k]``), or None (then :attr:`norms` is None from here on)."""
         k = len(client_ids)
         if len(weights) != k or len(digests) != k:
             raise InvalidArgument("client_ids, weights and digests must have the same length")
+        if norms is not None and (
+            not isinstance(norms, torch.Tensor)
+            or norms.dtype != torch.float64
+            or tuple(norms.shape) != (k,)
+        ):
+            raise InvalidArgument(f"norms must be a float64 tensor of shape ({k},)")
         if len(self) + k > self.capacity:
             raise BatchFull(f"batch has {self.capacity - len(self)} free rows; got {k} updates")
         seen: set[str] = set()
@@ -233,6 +288,10 @@ class UpdateBatch:
         if k and not (bool(torch.isfinite(w).all()) and bool((w > 0).all())):
             raise InvalidWeight(f"weights must be positive and finite; got {list(weights)!r:.200}")
         start = len(self)
+        fresh = self._norms_fresh()
+        if norms is not None:
+            self._norms[start : start + k] = norms
+        self._keep_norms(fresh and norms is not None)
         self._weights[start : start + k] = w
         for j, cid in enumerate(client_ids):
             self._index[cid] = start + j
@@ -252,6 +311,31 @@ class UpdateBatch:
     def data(self) -> torch.Tensor:
         """The filled rows, ``[n, d]``, a view of the buffer (no copy)."""
         return self._buf[: len(self)]
+
+    @property
+    def norms(self) -> torch.Tensor | None:
+        """Each filled row's L2 norm, float64 ``[n]``, taken at intake with the native kernel's
+        bits (:func:`intake_norms`), or None when they are not known to match the rows.
+
+        They are None where there is no native kernel, after rows were claimed without norms,
+        and after any in-place torch write to the buffer (``batch.data[0] += 1``, say): torch
+        counts those, and a stale norm would let a row past the clip of a private mean.
+        Writes that bypass torch (through ``data.numpy()`` or a raw pointer) are not counted:
+        do not change a row that way after it is added.
+        """
+        if not self._norms_fresh():
+            return None
+        return self._norms[: len(self)]
+
+    def _norms_fresh(self) -> bool:
+        return len(self) == 0 or (
+            self._norms_at is not None and self._norms_at == _version(self._buf)
+        )
+
+    def _keep_norms(self, fresh: bool) -> None:
+        """After an intake's write: the norms still match the rows if they did before it (and
+        the intake gave the new rows' norms)."""
+        self._norms_at = _version(self._buf) if fresh else None
 
     @property
     def weights(self) -> torch.Tensor:

@@ -123,6 +123,14 @@ PYBIND11_MODULE(_C, m) {
                        norms.as<double>(), norms_known, out.as<float>(),
                        none(key_) ? nullptr : &noise, std);
   });
+  // row_norms(x [n, d], norms [n] float64): the rows' norms, the bits clipped_mean computes.
+  m.def("row_norms", [](py::handle x_, py::handle norms_) {
+    const View x = storage(x_, "row_norms: x", {-1, -1});
+    const View norms = view(norms_, "row_norms: norms", {kF64}, {x.dim(0)}, true);
+    no_overlap(norms, "row_norms: norms", {&x});
+    py::gil_scoped_release release;
+    bcfl::row_norms(x.code, x.as<const void>(), x.dim(0), x.dim(1), norms.as<double>());
+  });
   // blake3_xof(key [32], message [<= 64], first, count) -> bytes [64 * count]: output blocks
   // [first, first + count) of keyed BLAKE3 (the noise's words, made by the kernel; for tests).
   m.def("blake3_xof", [](py::handle key_, py::handle message_, uint64_t first, int64_t count) {

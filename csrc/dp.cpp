@@ -55,13 +55,6 @@ double finish_norm(double sq, const T* row, int64_t d) {
   return std::sqrt(sq);
 }
 
-template <typename T>
-double row_norm(const T* row, int64_t d) {
-  double sq = 0.0;
-  for (int64_t j0 = 0; j0 < d; j0 += kChunk) sq += chunk_sq(row + j0, std::min(kChunk, d - j0));
-  return finish_norm(sq, row, d);
-}
-
 // A row's coefficient w_i min(1, C / ||x_i||): in float32, or, below float32's normal range
 // (a subnormal float32 coefficient would keep 1 to 23 bits; norms near 1e38 and more), in
 // float64 with each product rounded once.
@@ -176,12 +169,38 @@ inline int max_threads() {
 #endif
 }
 
+// Chunks of kChunk per work item of row_norms_impl: 256 KiB of float32 rows.
+constexpr int64_t kChunksPerItem = 64;
+
+// norms[i] = the float64 sum, in chunk order, of row i's float32 chunk sums (finish_norm's
+// recheck where that is not finite or tiny). The chunk sums are taken in parallel over pieces
+// of rows, so one long row (an update added alone) is read by every thread, and the order of
+// the float64 sum, hence the bits, does not depend on the split.
+template <typename T>
+void row_norms_impl(const T* x, int64_t n, int64_t d, double* norms) {
+  const int64_t chunks = (d + kChunk - 1) / kChunk;
+  const int64_t pieces = (chunks + kChunksPerItem - 1) / kChunksPerItem;
+  std::vector<float> part(static_cast<size_t>(n * chunks));
+  run_claimed(n * pieces, max_threads() - 1, [&](int64_t item) {
+    const int64_t i = item / pieces, c0 = item % pieces * kChunksPerItem;
+    const int64_t c1 = std::min(chunks, c0 + kChunksPerItem);
+    for (int64_t c = c0; c < c1; ++c)
+      part[static_cast<size_t>(i * chunks + c)] =
+          chunk_sq(x + i * d + c * kChunk, std::min(kChunk, d - c * kChunk));
+  });
+  for (int64_t i = 0; i < n; ++i) {
+    double sq = 0.0;
+    for (int64_t c = 0; c < chunks; ++c) sq += part[static_cast<size_t>(i * chunks + c)];
+    norms[i] = finish_norm(sq, x + i * d, d);
+  }
+}
+
 template <typename T>
 void clipped_mean_impl(const T* x, int64_t n, int64_t d, const double* w, double max_norm,
                        double* norms, bool norms_known, float* out, const NoiseKey* noise,
                        double std) {
   const int helpers = max_threads() - 1;  // run_claimed starts at most items - 1
-  if (!norms_known) run_claimed(n, helpers, [&](int64_t i) { norms[i] = row_norm(x + i * d, d); });
+  if (!norms_known) row_norms_impl(x, n, d, norms);
   // float32 coefficients for the sum; a row whose coefficient is below float32's normal range
   // has 0 there and is added to its block in float64 products afterwards.
   std::vector<float> cf(static_cast<size_t>(n));
@@ -216,6 +235,10 @@ void clipped_mean(int dtype, const void* x, int64_t n, int64_t d, const double* 
   with_dtype(dtype, x, [&](auto* p) {
     clipped_mean_impl(p, n, d, w, max_norm, norms, norms_known, out, noise, std);
   });
+}
+
+void row_norms(int dtype, const void* x, int64_t n, int64_t d, double* norms) {
+  with_dtype(dtype, x, [&](auto* p) { row_norms_impl(p, n, d, norms); });
 }
 
 void add_gaussian(const uint64_t* words, int64_t d, double std, float* out) {

@@ -27,6 +27,10 @@ struct NoiseKey {
 void clipped_mean(int dtype, const void* x, int64_t n, int64_t d, const double* w,
                   double max_norm, double* norms, bool norms_known, float* out,
                   const NoiseKey* noise, double std);
+// The rows' L2 norms as clipped_mean computes them (the same bits): what a batch takes at intake
+// and hands back to clipped_mean (norms_known). NaN or inf where the row holds one, and only
+// there, so a finite norm is also the row's finiteness check.
+void row_norms(int dtype, const void* x, int64_t n, int64_t d, double* norms);
 // out[j] = float32(out[j] + std * z_j) for j < d, each sum in float64 and rounded once, with
 // z_j standard normal by Box-Muller from the caller's random words: pair k (coordinates 2k,
 // 2k+1) reads words[3k .. 3k+2] (so words holds 3 * ceil(d / 2)). The radius's uniform keeps

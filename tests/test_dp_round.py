@@ -12,7 +12,7 @@ from helpers import assert_close, make_updates
 
 from bcfl_engine import dp as bdp
 from bcfl_engine import protocol, round_dp
-from bcfl_engine.errors import BudgetExceeded, DPUnsupported, InvalidArgument
+from bcfl_engine.errors import BudgetExceeded, DPUnsupported, InvalidArgument, NonFiniteUpdate
 from bcfl_engine.round import AggregationRound, audit, encode_update, sign_payload
 from bcfl_engine.updates import keccak256
 
@@ -158,7 +158,44 @@ def test_audit_reports_malformed_dp_metadata(ledger, tmp_path, monkeypatch):
     with monkeypatch.context() as m:  # an aggregator that commits a broken dp object
         m.setattr(round_dp, "dp_meta", lambda *a: {"mechanism": "gaussian", "delta": 1e-5})
         dp = bdp.GaussianDP(5.0, 1.0, N)
-        m.setattr(round_dp, "private_aggregate", lambda meta, x: bdp.private_mean(x, dp))
+        m.setattr(round_dp, "private_aggregate", lambda meta, x, norms: bdp.private_mean(x, dp))
         rnd.finalize()
     report = audit(ledger, task, 1, tmp_path)
     assert not report.ok and any("dp field" in p for p in report.problems), report.summary()
+
+
+def test_private_round_reuses_the_norms_its_intake_took(ledger, tmp_path, monkeypatch):
+    # A burst with a NaN payload (refused, the good rows compacted) and single submits: the
+    # round's batch holds the kernel's norms of its rows, and finalize hands them to the private
+    # mean (no second read); the result with no noise is the clipped mean, bit for bit.
+    from test_dp_intake import kernel_norms
+
+    task = new_task(ledger)
+    x = make_updates(N, D, seed=11) * torch.linspace(0.05, 0.3, N)[:, None]
+    bad = x[1].clone()
+    bad[3] = float("nan")
+    dp = bdp.GaussianDP(clipping_norm=5.0, noise_multiplier=0.0, num_sampled_clients=N)
+    rnd = AggregationRound(ledger, task, 1, tmp_path, participants=ADDRESSES, dim=D, dp=dp)
+
+    def signed(i, v):
+        return sign_payload(KEYS[i], task, 1, encode_update(v), ledger.domain, weight=1)
+
+    results = rnd.submit_many([signed(0, x[0]), signed(1, bad), signed(2, x[2])])
+    assert isinstance(results[1], NonFiniteUpdate)
+    for i in (1, 3, 4):
+        rnd.submit(signed(i, x[i]))
+    batch = rnd._batch
+    assert batch.norms is not None and torch.equal(batch.norms, kernel_norms(batch.data))
+    seen = []
+    real = bdp.cm_native
+
+    def spy(*a, **k):
+        seen.append(a[5] if len(a) > 5 else k.get("norms"))
+        return real(*a, **k)
+
+    monkeypatch.setattr(bdp, "cm_native", spy)
+    res = rnd.finalize()
+    assert seen and seen[0] is not None
+    order = [0, 2, 1, 3, 4]  # acceptance order
+    assert torch.equal(res.update, bdp.clipped_mean(x[order], 5.0, N, backend="native"))
+    assert audit(ledger, task, 1, tmp_path).ok
