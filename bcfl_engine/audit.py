@@ -1,10 +1,9 @@
 """Audit a committed round: recompute it from the payload store, check it against the chain.
 
-The aggregate of a round described by its metadata (:func:`_aggregate`) lives here too: a
-plaintext :class:`~bcfl_engine.round.AggregationRound` computes it with the same call (a CKKS
-round sums each ciphertext as it accepts it, to the same bytes as :func:`bcfl_engine.he.aggregate`
-here). The
-byte format (payload encoding, digests, leaves, records) is :mod:`bcfl_engine.protocol`'s;
+The aggregate of a round described by its metadata is recomputed with the call a plaintext
+:class:`~bcfl_engine.round.AggregationRound` computes it with (:mod:`bcfl_engine.round_compute`;
+a CKKS round sums each ciphertext as it accepts it, to the same bytes as
+:func:`bcfl_engine.he.aggregate`). The byte format (payload encoding, digests, leaves, records) is :mod:`bcfl_engine.protocol`'s;
 ``encode_update``, ``decode_update`` and ``leaves_of`` are re-exported here.
 
 Anyone holding the store (or a copy of it) and a node of the chain can run it:
@@ -23,55 +22,13 @@ from typing import Any
 
 import torch
 
-from . import protocol, rules
-from .aggregate import aggregate
+from . import protocol
 from .errors import AuditError, BackendUnavailable, BcflError, PayloadError
 from .protocol import decode_update, encode_update, leaves_of
+from .round_compute import round_aggregate
 from .store import PayloadStore
 
 __all__ = ["AuditReport", "audit", "decode_update", "encode_update", "leaves_of"]
-
-
-def _aggregate(
-    meta: dict[str, Any],
-    inputs: Any,
-    weights: Sequence[int],
-    he_context: bytes | None,
-    norms: Any = None,
-) -> tuple[Any, bytes]:
-    """``(update, result bytes)`` of a round described by ``meta``, from ``inputs``: the
-    ``[n, d]`` plaintext updates, or the clients' ciphertext bytes. The one computation that
-    :meth:`~bcfl_engine.round.AggregationRound.finalize` and :func:`audit` share. ``norms``:
-    the rows' norms taken at intake, for a private mean (the same result without them)."""
-    if meta["secure"] == "ckks":
-        from . import he
-
-        blob = he.aggregate(list(inputs), weights=list(weights), context=he_context)
-        return blob, bytes(blob)
-    if meta.get("dp") is not None:  # the private mean (fresh noise): never bit for bit
-        from .round_dp import private_aggregate
-
-        out = private_aggregate(meta, inputs, norms)
-        return out, encode_update(out)
-    return rule_aggregate(meta, inputs, weights)
-
-
-def rule_aggregate(meta: dict[str, Any], x: Any, weights: Sequence[int]) -> tuple[Any, bytes]:
-    """``(update, result bytes)`` of ``meta``'s rule over the plaintext rows ``x`` ``[n, d]``:
-    a plaintext round's updates, or a bucketed secure round's bucket means."""
-    info = rules.get(meta["rule"])
-    w = torch.tensor(weights, dtype=torch.float64) if info.weighted else None
-    pre = [p if isinstance(p, str) else (p[0], p[1]) for p in meta["pre"]]
-    out = aggregate(
-        x,
-        rule=meta["rule"],
-        f=meta["f"],
-        weights=w,
-        backend=meta["backend"],
-        pre=pre,
-        **meta["params"],
-    )
-    return out, encode_update(out)
 
 
 @dataclass
@@ -386,7 +343,7 @@ def _recompute(
                 return False
             result_bytes = plain
         else:
-            _, result_bytes = _aggregate(meta, inputs, weights, he_context)
+            _, result_bytes = round_aggregate(meta, inputs, weights, he_context)
     except BackendUnavailable as exc:  # e.g. a GPU round audited on a CPU-only machine
         problems.append(f"cannot recompute the result here: {exc}")
         return False

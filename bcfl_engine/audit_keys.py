@@ -86,7 +86,7 @@ def decrypted(
         return None
     if "buckets" not in meta:
         return np.ascontiguousarray(plain[0], dtype=RESULT_DTYPE).tobytes()
-    from .audit import rule_aggregate
+    from .round_compute import rule_aggregate
 
     bucket_weights = meta["buckets"]["weights"]
     _, result = rule_aggregate(meta, bucket_means(plain, bucket_weights), bucket_weights)

@@ -37,11 +37,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import backends, protocol, rules
-from .audit import AuditReport, _aggregate, audit, rule_aggregate
+from .audit import AuditReport, audit
 from .errors import (
     InvalidArgument,
 )
 from .protocol import Payload, decode_update, encode_update, leaves_of, sign_payload
+from .round_compute import round_aggregate, rule_aggregate
 from .round_decrypt import RESULT_DTYPE, Decryption, bucket_means, decode_result
 from .round_dp import PrivateRound
 from .round_intake import Intake
@@ -304,7 +305,7 @@ class AggregationRound(Decryption, PrivateRound, Intake):
             # Pin the backend in the metadata: an audit must recompute the same bits.
             chosen = backends.choose(self.rule, rules.get(self.rule).kernels, x, self.backend)
             meta = self._meta(chosen.backend)
-            update, result_bytes = _aggregate(meta, x, weights, None, self._batch.norms)
+            update, result_bytes = round_aggregate(meta, x, weights, None, self._batch.norms)
         seconds = time.perf_counter() - t0
         result_digest, meta_hash, leaves, tree, record = self._stored(
             result_bytes, meta, self._records

@@ -93,3 +93,36 @@ def poisoned(x: torch.Tensor, row: int, value: float) -> torch.Tensor:
     y = x.clone()
     y[row, x.shape[1] // 2] = value
     return y
+
+
+# ---- processes of a gloo group (the distributed tests) ------------------------------------------
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (the group's rendezvous)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_ranks(fn, world: int, args: tuple, timeout_s: float) -> list[int | None]:
+    """Start ``fn(rank, world, port, *args)`` in ``world`` spawned processes on a fresh port and
+    wait up to ``timeout_s`` in all; return their exit codes. A process still running then is
+    killed (its code is then the kill's), so a hung rank fails the test instead of outliving it."""
+    import time
+
+    import torch.multiprocessing as mp
+
+    ctx = mp.start_processes(
+        fn, args=(world, free_port(), *args), nprocs=world, join=False, start_method="spawn"
+    )
+    deadline = time.monotonic() + timeout_s
+    for p in ctx.processes:
+        p.join(max(1.0, deadline - time.monotonic()))
+    for p in ctx.processes:
+        if p.is_alive():
+            p.kill()
+            p.join()
+    return [p.exitcode for p in ctx.processes]

@@ -87,13 +87,13 @@ def test_audit_names_participants_that_were_not_registered(ledger, tmp_path):
 def test_audit_catches_an_aggregator_that_commits_a_wrong_result(ledger, tmp_path, monkeypatch):
     import bcfl_engine.round as round_mod
 
-    honest = round_mod._aggregate
+    honest = round_mod.round_aggregate
 
     def lying(*args, **kw):
         out, raw = honest(*args, **kw)
         return out, raw[:-1] + bytes([raw[-1] ^ 0x40])
 
-    monkeypatch.setattr(round_mod, "_aggregate", lying)
+    monkeypatch.setattr(round_mod, "round_aggregate", lying)
     task, res = _tampered_round(ledger, tmp_path)
     monkeypatch.undo()
     report = audit(ledger, task, 1, tmp_path)

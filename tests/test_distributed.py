@@ -12,7 +12,6 @@ import importlib
 import itertools
 import os
 import re
-import socket
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from helpers import run_ranks
 
 import bcfl_engine
 from bcfl_engine import distributed
@@ -202,12 +201,6 @@ def _split(n: int, world: int) -> list[tuple[int, int]]:
     return [(0, a), (a, n)]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _init(rank: int, world: int, port: int, timeout_s: float) -> None:
     torch.set_num_threads(1)
     dist.init_process_group(
@@ -326,7 +319,8 @@ def _errors_of_pre_and_rules(rank: int, world: int, results: dict) -> None:
 def spawned(request, tmp_path_factory):
     world = request.param
     out = tmp_path_factory.mktemp(f"dist{world}")
-    mp.spawn(_worker, args=(world, _free_port(), str(out)), nprocs=world, join=True)
+    codes = run_ranks(_worker, world, (str(out),), timeout_s=600)
+    assert codes == [0] * world, codes
     return world, [torch.load(out / f"rank{r}.pt") for r in range(world)]
 
 
@@ -488,17 +482,7 @@ def _dying_worker(rank: int, world: int, port: int, out_dir: str, mode: str) -> 
 @pytest.mark.parametrize("mode", ["exit", "hang"])
 def test_dead_rank_gives_peer_failure_within_timeout(tmp_path, mode):
     world = 3
-    ctx = mp.start_processes(
-        _dying_worker,
-        args=(world, _free_port(), str(tmp_path), mode),
-        nprocs=world,
-        join=False,
-        start_method="spawn",
-    )
-    deadline = time.monotonic() + 60
-    for p in ctx.processes:
-        p.join(max(1.0, deadline - time.monotonic()))
-    codes = [p.exitcode for p in ctx.processes]
+    codes = run_ranks(_dying_worker, world, (str(tmp_path), mode), timeout_s=60)
     assert codes == [0, 0, 3], codes
     for r in range(world - 1):
         text = Path(tmp_path, f"rank{r}.txt").read_text()

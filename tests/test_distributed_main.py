@@ -3,26 +3,20 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 
 import pytest
+from helpers import free_port
 
 from bcfl_engine.distributed_comm import column_ranges
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.mark.parametrize("rule,f", [("median", 1), ("krum", 1)])
 def test_torchrun_entry_point_matches_one_process(rule, f):
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-        "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
+        "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
         "-m", "bcfl_engine.distributed", "--clients", "9", "--dim", "1300",
         "--rule", rule, "--f", str(f), "--check", "--timeout", "60",
     ]  # fmt: skip
@@ -54,7 +48,7 @@ def test_memory_mapped_rows_give_the_same_bits(tmp_path):
     assert path.stat().st_size == 4 * n * d
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-        "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
+        "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
         "-m", "bcfl_engine.distributed", "--clients", str(n), "--dim", str(d),
         "--rule", "trimmed_mean", "--f", "1", "--check", "--timeout", "60", "--mmap", str(path),
         "--dist-backend", "gloo",

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import socket
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from helpers import run_ranks
 from store_tools import flip_payload_byte
 
 import bcfl_engine
@@ -54,12 +53,6 @@ def _updates() -> torch.Tensor:
 def _split(n: int, world: int) -> list[tuple[int, int]]:
     """Consecutive runs of the round's order, uneven: 4, 1 and 5 rows."""
     return [(0, 4), (4, 5), (5, n)] if world == 3 else [(0, n)]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _worker(rank: int, world: int, port: int, root: str, key: str, out_dir: str, die: bool):
@@ -101,17 +94,7 @@ def _worker(rank: int, world: int, port: int, root: str, key: str, out_dir: str,
 
 def _spawn(root: Path, key: str, out: Path, die: bool) -> list[int | None]:
     out.mkdir()
-    ctx = mp.start_processes(
-        _worker,
-        args=(WORLD, _free_port(), str(root), key, str(out), die),
-        nprocs=WORLD,
-        join=False,
-        start_method="spawn",
-    )
-    deadline = time.monotonic() + 90
-    for p in ctx.processes:
-        p.join(max(1.0, deadline - time.monotonic()))
-    return [p.exitcode for p in ctx.processes]
+    return run_ranks(_worker, WORLD, (str(root), key, str(out), die), timeout_s=90)
 
 
 def _snapshot(root: Path) -> dict[str, str]:

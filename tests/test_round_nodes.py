@@ -15,7 +15,6 @@ import dataclasses
 import os
 import re
 import shutil
-import socket
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -23,8 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
-from helpers import make_updates
+from helpers import free_port, make_updates, run_ranks
 from store_tools import flip_payload_byte
 
 from bcfl_engine.cli import main
@@ -52,12 +50,6 @@ TIMEOUT_S = 4  # the process group's timeout in the failure test, seconds
 @pytest.fixture(scope="module")
 def anvil(anvil_url):
     return Ledger.connect(anvil_url, key=ANVIL_KEY)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def signed(ledger, task, round, x):
@@ -139,17 +131,7 @@ def _node(rank: int, world: int, port: int, job: dict) -> None:
 
 
 def run_nodes(world: int, job: dict) -> tuple[list[int | None], list[dict]]:
-    ctx = mp.start_processes(
-        _node,
-        args=(world, _free_port(), job),
-        nprocs=world,
-        join=False,
-        start_method="spawn",
-    )
-    deadline = time.monotonic() + 240
-    for p in ctx.processes:
-        p.join(max(1.0, deadline - time.monotonic()))
-    codes = [p.exitcode for p in ctx.processes]
+    codes = run_ranks(_node, world, (job,), timeout_s=240)
     outs = [
         torch.load(Path(job["out"], f"node{r}.pt"))
         if Path(job["out"], f"node{r}.pt").exists()
@@ -385,7 +367,7 @@ def test_a_node_killed_mid_round_loses_nothing_and_the_rerun_commits(anvil, tmp_
 def one_node():
     """A process group of one node, in this process (destroyed after)."""
     dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1
+        "gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1
     )
     try:
         yield
