@@ -320,8 +320,9 @@ class UpdateBatch:
         They are None where there is no native kernel, after rows were claimed without norms,
         and after any in-place torch write to the buffer (``batch.data[0] += 1``, say): torch
         counts those, and a stale norm would let a row past the clip of a private mean.
-        Writes that bypass torch (through ``data.numpy()`` or a raw pointer) are not counted:
-        do not change a row that way after it is added.
+        Writes that bypass torch (through ``data.numpy()``, a raw pointer, or another process
+        writing a spooled batch's file) are not counted: do not change a row that way after it
+        is added.
         """
         if not self._norms_fresh():
             return None
