@@ -85,6 +85,15 @@ inline Coef coefficient(double norm, double w, double max_norm) {
 // scalar ones: a relative error of 1e-15 in z, nothing next to float32's 6e-8 of the output);
 // declaring them simd lets `#pragma omp simd` call them, as glibc's own headers do under
 // -ffast-math. libm.so pulls libmvec in where it is needed. Elsewhere the scalar calls stay.
+//
+// Where the fused noise's time goes (one thread, n=64, d=1M, this shared 2-core EPYC, best of
+// 25): the keyed BLAKE3 words ~0.4 (~6 GB/s into L1; its rotations are already vprord), libmvec's
+// log, sin and cos 0.35-0.4, the uniforms, the interleave and the write ~0.25; on one thread the
+// noise adds 0.36-0.40x the plain mean's time. Tried and not kept, none measurable in the private
+// mean: Box-Muller eight pairs a step in AVX-512 intrinsics (vplzcntq front end, libmvec's 8-lane
+// functions by name; 0.7x Box-Muller's own time, 5-8% of the noise), making a block's noise before
+// its sum while prefetching the sum's first rows into L2 (0.94-1.06x the noise's added time),
+// libmvec's sincos (1.1-1.2x separate sin and cos), unrolled or byte-shuffle BLAKE3 rounds.
 #if defined(__x86_64__) && defined(__GLIBC__) && defined(_OPENMP)
 extern "C" {
 double log(double) noexcept __attribute__((simd("notinbranch")));

@@ -312,6 +312,29 @@ def test_noise_in_the_final_write_equals_noise_after(d: int) -> None:
     assert torch.equal(given, fused)  # and with the norms given, the same noise
 
 
+def test_fused_noise_is_the_same_on_one_and_two_threads() -> None:
+    # Column blocks of the fused path go to whichever thread claims them; the noise of a pair
+    # depends on its words only, so the thread count does not change a bit (d spans several
+    # blocks and ends in a partial noise block).
+    _native_or_skip()
+    d = 70_001
+    x = spread_rows(5, d, torch.float32, seed=4)
+    dp = bdp.GaussianDP(clipping_norm=d**0.5, noise_multiplier=1.0, num_sampled_clients=5)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            results.append(
+                bdp.private_mean(x, dp, backend="native", generator=bdp.NoiseGenerator(6))
+            )
+            results.append(bdp.add_noise_(torch.zeros(d), 1.0, bdp.NoiseGenerator(6)))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(results[0], results[2])
+    assert torch.equal(results[1], results[3])
+
+
 def test_private_mean_on_native_reports_a_nonfinite_update() -> None:
     _native_or_skip()
     dp = bdp.GaussianDP(clipping_norm=1.0, noise_multiplier=1.0, num_sampled_clients=5)
