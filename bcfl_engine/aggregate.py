@@ -74,6 +74,7 @@ def aggregate(
     pre: Sequence[PreStep] = (),
     dp: Any = None,
     generator: Any = None,
+    noise: Any = None,
     **params: Any,
 ) -> Any:
     """Aggregate client updates with a rule.
@@ -96,6 +97,8 @@ def aggregate(
         pre-steps and explicit weights raise DPUnsupported; a batch's weights are not used.
     generator : with ``dp``, a :class:`bcfl_engine.dp.NoiseGenerator` (tests); None draws a
         fresh key from the operating system.
+    noise : with ``dp``, a :class:`bcfl_engine.dp.PreparedNoise` (:func:`bcfl_engine.dp.
+        prepare_noise`): the normals of a draw made beforehand, added here and used up.
     **params : extra parameters of the rule (``m`` for multi_krum, ``tau`` for
         centered_clipping, ...).
 
@@ -105,7 +108,9 @@ def aggregate(
     a ``[d]`` ndarray for an ndarray, a state dict or array list for lists of those.
     """
     if dp is not None:
-        return _private(updates, rule, f, weights, backend, pre, dp, generator, params)
+        return _private(updates, rule, f, weights, backend, pre, dp, generator, noise, params)
+    if noise is not None:
+        raise InvalidArgument("noise= is the noise of a private mean: pass dp= with it")
     info = rules.get(rule)
     if info.kind != "aggregate":
         raise InvalidArgument(f"{rule!r} is a pre-aggregation step; pass it as pre=[{rule!r}]")
@@ -154,6 +159,7 @@ def _private(
     pre: Sequence[PreStep],
     dp: Any,
     generator: Any,
+    noise: Any,
     params: dict[str, Any],
 ) -> Any:
     """:func:`aggregate` with ``dp``: the checks, then :func:`bcfl_engine.dp.private_mean`."""
@@ -174,6 +180,6 @@ def _private(
     # A batch's norms, taken at intake, spare the native kernel a read of x (None when stale).
     norms = updates.norms if isinstance(updates, UpdateBatch) else None
     out = dpmod.private_mean(
-        x, dp, backend=backend, generator=generator, check=not validated, norms=norms
+        x, dp, backend=backend, generator=generator, check=not validated, norms=norms, noise=noise
     )
     return _shaped(out, updates, spec)

@@ -55,7 +55,14 @@ import torch
 from . import rules
 from .backends import choose, dispatch
 from .dp_kernels import KERNELS, cm_native
-from .dp_noise import NoiseGenerator, add_noise_, draw_key, noise_words
+from .dp_noise import (
+    NoiseGenerator,
+    PreparedNoise,
+    add_noise_,
+    draw_key,
+    noise_words,
+    prepare_noise,
+)
 from .errors import DPUnsupported, InvalidArgument, MissingDependency, PayloadError
 from .rules._common import (
     check_updates,
@@ -67,6 +74,7 @@ __all__ = [
     "Accounting",
     "GaussianDP",
     "NoiseGenerator",
+    "PreparedNoise",
     "account",
     "add_noise_",
     "clip_update",
@@ -75,6 +83,7 @@ __all__ = [
     "draw_key",
     "epsilon",
     "noise_words",
+    "prepare_noise",
     "private_mean",
 ]
 
@@ -263,15 +272,20 @@ def private_mean(
     generator: NoiseGenerator | None = None,
     check: bool = True,
     norms: torch.Tensor | None = None,
+    noise: PreparedNoise | None = None,
 ) -> torch.Tensor:
     """:func:`clipped_mean` plus ``N(0, dp.noise_std^2)`` per coordinate -> float32 ``[d]``.
 
     ``generator``: a :class:`NoiseGenerator` for tests; None draws a fresh key from the
-    operating system (never reuse noise). ``norms``: as :func:`clipped_mean`'s.
+    operating system (never reuse noise). ``norms``: as :func:`clipped_mean`'s. ``noise``: the
+    normals of a draw made beforehand (:func:`prepare_noise`), used up here; then no
+    ``generator``.
     """
     if not isinstance(dp, GaussianDP):
         raise InvalidArgument(f"dp must be a GaussianDP; got {type(dp).__name__}")
     x = check_updates(x, "dp mean")
+    if noise is not None:
+        return _with_prepared(x, dp, backend, check, norms, noise, generator)
     kernel = choose("clipped_mean", KERNELS, x, backend)
     if kernel.backend != "native" or dp.noise_std == 0:
         out = clipped_mean(
@@ -284,6 +298,42 @@ def private_mean(
     key = draw_key(generator)
     given = None if norms is None else _norms(norms, x)
     out = cm_native(x, dp.clipping_norm, dp.num_sampled_clients, key, dp.noise_std, given)
+    if check and not all_finite(out):
+        raise_nonfinite(x, "dp mean")
+    return out
+
+
+def _with_prepared(
+    x: torch.Tensor,
+    dp: GaussianDP,
+    backend: str | None,
+    check: bool,
+    norms: torch.Tensor | None,
+    noise: PreparedNoise,
+    generator: NoiseGenerator | None,
+) -> torch.Tensor:
+    """:func:`private_mean` with the normals of ``noise`` (checked, then used up)."""
+    if not isinstance(noise, PreparedNoise):
+        raise InvalidArgument(f"noise must be a PreparedNoise; got {type(noise).__name__}")
+    if generator is not None:
+        raise InvalidArgument("private_mean: prepared noise or a generator, not both")
+    if noise.dim != x.shape[1]:
+        raise InvalidArgument(
+            f"the prepared noise has {noise.dim} coordinates; the updates {x.shape[1]}"
+        )
+    if noise.used:
+        noise.take()  # raises: used before
+    kernel = choose("clipped_mean", KERNELS, x, backend)
+    C, m = dp.clipping_norm, dp.num_sampled_clients
+    if kernel.backend == "native" and dp.noise_std != 0:
+        given = None if norms is None else _norms(norms, x)
+        out = cm_native(x, C, m, None, dp.noise_std, given, noise.take())
+    else:
+        out = clipped_mean(x, C, m, backend=backend, check=check, norms=norms)
+        z = noise.take()
+        if dp.noise_std != 0:  # float32 + float64 in place, the sum in float64, rounded once
+            out.add_(z.to(out.device), alpha=dp.noise_std)
+        return out
     if check and not all_finite(out):
         raise_nonfinite(x, "dp mean")
     return out

@@ -44,11 +44,12 @@ def cm_native(
     noise: tuple[bytes, bytes] | None = None,
     std: float = 0.0,
     norms: torch.Tensor | None = None,
+    normals: torch.Tensor | None = None,
 ) -> torch.Tensor:
     # csrc/dp.cpp: the norms (one read of x, skipped when ``norms``, float64 [n], are given:
     # taken at intake), then the weighted mean's column blocks with the clip's coefficients;
     # ``noise``, a draw's (key, message), adds the noise in the final write, its words made
-    # block by block in the kernel.
+    # block by block in the kernel; or ``normals``, that draw's normals made beforehand.
     x = contiguous(x)
     n, d = x.shape
     mod = native()
@@ -57,7 +58,9 @@ def cm_native(
     known = norms is not None
     held = norms if norms is not None else torch.empty(n, dtype=torch.float64)
     key, message = (None, None) if noise is None else noise
-    mod.clipped_mean(x, w, float(clipping_norm), held, known, out, key, message, float(std))
+    mod.clipped_mean(
+        x, w, float(clipping_norm), held, known, out, key, message, float(std), normals
+    )
     return out
 
 

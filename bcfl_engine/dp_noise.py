@@ -118,6 +118,51 @@ def add_noise_(
     return out.add_(z.to(out.device), alpha=float(std))
 
 
+class PreparedNoise:
+    """The standard normals of one fresh draw, made before the aggregate that adds them: a
+    private mean given them (``private_mean(..., noise=)``, ``be.aggregate(..., noise=)``) adds
+    ``dp.noise_std * z`` in its final write, one read of ``z`` (8 bytes a coordinate) instead of
+    making the noise there; a round makes its draw while it waits for its clients. The same
+    bits as the noise the native private mean makes from the same draw's key.
+
+    Used once: a second :meth:`take` raises (reused noise is no noise). Make one with
+    :func:`prepare_noise`.
+    """
+
+    def __init__(self, z: torch.Tensor) -> None:
+        self.dim = int(z.numel())
+        self._z: torch.Tensor | None = z
+
+    def take(self) -> torch.Tensor:
+        """The normals, float64 ``[dim]``; InvalidArgument if they were taken before."""
+        z, self._z = self._z, None
+        if z is None:
+            raise InvalidArgument("this noise was already added to an aggregate: draw new noise")
+        return z
+
+    @property
+    def used(self) -> bool:
+        return self._z is None
+
+    def __repr__(self) -> str:
+        return f"PreparedNoise(dim={self.dim}, used={self.used})"
+
+
+def prepare_noise(d: int, generator: NoiseGenerator | None = None) -> PreparedNoise:
+    """The normals of ``d`` coordinates of a fresh draw (``generator``'s next for tests), made
+    now (natively where the extension is built, in parallel)."""
+    if isinstance(d, bool) or not isinstance(d, int) or d < 1:
+        raise InvalidArgument(f"prepare_noise: d must be an int >= 1; got {d!r}")
+    key, message = draw_key(generator)
+    mod = _native()
+    if mod is not None:
+        z = torch.empty(d, dtype=torch.float64)
+        mod.gaussian_normals(key, message, z)
+        return PreparedNoise(z)
+    words = np.frombuffer(_xof(key, message, 3 * ((d + 1) // 2)), dtype=np.uint64)
+    return PreparedNoise(torch.from_numpy(standard_normal(words, d)))
+
+
 def noise_words(d: int, generator: NoiseGenerator | None = None) -> torch.Tensor:
     """The words of ``d`` normals, uint64 ``[3 * ceil(d / 2)]`` (read-only: do not write)."""
     raw = random_words(3 * ((d + 1) // 2), generator)

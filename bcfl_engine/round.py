@@ -182,6 +182,7 @@ class AggregationRound(Decryption, PrivateRound, Intake):
         self._load(sorted(self.store.accepted(self.key, round), key=_seq))
         if self._commit is None:
             self.store.log(self.key, round).create()  # off the first submit's path
+            self._prepare_noise()  # a private round's noise, drawn while no client waits
 
     def __len__(self) -> int:
         return len(self._records)
@@ -305,7 +306,9 @@ class AggregationRound(Decryption, PrivateRound, Intake):
             # Pin the backend in the metadata: an audit must recompute the same bits.
             chosen = backends.choose(self.rule, rules.get(self.rule).kernels, x, self.backend)
             meta = self._meta(chosen.backend)
-            update, result_bytes = round_aggregate(meta, x, weights, None, self._batch.norms)
+            update, result_bytes = round_aggregate(
+                meta, x, weights, None, self._batch.norms, self._fresh_noise()
+            )
         seconds = time.perf_counter() - t0
         result_digest, meta_hash, leaves, tree, record = self._stored(
             result_bytes, meta, self._records

@@ -20,11 +20,13 @@ def round_aggregate(
     weights: Sequence[int],
     he_context: bytes | None,
     norms: Any = None,
+    noise: Any = None,
 ) -> tuple[Any, bytes]:
     """``(update, result bytes)`` of a round described by ``meta``, from ``inputs``: the
     ``[n, d]`` plaintext updates, or the clients' ciphertext bytes. The one computation that
     :meth:`~bcfl_engine.round.AggregationRound.finalize` and :func:`audit` share. ``norms``:
-    the rows' norms taken at intake, for a private mean (the same result without them)."""
+    the rows' norms taken at intake, for a private mean (the same result without them);
+    ``noise``: its noise drawn beforehand (:class:`~bcfl_engine.dp.PreparedNoise`)."""
     if meta["secure"] == "ckks":
         from . import he
 
@@ -33,7 +35,7 @@ def round_aggregate(
     if meta.get("dp") is not None:  # the private mean (fresh noise): never bit for bit
         from .round_dp import private_aggregate
 
-        out = private_aggregate(meta, inputs, norms)
+        out = private_aggregate(meta, inputs, norms, noise)
         return out, encode_update(out)
     return rule_aggregate(meta, inputs, weights)
 

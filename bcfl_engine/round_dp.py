@@ -31,7 +31,15 @@ from typing import Any
 import torch
 
 from . import protocol
-from .dp import GaussianDP, account, check_rule, clipped_mean, private_mean
+from .dp import (
+    GaussianDP,
+    PreparedNoise,
+    account,
+    check_rule,
+    clipped_mean,
+    prepare_noise,
+    private_mean,
+)
 from .errors import BudgetExceeded, InvalidArgument, PayloadError
 
 
@@ -45,6 +53,8 @@ class PrivateRound:
     key: str
     task: int
     round: int
+    secure: Any
+    dim: int | None
 
     def _init_dp(
         self,
@@ -73,6 +83,24 @@ class PrivateRound:
                 f"{participants} participants"
             )
         self._dp_rate = dp.num_sampled_clients / participants
+
+    def _prepare_noise(self) -> None:
+        """Draw this round's noise now, while it waits for its clients, so that the aggregate
+        adds it in one read (:class:`~bcfl_engine.dp.PreparedNoise`): a plaintext private round
+        with noise, within its budget (past it nothing is drawn, and finalize refuses it)."""
+        self._noise: PreparedNoise | None = None
+        if self.dp is None or self.dp.noise_std == 0 or self.secure is not None or not self.dim:
+            return
+        try:
+            self._spend()
+        except (BudgetExceeded, PayloadError):
+            return  # finalize raises it
+        self._noise = prepare_noise(self.dim)
+
+    def _fresh_noise(self) -> PreparedNoise | None:
+        """The prepared noise if no aggregate used it yet (a retried finalize draws anew)."""
+        noise = getattr(self, "_noise", None)
+        return noise if noise is not None and not noise.used else None
 
     def _spend(self) -> Any:
         """The task's spent epsilon after this round (:class:`~bcfl_engine.dp.Accounting`), None
@@ -148,13 +176,17 @@ def spent_rounds(
 
 
 def private_aggregate(
-    meta: dict[str, Any], x: torch.Tensor, norms: torch.Tensor | None = None
+    meta: dict[str, Any],
+    x: torch.Tensor,
+    norms: torch.Tensor | None = None,
+    noise: PreparedNoise | None = None,
 ) -> torch.Tensor:
-    """The private mean of a round described by ``meta`` (fresh noise from the OS); ``norms``:
-    the rows' norms taken at intake (:attr:`~bcfl_engine.updates.UpdateBatch.norms`)."""
+    """The private mean of a round described by ``meta``: fresh noise from the OS, or
+    ``noise``, drawn beforehand; ``norms``: the rows' norms taken at intake
+    (:attr:`~bcfl_engine.updates.UpdateBatch.norms`)."""
     found = read_dp(meta)
     assert found is not None
-    return private_mean(x, found[0], backend=meta["backend"], check=False, norms=norms)
+    return private_mean(x, found[0], backend=meta["backend"], check=False, norms=norms, noise=noise)
 
 
 def audit_privacy(

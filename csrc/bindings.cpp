@@ -34,6 +34,20 @@ void bind_he(py::module_& m);
 void bind_chain(py::module_& m);
 }  // namespace bcfl::bind
 
+namespace {
+// A keyed BLAKE3 draw's key (32 bytes) and message (at most 64 bytes), checked.
+bcfl::NoiseKey noise_key(py::handle key_, py::handle message_, const std::string& who) {
+  const Bytes key(key_, (who + ": key").c_str()), message(message_, (who + ": message").c_str());
+  if (key.span.nbytes != 32) invalid(who + ": key must be 32 bytes");
+  if (message.span.nbytes > 64) invalid(who + ": message must be at most 64 bytes");
+  bcfl::NoiseKey noise{};
+  std::memcpy(noise.key, key.span.as<const void>(), 32);
+  std::memcpy(noise.message, message.span.as<const void>(), static_cast<size_t>(message.span.nbytes));
+  noise.message_len = static_cast<int>(message.span.nbytes);
+  return noise;
+}
+}  // namespace
+
 PYBIND11_MODULE(_C, m) {
   m.doc() = "bcfl_engine native kernels (C++17, OpenMP)";
 
@@ -96,32 +110,37 @@ PYBIND11_MODULE(_C, m) {
   // The mean of clipped rows (see dp.h). norms [n] float64: the rows' norms, written here, or
   // read when norms_known (the caller's, taken at intake). key: None, or the 32-byte key of a
   // keyed BLAKE3 draw and message (at most 64 bytes): the noise of std added in out's final
-  // write.
+  // write; or normals: None, or that draw's normals [d] float64 made beforehand.
   m.def("clipped_mean", [](py::handle x_, py::handle w_, double max_norm, py::handle norms_,
                            bool norms_known, py::handle out_, py::handle key_,
-                           py::handle message_, double std) {
+                           py::handle message_, double std, py::handle normals_) {
     const View x = storage(x_, "clipped_mean: x", {-1, -1});
     const int64_t n = x.dim(0), d = x.dim(1);
     const View w = view(w_, "clipped_mean: w", {kF64}, {n});
     const View norms = view(norms_, "clipped_mean: norms", {kF64}, {n}, !norms_known);
     const View out = view(out_, "clipped_mean: out", {kF32}, {d}, true);
-    bcfl::NoiseKey noise{};
-    if (!none(key_)) {
-      const Bytes key(key_, "clipped_mean: key"), message(message_, "clipped_mean: message");
-      if (key.span.nbytes != 32) invalid("clipped_mean: key must be 32 bytes");
-      if (message.span.nbytes > 64) invalid("clipped_mean: message must be at most 64 bytes");
-      std::memcpy(noise.key, key.span.as<const void>(), 32);
-      std::memcpy(noise.message, message.span.as<const void>(), static_cast<size_t>(message.span.nbytes));
-      noise.message_len = static_cast<int>(message.span.nbytes);
+    const bcfl::NoiseKey noise = none(key_) ? bcfl::NoiseKey{} : noise_key(key_, message_, "clipped_mean");
+    View normals;
+    if (!none(normals_)) {
+      if (!none(key_)) invalid("clipped_mean: a key or normals, not both");
+      normals = view(normals_, "clipped_mean: normals", {kF64}, {d});
     }
     if (!(max_norm > 0.0)) invalid("clipped_mean: max_norm must be > 0; got " + std::to_string(max_norm));
     if (!(std >= 0.0) || !std::isfinite(std)) invalid("clipped_mean: std must be finite and >= 0");
-    no_overlap(out, "clipped_mean: out", {&x, &w, &norms});
+    no_overlap(out, "clipped_mean: out", {&x, &w, &norms, &normals});
     if (!norms_known) no_overlap(norms, "clipped_mean: norms", {&x, &w});
     py::gil_scoped_release release;
     bcfl::clipped_mean(x.code, x.as<const void>(), n, d, w.as<const double>(), max_norm,
                        norms.as<double>(), norms_known, out.as<float>(),
-                       none(key_) ? nullptr : &noise, std);
+                       none(key_) ? nullptr : &noise,
+                       none(normals_) ? nullptr : normals.as<const double>(), std);
+  });
+  // gaussian_normals(key [32], message [<= 64], z [d] float64): the draw's normals (dp.h).
+  m.def("gaussian_normals", [](py::handle key_, py::handle message_, py::handle z_) {
+    const bcfl::NoiseKey key = noise_key(key_, message_, "gaussian_normals");
+    const View z = view(z_, "gaussian_normals: z", {kF64}, {-1}, true);
+    py::gil_scoped_release release;
+    bcfl::gaussian_normals(key, z.dim(0), z.as<double>());
   });
   // row_norms(x [n, d], norms [n] float64): the rows' norms, the bits clipped_mean computes.
   m.def("row_norms", [](py::handle x_, py::handle norms_) {

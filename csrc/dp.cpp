@@ -10,6 +10,10 @@
 // d=1M on this 2-core EPYC, against 2.6-3.7x for the earlier one-read design, which summed rows
 // in two lanes, each sweep over row i also squaring row i + 1 (row i read back from the L3 and
 // the accumulators through it: this VM's L3, shared with other tenants, did not hold them).
+//
+// Threads: OpenMP's, as the plain mean (mean.cpp). Work handed to threads of our own
+// (claims.h) after an OpenMP region ran beside libgomp's workers, which spin a while after each
+// region: the private mean of a batch measured 1.6-1.8x the plain mean that way, 1.1-1.2x alone.
 #include "dp.h"
 
 #include <algorithm>
@@ -23,7 +27,6 @@
 #endif
 
 #include "blake3_xof.h"
-#include "claims.h"
 #include "common.h"
 #include "mean_block.h"
 
@@ -115,10 +118,9 @@ inline double fine_uniform(uint64_t mantissa, uint64_t exponent) {
 // loop that builds them (the leading-zero count does not vectorize) and the vector loop.
 constexpr int64_t kPairs = 1024;
 
-// out[j] = float32(float64(v[j - j0]) + std * z_j) for j in [j0, j0 + m), j0 even, m <= 2 kPairs,
-// from the words of these pairs (wb[3 k .. 3 k + 2] for pair j0 / 2 + k). v may be out + j0.
-void noise_block(const uint64_t* wb, int64_t j0, int64_t m, double std, const float* v,
-                 float* out) {
+// z[0 .. m) = the normals of m columns of one noise block (m <= 2 kPairs; pair k is columns 2k
+// and 2k + 1) from the words of its pairs (wb[3 k .. 3 k + 2]).
+void normals_block(const uint64_t* wb, int64_t m, double* z) {
   constexpr double kTwoPi = 6.283185307179586476925286766559;
   const int64_t pairs = (m + 1) / 2;
   double u[kPairs], t[kPairs], z0[kPairs], z1[kPairs];
@@ -136,10 +138,16 @@ void noise_block(const uint64_t* wb, int64_t j0, int64_t m, double std, const fl
     z1[k] = r * sin(t[k]);
   }
   for (int64_t k = 0; k < pairs; ++k) {
-    const int64_t j = 2 * k;
-    out[j0 + j] = static_cast<float>(static_cast<double>(v[j]) + std * z0[k]);
-    if (j + 1 < m) out[j0 + j + 1] = static_cast<float>(static_cast<double>(v[j + 1]) + std * z1[k]);
+    z[2 * k] = z0[k];
+    if (2 * k + 1 < m) z[2 * k + 1] = z1[k];
   }
+}
+
+// out[j] = float32(float64(v[j]) + std * z[j]) for j < m, the float64 part one fma (rounded
+// once), then float32. v may be out.
+inline void add_normals(const double* z, int64_t m, double std, const float* v, float* out) {
+#pragma omp simd
+  for (int64_t j = 0; j < m; ++j) out[j] = static_cast<float>(std::fma(std, z[j], static_cast<double>(v[j])));
 }
 
 // The words of pairs [k0, k0 + pairs) (k0 a multiple of kPairs, pairs <= kPairs) into w [3 kPairs]:
@@ -154,19 +162,24 @@ void keyed_words(const NoiseKey& key, int64_t k0, int64_t pairs, uint64_t* w) {
                    reinterpret_cast<uint8_t*>(w));  // little-endian: the bytes are the words
 }
 
-// The final write of columns [j0, j0 + m): out = acc, then the noise if `noise` is not null (j0
-// then a multiple of 2 kPairs), in steps of 2 kPairs columns.
-void finish(const float* acc, int64_t j0, int64_t m, const NoiseKey* noise, double std,
-            float* out) {
-  if (!noise) {
+// The final write of columns [j0, j0 + m): out = acc, then the noise: the normals made here
+// from `noise`'s words (j0 then a multiple of 2 kPairs, in steps of 2 kPairs columns), or
+// prepared ones (`normals`, all d of them), or none.
+void finish(const float* acc, int64_t j0, int64_t m, const NoiseKey* noise,
+            const double* normals, double std, float* out) {
+  if (normals) {
+    add_normals(normals + j0, m, std, acc, out + j0);
+  } else if (noise) {
+    uint64_t w[3 * kPairs];
+    double z[2 * kPairs];
+    for (int64_t s = 0; s < m; s += 2 * kPairs) {
+      const int64_t k = std::min(2 * kPairs, m - s);
+      keyed_words(*noise, (j0 + s) / 2, (k + 1) / 2, w);
+      normals_block(w, k, z);
+      add_normals(z, k, std, acc + s, out + j0 + s);
+    }
+  } else {
     std::memcpy(out + j0, acc, static_cast<size_t>(m) * sizeof(float));
-    return;
-  }
-  uint64_t w[3 * kPairs];
-  for (int64_t s = 0; s < m; s += 2 * kPairs) {
-    const int64_t k = std::min(2 * kPairs, m - s);
-    keyed_words(*noise, (j0 + s) / 2, (k + 1) / 2, w);
-    noise_block(w, j0 + s, k, std, acc + s, out);
   }
 }
 
@@ -190,13 +203,15 @@ void row_norms_impl(const T* x, int64_t n, int64_t d, double* norms) {
   const int64_t chunks = (d + kChunk - 1) / kChunk;
   const int64_t pieces = (chunks + kChunksPerItem - 1) / kChunksPerItem;
   std::vector<float> part(static_cast<size_t>(n * chunks));
-  run_claimed(n * pieces, max_threads() - 1, [&](int64_t item) {
+  const int64_t items = n * pieces;
+#pragma omp parallel for schedule(dynamic, 1) if (items > 1)
+  for (int64_t item = 0; item < items; ++item) {
     const int64_t i = item / pieces, c0 = item % pieces * kChunksPerItem;
     const int64_t c1 = std::min(chunks, c0 + kChunksPerItem);
     for (int64_t c = c0; c < c1; ++c)
       part[static_cast<size_t>(i * chunks + c)] =
           chunk_sq(x + i * d + c * kChunk, std::min(kChunk, d - c * kChunk));
-  });
+  }
   for (int64_t i = 0; i < n; ++i) {
     double sq = 0.0;
     for (int64_t c = 0; c < chunks; ++c) sq += part[static_cast<size_t>(i * chunks + c)];
@@ -207,8 +222,7 @@ void row_norms_impl(const T* x, int64_t n, int64_t d, double* norms) {
 template <typename T>
 void clipped_mean_impl(const T* x, int64_t n, int64_t d, const double* w, double max_norm,
                        double* norms, bool norms_known, float* out, const NoiseKey* noise,
-                       double std) {
-  const int helpers = max_threads() - 1;  // run_claimed starts at most items - 1
+                       const double* normals, double std) {
   if (!norms_known) row_norms_impl(x, n, d, norms);
   // float32 coefficients for the sum; a row whose coefficient is below float32's normal range
   // has 0 there and is added to its block in float64 products afterwards.
@@ -221,9 +235,11 @@ void clipped_mean_impl(const T* x, int64_t n, int64_t d, const double* w, double
   }
   // With noise, blocks of whole noise blocks (2 kPairs columns from column 0, as add_gaussian
   // cuts them): a pair then goes through the same vector or scalar math as there, the same bits.
-  int64_t width = block_width(d, helpers + 1);
+  int64_t width = block_width(d, max_threads());
   if (noise) width = (width + 2 * kPairs - 1) / (2 * kPairs) * (2 * kPairs);
-  run_claimed((d + width - 1) / width, helpers, [&](int64_t b) {
+  const int64_t blocks = (d + width - 1) / width;
+#pragma omp parallel for schedule(static)
+  for (int64_t b = 0; b < blocks; ++b) {
     const int64_t j0 = b * width, m = std::min(width, d - j0);
     float acc[kMaxBlock];
     std::fill(acc, acc + m, 0.0f);
@@ -233,16 +249,16 @@ void clipped_mean_impl(const T* x, int64_t n, int64_t d, const double* w, double
       for (int64_t j = 0; j < m; ++j)
         acc[j] += static_cast<float>(static_cast<double>(load(row, j)) * c);
     }
-    finish(acc, j0, m, noise, std, out);
-  });
+    finish(acc, j0, m, noise, normals, std, out);
+  }
 }
 }  // namespace
 
 void clipped_mean(int dtype, const void* x, int64_t n, int64_t d, const double* w,
                   double max_norm, double* norms, bool norms_known, float* out,
-                  const NoiseKey* noise, double std) {
+                  const NoiseKey* noise, const double* normals, double std) {
   with_dtype(dtype, x, [&](auto* p) {
-    clipped_mean_impl(p, n, d, w, max_norm, norms, norms_known, out, noise, std);
+    clipped_mean_impl(p, n, d, w, max_norm, norms, norms_known, out, noise, normals, std);
   });
 }
 
@@ -254,8 +270,21 @@ void add_gaussian(const uint64_t* words, int64_t d, double std, float* out) {
   const int64_t blocks = (d + 2 * kPairs - 1) / (2 * kPairs);
 #pragma omp parallel for schedule(static)
   for (int64_t b = 0; b < blocks; ++b) {
-    const int64_t j0 = b * 2 * kPairs;
-    noise_block(words + 3 * (j0 / 2), j0, std::min(2 * kPairs, d - j0), std, out + j0, out);
+    const int64_t j0 = b * 2 * kPairs, m = std::min(2 * kPairs, d - j0);
+    double z[2 * kPairs];
+    normals_block(words + 3 * (j0 / 2), m, z);
+    add_normals(z, m, std, out + j0, out + j0);
+  }
+}
+
+void gaussian_normals(const NoiseKey& key, int64_t d, double* z) {
+  const int64_t blocks = (d + 2 * kPairs - 1) / (2 * kPairs);
+#pragma omp parallel for schedule(static)
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t j0 = b * 2 * kPairs, m = std::min(2 * kPairs, d - j0);
+    uint64_t w[3 * kPairs];
+    keyed_words(key, j0 / 2, (m + 1) / 2, w);
+    normals_block(w, m, z + j0);
   }
 }
 

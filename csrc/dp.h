@@ -18,7 +18,8 @@ namespace bcfl {
 // noise: null, or the key of a draw: then out[j] = float32(out[j] + std * z_j) as add_gaussian
 // does with the words of keyed BLAKE3 (key, message) (the same bits as add_gaussian after,
 // given those words), fused into the final write of out, each block's words made where they
-// are used (blake3_xof.h).
+// are used (blake3_xof.h). normals: null, or the draw's z [d] made beforehand by
+// gaussian_normals (the same bits as with its key; at most one of noise and normals).
 struct NoiseKey {
   uint8_t key[32];
   uint8_t message[64];
@@ -26,7 +27,7 @@ struct NoiseKey {
 };
 void clipped_mean(int dtype, const void* x, int64_t n, int64_t d, const double* w,
                   double max_norm, double* norms, bool norms_known, float* out,
-                  const NoiseKey* noise, double std);
+                  const NoiseKey* noise, const double* normals, double std);
 // The rows' L2 norms as clipped_mean computes them (the same bits): what a batch takes at intake
 // and hands back to clipped_mean (norms_known). NaN or inf where the row holds one, and only
 // there, so a finite norm is also the row's finiteness check.
@@ -37,4 +38,8 @@ void row_norms(int dtype, const void* x, int64_t n, int64_t d, double* norms);
 // float64's full resolution down to 2^-65 (mantissa from one word, binary exponent from the
 // leading zeros of another): no gaps in the tails to |z| = 9.
 void add_gaussian(const uint64_t* words, int64_t d, double std, float* out);
+// z [d] = the standard normals z_j of the draw `key`, as clipped_mean makes them in its final
+// write: made ahead of the aggregate (while a round waits for its clients), they leave it one
+// read of z.
+void gaussian_normals(const NoiseKey& key, int64_t d, double* z);
 }  // namespace bcfl

@@ -187,17 +187,19 @@ def test_native_bindings_check_their_arguments() -> None:
     w, norms = torch.full((3,), 1 / 3, dtype=torch.float64), torch.empty(3, dtype=torch.float64)
     key = bytes(32)
     with pytest.raises(InvalidArgument, match="w"):
-        mod.clipped_mean(x, w.float(), 1.0, norms, False, out, None, None, 0.0)
+        mod.clipped_mean(x, w.float(), 1.0, norms, False, out, None, None, 0.0, None)
     with pytest.raises(InvalidArgument, match="max_norm"):
-        mod.clipped_mean(x, w, 0.0, norms, False, out, None, None, 0.0)
+        mod.clipped_mean(x, w, 0.0, norms, False, out, None, None, 0.0, None)
     with pytest.raises(InvalidArgument, match="key must be 32 bytes"):
-        mod.clipped_mean(x, w, 1.0, norms, False, out, bytes(31), b"", 1.0)
+        mod.clipped_mean(x, w, 1.0, norms, False, out, bytes(31), b"", 1.0, None)
     with pytest.raises(InvalidArgument, match="message must be at most 64 bytes"):
-        mod.clipped_mean(x, w, 1.0, norms, False, out, key, bytes(65), 1.0)
+        mod.clipped_mean(x, w, 1.0, norms, False, out, key, bytes(65), 1.0, None)
     with pytest.raises(InvalidArgument, match="std"):
-        mod.clipped_mean(x, w, 1.0, norms, False, out, key, b"", -1.0)
+        mod.clipped_mean(x, w, 1.0, norms, False, out, key, b"", -1.0, None)
     with pytest.raises(InvalidArgument, match="norms"):  # given norms are read: their shape
-        mod.clipped_mean(x, w, 1.0, torch.ones(2, dtype=torch.float64), True, out, None, None, 0.0)
+        mod.clipped_mean(
+            x, w, 1.0, torch.ones(2, dtype=torch.float64), True, out, None, None, 0.0, None
+        )
     with pytest.raises(InvalidArgument, match="words"):
         mod.add_gaussian(torch.zeros(5, dtype=torch.uint64), 1.0, out)  # needs 6 for d = 4
     with pytest.raises(InvalidArgument, match="std"):
@@ -234,7 +236,7 @@ def _kernel_norms(x: torch.Tensor) -> torch.Tensor:
     n, d = x.shape
     norms = torch.empty(n, dtype=torch.float64)
     w = torch.ones(n, dtype=torch.float64)
-    _load_native()[0].clipped_mean(x, w, 1.0, norms, False, torch.empty(d), None, None, 0.0)
+    _load_native()[0].clipped_mean(x, w, 1.0, norms, False, torch.empty(d), None, None, 0.0, None)
     return norms
 
 
@@ -254,7 +256,7 @@ def test_native_is_the_weighted_mean_of_the_clip_coefficients(
     mod = _load_native()[0]
     w = torch.full((n,), 1.0 / m, dtype=torch.float64)
     norms, got = torch.empty(n, dtype=torch.float64), torch.empty(d)
-    mod.clipped_mean(x, w, c, norms, False, got, None, None, 0.0)
+    mod.clipped_mean(x, w, c, norms, False, got, None, None, 0.0, None)
     assert_close(norms, torch.linalg.vector_norm(x.double(), dim=1), rtol=1e-6, atol=0)
     coef = w * torch.where(norms > c, c / norms, torch.ones_like(norms))
     want = torch.empty(d)

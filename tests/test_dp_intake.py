@@ -24,7 +24,7 @@ def kernel_norms(x: torch.Tensor) -> torch.Tensor:
     n, d = x.shape
     norms = torch.empty(n, dtype=torch.float64)
     w = torch.ones(n, dtype=torch.float64)
-    _load_native()[0].clipped_mean(x, w, 1.0, norms, False, torch.empty(d), None, None, 0.0)
+    _load_native()[0].clipped_mean(x, w, 1.0, norms, False, torch.empty(d), None, None, 0.0, None)
     return norms
 
 
@@ -147,3 +147,55 @@ def test_a_list_of_state_dicts_gets_its_norms_at_intake_too(monkeypatch) -> None
     want = be.aggregate(x, rule="mean", dp=dp, generator=bdp.NoiseGenerator(2))
     assert seen[0] is not None
     assert torch.equal(torch.cat([out["w"].reshape(-1), out["b"]]), want)
+
+
+# ---- noise made before the aggregate (prepare_noise) --------------------------------------------
+
+
+@pytest.mark.parametrize("d", [1, 4097, 70_001])
+def test_prepared_noise_is_the_noise_the_kernel_makes(d: int) -> None:
+    x = make_updates(5, d, seed=d) * 2
+    dp = bdp.GaussianDP(clipping_norm=d**0.5, noise_multiplier=0.9, num_sampled_clients=5)
+    fused = bdp.private_mean(x, dp, backend="native", generator=bdp.NoiseGenerator(3))
+    noise = bdp.prepare_noise(d, bdp.NoiseGenerator(3))
+    assert torch.equal(bdp.private_mean(x, dp, backend="native", noise=noise), fused)
+    assert noise.used
+    batch = filled(x)  # and with the batch's norms
+    again = bdp.prepare_noise(d, bdp.NoiseGenerator(3))
+    assert torch.equal(be.aggregate(batch, dp=dp, noise=again), fused)
+    # The torch backend adds the same normals (its clipped mean rounds its own way).
+    other = bdp.private_mean(
+        x, dp, backend="torch", noise=bdp.prepare_noise(d, bdp.NoiseGenerator(3))
+    )
+    assert torch.allclose(other, fused, rtol=1e-5, atol=1e-6 * dp.clipping_norm)
+
+
+def test_prepared_normals_match_the_numpy_formula_and_are_standard() -> None:
+    from bcfl_engine.dp_noise import noise_words, standard_normal
+
+    d = 1_000_001
+    z = bdp.prepare_noise(d, bdp.NoiseGenerator(9)).take()
+    ref = standard_normal(noise_words(d, bdp.NoiseGenerator(9)).numpy(), d)
+    assert torch.allclose(z, torch.from_numpy(ref), rtol=1e-13, atol=1e-15)
+    assert abs(float(z.std()) - 1) < 0.01 and abs(float(z.mean())) < 4 / math.sqrt(d)
+    other = bdp.prepare_noise(d).take()  # a fresh OS key each time
+    assert not torch.equal(z, other)
+
+
+def test_prepared_noise_is_used_once_and_checked() -> None:
+    x = make_updates(3, 50, seed=1)
+    dp = bdp.GaussianDP(1.0, 1.0, 3)
+    noise = bdp.prepare_noise(50)
+    be.aggregate(x, dp=dp, noise=noise)
+    with pytest.raises(InvalidArgument, match="already added"):
+        be.aggregate(x, dp=dp, noise=noise)
+    with pytest.raises(InvalidArgument, match="49 coordinates"):
+        be.aggregate(x, dp=dp, noise=bdp.prepare_noise(49))
+    fresh = bdp.prepare_noise(50)
+    with pytest.raises(InvalidArgument, match="not both"):
+        be.aggregate(x, dp=dp, noise=fresh, generator=bdp.NoiseGenerator(1))
+    with pytest.raises(InvalidArgument, match="pass dp="):
+        be.aggregate(x, noise=fresh)
+    assert not fresh.used  # refused calls used nothing
+    with pytest.raises(InvalidArgument, match="d must be"):
+        bdp.prepare_noise(0)

@@ -158,7 +158,9 @@ def test_audit_reports_malformed_dp_metadata(ledger, tmp_path, monkeypatch):
     with monkeypatch.context() as m:  # an aggregator that commits a broken dp object
         m.setattr(round_dp, "dp_meta", lambda *a: {"mechanism": "gaussian", "delta": 1e-5})
         dp = bdp.GaussianDP(5.0, 1.0, N)
-        m.setattr(round_dp, "private_aggregate", lambda meta, x, norms: bdp.private_mean(x, dp))
+        m.setattr(
+            round_dp, "private_aggregate", lambda meta, x, norms, noise: bdp.private_mean(x, dp)
+        )
         rnd.finalize()
     report = audit(ledger, task, 1, tmp_path)
     assert not report.ok and any("dp field" in p for p in report.problems), report.summary()
@@ -199,3 +201,27 @@ def test_private_round_reuses_the_norms_its_intake_took(ledger, tmp_path, monkey
     order = [0, 2, 1, 3, 4]  # acceptance order
     assert torch.equal(res.update, bdp.clipped_mean(x[order], 5.0, N, backend="native"))
     assert audit(ledger, task, 1, tmp_path).ok
+
+
+def test_private_round_draws_its_noise_before_the_clients_come(ledger, tmp_path):
+    # The noise is drawn when the round is made (none past the budget), and finalize adds it in
+    # one read: the committed result is the clipped mean plus exactly those normals.
+    task = new_task(ledger)
+    dp = bdp.GaussianDP(clipping_norm=5.0, noise_multiplier=1.0, num_sampled_clients=N)
+    rnd = AggregationRound(ledger, task, 1, tmp_path, participants=ADDRESSES, dim=D, dp=dp)
+    assert rnd._noise is not None and rnd._noise.dim == D and not rnd._noise.used
+    z = rnd._noise._z.clone()
+    x = make_updates(N, D, seed=5) * 0.1
+    for i in range(N):
+        rnd.submit(sign_payload(KEYS[i], task, 1, encode_update(x[i]), ledger.domain, weight=1))
+    res = rnd.finalize()
+    assert rnd._noise.used
+    clean = bdp.clipped_mean(x, 5.0, N, backend="native")
+    want = (clean.double() + dp.noise_std * z).float()
+    assert_close(res.update, want, rtol=1e-6, atol=1e-7)
+    assert audit(ledger, task, 1, tmp_path).ok
+    # A round past its budget draws nothing.
+    one = bdp.epsilon(1.0, 1.0, 1, 1e-5)
+    tight = bdp.GaussianDP(5.0, 1.0, N, budget=one * 1.5)
+    nxt = AggregationRound(ledger, task, 2, tmp_path, participants=ADDRESSES, dim=D, dp=tight)
+    assert nxt._noise is None
