@@ -34,7 +34,10 @@ then reads ``x`` once.
 The reference, :func:`clipped_mean_reference`, clips then sums, as the definition reads.
 The noise (:mod:`bcfl_engine.dp_noise`) is drawn from keyed BLAKE3 under a fresh key from the
 operating system; the native kernel adds it in the clipped mean's final write (the same bits as
-:func:`add_noise_` after :func:`clipped_mean`), the other backends in one more pass.
+:func:`add_noise_` after :func:`clipped_mean`), the other backends in one more pass. Its normals
+can also be made ahead of the aggregate (:func:`prepare_noise`, the same bits for the same
+draw), which a private round does when it is made, while it waits for its clients: the
+aggregate then adds them in one read of 8 bytes a coordinate.
 
 Accounting (:func:`epsilon`) uses Google's ``dp-accounting``: Renyi DP (Mironov 2017; the
 sampled Gaussian of Mironov, Talwar, Zhang 2019) and privacy loss distributions (PLD, Koskela et
